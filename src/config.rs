@@ -1,0 +1,589 @@
+//! The admin's configuration file (DESIGN §6): raw TOML structs, then a checked [`Config`] with
+//! every default resolved, so nothing below this module deals with optional or unvalidated input.
+//!
+//! Every error names the file, the line and the key, because the person reading it is an admin
+//! editing a file, not a developer reading a backtrace.
+
+use crate::model::RecordRef;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A configuration error: where and what. Maps to exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// How the IMAP (or SMTP) connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Implicit,
+    Starttls,
+    None,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+            TlsMode::None => "none",
+        })
+    }
+}
+
+/// SASL mechanism for IMAP login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// IMAP `LOGIN` (works everywhere).
+    #[default]
+    Login,
+    /// `AUTHENTICATE PLAIN` (RFC 4616).
+    Plain,
+}
+
+/// How a pattern rule's capture finds its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LookupBy {
+    Name,
+    Key,
+}
+
+/// What a folder rule links its mail to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Regarding {
+    /// Tracked, but linked to nothing.
+    None,
+    /// Always this record.
+    Fixed(RecordRef),
+    /// A record of `rtype` whose name (or key) is the `*` capture of the folder pattern.
+    Lookup { rtype: String, by: LookupBy },
+}
+
+/// One folder rule, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Folder path in config form (`/` separated); may hold one `*`.
+    pub folder: String,
+    pub regarding: Regarding,
+}
+
+/// Where the IMAP password comes from: never the config file itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// One watched IMAP account, checked.
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    pub name: String,
+    pub owner: RecordRef,
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub user: String,
+    /// The mailbox's own address: mail From it is outgoing.
+    pub address: Option<String>,
+    pub password: PasswordSource,
+    pub auth: AuthMethod,
+    /// `None` = auto (SPECIAL-USE `\Sent`), else the folder in config form.
+    pub sent_folder: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// The whole checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    pub data_dir: PathBuf,
+    pub mailboxes: Vec<MailboxConfig>,
+    pub fetch: FetchLimits,
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+/// Bounds of one `UID FETCH` batch and of a single message.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimits {
+    pub batch_messages: usize,
+    pub batch_bytes: u64,
+    /// Messages above this are not fetched: they are quarantined with the reason.
+    pub max_message_bytes: u64,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits {
+            batch_messages: 500,
+            batch_bytes: 8 * 1024 * 1024,
+            max_message_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    mailbox: Vec<RawMailbox>,
+    batch_messages: Option<Spanned<i64>>,
+    batch_bytes: Option<Spanned<i64>>,
+    max_message_size: Option<Spanned<i64>>,
+    cache_mb: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMailbox {
+    name: Spanned<String>,
+    owner: Spanned<String>,
+    host: Spanned<String>,
+    port: Option<Spanned<i64>>,
+    tls: Option<Spanned<TlsMode>>,
+    #[serde(default)]
+    allow_plaintext: bool,
+    ca_file: Option<Spanned<String>>,
+    user: Spanned<String>,
+    address: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    #[serde(default)]
+    auth: AuthMethod,
+    sent_folder: Option<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    folder: Spanned<String>,
+    regarding: Option<Spanned<RawRegarding>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRegarding {
+    Fixed(String),
+    Lookup {
+        #[serde(rename = "type")]
+        rtype: String,
+        by: LookupBy,
+    },
+}
+
+/// Turns byte offsets into 1-based line numbers for error messages.
+struct Locator<'a> {
+    file: String,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+    fn err(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: span.map(|s| self.line_of(s.start)),
+            key: key.to_string(),
+            message: msg.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: "(file)".into(),
+            message: format!(
+                "cannot read the configuration: {e} (copy config.example.toml to {} and edit it, or pass --config)",
+                path.display()
+            ),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Checks `text` as if it were the file `path` (relative paths resolve against its folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let loc = Locator {
+            file: path.display().to_string(),
+            text,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let key = msg
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_else(|| "(syntax)".into());
+            loc.err(e.span(), &key, msg)
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let data_dir = raw
+            .data_dir
+            .as_ref()
+            .map(|d| resolve(d.get_ref()))
+            .unwrap_or_else(|| resolve("foldertrack-data"));
+
+        let positive = |v: &Option<Spanned<i64>>,
+                        key: &str,
+                        default: u64,
+                        max: u64|
+         -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) if *s.get_ref() > 0 && (*s.get_ref() as u64) <= max => {
+                    Ok(*s.get_ref() as u64)
+                }
+                Some(s) => {
+                    Err(loc.err(Some(s.span()), key, format!("must be between 1 and {max}")))
+                }
+            }
+        };
+        let d = FetchLimits::default();
+        let fetch = FetchLimits {
+            batch_messages: positive(
+                &raw.batch_messages,
+                "batch_messages",
+                d.batch_messages as u64,
+                10_000,
+            )? as usize,
+            batch_bytes: positive(&raw.batch_bytes, "batch_bytes", d.batch_bytes, 1 << 30)?,
+            max_message_bytes: positive(
+                &raw.max_message_size,
+                "max_message_size",
+                d.max_message_bytes,
+                1 << 31,
+            )?,
+        };
+        let cache_bytes = positive(&raw.cache_mb, "cache_mb", 16, 4096)? * 1024 * 1024;
+
+        let mut mailboxes = Vec::new();
+        for (i, m) in raw.mailbox.into_iter().enumerate() {
+            let mb = check_mailbox(&loc, i, m, &resolve)?;
+            if mailboxes.iter().any(|o: &MailboxConfig| o.name == mb.name) {
+                return Err(loc.err(
+                    None,
+                    &format!("mailbox[{i}].name"),
+                    format!("mailbox name `{}` is used twice", mb.name),
+                ));
+            }
+            mailboxes.push(mb);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            data_dir,
+            mailboxes,
+            fetch,
+            cache_bytes,
+        })
+    }
+
+    pub fn mailbox(&self, name: &str) -> Option<&MailboxConfig> {
+        self.mailboxes.iter().find(|m| m.name == name)
+    }
+}
+
+fn check_mailbox(
+    loc: &Locator<'_>,
+    i: usize,
+    m: RawMailbox,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MailboxConfig, ConfigError> {
+    let k = |f: &str| format!("mailbox[{i}].{f}");
+    let name = m.name.get_ref().trim().to_string();
+    if name.is_empty() || name.contains(['\0', '/']) {
+        return Err(loc.err(
+            Some(m.name.span()),
+            &k("name"),
+            "must be non-empty and hold no `/`",
+        ));
+    }
+    let owner: RecordRef = m
+        .owner
+        .get_ref()
+        .parse()
+        .map_err(|e: String| loc.err(Some(m.owner.span()), &k("owner"), e))?;
+    if owner.rtype != "systemuser" {
+        return Err(loc.err(
+            Some(m.owner.span()),
+            &k("owner"),
+            format!("the owner must be a user, written systemuser:KEY (got `{owner}`)"),
+        ));
+    }
+    let tls = m
+        .tls
+        .as_ref()
+        .map(|t| *t.get_ref())
+        .unwrap_or(TlsMode::Implicit);
+    if tls == TlsMode::None && !m.allow_plaintext {
+        return Err(loc.err(
+            m.tls.as_ref().map(|t| t.span()),
+            &k("tls"),
+            "tls = \"none\" sends the password in clear text: set allow_plaintext = true in this mailbox if that is really wanted (e.g. a server on loopback)",
+        ));
+    }
+    let port = match &m.port {
+        None => match tls {
+            TlsMode::Implicit => 993,
+            TlsMode::Starttls | TlsMode::None => 143,
+        },
+        Some(p) => u16::try_from(*p.get_ref())
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| loc.err(Some(p.span()), &k("port"), "must be a TCP port, 1-65535"))?,
+    };
+    let password = match (&m.password_env, &m.password_file) {
+        (Some(e), None) => PasswordSource::Env(e.get_ref().clone()),
+        (None, Some(f)) => PasswordSource::File(resolve(f.get_ref())),
+        (Some(e), Some(_)) => {
+            return Err(loc.err(Some(e.span()), &k("password_env"), "set password_env or password_file, not both"))
+        }
+        (None, None) => {
+            return Err(loc.err(
+                Some(m.user.span()),
+                &k("password_env"),
+                "no password source: add password_env = \"VAR\" (an environment variable) or password_file = \"path\"",
+            ))
+        }
+    };
+    let sent_folder = m
+        .sent_folder
+        .as_ref()
+        .map(|s| s.get_ref().trim().trim_matches('/').to_string())
+        .filter(|s| !s.eq_ignore_ascii_case("auto") && !s.is_empty());
+    let mut rules: Vec<Rule> = Vec::new();
+    for (j, r) in m.rule.into_iter().enumerate() {
+        let rk = |f: &str| format!("mailbox[{i}].rule[{j}].{f}");
+        let folder = r.folder.get_ref().trim().trim_matches('/').to_string();
+        if folder.is_empty() {
+            return Err(loc.err(
+                Some(r.folder.span()),
+                &rk("folder"),
+                "must name a folder, e.g. \"INBOX/Tracked/Acme\"",
+            ));
+        }
+        let stars = folder.matches('*').count();
+        if stars > 1 {
+            return Err(loc.err(
+                Some(r.folder.span()),
+                &rk("folder"),
+                "a pattern may hold only one `*`",
+            ));
+        }
+        if stars == 1 && folder.split('/').any(|seg| seg.contains('*') && seg != "*") {
+            return Err(loc.err(
+                Some(r.folder.span()),
+                &rk("folder"),
+                "`*` must stand for a whole folder level, e.g. \"INBOX/Customers/*\"",
+            ));
+        }
+        let regarding = match r.regarding {
+            None => Regarding::None,
+            Some(sp) => {
+                let span = sp.span();
+                match sp.into_inner() {
+                    RawRegarding::Fixed(s) => {
+                        let rr: RecordRef = s.parse().map_err(|e: String| {
+                            loc.err(Some(span.clone()), &rk("regarding"), e)
+                        })?;
+                        Regarding::Fixed(rr)
+                    }
+                    RawRegarding::Lookup { rtype, by } => Regarding::Lookup {
+                        rtype: rtype.trim().to_ascii_lowercase(),
+                        by,
+                    },
+                }
+            }
+        };
+        match (&regarding, stars) {
+            (Regarding::Lookup { .. }, 0) => {
+                return Err(loc.err(
+                    Some(r.folder.span()),
+                    &rk("regarding"),
+                    "regarding = { type, by } needs a `*` in the folder to look up",
+                ))
+            }
+            (Regarding::Fixed(_), 1) | (Regarding::None, 1) => {}
+            _ => {}
+        }
+        if rules.iter().any(|o| o.folder == folder) {
+            return Err(loc.err(
+                Some(r.folder.span()),
+                &rk("folder"),
+                format!("folder `{folder}` has two rules"),
+            ));
+        }
+        rules.push(Rule { folder, regarding });
+    }
+    if rules.len() > 25 {
+        tracing::warn!(mailbox = %name, rules = rules.len(), "more than 25 folder rules: Dynamics 365 stops at 25; foldertrack goes on");
+    }
+    Ok(MailboxConfig {
+        name,
+        owner,
+        host: m.host.get_ref().trim().to_string(),
+        port,
+        tls,
+        ca_file: m.ca_file.as_ref().map(|c| resolve(c.get_ref())),
+        user: m.user.get_ref().clone(),
+        address: m
+            .address
+            .map(|a| a.into_inner().to_ascii_lowercase())
+            .or_else(|| {
+                m.user
+                    .get_ref()
+                    .contains('@')
+                    .then(|| m.user.get_ref().to_ascii_lowercase())
+            }),
+        password,
+        auth: m.auth,
+        sent_folder,
+        rules,
+    })
+}
+
+impl PasswordSource {
+    /// Reads the secret. The error names where it looked, never the value.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            PasswordSource::Env(v) => std::env::var(v)
+                .map_err(|_| format!("environment variable {v} (password_env) is not set")),
+            PasswordSource::File(p) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    if let Ok(md) = std::fs::metadata(p) {
+                        if md.permissions().mode() & 0o004 != 0 {
+                            tracing::warn!(file = %p.display(), "password_file is world-readable: chmod 600 it");
+                        }
+                    }
+                }
+                std::fs::read_to_string(p)
+                    .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|e| format!("cannot read password_file {}: {e}", p.display()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/ft/foldertrack.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+data_dir = "data"
+[[mailbox]]
+name = "alice"
+owner = "systemuser:alice"
+host = "imap.example.com"
+user = "alice@example.com"
+password_env = "ALICE_PW"
+  [[mailbox.rule]]
+  folder = "INBOX/Tracked/Acme"
+  regarding = "account:acme"
+  [[mailbox.rule]]
+  folder = "INBOX/Customers/*"
+  regarding = { type = "account", by = "name" }
+  [[mailbox.rule]]
+  folder = "INBOX/Misc"
+"#;
+
+    #[test]
+    fn good_config_resolves_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/ft/data"));
+        let m = &c.mailboxes[0];
+        assert_eq!(m.port, 993);
+        assert_eq!(m.tls, TlsMode::Implicit);
+        assert_eq!(m.address.as_deref(), Some("alice@example.com"));
+        assert_eq!(m.rules.len(), 3);
+        assert_eq!(
+            m.rules[0].regarding,
+            Regarding::Fixed(RecordRef::new("account", "acme"))
+        );
+        assert_eq!(
+            m.rules[1].regarding,
+            Regarding::Lookup {
+                rtype: "account".into(),
+                by: LookupBy::Name
+            }
+        );
+        assert_eq!(m.rules[2].regarding, Regarding::None);
+    }
+
+    #[test]
+    fn plaintext_needs_allow_plaintext_and_names_the_line() {
+        let t = GOOD.replace(
+            "user = \"alice@example.com\"",
+            "user = \"alice@example.com\"\ntls = \"none\"",
+        );
+        let e = parse(&t).unwrap_err();
+        assert_eq!(e.key, "mailbox[0].tls");
+        assert_eq!(e.line, Some(8));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/ft/foldertrack.toml:8: mailbox[0].tls:"),
+            "{e}"
+        );
+        let ok = t.replace("tls = \"none\"", "tls = \"none\"\nallow_plaintext = true");
+        assert_eq!(parse(&ok).unwrap().mailboxes[0].port, 143);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_regarding_are_reported_with_lines() {
+        let e = parse(&GOOD.replace("host =", "hots =")).unwrap_err();
+        assert!(e.message.contains("hots"), "{e}");
+        assert!(e.line.is_some());
+        let e = parse(&GOOD.replace("\"account:acme\"", "\"acme\"")).unwrap_err();
+        assert_eq!(e.key, "mailbox[0].rule[0].regarding");
+        assert_eq!(e.line, Some(11));
+        let e = parse(&GOOD.replace("Customers/*", "Cust*/*")).unwrap_err();
+        assert!(e.message.contains("only one"), "{e}");
+        let e = parse(&GOOD.replace("password_env = \"ALICE_PW\"", "")).unwrap_err();
+        assert!(e.message.contains("no password source"), "{e}");
+        let e = parse(&GOOD.replace("systemuser:alice", "contact:alice")).unwrap_err();
+        assert_eq!(e.key, "mailbox[0].owner");
+    }
+}

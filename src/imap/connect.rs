@@ -1,0 +1,293 @@
+//! Connecting and logging in: TCP, then implicit TLS, STARTTLS or (when allowed) plaintext,
+//! then LOGIN or AUTHENTICATE PLAIN. Certificates are verified against the Mozilla roots, or
+//! against the admin's `ca_file` for a private CA; there is no switch to turn checking off.
+
+use super::{ImapError, CONNECT_TIMEOUT};
+use crate::config::{AuthMethod, MailboxConfig, TlsMode};
+use async_imap::{Client, Session};
+use rustls::pki_types::ServerName;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// The transport under an IMAP session: one type for TLS and plaintext so the rest of the
+/// code has a single `Session` type.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub type ImapSession = Session<Conn>;
+
+/// A logged-in session with what the server said it can do.
+pub struct Connected {
+    pub session: ImapSession,
+    pub capabilities: Vec<String>,
+    pub addr: String,
+    /// How the connection is secured, for `check`.
+    pub security: String,
+}
+
+impl Connected {
+    pub fn has(&self, cap: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(cap))
+    }
+}
+
+fn tls_connector(mb: &MailboxConfig, addr: &str) -> Result<TlsConnector, ImapError> {
+    let tls_err = |message: String| ImapError::Tls {
+        addr: addr.to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &mb.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| tls_err(format!("cannot read ca_file {}: {e}", path.display())))?;
+            let mut n = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert
+                    .map_err(|e| tls_err(format!("ca_file {} is not PEM: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("ca_file {}: {e}", path.display())))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(tls_err(format!(
+                    "ca_file {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+async fn tls_upgrade(tcp: TcpStream, mb: &MailboxConfig, addr: &str) -> Result<Conn, ImapError> {
+    let connector = tls_connector(mb, addr)?;
+    let name = ServerName::try_from(mb.host.clone()).map_err(|e| ImapError::Tls {
+        addr: addr.to_string(),
+        message: format!("`{}` is not a valid server name: {e}", mb.host),
+    })?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ImapError::Tls {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(Conn::Tls(Box::new(tls)))
+}
+
+/// Reads the server greeting (async-imap leaves that to us) and checks it is not a BYE.
+async fn greeting(client: &mut Client<Conn>, addr: &str) -> Result<(), ImapError> {
+    let resp = client
+        .read_response()
+        .await
+        .map_err(|e| ImapError::Protocol {
+            addr: addr.into(),
+            what: "reading the greeting".into(),
+            message: e.to_string(),
+        })?;
+    match resp {
+        None => Err(ImapError::Protocol {
+            addr: addr.into(),
+            what: "reading the greeting".into(),
+            message: "the server closed the connection".into(),
+        }),
+        Some(r) => match r.parsed() {
+            async_imap::imap_proto::Response::Data {
+                status: async_imap::imap_proto::Status::Bye,
+                outcome,
+                ..
+            } => Err(ImapError::Protocol {
+                addr: addr.into(),
+                what: "greeting".into(),
+                message: format!(
+                    "server said BYE: {}",
+                    outcome.information.as_deref().unwrap_or("")
+                ),
+            }),
+            _ => Ok(()),
+        },
+    }
+}
+
+struct PlainAuth<'a> {
+    user: &'a str,
+    password: &'a str,
+}
+
+impl async_imap::Authenticator for &PlainAuth<'_> {
+    type Response = Vec<u8>;
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.user.len() + self.password.len() + 2);
+        v.push(0);
+        v.extend_from_slice(self.user.as_bytes());
+        v.push(0);
+        v.extend_from_slice(self.password.as_bytes());
+        v
+    }
+}
+
+/// Connects and logs in to `mb`'s server.
+///
+/// # Errors
+/// Classified [`ImapError`]s; [`ImapError::is_permanent`] tells whether retrying can help.
+pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
+    let addr = format!("{}:{}", mb.host, mb.port);
+    let password = mb.password.read().map_err(|message| ImapError::Password {
+        mailbox: mb.name.clone(),
+        message,
+    })?;
+    let fut = async {
+        let tcp = TcpStream::connect((mb.host.as_str(), mb.port))
+            .await
+            .map_err(|source| ImapError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let (client, security) = match mb.tls {
+            TlsMode::Implicit => {
+                let mut c = Client::new(tls_upgrade(tcp, mb, &addr).await?);
+                greeting(&mut c, &addr).await?;
+                (c, "implicit TLS (certificate verified)")
+            }
+            TlsMode::None => {
+                let mut c = Client::new(Conn::Plain(tcp));
+                greeting(&mut c, &addr).await?;
+                (c, "plaintext (allow_plaintext)")
+            }
+            TlsMode::Starttls => {
+                let mut c = Client::new(Conn::Plain(tcp));
+                greeting(&mut c, &addr).await?;
+                c.run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .map_err(|e| ImapError::StarttlsMissing {
+                        addr: addr.clone(),
+                        message: e.to_string(),
+                    })?;
+                let Conn::Plain(tcp) = c.into_inner() else {
+                    unreachable!("a plaintext client was built just above")
+                };
+                (
+                    Client::new(tls_upgrade(tcp, mb, &addr).await?),
+                    "STARTTLS (certificate verified)",
+                )
+            }
+        };
+        Ok::<_, ImapError>((client, security))
+    };
+    let (client, security) = tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| ImapError::Timeout {
+            addr: addr.clone(),
+            what: "connecting".into(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        })??;
+
+    let auth_err = |e: async_imap::error::Error| ImapError::Auth {
+        addr: addr.clone(),
+        user: mb.user.clone(),
+        message: match e {
+            async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => m,
+            other => other.to_string(),
+        },
+    };
+    let login = async {
+        match mb.auth {
+            AuthMethod::Login => client
+                .login(&mb.user, &password)
+                .await
+                .map_err(|(e, _)| auth_err(e)),
+            AuthMethod::Plain => {
+                let auth = PlainAuth {
+                    user: &mb.user,
+                    password: &password,
+                };
+                client
+                    .authenticate("PLAIN", &auth)
+                    .await
+                    .map_err(|(e, _)| auth_err(e))
+            }
+        }
+    };
+    let mut session = tokio::time::timeout(CONNECT_TIMEOUT, login)
+        .await
+        .map_err(|_| ImapError::Timeout {
+            addr: addr.clone(),
+            what: "login".into(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        })??;
+    let caps = super::timed(&addr, "CAPABILITY", session.capabilities()).await?;
+    let capabilities = caps
+        .iter()
+        .map(|c| match c {
+            async_imap::types::Capability::Imap4rev1 => "IMAP4rev1".to_string(),
+            async_imap::types::Capability::Auth(a) => format!("AUTH={a}"),
+            async_imap::types::Capability::Atom(a) => a.to_string(),
+        })
+        .collect();
+    tracing::debug!(mailbox = %mb.name, %addr, security, "logged in");
+    Ok(Connected {
+        session,
+        capabilities,
+        addr,
+        security: security.to_string(),
+    })
+}

@@ -1,0 +1,245 @@
+//! Reading messages: SELECT/EXAMINE with UIDVALIDITY, the list of new UIDs with their sizes,
+//! batches bounded by count and bytes, and `UID FETCH … BODY.PEEK[]` so nothing is marked read.
+
+use super::{timed, ImapError, ImapSession};
+use crate::config::FetchLimits;
+use futures::TryStreamExt;
+
+/// The state of a folder as SELECT/EXAMINE reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub uidvalidity: u32,
+    pub uid_next: u32,
+    pub exists: u32,
+}
+
+/// One fetched message.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub uid: u32,
+    pub size: u64,
+    pub raw: Vec<u8>,
+}
+
+/// A unit of work: the messages fetched together and committed in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// (uid, size) to fetch.
+    pub fetch: Vec<(u32, u64)>,
+    /// (uid, size) over the hard size limit: not fetched, quarantined with the reason.
+    pub oversize: Vec<(u32, u64)>,
+}
+
+impl Batch {
+    /// The checkpoint after this batch: its highest UID.
+    pub fn last_uid(&self) -> u32 {
+        self.fetch
+            .iter()
+            .chain(&self.oversize)
+            .map(|(u, _)| *u)
+            .max()
+            .unwrap_or(0)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.fetch.iter().map(|(_, s)| s).sum()
+    }
+}
+
+/// Opens `server_name` read-only (EXAMINE): tracking only reads.
+pub async fn examine(
+    session: &mut ImapSession,
+    addr: &str,
+    server_name: &str,
+    config_name: &str,
+) -> Result<Selected, ImapError> {
+    let mb = session.examine(server_name).await.map_err(|e| match e {
+        async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => {
+            ImapError::FolderMissing {
+                addr: addr.to_string(),
+                folder: config_name.to_string(),
+                message: m,
+            }
+        }
+        other => ImapError::Protocol {
+            addr: addr.to_string(),
+            what: format!("EXAMINE {config_name}"),
+            message: other.to_string(),
+        },
+    })?;
+    let uidvalidity = mb.uid_validity.ok_or_else(|| ImapError::Protocol {
+        addr: addr.to_string(),
+        what: format!("EXAMINE {config_name}"),
+        message: "the server sent no UIDVALIDITY, so UIDs cannot be trusted".into(),
+    })?;
+    Ok(Selected {
+        uidvalidity,
+        uid_next: mb.uid_next.unwrap_or(0),
+        exists: mb.exists,
+    })
+}
+
+/// UIDs above `after` with their sizes, ascending. `UID FETCH n:*` returns the last message
+/// even when its UID is below `n` (RFC 3501 §6.4.8), hence the filter.
+pub async fn new_uids(
+    session: &mut ImapSession,
+    addr: &str,
+    after: u32,
+    exists: u32,
+) -> Result<Vec<(u32, u64)>, ImapError> {
+    if exists == 0 {
+        return Ok(Vec::new());
+    }
+    let set = format!("{}:*", after.saturating_add(1));
+    let fetches: Vec<_> = timed(addr, "UID FETCH (RFC822.SIZE)", async {
+        let s = session.uid_fetch(&set, "(UID RFC822.SIZE)").await?;
+        s.try_collect::<Vec<_>>().await
+    })
+    .await?;
+    let mut out: Vec<(u32, u64)> = fetches
+        .iter()
+        .filter_map(|f| Some((f.uid?, u64::from(f.size.unwrap_or(0)))))
+        .filter(|(u, _)| *u > after)
+        .collect();
+    out.sort_unstable();
+    out.dedup_by_key(|(u, _)| *u);
+    Ok(out)
+}
+
+/// Splits the new UIDs into batches of at most `batch_messages` messages and `batch_bytes`
+/// bytes (a single larger message gets a batch of its own).
+pub fn plan_batches(uids: &[(u32, u64)], limits: &FetchLimits) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    let mut cur = Batch::default();
+    for &(uid, size) in uids {
+        if size > limits.max_message_bytes {
+            cur.oversize.push((uid, size));
+            continue;
+        }
+        if !cur.fetch.is_empty()
+            && (cur.fetch.len() >= limits.batch_messages || cur.bytes() + size > limits.batch_bytes)
+        {
+            batches.push(std::mem::take(&mut cur));
+        }
+        cur.fetch.push((uid, size));
+    }
+    if !cur.fetch.is_empty() || !cur.oversize.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+/// Compresses UIDs (ascending) into an IMAP sequence set: `1:5,7,9:12`.
+pub fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
+    let mut out = String::new();
+    let mut run: Option<(u32, u32)> = None;
+    let push = |out: &mut String, (a, b): (u32, u32)| {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if a == b {
+            out.push_str(&a.to_string());
+        } else {
+            out.push_str(&format!("{a}:{b}"));
+        }
+    };
+    for u in uids {
+        run = match run {
+            Some((a, b)) if u == b + 1 => Some((a, u)),
+            Some(r) => {
+                push(&mut out, r);
+                Some((u, u))
+            }
+            None => Some((u, u)),
+        };
+    }
+    if let Some(r) = run {
+        push(&mut out, r);
+    }
+    out
+}
+
+/// Fetches the bodies of one batch with `BODY.PEEK[]`. Messages expunged meanwhile are simply
+/// missing from the result. The whole response stream is drained before returning.
+pub async fn fetch_batch(
+    session: &mut ImapSession,
+    addr: &str,
+    batch: &Batch,
+) -> Result<Vec<RawMessage>, ImapError> {
+    if batch.fetch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let set = uid_set(batch.fetch.iter().map(|(u, _)| *u));
+    let first = batch.fetch[0].0;
+    let last = batch.last_uid();
+    timed(addr, "UID FETCH (BODY.PEEK[])", async {
+        let mut stream = session
+            .uid_fetch(&set, "(UID RFC822.SIZE BODY.PEEK[])")
+            .await?;
+        let mut out = Vec::with_capacity(batch.fetch.len());
+        while let Some(f) = stream.try_next().await? {
+            let (Some(uid), Some(body)) = (f.uid, f.body()) else {
+                continue;
+            };
+            if uid < first || uid > last {
+                continue;
+            }
+            out.push(RawMessage {
+                uid,
+                size: u64::from(f.size.unwrap_or(body.len() as u32)),
+                raw: body.to_vec(),
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_compress_runs() {
+        assert_eq!(uid_set([1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_set([9]), "9");
+        assert_eq!(uid_set([]), "");
+    }
+
+    #[test]
+    fn batches_respect_count_bytes_and_hard_limit() {
+        let l = FetchLimits {
+            batch_messages: 3,
+            batch_bytes: 100,
+            max_message_bytes: 1000,
+        };
+        let uids = [
+            (1, 10),
+            (2, 10),
+            (3, 10),
+            (4, 10),
+            (5, 95),
+            (6, 5000),
+            (7, 200),
+            (8, 1),
+        ];
+        let b = plan_batches(&uids, &l);
+        let fetched: Vec<Vec<u32>> = b
+            .iter()
+            .map(|b| b.fetch.iter().map(|x| x.0).collect())
+            .collect();
+        assert_eq!(
+            fetched,
+            vec![vec![1, 2, 3], vec![4], vec![5], vec![7], vec![8]]
+        );
+        assert_eq!(
+            b[2].oversize,
+            vec![(6, 5000)],
+            "oversize rides with the batch it falls in"
+        );
+        assert_eq!(b[2].last_uid(), 6);
+        assert_eq!(
+            b.iter().map(|b| b.last_uid()).collect::<Vec<_>>(),
+            vec![3, 4, 6, 7, 8]
+        );
+    }
+}

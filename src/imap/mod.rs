@@ -1,0 +1,91 @@
+//! The IMAP side: connecting (TLS, STARTTLS, auth), listing folders, fetching messages.
+//!
+//! Built on async-imap 0.12; see `NOTES-crates.md` in the design notes for its pitfalls (dead
+//! sessions that answer `Ok`, unencoded folder names), which this module works around.
+
+pub mod connect;
+pub mod fetch;
+pub mod folders;
+pub mod utf7;
+
+use std::time::Duration;
+
+pub use connect::{connect, Conn, ImapSession};
+
+/// How long one command may take before the connection is considered dead.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long establishing TCP + TLS + greeting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An IMAP failure, classified so the caller knows whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with {addr} failed: {message}")]
+    Tls { addr: String, message: String },
+    #[error("{addr} does not offer STARTTLS ({message}); refusing to go on in plaintext (use tls = \"implicit\", or tls = \"none\" with allow_plaintext = true if that is really wanted)")]
+    StarttlsMissing { addr: String, message: String },
+    #[error("login to {addr} as {user} failed: {message}")]
+    Auth {
+        addr: String,
+        user: String,
+        message: String,
+    },
+    #[error("{addr}: {what} timed out after {secs} s")]
+    Timeout {
+        addr: String,
+        what: String,
+        secs: u64,
+    },
+    #[error("{addr}: folder `{folder}` does not exist or cannot be opened: {message}")]
+    FolderMissing {
+        addr: String,
+        folder: String,
+        message: String,
+    },
+    #[error("{addr}: {what} failed: {message}")]
+    Protocol {
+        addr: String,
+        what: String,
+        message: String,
+    },
+    #[error("password for mailbox {mailbox}: {message}")]
+    Password { mailbox: String, message: String },
+}
+
+impl ImapError {
+    /// Errors that will not go away by retrying (Dynamics disables the mailbox on these).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ImapError::Auth { .. }
+                | ImapError::StarttlsMissing { .. }
+                | ImapError::Password { .. }
+                | ImapError::Tls { .. }
+        )
+    }
+}
+
+/// Runs an IMAP future under [`COMMAND_TIMEOUT`], mapping both failure kinds.
+pub(crate) async fn timed<T, F>(addr: &str, what: &str, f: F) -> Result<T, ImapError>
+where
+    F: std::future::Future<Output = async_imap::error::Result<T>>,
+{
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ImapError::Protocol {
+            addr: addr.to_string(),
+            what: what.to_string(),
+            message: e.to_string(),
+        }),
+        Err(_) => Err(ImapError::Timeout {
+            addr: addr.to_string(),
+            what: what.to_string(),
+            secs: COMMAND_TIMEOUT.as_secs(),
+        }),
+    }
+}

@@ -1,0 +1,17 @@
+//! foldertrack: mail dragged into tracked IMAP folders becomes CRM email activities, the way
+//! Dynamics 365 folder tracking files it, for any IMAP server.
+//!
+//! Data flows one way, one module per stage (DESIGN §2):
+//! [`config`] → [`imap`] (connect, folders, fetch) → [`parse`] → [`track`] → [`store`],
+//! driven per mailbox by [`sync`]. [`records_io`] imports CRM records, [`commands`] holds
+//! what the CLI commands do, so that `main.rs` only parses arguments.
+
+pub mod commands;
+pub mod config;
+pub mod imap;
+pub mod model;
+pub mod parse;
+pub mod records_io;
+pub mod store;
+pub mod sync;
+pub mod track;

@@ -1,0 +1,675 @@
+//! The embedded CRM store (DESIGN §5) on sled 0.34: records, activities and their indexes,
+//! folder checkpoints, quarantine and alerts.
+//!
+//! This is the one module that knows sled. A batch of tracked messages, its quarantined
+//! messages and the folder checkpoint are written in **one transaction**, then flushed, so a
+//! crash replays at most the unflushed batch, and the replay is idempotent: a message whose
+//! source (mailbox, folder, UIDVALIDITY, UID) is already recorded is skipped, and a copy of an
+//! already tracked message (same dedup key and direction) only adds its source.
+
+mod keys;
+
+use crate::model::{Activity, Alert, Record, RecordRef, Source};
+use crate::track::RecordLookup;
+use fs2::FileExt;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Schema version written in `meta`; bumped with a migration when the layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data dir {dir} is in use by another foldertrack process{}; stop it first (only one process can hold the store)", pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { dir: PathBuf, pid: Option<String> },
+    #[error("cannot use data dir {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store holds unreadable data in {tree}: {message}")]
+    Corrupt { tree: &'static str, message: String },
+    #[error("data dir was written by a newer foldertrack (schema {found}, this one knows {SCHEMA_VERSION}); upgrade foldertrack")]
+    NewerSchema { found: u32 },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Checkpoint of one folder of one mailbox (DESIGN §3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FolderState {
+    pub mailbox: String,
+    pub folder: String,
+    pub uidvalidity: u32,
+    /// Highest UID fully processed (tracked or quarantined).
+    pub last_uid: u32,
+    /// Server's UIDNEXT at the last sync, for the lag figure in `status`.
+    pub uid_next: u32,
+    pub messages: u32,
+    pub last_sync: Option<String>,
+    /// The rule that tracks it (its folder pattern), for `status`.
+    pub rule: Option<String>,
+}
+
+/// Health of one mailbox's incoming side, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MailboxState {
+    pub name: String,
+    pub last_attempt: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub consecutive_errors: u32,
+}
+
+/// A message that could not be tracked, kept with its raw bytes so nothing is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub id: u64,
+    pub source: Source,
+    pub reason: String,
+    pub size: u64,
+    pub at: String,
+}
+
+/// An alert with its time and mailbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAlert {
+    pub at: String,
+    pub mailbox: String,
+    #[serde(flatten)]
+    pub alert: Alert,
+}
+
+/// One message's outcome, ready to be written.
+#[derive(Debug, Clone)]
+pub enum BatchItem {
+    Tracked(Box<Activity>),
+    Quarantined {
+        source: Source,
+        reason: String,
+        raw: Vec<u8>,
+        size: u64,
+    },
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BatchOutcome {
+    /// New activities.
+    pub created: u32,
+    /// Copies of an existing activity (same Message-ID and direction): source added.
+    pub merged: u32,
+    /// Already recorded from this very source (a replay after a crash).
+    pub replayed: u32,
+    pub quarantined: u32,
+}
+
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, o: Self) {
+        self.created += o.created;
+        self.merged += o.merged;
+        self.replayed += o.replayed;
+        self.quarantined += o.quarantined;
+    }
+}
+
+/// The store of one data dir. Holding it holds the data dir's lock.
+pub struct Store {
+    db: sled::Db,
+    t: Trees,
+    dir: PathBuf,
+    _lock: File,
+}
+
+struct Trees {
+    meta: sled::Tree,
+    records: sled::Tree,
+    record_by_email: sled::Tree,
+    record_by_name: sled::Tree,
+    activities: sled::Tree,
+    activity_by_msgid: sled::Tree,
+    activity_by_source: sled::Tree,
+    activity_by_regarding: sled::Tree,
+    folders: sled::Tree,
+    mailboxes: sled::Tree,
+    quarantine: sled::Tree,
+    quarantine_raw: sled::Tree,
+    quarantine_by_source: sled::Tree,
+    alerts: sled::Tree,
+}
+
+fn now() -> String {
+    humantime_now()
+}
+
+/// RFC 3339 UTC with seconds, from the system clock.
+pub fn humantime_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_utc(d.as_secs() as i64)
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, H. Hinnant).
+pub fn rfc3339_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
+        tree,
+        message: e.to_string(),
+    })
+}
+
+fn abort<E: std::fmt::Display>(e: E) -> ConflictableTransactionError<String> {
+    ConflictableTransactionError::Abort(e.to_string())
+}
+
+fn tx_err(e: TransactionError<String>) -> StoreError {
+    match e {
+        TransactionError::Abort(m) => StoreError::Corrupt {
+            tree: "transaction",
+            message: m,
+        },
+        TransactionError::Storage(s) => StoreError::Sled(s),
+    }
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir`, taking its lock.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another process holds it; I/O errors name the dir.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let io = |source| StoreError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock_path = dir.join("foldertrack.lock");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io)?;
+        if lock.try_lock_exclusive().is_err() {
+            let pid = std::fs::read_to_string(&lock_path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        lock.set_len(0).map_err(io)?;
+        write!(lock, "{}", std::process::id()).map_err(io)?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(source) if source.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked {
+                        dir: dir.to_path_buf(),
+                        pid: None,
+                    }
+                }
+                e => StoreError::Sled(e),
+            })?;
+        let tree = |n: &str| db.open_tree(n);
+        let t = Trees {
+            meta: tree("meta")?,
+            records: tree("records")?,
+            record_by_email: tree("record_by_email")?,
+            record_by_name: tree("record_by_name")?,
+            activities: tree("activities")?,
+            activity_by_msgid: tree("activity_by_msgid")?,
+            activity_by_source: tree("activity_by_source")?,
+            activity_by_regarding: tree("activity_by_regarding")?,
+            folders: tree("folders")?,
+            mailboxes: tree("mailboxes")?,
+            quarantine: tree("quarantine")?,
+            quarantine_raw: tree("quarantine_raw")?,
+            quarantine_by_source: tree("quarantine_by_source")?,
+            alerts: tree("alerts")?,
+        };
+        let store = Store {
+            db,
+            t,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        match self.t.meta.get("schema_version")? {
+            None => {
+                self.t
+                    .meta
+                    .insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(v) => {
+                let found: u32 = String::from_utf8_lossy(&v).parse().unwrap_or(0);
+                if found > SCHEMA_VERSION {
+                    Err(StoreError::NewerSchema { found })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self
+            .t
+            .meta
+            .get("schema_version")?
+            .map(|v| String::from_utf8_lossy(&v).parse().unwrap_or(0))
+            .unwrap_or(0))
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---- records -------------------------------------------------------------------------
+
+    /// Inserts or replaces records, all or none, and flushes.
+    pub fn put_records(&self, recs: &[Record]) -> Result<()> {
+        let trees = [
+            &self.t.records,
+            &self.t.record_by_email,
+            &self.t.record_by_name,
+        ];
+        trees
+            .transaction(|tx| {
+                let (records, by_email, by_name) = (&tx[0], &tx[1], &tx[2]);
+                for r in recs {
+                    let rref = r.reference().to_string();
+                    if let Some(old) = records.get(rref.as_bytes())? {
+                        let old: Record = serde_json::from_slice(&old).map_err(abort)?;
+                        for e in &old.emails {
+                            by_email.remove(keys::record_email(e, &rref))?;
+                        }
+                        by_name.remove(keys::record_name(&old.rtype, &old.name, &rref))?;
+                    }
+                    records.insert(rref.as_bytes(), enc(r))?;
+                    for e in &r.emails {
+                        by_email.insert(keys::record_email(e, &rref), &[])?;
+                    }
+                    by_name.insert(keys::record_name(&r.rtype, &r.name, &rref), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.flush()
+    }
+
+    pub fn record(&self, r: &RecordRef) -> Result<Option<Record>> {
+        self.t
+            .records
+            .get(r.to_string().as_bytes())?
+            .map(|v| dec("records", &v))
+            .transpose()
+    }
+
+    /// All records, optionally of one type, in key order.
+    pub fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>> {
+        let prefix = rtype.map(|t| format!("{t}:")).unwrap_or_default();
+        self.t
+            .records
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (_, v) = kv?;
+                dec("records", &v)
+            })
+            .collect()
+    }
+
+    /// Index keys end with the record's `type:key` after `prefix`.
+    fn records_from_index(&self, tree: &sled::Tree, prefix: Vec<u8>) -> Vec<Record> {
+        tree.scan_prefix(&prefix)
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, _)| String::from_utf8(k[prefix.len()..].to_vec()).ok())
+            .filter_map(|r| r.parse::<RecordRef>().ok())
+            .filter_map(|r| self.record(&r).ok().flatten())
+            .collect()
+    }
+
+    // ---- activities ----------------------------------------------------------------------
+
+    pub fn activity(&self, id: u64) -> Result<Option<Activity>> {
+        self.t
+            .activities
+            .get(id.to_be_bytes())?
+            .map(|v| dec("activities", &v))
+            .transpose()
+    }
+
+    /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
+    pub fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
+        match regarding {
+            None => self
+                .t
+                .activities
+                .iter()
+                .map(|kv| {
+                    let (_, v) = kv?;
+                    dec("activities", &v)
+                })
+                .collect(),
+            Some(r) => {
+                let prefix = keys::regarding_prefix(&r.to_string());
+                let mut out = Vec::new();
+                for kv in self.t.activity_by_regarding.scan_prefix(&prefix) {
+                    let (k, _) = kv?;
+                    let id = keys::u64_suffix(&k);
+                    if let Some(a) = self.activity(id)? {
+                        out.push(a);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    pub fn activity_count(&self) -> usize {
+        self.t.activities.len()
+    }
+
+    /// The activity tracked from this exact source, if any.
+    pub fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
+        Ok(self
+            .t
+            .activity_by_source
+            .get(keys::source(s))?
+            .map(|v| keys::u64_of(&v)))
+    }
+
+    // ---- folders, mailboxes, alerts, quarantine ----------------------------------------------
+
+    pub fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+        self.t
+            .folders
+            .get(keys::folder(mailbox, folder))?
+            .map(|v| dec("folders", &v))
+            .transpose()
+    }
+
+    pub fn folder_states(&self) -> Result<Vec<FolderState>> {
+        self.t
+            .folders
+            .iter()
+            .map(|kv| dec("folders", &kv?.1))
+            .collect()
+    }
+
+    /// Writes a folder checkpoint on its own (e.g. a folder seen for the first time, or empty).
+    pub fn put_folder_state(&self, st: &FolderState) -> Result<()> {
+        self.t
+            .folders
+            .insert(keys::folder(&st.mailbox, &st.folder), enc(st))?;
+        Ok(())
+    }
+
+    pub fn mailbox_state(&self, name: &str) -> Result<MailboxState> {
+        Ok(self
+            .t
+            .mailboxes
+            .get(name.as_bytes())?
+            .map(|v| dec("mailboxes", &v))
+            .transpose()?
+            .unwrap_or_else(|| MailboxState {
+                name: name.into(),
+                ..Default::default()
+            }))
+    }
+
+    pub fn put_mailbox_state(&self, st: &MailboxState) -> Result<()> {
+        self.t.mailboxes.insert(st.name.as_bytes(), enc(st))?;
+        self.flush()
+    }
+
+    pub fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
+        let id = self.db.generate_id()?;
+        let a = StoredAlert {
+            at: now(),
+            mailbox: mailbox.into(),
+            alert,
+        };
+        self.t.alerts.insert(id.to_be_bytes(), enc(&a))?;
+        Ok(())
+    }
+
+    /// The newest `n` alerts, newest first.
+    pub fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
+        self.t
+            .alerts
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| dec("alerts", &kv?.1))
+            .collect()
+    }
+
+    pub fn alert_count(&self) -> usize {
+        self.t.alerts.len()
+    }
+
+    pub fn quarantine(&self) -> Result<Vec<QuarantineEntry>> {
+        self.t
+            .quarantine
+            .iter()
+            .map(|kv| dec("quarantine", &kv?.1))
+            .collect()
+    }
+
+    pub fn quarantine_raw(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .t
+            .quarantine_raw
+            .get(id.to_be_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn quarantine_count(&self) -> usize {
+        self.t.quarantine.len()
+    }
+
+    // ---- the batch transaction -------------------------------------------------------------
+
+    /// Writes one batch and the folder checkpoint atomically, then flushes.
+    ///
+    /// Idempotent: replaying a batch whose sources are recorded changes nothing but the
+    /// checkpoint. Activities get their `id` and `tracked_at` here.
+    pub fn commit_batch(
+        &self,
+        items: &[BatchItem],
+        checkpoint: &FolderState,
+        alerts_mailbox: &str,
+    ) -> Result<BatchOutcome> {
+        let trees = [
+            &self.t.activities,
+            &self.t.activity_by_msgid,
+            &self.t.activity_by_source,
+            &self.t.activity_by_regarding,
+            &self.t.folders,
+            &self.t.quarantine,
+            &self.t.quarantine_raw,
+            &self.t.quarantine_by_source,
+            &self.t.alerts,
+        ];
+        let at = now();
+        let outcome = trees
+            .transaction(|tx| {
+                let mut out = BatchOutcome::default();
+                for item in items {
+                    match item {
+                        BatchItem::Tracked(a) => {
+                            apply_activity(tx, a, &at, alerts_mailbox, &mut out)?
+                        }
+                        BatchItem::Quarantined {
+                            source,
+                            reason,
+                            raw,
+                            size,
+                        } => {
+                            let skey = keys::source(source);
+                            if tx[7].get(&skey)?.is_some() || tx[2].get(&skey)?.is_some() {
+                                out.replayed += 1;
+                                continue;
+                            }
+                            let id = tx[5].generate_id()? + 1;
+                            let e = QuarantineEntry {
+                                id,
+                                source: source.clone(),
+                                reason: reason.clone(),
+                                size: *size,
+                                at: at.clone(),
+                            };
+                            tx[5].insert(&id.to_be_bytes(), enc(&e))?;
+                            tx[6].insert(&id.to_be_bytes(), raw.as_slice())?;
+                            tx[7].insert(skey, &id.to_be_bytes())?;
+                            out.quarantined += 1;
+                        }
+                    }
+                }
+                tx[4].insert(
+                    keys::folder(&checkpoint.mailbox, &checkpoint.folder),
+                    enc(checkpoint),
+                )?;
+                Ok(out)
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok(outcome)
+    }
+}
+
+/// Applies one tracked message inside the batch transaction (trees indexed as in `commit_batch`).
+fn apply_activity(
+    tx: &[TransactionalTree],
+    a: &Activity,
+    at: &str,
+    alerts_mailbox: &str,
+    out: &mut BatchOutcome,
+) -> std::result::Result<(), ConflictableTransactionError<String>> {
+    let (acts, by_msgid, by_source, by_regarding, alerts) =
+        (&tx[0], &tx[1], &tx[2], &tx[3], &tx[8]);
+    let skey = keys::source(&a.source);
+    if by_source.get(&skey)?.is_some() {
+        out.replayed += 1;
+        return Ok(());
+    }
+    let mkey = keys::msgid(&a.dedup_key, a.direction);
+    if let Some(idv) = by_msgid.get(&mkey)? {
+        // A copy of a tracked message: the first copy keeps the regarding (DESIGN §4.7); this
+        // one adds its source. A copy from the same mailbox and folder under a new
+        // UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
+        let id = keys::u64_of(&idv);
+        let Some(cur) = acts.get(id.to_be_bytes())? else {
+            return Err(abort(format!("index points to missing activity {id}")));
+        };
+        let mut cur: Activity = serde_json::from_slice(&cur).map_err(abort)?;
+        let same_place = |s: &Source| {
+            s.mailbox == a.source.mailbox
+                && s.folder == a.source.folder
+                && s.uidvalidity != a.source.uidvalidity
+        };
+        if same_place(&cur.source) {
+            by_source.remove(keys::source(&cur.source))?;
+            cur.source = a.source.clone();
+        } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
+            by_source.remove(keys::source(s))?;
+            *s = a.source.clone();
+        } else {
+            cur.other_sources.push(a.source.clone());
+        }
+        by_source.insert(skey, &id.to_be_bytes())?;
+        acts.insert(&id.to_be_bytes(), enc(&cur))?;
+        out.merged += 1;
+        return Ok(());
+    }
+    let id = acts.generate_id()? + 1;
+    let mut a = a.clone();
+    a.id = id;
+    a.tracked_at = at.to_string();
+    for al in &a.alerts {
+        let aid = alerts.generate_id()?;
+        let stored = StoredAlert {
+            at: at.to_string(),
+            mailbox: alerts_mailbox.to_string(),
+            alert: al.clone(),
+        };
+        alerts.insert(&aid.to_be_bytes(), enc(&stored))?;
+    }
+    acts.insert(&id.to_be_bytes(), enc(&a))?;
+    by_msgid.insert(mkey, &id.to_be_bytes())?;
+    by_source.insert(skey, &id.to_be_bytes())?;
+    if let Some(r) = &a.regarding {
+        by_regarding.insert(keys::regarding(r, id), &[])?;
+    }
+    out.created += 1;
+    Ok(())
+}
+
+impl RecordLookup for Store {
+    fn get(&self, r: &RecordRef) -> Option<Record> {
+        self.record(r).ok().flatten()
+    }
+    fn by_email(&self, email: &str) -> Vec<Record> {
+        self.records_from_index(&self.t.record_by_email, keys::record_email_prefix(email))
+    }
+    fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
+        self.records_from_index(
+            &self.t.record_by_name,
+            keys::record_name_prefix(rtype, name),
+        )
+    }
+}
