@@ -12,6 +12,7 @@ pub mod imap;
 pub mod model;
 pub mod parse;
 pub mod records_io;
+pub mod sandbox;
 pub mod store;
 pub mod sync;
 pub mod track;

@@ -60,6 +60,11 @@ pub fn folder(mailbox: &str, folder: &str) -> Vec<u8> {
     join(&[mailbox.as_bytes(), folder.as_bytes()])
 }
 
+/// `mailbox\0message`: one entry per distinct alert.
+pub fn alert(mailbox: &str, message: &str) -> Vec<u8> {
+    join(&[mailbox.as_bytes(), message.as_bytes()])
+}
+
 /// `type:key\0<id BE>`
 pub fn regarding(r: &str, id: u64) -> Vec<u8> {
     join(&[r.as_bytes(), &id.to_be_bytes()])

@@ -80,13 +80,31 @@ pub struct QuarantineEntry {
     pub at: String,
 }
 
-/// An alert with its time and mailbox.
+/// An alert with its mailbox, when it was first and last raised, and how often. The same
+/// alert raised again (every sync, say) updates this one entry instead of flooding `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredAlert {
     pub at: String,
+    pub first_at: String,
+    pub count: u64,
     pub mailbox: String,
     #[serde(flatten)]
     pub alert: Alert,
+}
+
+impl StoredAlert {
+    /// Raises `alert` again: the updated entry for `previous` (if any).
+    fn raise(previous: Option<&[u8]>, mailbox: &str, alert: &Alert, at: &str) -> StoredAlert {
+        match previous.and_then(|p| serde_json::from_slice::<StoredAlert>(p).ok()) {
+            Some(mut p) => {
+                p.at = at.to_string();
+                p.count += 1;
+                p.alert.level = alert.level.clone();
+                p
+            }
+            None => StoredAlert { at: at.into(), first_at: at.into(), count: 1, mailbox: mailbox.into(), alert: alert.clone() },
+        }
+    }
 }
 
 /// One message's outcome, ready to be written.
@@ -477,25 +495,18 @@ impl Store {
     }
 
     pub fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
-        let id = self.db.generate_id()?;
-        let a = StoredAlert {
-            at: now(),
-            mailbox: mailbox.into(),
-            alert,
-        };
-        self.t.alerts.insert(id.to_be_bytes(), enc(&a))?;
+        let key = keys::alert(mailbox, &alert.message);
+        let at = now();
+        self.t.alerts.fetch_and_update(&key, |prev| Some(enc(&StoredAlert::raise(prev, mailbox, &alert, &at))))?;
         Ok(())
     }
 
-    /// The newest `n` alerts, newest first.
+    /// The `n` most recently raised alerts, newest first.
     pub fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
-        self.t
-            .alerts
-            .iter()
-            .rev()
-            .take(n)
-            .map(|kv| dec("alerts", &kv?.1))
-            .collect()
+        let mut all: Vec<StoredAlert> = self.t.alerts.iter().map(|kv| dec("alerts", &kv?.1)).collect::<Result<_>>()?;
+        all.sort_by(|a, b| b.at.cmp(&a.at));
+        all.truncate(n);
+        Ok(all)
     }
 
     pub fn alert_count(&self) -> usize {
@@ -544,6 +555,7 @@ impl Store {
             &self.t.quarantine_raw,
             &self.t.quarantine_by_source,
             &self.t.alerts,
+            &self.t.meta,
         ];
         let at = now();
         let outcome = trees
@@ -565,7 +577,7 @@ impl Store {
                                 out.replayed += 1;
                                 continue;
                             }
-                            let id = tx[5].generate_id()? + 1;
+                            let id = next_id(&tx[9], "next_quarantine_id")?;
                             let e = QuarantineEntry {
                                 id,
                                 source: source.clone(),
@@ -590,6 +602,14 @@ impl Store {
         self.flush()?;
         Ok(outcome)
     }
+}
+
+/// Dense, restart-proof ids (sled's `generate_id` jumps by a million after a restart, which
+/// makes poor activity numbers for people to type).
+fn next_id(meta: &TransactionalTree, counter: &str) -> std::result::Result<u64, ConflictableTransactionError<String>> {
+    let cur = meta.get(counter)?.map(|v| keys::u64_of(&v)).unwrap_or(0) + 1;
+    meta.insert(counter, &cur.to_be_bytes())?;
+    Ok(cur)
 }
 
 /// Applies one tracked message inside the batch transaction (trees indexed as in `commit_batch`).
@@ -636,18 +656,14 @@ fn apply_activity(
         out.merged += 1;
         return Ok(());
     }
-    let id = acts.generate_id()? + 1;
+    let id = next_id(&tx[9], "next_activity_id")?;
     let mut a = a.clone();
     a.id = id;
     a.tracked_at = at.to_string();
     for al in &a.alerts {
-        let aid = alerts.generate_id()?;
-        let stored = StoredAlert {
-            at: at.to_string(),
-            mailbox: alerts_mailbox.to_string(),
-            alert: al.clone(),
-        };
-        alerts.insert(&aid.to_be_bytes(), enc(&stored))?;
+        let key = keys::alert(alerts_mailbox, &al.message);
+        let prev = alerts.get(&key)?;
+        alerts.insert(key, enc(&StoredAlert::raise(prev.as_deref(), alerts_mailbox, al, at)))?;
     }
     acts.insert(&id.to_be_bytes(), enc(&a))?;
     by_msgid.insert(mkey, &id.to_be_bytes())?;

@@ -1,0 +1,233 @@
+//! Shared harness of the integration tests: a private Dovecot per test (real server, free
+//! loopback port, temp dir), a tiny synchronous IMAP client to set up folders and mail, and
+//! helpers to write a config and run the real `foldertrack` binary against it.
+
+#![allow(dead_code)]
+
+use foldertrack::sandbox::{Sandbox, SandboxOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "pass";
+
+/// One test's world: a Dovecot, a work dir with config and data dir.
+pub struct Env {
+    pub dovecot: Sandbox,
+    pub work: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Fails loudly when Dovecot is missing: CI installs it, so a skip would hide a broken setup.
+pub fn env() -> Env {
+    env_with(SandboxOptions::default())
+}
+
+pub fn env_with(mut opts: SandboxOptions) -> Env {
+    assert!(
+        foldertrack::sandbox::dovecot_available(),
+        "these tests need Dovecot: apt-get install dovecot-imapd (README: the test command installs it)"
+    );
+    if opts.users.is_empty() {
+        opts.users = ["alice", "bob", "user1"].iter().map(|u| (u.to_string(), PASSWORD.to_string())).collect();
+    }
+    let tmp = tempfile::Builder::new().prefix("ft-test-").tempdir_in("/tmp").expect("temp dir");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &opts).expect("start dovecot");
+    std::fs::write(work.join("password"), PASSWORD).unwrap();
+    Env { dovecot, work, _tmp: tmp }
+}
+
+impl Env {
+    pub fn imap(&self, user: &str) -> Imap {
+        Imap::login(self.dovecot.port, user)
+    }
+
+    /// Writes `foldertrack.toml` with one mailbox per `(name, user, rules_toml)`; every mailbox
+    /// points at this Dovecot in plaintext on loopback.
+    pub fn write_config(&self, mailboxes: &[(&str, &str, &str)], extra_top: &str) -> PathBuf {
+        let mut t = format!("data_dir = \"data\"\n{extra_top}\n");
+        for (name, user, rules) in mailboxes {
+            t.push_str(&format!(
+                "[[mailbox]]\nname = \"{name}\"\nowner = \"systemuser:{user}\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nallow_plaintext = true\nuser = \"{user}\"\naddress = \"{user}@example.com\"\npassword_file = \"password\"\n{rules}\n",
+                self.dovecot.port
+            ));
+        }
+        let p = self.work.join("foldertrack.toml");
+        std::fs::write(&p, t).unwrap();
+        p
+    }
+
+    /// Runs the binary with this env's config.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+            .current_dir(&self.work)
+            .arg("--config")
+            .arg(self.work.join("foldertrack.toml"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run foldertrack")
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "foldertrack {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    pub fn activities(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["activities", "list", "--json"])).unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    pub fn import_records(&self, jsonl: &str) {
+        let p = self.work.join("records.jsonl");
+        std::fs::write(&p, jsonl).unwrap();
+        self.ok(&["records", "import", p.to_str().unwrap()]);
+    }
+}
+
+/// The standard cast of records the fixtures use.
+pub const RECORDS: &str = r#"{"type":"systemuser","key":"alice","name":"Alice Example","emails":["alice@example.com"]}
+{"type":"systemuser","key":"bob","name":"Bob User","emails":["bob@example.com"]}
+{"type":"account","key":"acme","name":"Acme","emails":["sales@acme.com"],"owner":"alice"}
+{"type":"account","key":"globex","name":"Globex","emails":["info@globex.com"],"owner":"alice"}
+{"type":"contact","key":"bob-builder","name":"Bob Builder","emails":["bob@acme.com"],"owner":"alice"}
+{"type":"contact","key":"carol","name":"Carol Shaw","emails":["carol@globex.com"],"owner":"alice"}
+{"type":"lead","key":"carol-lead","name":"Carol Shaw (lead)","emails":["carol@globex.com"],"owner":"alice"}
+"#;
+
+/// A small synchronous IMAP client for test set-up; it checks every tagged answer is OK.
+pub struct Imap {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    tag: u32,
+    pub sep: char,
+}
+
+impl Imap {
+    pub fn login(port: u16, user: &str) -> Imap {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to dovecot");
+        let w = s.try_clone().unwrap();
+        let mut c = Imap { r: BufReader::new(s), w, tag: 0, sep: '.' };
+        let mut greet = String::new();
+        c.r.read_line(&mut greet).unwrap();
+        assert!(greet.starts_with("* OK"), "{greet}");
+        c.cmd(&format!("LOGIN {user} {PASSWORD}"));
+        let list = c.cmd("LIST \"\" \"\"");
+        if let Some(l) = list.iter().find(|l| l.starts_with("* LIST")) {
+            if let Some(q) = l.split('"').nth(1) {
+                c.sep = q.chars().next().unwrap_or('.');
+            }
+        }
+        c
+    }
+
+    /// Sends one command; returns the untagged lines. Panics unless the answer is OK.
+    pub fn cmd(&mut self, c: &str) -> Vec<String> {
+        let (ok, lines) = self.try_cmd(c);
+        assert!(ok, "IMAP `{c}` failed: {lines:?}");
+        lines
+    }
+
+    pub fn try_cmd(&mut self, c: &str) -> (bool, Vec<String>) {
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        write!(self.w, "{tag} {c}\r\n").unwrap();
+        self.read_until(&tag)
+    }
+
+    fn read_until(&mut self, tag: &str) -> (bool, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            let n = self.r.read_line(&mut l).unwrap();
+            assert!(n > 0, "connection closed");
+            if let Some(rest) = l.strip_prefix(&format!("{tag} ")) {
+                return (rest.starts_with("OK"), lines);
+            }
+            // skip literals in untagged data
+            if let Some(len) = l.trim_end().strip_suffix('}').and_then(|x| x.rsplit('{').next()).and_then(|n| n.parse::<usize>().ok()) {
+                let mut buf = vec![0; len];
+                self.r.read_exact(&mut buf).unwrap();
+            }
+            lines.push(l.trim_end().to_string());
+        }
+    }
+
+    /// Folder in config form → server name.
+    pub fn name(&self, folder: &str) -> String {
+        foldertrack::imap::folders::to_server_name(folder, Some(self.sep))
+    }
+
+    pub fn create(&mut self, folder: &str) {
+        let n = self.name(folder);
+        self.cmd(&format!("CREATE \"{n}\""));
+    }
+
+    /// APPENDs many messages pipelined with LITERAL+ (fast: one round trip for all).
+    pub fn append_many(&mut self, folder: &str, msgs: &[Vec<u8>], flags: &str) {
+        let n = self.name(folder);
+        let first = self.tag + 1;
+        let mut buf = Vec::new();
+        for m in msgs {
+            self.tag += 1;
+            buf.extend_from_slice(format!("t{} APPEND \"{n}\" ({flags}) {{{}+}}\r\n", self.tag, m.len()).as_bytes());
+            buf.extend_from_slice(m);
+            buf.extend_from_slice(b"\r\n");
+            if buf.len() > 1 << 20 {
+                self.w.write_all(&buf).unwrap();
+                buf.clear();
+            }
+        }
+        self.w.write_all(&buf).unwrap();
+        for t in first..=self.tag {
+            let (ok, lines) = self.read_until(&format!("t{t}"));
+            assert!(ok, "APPEND failed: {lines:?}");
+        }
+    }
+
+    pub fn append(&mut self, folder: &str, msg: &[u8]) {
+        self.append_many(folder, &[msg.to_vec()], "");
+    }
+
+    /// FLAGS of every message of a folder, by UID.
+    pub fn flags(&mut self, folder: &str) -> Vec<String> {
+        let n = self.name(folder);
+        self.cmd(&format!("EXAMINE \"{n}\""));
+        self.cmd("UID FETCH 1:* (FLAGS)").into_iter().filter(|l| l.contains("FETCH")).collect()
+    }
+}
+
+/// A simple, valid message.
+pub fn message(from: &str, to: &str, subject: &str, message_id: Option<&str>) -> Vec<u8> {
+    let mut m = format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\n");
+    if let Some(id) = message_id {
+        m.push_str(&format!("Message-ID: {id}\r\n"));
+    }
+    m.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
+    m.push_str(&format!("Body of {subject}.\r\n"));
+    m.into_bytes()
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("mail")
+}
+
+/// Activities whose subject equals `s`.
+pub fn by_subject<'a>(acts: &'a [serde_json::Value], s: &str) -> Vec<&'a serde_json::Value> {
+    acts.iter().filter(|a| a["subject"] == s).collect()
+}
