@@ -4,6 +4,7 @@
 //! against the fixture corpus. Everything the tracking rules need is extracted here, once;
 //! the raw bytes are not looked at again except to hash or quarantine them.
 
+use base64::Engine;
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
 use sha2::{Digest, Sha256};
 
@@ -65,6 +66,10 @@ pub enum ParseError {
 /// [`ParseError`] when the bytes hold no message mail-parser can read; anything less broken
 /// (bad boundaries, junk header lines, unknown charsets) still parses with what can be read.
 pub fn parse_message(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
+    parse_inner(raw, true)
+}
+
+fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ParseError::Empty);
     }
@@ -95,42 +100,77 @@ pub fn parse_message(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
     let mut body_text = String::new();
     for i in 0..msg.text_body_count() {
         if let Some(t) = msg.body_text(i) {
-            if !body_text.is_empty() {
-                body_text.push('\n');
-            }
-            body_text.push_str(&t);
+            push_text(&mut body_text, &t);
             if body_text.len() > MAX_BODY_CHARS {
                 break;
             }
         }
     }
-    truncate_chars(&mut body_text, MAX_BODY_CHARS);
 
-    let attachments = msg
-        .attachments()
-        .map(|p| {
-            let contents = p.contents();
-            let mime_type = p
-                .content_type()
-                .map(|ct| match ct.subtype() {
-                    Some(st) => format!("{}/{}", ct.ctype(), st),
-                    None => ct.ctype().to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into())
-                .to_ascii_lowercase();
-            let name = p.attachment_name().map(str::to_string).or_else(|| {
-                p.message()
-                    .and_then(|m| m.subject())
-                    .map(|s| format!("{s}.eml"))
-            });
-            ParsedAttachment {
-                name,
-                mime_type,
-                size: contents.len() as u64,
-                sha256: hex::encode(Sha256::digest(contents)),
+    let mut attachments = Vec::new();
+    let mut recovered = Vec::new();
+    for p in msg.attachments() {
+        // A nameless text part that nobody marked as an attachment is message text that
+        // mail-parser could not place: the body of a multipart whose boundary is wrong, or
+        // the inline text/calendar alternative of an invitation. It is not a file.
+        let ctype = p.content_type().map(|ct| ct.ctype().to_ascii_lowercase());
+        let is_multipart = ctype.as_deref() == Some("multipart");
+        let is_text = ctype.is_none() || ctype.as_deref() == Some("text") || is_multipart;
+        let disposed = p
+            .content_disposition()
+            .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+        if is_text && !disposed && p.attachment_name().is_none() && p.message().is_none() {
+            if body_text.trim().is_empty() {
+                match (is_multipart && recover).then(|| recover_multipart(p.contents())).flatten() {
+                    Some(inner) => {
+                        push_text(&mut body_text, &inner.body_text);
+                        recovered.extend(inner.attachments);
+                    }
+                    None => {
+                        if let Some(t) = p.text_contents() {
+                            push_text(&mut body_text, t);
+                        }
+                    }
+                }
             }
-        })
-        .collect();
+            continue;
+        }
+        let decoded;
+        let mut contents = p.contents();
+        // mail-parser leaves the last part of a multipart whose closing boundary is missing
+        // undecoded; decode it here so its size and hash are the file's.
+        if p.encoding == mail_parser::Encoding::None
+            && p.content_transfer_encoding().is_some_and(|e| e.eq_ignore_ascii_case("base64"))
+        {
+            let clean: Vec<u8> = contents.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&clean) {
+                decoded = d;
+                contents = &decoded;
+            }
+        }
+        let mime_type = p
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(st) => format!("{}/{}", ct.ctype(), st),
+                None => ct.ctype().to_string(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into())
+            .to_ascii_lowercase();
+        // An attached message without a file name is named after its subject, as mail
+        // clients show it.
+        let name = p
+            .attachment_name()
+            .map(str::to_string)
+            .or_else(|| p.message().and_then(|m| m.subject()).map(|s| format!("{s}.eml")));
+        attachments.push(ParsedAttachment {
+            name,
+            mime_type,
+            size: contents.len() as u64,
+            sha256: hex::encode(Sha256::digest(contents)),
+        });
+    }
+    attachments.extend(recovered);
+    truncate_chars(&mut body_text, MAX_BODY_CHARS);
 
     let date = msg.date().filter(|d| d.is_valid()).map(|d| d.to_rfc3339());
     Ok(ParsedMessage {
@@ -155,6 +195,20 @@ pub fn parse_message(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
     })
 }
 
+/// A multipart whose declared boundary never occurs comes back unsplit. When its body starts
+/// with a delimiter line (`--something`), parse it again with that boundary, so the text and
+/// files inside are recovered instead of shown as raw MIME.
+fn recover_multipart(body: &[u8]) -> Option<ParsedMessage> {
+    let text = std::str::from_utf8(body).ok()?;
+    let first = text.lines().find(|l| !l.trim().is_empty())?.trim_end();
+    let boundary = first.strip_prefix("--")?.trim_end_matches("--");
+    if boundary.is_empty() || boundary.len() > 200 || boundary.contains('"') {
+        return None;
+    }
+    let synthetic = format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n{text}");
+    parse_inner(synthetic.as_bytes(), false).ok().filter(|p| !p.body_text.trim().is_empty())
+}
+
 /// Normalises a message id to `<id>`; mail-parser strips the brackets, lettre and Dynamics keep them.
 fn bracket(id: &str) -> Option<String> {
     let id = id
@@ -171,6 +225,13 @@ fn id_list(v: &HeaderValue) -> Vec<String> {
         HeaderValue::TextList(l) => l.iter().filter_map(|t| bracket(t)).collect(),
         _ => Vec::new(),
     }
+}
+
+fn push_text(body: &mut String, t: &str) {
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    body.push_str(t);
 }
 
 fn truncate_chars(s: &mut String, max: usize) {
