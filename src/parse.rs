@@ -121,7 +121,10 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
             .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
         if is_text && !disposed && p.attachment_name().is_none() && p.message().is_none() {
             if body_text.trim().is_empty() {
-                match (is_multipart && recover).then(|| recover_multipart(p.contents())).flatten() {
+                match (is_multipart && recover)
+                    .then(|| recover_multipart(p.contents()))
+                    .flatten()
+                {
                     Some(inner) => {
                         push_text(&mut body_text, &inner.body_text);
                         recovered.extend(inner.attachments);
@@ -140,9 +143,14 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
         // mail-parser leaves the last part of a multipart whose closing boundary is missing
         // undecoded; decode it here so its size and hash are the file's.
         if p.encoding == mail_parser::Encoding::None
-            && p.content_transfer_encoding().is_some_and(|e| e.eq_ignore_ascii_case("base64"))
+            && p.content_transfer_encoding()
+                .is_some_and(|e| e.eq_ignore_ascii_case("base64"))
         {
-            let clean: Vec<u8> = contents.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            let clean: Vec<u8> = contents
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
             if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&clean) {
                 decoded = d;
                 contents = &decoded;
@@ -158,10 +166,11 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
             .to_ascii_lowercase();
         // An attached message without a file name is named after its subject, as mail
         // clients show it.
-        let name = p
-            .attachment_name()
-            .map(str::to_string)
-            .or_else(|| p.message().and_then(|m| m.subject()).map(|s| format!("{s}.eml")));
+        let name = p.attachment_name().map(str::to_string).or_else(|| {
+            p.message()
+                .and_then(|m| m.subject())
+                .map(|s| format!("{s}.eml"))
+        });
         attachments.push(ParsedAttachment {
             name,
             mime_type,
@@ -206,7 +215,9 @@ fn recover_multipart(body: &[u8]) -> Option<ParsedMessage> {
         return None;
     }
     let synthetic = format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n{text}");
-    parse_inner(synthetic.as_bytes(), false).ok().filter(|p| !p.body_text.trim().is_empty())
+    parse_inner(synthetic.as_bytes(), false)
+        .ok()
+        .filter(|p| !p.body_text.trim().is_empty())
 }
 
 /// Normalises a message id to `<id>`; mail-parser strips the brackets, lettre and Dynamics keep them.

@@ -274,6 +274,13 @@ pub async fn sync_folder(
             })
             .await
             .map_err(|e| SyncError::Worker(e.to_string()))??;
+            tracing::debug!(
+                last_uid = last,
+                created = out.created,
+                merged = out.merged,
+                quarantined = out.quarantined,
+                "batch committed"
+            );
             total += out;
         }
         Ok::<_, SyncError>(total)

@@ -310,8 +310,15 @@ impl Status {
         if !self.alerts.is_empty() {
             s.push_str("recent alerts (newest first):\n");
             for a in &self.alerts {
-                let times = if a.count > 1 { format!(" ({} times since {})", a.count, a.first_at) } else { String::new() };
-                s.push_str(&format!("  {} {} [{}] {}{times}\n", a.at, a.alert.level, a.mailbox, a.alert.message));
+                let times = if a.count > 1 {
+                    format!(" ({} times since {})", a.count, a.first_at)
+                } else {
+                    String::new()
+                };
+                s.push_str(&format!(
+                    "  {} {} [{}] {}{times}\n",
+                    a.at, a.alert.level, a.mailbox, a.alert.message
+                ));
             }
         }
         s

@@ -102,7 +102,13 @@ impl StoredAlert {
                 p.alert.level = alert.level.clone();
                 p
             }
-            None => StoredAlert { at: at.into(), first_at: at.into(), count: 1, mailbox: mailbox.into(), alert: alert.clone() },
+            None => StoredAlert {
+                at: at.into(),
+                first_at: at.into(),
+                count: 1,
+                mailbox: mailbox.into(),
+                alert: alert.clone(),
+            },
         }
     }
 }
@@ -497,13 +503,20 @@ impl Store {
     pub fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
         let key = keys::alert(mailbox, &alert.message);
         let at = now();
-        self.t.alerts.fetch_and_update(&key, |prev| Some(enc(&StoredAlert::raise(prev, mailbox, &alert, &at))))?;
+        self.t.alerts.fetch_and_update(&key, |prev| {
+            Some(enc(&StoredAlert::raise(prev, mailbox, &alert, &at)))
+        })?;
         Ok(())
     }
 
     /// The `n` most recently raised alerts, newest first.
     pub fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
-        let mut all: Vec<StoredAlert> = self.t.alerts.iter().map(|kv| dec("alerts", &kv?.1)).collect::<Result<_>>()?;
+        let mut all: Vec<StoredAlert> = self
+            .t
+            .alerts
+            .iter()
+            .map(|kv| dec("alerts", &kv?.1))
+            .collect::<Result<_>>()?;
         all.sort_by(|a, b| b.at.cmp(&a.at));
         all.truncate(n);
         Ok(all)
@@ -606,7 +619,10 @@ impl Store {
 
 /// Dense, restart-proof ids (sled's `generate_id` jumps by a million after a restart, which
 /// makes poor activity numbers for people to type).
-fn next_id(meta: &TransactionalTree, counter: &str) -> std::result::Result<u64, ConflictableTransactionError<String>> {
+fn next_id(
+    meta: &TransactionalTree,
+    counter: &str,
+) -> std::result::Result<u64, ConflictableTransactionError<String>> {
     let cur = meta.get(counter)?.map(|v| keys::u64_of(&v)).unwrap_or(0) + 1;
     meta.insert(counter, &cur.to_be_bytes())?;
     Ok(cur)
@@ -663,7 +679,10 @@ fn apply_activity(
     for al in &a.alerts {
         let key = keys::alert(alerts_mailbox, &al.message);
         let prev = alerts.get(&key)?;
-        alerts.insert(key, enc(&StoredAlert::raise(prev.as_deref(), alerts_mailbox, al, at)))?;
+        alerts.insert(
+            key,
+            enc(&StoredAlert::raise(prev.as_deref(), alerts_mailbox, al, at)),
+        )?;
     }
     acts.insert(&id.to_be_bytes(), enc(&a))?;
     by_msgid.insert(mkey, &id.to_be_bytes())?;

@@ -29,15 +29,23 @@ pub fn env_with(mut opts: SandboxOptions) -> Env {
         foldertrack::sandbox::dovecot_available(),
         "these tests need Dovecot: apt-get install dovecot-imapd (README: the test command installs it)"
     );
-    if opts.users.is_empty() {
-        opts.users = ["alice", "bob", "user1"].iter().map(|u| (u.to_string(), PASSWORD.to_string())).collect();
-    }
-    let tmp = tempfile::Builder::new().prefix("ft-test-").tempdir_in("/tmp").expect("temp dir");
+    opts.users = ["alice", "bob", "user1"]
+        .iter()
+        .map(|u| (u.to_string(), PASSWORD.to_string()))
+        .collect();
+    let tmp = tempfile::Builder::new()
+        .prefix("ft-test-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &opts).expect("start dovecot");
     std::fs::write(work.join("password"), PASSWORD).unwrap();
-    Env { dovecot, work, _tmp: tmp }
+    Env {
+        dovecot,
+        work,
+        _tmp: tmp,
+    }
 }
 
 impl Env {
@@ -122,7 +130,12 @@ impl Imap {
     pub fn login(port: u16, user: &str) -> Imap {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to dovecot");
         let w = s.try_clone().unwrap();
-        let mut c = Imap { r: BufReader::new(s), w, tag: 0, sep: '.' };
+        let mut c = Imap {
+            r: BufReader::new(s),
+            w,
+            tag: 0,
+            sep: '.',
+        };
         let mut greet = String::new();
         c.r.read_line(&mut greet).unwrap();
         assert!(greet.starts_with("* OK"), "{greet}");
@@ -160,7 +173,12 @@ impl Imap {
                 return (rest.starts_with("OK"), lines);
             }
             // skip literals in untagged data
-            if let Some(len) = l.trim_end().strip_suffix('}').and_then(|x| x.rsplit('{').next()).and_then(|n| n.parse::<usize>().ok()) {
+            if let Some(len) = l
+                .trim_end()
+                .strip_suffix('}')
+                .and_then(|x| x.rsplit('{').next())
+                .and_then(|n| n.parse::<usize>().ok())
+            {
                 let mut buf = vec![0; len];
                 self.r.read_exact(&mut buf).unwrap();
             }
@@ -185,7 +203,14 @@ impl Imap {
         let mut buf = Vec::new();
         for m in msgs {
             self.tag += 1;
-            buf.extend_from_slice(format!("t{} APPEND \"{n}\" ({flags}) {{{}+}}\r\n", self.tag, m.len()).as_bytes());
+            buf.extend_from_slice(
+                format!(
+                    "t{} APPEND \"{n}\" ({flags}) {{{}+}}\r\n",
+                    self.tag,
+                    m.len()
+                )
+                .as_bytes(),
+            );
             buf.extend_from_slice(m);
             buf.extend_from_slice(b"\r\n");
             if buf.len() > 1 << 20 {
@@ -208,7 +233,10 @@ impl Imap {
     pub fn flags(&mut self, folder: &str) -> Vec<String> {
         let n = self.name(folder);
         self.cmd(&format!("EXAMINE \"{n}\""));
-        self.cmd("UID FETCH 1:* (FLAGS)").into_iter().filter(|l| l.contains("FETCH")).collect()
+        self.cmd("UID FETCH 1:* (FLAGS)")
+            .into_iter()
+            .filter(|l| l.contains("FETCH"))
+            .collect()
     }
 }
 
@@ -224,7 +252,9 @@ pub fn message(from: &str, to: &str, subject: &str, message_id: Option<&str>) ->
 }
 
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("mail")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("mail")
 }
 
 /// Activities whose subject equals `s`.

@@ -1,0 +1,583 @@
+//! Tracking semantics (DESIGN §4) against a real Dovecot: each test is named after the rule it
+//! proves, sets up folders and mail over IMAP, runs the real binary, and checks the store.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+const RULES: &str = r#"
+  [[mailbox.rule]]
+  folder = "INBOX/Tracked/Acme"
+  regarding = "account:acme"
+  [[mailbox.rule]]
+  folder = "INBOX/Customers/*"
+  regarding = { type = "account", by = "name" }
+  [[mailbox.rule]]
+  folder = "INBOX/Projects"
+  [[mailbox.rule]]
+  folder = "Archive/Deals/*"
+  regarding = { type = "account", by = "key" }
+  [[mailbox.rule]]
+  folder = "Sent"
+"#;
+
+/// Alice's mailbox with the standard folders and records.
+fn alice() -> Env {
+    let e = env();
+    let mut c = e.imap("alice");
+    for f in [
+        "INBOX/Tracked",
+        "INBOX/Tracked/Acme",
+        "INBOX/Customers",
+        "INBOX/Customers/Globex",
+        "INBOX/Customers/Nobody Inc",
+        "INBOX/Projects",
+        "INBOX/Personal",
+        "Archive",
+        "Archive/Deals",
+        "Archive/Deals/acme",
+    ] {
+        c.create(f);
+    }
+    e.write_config(&[("alice", "alice", RULES)], "");
+    e.import_records(RECORDS);
+    e
+}
+
+fn one<'a>(acts: &'a [Value], subject: &str) -> &'a Value {
+    let m = by_subject(acts, subject);
+    assert_eq!(
+        m.len(),
+        1,
+        "expected one activity `{subject}`, got {}: {acts:#?}",
+        m.len()
+    );
+    m[0]
+}
+
+#[test]
+fn rule_exact_folder_links_every_message_to_its_record() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message(
+            "Bob Builder <bob@acme.com>",
+            "alice@example.com",
+            "quote 1",
+            Some("<q1@acme.com>"),
+        ),
+    );
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message(
+            "stranger@unknown.org",
+            "alice@example.com",
+            "quote 2",
+            Some("<q2@acme.com>"),
+        ),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    assert_eq!(acts.len(), 2);
+    for a in &acts {
+        assert_eq!(a["regarding"], "account:acme");
+        assert_eq!(a["source"]["folder"], "INBOX/Tracked/Acme");
+        assert_eq!(a["source"]["mailbox"], "alice");
+        assert_eq!(a["direction"], "incoming");
+    }
+    let by_reg = e.ok(&[
+        "activities",
+        "list",
+        "--regarding",
+        "account:acme",
+        "--json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&by_reg).unwrap().len(),
+        2
+    );
+    let none = e.ok(&[
+        "activities",
+        "list",
+        "--regarding",
+        "account:globex",
+        "--json",
+    ]);
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&none).unwrap().len(), 0);
+}
+
+#[test]
+fn rule_without_regarding_tracks_unlinked() {
+    let e = alice();
+    e.imap("alice").append(
+        "INBOX/Projects",
+        &message(
+            "bob@acme.com",
+            "alice@example.com",
+            "project x",
+            Some("<p@x>"),
+        ),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let a = one(&acts, "project x");
+    assert_eq!(a["regarding"], Value::Null);
+    assert!(
+        a["alerts"].as_array().unwrap().is_empty(),
+        "no alert for a deliberate no-regarding rule"
+    );
+}
+
+#[test]
+fn rule_pattern_captures_record_by_name_and_unmatched_capture_alerts() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append(
+        "INBOX/Customers/Globex",
+        &message(
+            "carol@globex.com",
+            "alice@example.com",
+            "globex mail",
+            Some("<g@x>"),
+        ),
+    );
+    c.append(
+        "INBOX/Customers/Nobody Inc",
+        &message(
+            "x@nobody.com",
+            "alice@example.com",
+            "nobody mail",
+            Some("<n@x>"),
+        ),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    assert_eq!(one(&acts, "globex mail")["regarding"], "account:globex");
+    let n = one(&acts, "nobody mail");
+    assert_eq!(
+        n["regarding"],
+        Value::Null,
+        "an unmatched capture tracks unlinked"
+    );
+    assert!(
+        n["alerts"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Nobody Inc"),
+        "{n}"
+    );
+    let st = e.status();
+    let alerts = st["alerts"].as_array().unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["message"].as_str().unwrap().contains("Nobody Inc")),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn rule_pattern_by_key_and_any_folder_can_be_tracked_not_only_under_inbox() {
+    let e = alice();
+    e.imap("alice").append(
+        "Archive/Deals/acme",
+        &message("bob@acme.com", "alice@example.com", "deal", Some("<d@x>")),
+    );
+    e.ok(&["sync"]);
+    assert_eq!(one(&e.activities(), "deal")["regarding"], "account:acme");
+}
+
+#[test]
+fn untracked_folders_are_left_alone() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append(
+        "INBOX/Personal",
+        &message(
+            "mum@family.org",
+            "alice@example.com",
+            "dinner",
+            Some("<m@x>"),
+        ),
+    );
+    c.append(
+        "INBOX",
+        &message(
+            "bob@acme.com",
+            "alice@example.com",
+            "inbox mail",
+            Some("<i@x>"),
+        ),
+    );
+    e.ok(&["sync"]);
+    assert!(e.activities().is_empty());
+}
+
+#[test]
+fn direction_sent_folder_is_outgoing_and_own_address_is_outgoing() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append(
+        "Sent",
+        &message(
+            "Alice Example <alice@example.com>",
+            "bob@acme.com",
+            "sent copy",
+            Some("<s1@example.com>"),
+        ),
+    );
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message(
+            "Alice Example <alice@example.com>",
+            "bob@acme.com",
+            "dragged own mail",
+            Some("<s2@example.com>"),
+        ),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let s = one(&acts, "sent copy");
+    assert_eq!(s["direction"], "outgoing");
+    assert_eq!(s["from"]["record"], "systemuser:alice");
+    assert_eq!(s["to"][0]["record"], "contact:bob-builder");
+    assert_eq!(one(&acts, "dragged own mail")["direction"], "outgoing");
+}
+
+#[test]
+fn parties_from_resolves_one_record_recipients_all_unresolved_kept_as_address() {
+    let e = alice();
+    let m = b"From: Carol Shaw <carol@globex.com>\r\nTo: Alice <alice@example.com>, stranger@unknown.org\r\nCc: Bob <bob@acme.com>\r\nSubject: parties\r\nMessage-ID: <parties@x>\r\n\r\nhi\r\n";
+    e.imap("alice").append("INBOX/Tracked/Acme", m);
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let a = one(&acts, "parties");
+    // carol@globex.com is a contact and a lead: From takes the contact (type order).
+    assert_eq!(a["from"]["record"], "contact:carol");
+    assert_eq!(a["from"]["name"], "Carol Shaw");
+    assert_eq!(a["to"][0]["record"], "systemuser:alice");
+    assert_eq!(a["to"][1]["address"], "stranger@unknown.org");
+    assert_eq!(
+        a["to"][1]["record"],
+        Value::Null,
+        "unresolved kept as addressused"
+    );
+    assert_eq!(a["cc"][0]["record"], "contact:bob-builder");
+}
+
+#[test]
+fn dedup_same_message_in_two_folders_is_one_activity_first_wins_regarding() {
+    let e = alice();
+    let m = message(
+        "bob@acme.com",
+        "alice@example.com",
+        "twice",
+        Some("<twice@acme.com>"),
+    );
+    let mut c = e.imap("alice");
+    c.append("INBOX/Customers/Globex", &m);
+    c.append("INBOX/Tracked/Acme", &m);
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let a = one(&acts, "twice");
+    let first = a["source"]["folder"].as_str().unwrap().to_string();
+    let other = &a["other_sources"][0]["folder"];
+    assert_ne!(other, &Value::Null, "the second copy adds its source: {a}");
+    assert_eq!(
+        a["regarding"],
+        if first == "INBOX/Tracked/Acme" {
+            "account:acme"
+        } else {
+            "account:globex"
+        }
+    );
+}
+
+#[test]
+fn dedup_without_message_id_uses_content_hash_minus_trace_headers() {
+    let e = alice();
+    let body = "From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: no id\r\n\r\nsame body\r\n";
+    let mut c = e.imap("alice");
+    c.append(
+        "INBOX/Tracked/Acme",
+        format!("Received: from a by b; Mon, 2 Sep 2024 10:00:00 +0000\r\n{body}").as_bytes(),
+    );
+    c.append("INBOX/Projects", format!("Received: from c by d; Mon, 2 Sep 2024 10:00:05 +0000\r\nDelivered-To: alice@example.com\r\n{body}").as_bytes());
+    c.append(
+        "INBOX/Projects",
+        body.replace("same body", "other body").as_bytes(),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    assert_eq!(
+        by_subject(&acts, "no id").len(),
+        2,
+        "two different messages, one copy merged: {acts:#?}"
+    );
+    assert!(acts.iter().all(|a| a["message_id"].is_null()));
+}
+
+#[test]
+fn dedup_sent_copy_and_received_copy_are_two_activities() {
+    let e = alice();
+    let m = message(
+        "alice@example.com",
+        "bob@example.com",
+        "both ways",
+        Some("<bw@example.com>"),
+    );
+    let mut c = e.imap("alice");
+    c.append("Sent", &m);
+    c.append(
+        "INBOX/Projects",
+        &message(
+            "bob@acme.com",
+            "alice@example.com",
+            "both ways",
+            Some("<bw@example.com>"),
+        ),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let both = by_subject(&acts, "both ways");
+    assert_eq!(both.len(), 2);
+    let mut dirs: Vec<&str> = both
+        .iter()
+        .map(|a| a["direction"].as_str().unwrap())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ["incoming", "outgoing"]);
+    assert_eq!(both[0]["message_id"], both[1]["message_id"]);
+}
+
+#[test]
+fn dedup_across_mailboxes_is_one_activity() {
+    let e = env();
+    for u in ["alice", "bob"] {
+        let mut c = e.imap(u);
+        c.create("INBOX/Tracked");
+        c.create("INBOX/Tracked/Acme");
+        c.append(
+            "INBOX/Tracked/Acme",
+            &message(
+                "carol@globex.com",
+                "alice@example.com, bob@example.com",
+                "to both",
+                Some("<both@globex.com>"),
+            ),
+        );
+    }
+    let rule =
+        "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n";
+    e.write_config(&[("alice", "alice", rule), ("bob", "bob", rule)], "");
+    e.import_records(RECORDS);
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let a = one(&acts, "to both");
+    assert_eq!(a["source"]["mailbox"], "alice");
+    assert_eq!(a["other_sources"][0]["mailbox"], "bob");
+}
+
+#[test]
+fn quarantine_unparseable_message_does_not_block_the_folder() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message("bob@acme.com", "alice@example.com", "before", Some("<b@x>")),
+    );
+    c.append("INBOX/Tracked/Acme", b"\r\n\r\n   \r\n");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message("bob@acme.com", "alice@example.com", "after", Some("<a@x>")),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    assert_eq!(acts.len(), 2);
+    let st = e.status();
+    assert_eq!(st["quarantined"], 1);
+    let folder = &st["mailboxes"][0]["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["folder"] == "INBOX/Tracked/Acme")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        folder["last_uid"], 3,
+        "the checkpoint moves past the bad message"
+    );
+    e.ok(&["sync"]);
+    assert_eq!(e.status()["quarantined"], 1, "not quarantined twice");
+}
+
+#[test]
+fn body_peek_never_marks_mail_read() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message("bob@acme.com", "alice@example.com", "unread", Some("<u@x>")),
+    );
+    e.ok(&["sync"]);
+    assert_eq!(e.activities().len(), 1);
+    let flags = c.flags("INBOX/Tracked/Acme");
+    assert_eq!(flags.len(), 1);
+    assert!(!flags[0].contains("\\Seen"), "{flags:?}");
+}
+
+#[test]
+fn uidvalidity_reset_rereads_folder_without_duplicates() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    for i in 0..3 {
+        c.append(
+            "INBOX/Tracked/Acme",
+            &message(
+                "bob@acme.com",
+                "alice@example.com",
+                &format!("m{i}"),
+                Some(&format!("<m{i}@x>")),
+            ),
+        );
+    }
+    e.ok(&["sync"]);
+    let before = e.status()["mailboxes"][0]["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["folder"] == "INBOX/Tracked/Acme")
+        .unwrap()["uidvalidity"]
+        .as_u64()
+        .unwrap();
+    let server = c.name("INBOX/Tracked/Acme");
+    e.dovecot
+        .doveadm(&[
+            "mailbox",
+            "update",
+            "-u",
+            "alice",
+            "--uid-validity",
+            &(before + 1000).to_string(),
+            &server,
+        ])
+        .expect("doveadm");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message("bob@acme.com", "alice@example.com", "m3", Some("<m3@x>")),
+    );
+    let out = e.ok(&["sync"]);
+    assert!(out.contains("UIDVALIDITY changed"), "{out}");
+    let acts = e.activities();
+    assert_eq!(acts.len(), 4, "{acts:#?}");
+    for a in &acts {
+        assert_eq!(
+            a["source"]["uidvalidity"].as_u64().unwrap(),
+            before + 1000,
+            "sources point at the new UIDVALIDITY"
+        );
+    }
+    assert!(e.status()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["message"].as_str().unwrap().contains("UIDVALIDITY")));
+}
+
+#[test]
+fn non_ascii_folder_names_are_encoded_and_tracked() {
+    let e = env();
+    let mut c = e.imap("alice");
+    c.create("Kunden");
+    c.create("Kunden/Müller & Söhne");
+    c.append(
+        "Kunden/Müller & Söhne",
+        &message("bob@acme.com", "alice@example.com", "umlaut", Some("<u@x>")),
+    );
+    e.write_config(&[("alice", "alice", "  [[mailbox.rule]]\n  folder = \"Kunden/Müller & Söhne\"\n  regarding = \"account:acme\"\n")], "");
+    e.import_records(RECORDS);
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    assert_eq!(
+        one(&acts, "umlaut")["source"]["folder"],
+        "Kunden/Müller & Söhne"
+    );
+}
+
+#[test]
+fn slash_separator_server_maps_config_folders() {
+    let e = env_with(foldertrack::sandbox::SandboxOptions {
+        separator: '/',
+        ..Default::default()
+    });
+    let mut c = e.imap("alice");
+    assert_eq!(c.sep, '/');
+    c.create("INBOX/Tracked");
+    c.create("INBOX/Tracked/Acme");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message("bob@acme.com", "alice@example.com", "slash", Some("<s@x>")),
+    );
+    e.write_config(&[("alice", "alice", "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n")], "");
+    e.import_records(RECORDS);
+    e.ok(&["sync"]);
+    assert_eq!(one(&e.activities(), "slash")["regarding"], "account:acme");
+}
+
+#[test]
+fn fixtures_corpus_is_tracked_or_quarantined_with_expected_fields() {
+    let e = alice();
+    let dir = fixtures_dir();
+    let expected: serde_json::Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    let msgs: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(dir.join(n)).unwrap())
+        .collect();
+    e.imap("alice").append_many("INBOX/Projects", &msgs, "");
+    let out = e.ok(&["sync"]);
+    assert!(out.contains(&format!("{} new", names.len())), "{out}");
+    let acts = e.activities();
+    let st = e.status();
+    // 018 and 019 share a Message-ID: one activity with two sources.
+    assert_eq!(
+        acts.len() as u64 + st["quarantined"].as_u64().unwrap(),
+        names.len() as u64 - 1,
+        "{out}"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let exp = &expected[name.as_str()];
+        let uid = i as u64 + 1;
+        let Some(a) = acts.iter().find(|a| {
+            a["source"]["uid"] == uid
+                || a["other_sources"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|s| s["uid"] == uid))
+        }) else {
+            panic!("{name} (uid {uid}) is neither tracked nor merged");
+        };
+        if name.starts_with("019") {
+            assert_eq!(
+                a["source"]["uid"],
+                uid - 1,
+                "duplicate Message-ID merges into 018"
+            );
+            continue;
+        }
+        assert_eq!(a["subject"], exp["subject"], "{name}");
+        assert_eq!(a["message_id"], exp["message_id"], "{name}");
+        assert_eq!(
+            a["attachments"].as_array().unwrap().len(),
+            exp["attachments"].as_array().unwrap().len(),
+            "{name}"
+        );
+    }
+    let big = acts
+        .iter()
+        .find(|a| a["subject"] == expected["009-large-attachment-6mb.eml"]["subject"])
+        .unwrap();
+    assert_eq!(big["attachments"][0]["size"], 6 * 1024 * 1024);
+}
