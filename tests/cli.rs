@@ -1,0 +1,214 @@
+//! The CLI contract: exit codes (0 ok, 1 runtime failure, 2 usage/config), error messages a
+//! person can act on, records import all-or-nothing, the store lock, `check` and the JSON shape.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+const RULES: &str = "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Missing\"\n  regarding = \"account:nope\"\n";
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn config_error_exits_2_naming_file_line_and_key() {
+    let e = env();
+    let cfg = e.write_config(&[("alice", "alice", RULES)], "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("allow_plaintext = true\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let o = e.run(&["sync"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}:8: mailbox[0].tls:", cfg.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("allow_plaintext = true"),
+        "says what to do: {err}"
+    );
+
+    std::fs::remove_file(&cfg).unwrap();
+    let o = e.run(&["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("config.example.toml"), "{}", stderr(&o));
+}
+
+#[test]
+fn records_import_bad_line_exits_2_and_changes_nothing() {
+    let e = env();
+    e.write_config(&[("alice", "alice", RULES)], "");
+    e.import_records(RECORDS);
+    let before = e.ok(&["records", "list", "--json"]);
+    let bad = e.work.join("bad.jsonl");
+    std::fs::write(&bad, "{\"type\":\"contact\",\"key\":\"new1\",\"emails\":[\"n1@x.com\"]}\n{\"type\":\"contact\",\"key\":\"new2\",\"emails\":[\"n2@x.com\"]}\n{\"type\":\"contact\",\"key\":\"new3\",\"emails\":[\"broken\"]}\n").unwrap();
+    let o = e.run(&["records", "import", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&format!("{}:3:", bad.display())),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        e.ok(&["records", "list", "--json"]),
+        before,
+        "nothing imported"
+    );
+    let csv = e.work.join("r.csv");
+    std::fs::write(
+        &csv,
+        "type,key,name,emails,owner\ncontact,dana,Dana Scully,dana@fbi.gov;ds@fbi.gov,alice\n",
+    )
+    .unwrap();
+    e.ok(&["records", "import", csv.to_str().unwrap()]);
+    let shown: Value =
+        serde_json::from_str(&e.ok(&["records", "show", "contact:dana", "--json"])).unwrap();
+    assert_eq!(
+        shown["emails"],
+        serde_json::json!(["dana@fbi.gov", "ds@fbi.gov"])
+    );
+    assert_eq!(shown["owner"], "systemuser:alice");
+    e.ok(&[
+        "records",
+        "add",
+        "lead:new",
+        "--name",
+        "New Lead",
+        "--email",
+        "lead@new.com",
+    ]);
+    assert!(e
+        .ok(&["records", "list", "--type", "lead"])
+        .contains("lead:new"));
+}
+
+#[test]
+fn second_process_on_the_same_data_dir_exits_2() {
+    let e = env();
+    e.write_config(&[("alice", "alice", RULES)], "");
+    let held = foldertrack::store::Store::open(&e.work.join("data"), 1 << 20).unwrap();
+    let o = e.run(&["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("in use by another foldertrack process"),
+        "{}",
+        stderr(&o)
+    );
+    drop(held);
+    e.ok(&["status"]);
+}
+
+#[test]
+fn auth_failure_names_server_and_user_never_the_password() {
+    let e = env();
+    e.write_config(&[("alice", "alice", RULES)], "");
+    std::fs::write(e.work.join("password"), "wrong-secret-7788").unwrap();
+    let o = e.run(&["-vv", "sync"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "login to 127.0.0.1:{} as alice failed",
+            e.dovecot.port
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("AUTHENTICATIONFAILED") || err.contains("Authentication failed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-secret-7788")
+            && !String::from_utf8_lossy(&o.stdout).contains("wrong-secret-7788")
+    );
+    let st = e.status();
+    assert_eq!(st["mailboxes"][0]["state"], "failing");
+    assert!(st["mailboxes"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("login"));
+    assert_eq!(
+        st["alerts"][0]["level"], "error",
+        "auth failure is a permanent error"
+    );
+}
+
+#[test]
+fn check_reports_capabilities_missing_folders_and_records() {
+    let e = env();
+    let mut c = e.imap("alice");
+    c.create("INBOX/Tracked");
+    c.create("INBOX/Tracked/Acme");
+    e.write_config(&[("alice", "alice", RULES)], "");
+    e.import_records(RECORDS);
+    let o = e.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("[ok] rule `INBOX/Tracked/Acme`: folder exists"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[FAIL] rule `INBOX/Missing`: folder does not exist"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[FAIL] rule `INBOX/Missing`: regarding account:nope is not in the records"),
+        "{out}"
+    );
+    assert!(
+        out.contains("IDLE yes") && out.contains("OBJECTID no"),
+        "{out}"
+    );
+    assert!(out.contains("name + UIDVALIDITY"), "{out}");
+    assert!(out.contains("Sent folder: Sent"), "{out}");
+}
+
+#[test]
+fn activities_json_has_the_documented_fields() {
+    let e = env();
+    let mut c = e.imap("alice");
+    c.create("INBOX/Tracked");
+    c.create("INBOX/Tracked/Acme");
+    let raw = std::fs::read(fixtures_dir().join("006-attachment-pdf.eml")).unwrap();
+    c.append("INBOX/Tracked/Acme", &raw);
+    e.write_config(&[("alice", "alice", RULES)], "");
+    e.import_records(RECORDS);
+    e.ok(&["sync"]);
+    let list = e.activities();
+    assert_eq!(list.len(), 1);
+    let a = &list[0];
+    for k in [
+        "id",
+        "subject",
+        "message_id",
+        "direction",
+        "regarding",
+        "from",
+        "to",
+        "cc",
+        "date",
+        "attachments",
+        "source",
+    ] {
+        assert!(a.get(k).is_some(), "missing {k}: {a}");
+    }
+    for k in ["address", "name", "record"] {
+        assert!(a["from"].get(k).is_some(), "from.{k}");
+    }
+    for k in ["mailbox", "folder", "uidvalidity", "uid"] {
+        assert!(a["source"].get(k).is_some(), "source.{k}");
+    }
+    let id = a["id"].as_u64().unwrap().to_string();
+    let shown: Value = serde_json::from_str(&e.ok(&["activities", "show", &id, "--json"])).unwrap();
+    assert_eq!(shown["id"], a["id"]);
+    assert!(shown["body_text"].as_str().is_some());
+    assert_eq!(shown["attachments"][0]["mime_type"], "application/pdf");
+    let text = e.ok(&["activities", "show", &id]);
+    assert!(text.contains("attachment:"), "{text}");
+    let o = e.run(&["activities", "show", "999"]);
+    assert_eq!(o.status.code(), Some(2));
+}
