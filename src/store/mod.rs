@@ -265,7 +265,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
+            .mode(sled::Mode::LowSpace)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(source) if source.kind() == std::io::ErrorKind::WouldBlock => {

@@ -49,7 +49,8 @@ pub fn dedup_key(parsed: &ParsedMessage) -> String {
     parsed
         .message_id
         .clone()
-        .unwrap_or_else(|| parsed.content_hash.clone())
+        .or_else(|| parsed.content_hash.clone())
+        .unwrap_or_default()
 }
 
 /// Builds the activity for `parsed` found at `source`. `id` and `tracked_at` are filled by the store.
