@@ -101,6 +101,43 @@ pub struct MailboxConfig {
     /// `None` = auto (SPECIAL-USE `\Sent`), else the folder in config form.
     pub sent_folder: Option<String>,
     pub rules: Vec<Rule>,
+    pub watch: WatchSettings,
+}
+
+/// How `run` waits for new mail (DESIGN §3 step 6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchSettings {
+    /// Use IDLE when the server offers it.
+    pub idle: bool,
+    /// Without IDLE: poll this often.
+    pub poll: PollInterval,
+    /// Re-issue IDLE this often (below NAT timeouts and RFC 2177's 29 minutes).
+    pub idle_renew: std::time::Duration,
+    /// No data at all on an IDLE connection for this long: check it with DONE, drop it if dead.
+    /// Dovecot sends a keepalive every 2 minutes, so the default of 5 never fires on a live one.
+    pub heartbeat_timeout: std::time::Duration,
+    /// Without NOTIFY, the tracked folders other than the IDLE one are checked (STATUS) this often.
+    pub others_interval: std::time::Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            idle: true,
+            poll: PollInterval::Auto,
+            idle_renew: std::time::Duration::from_secs(9 * 60),
+            heartbeat_timeout: std::time::Duration::from_secs(5 * 60),
+            others_interval: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// A fixed poll interval, or the adaptive one of Dynamics' server-side sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PollInterval {
+    Every(std::time::Duration),
+    /// 5 minutes, down to 2 while mail keeps arriving, up to 12 when quiet.
+    Auto,
 }
 
 /// The whole checked configuration.
@@ -164,6 +201,11 @@ struct RawMailbox {
     #[serde(default)]
     auth: AuthMethod,
     sent_folder: Option<Spanned<String>>,
+    idle: Option<bool>,
+    poll_interval: Option<Spanned<toml::Value>>,
+    idle_renew: Option<Spanned<i64>>,
+    heartbeat_timeout: Option<Spanned<i64>>,
+    others_interval: Option<Spanned<i64>>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -453,6 +495,50 @@ fn check_mailbox(
         }
         rules.push(Rule { folder, regarding });
     }
+    let secs = |v: &Option<Spanned<i64>>,
+                key: &str,
+                default: std::time::Duration|
+     -> Result<std::time::Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) if *s.get_ref() >= 1 && *s.get_ref() <= 86_400 => {
+                Ok(std::time::Duration::from_secs(*s.get_ref() as u64))
+            }
+            Some(s) => Err(loc.err(
+                Some(s.span()),
+                &k(key),
+                "must be a number of seconds from 1 to 86400",
+            )),
+        }
+    };
+    let d = WatchSettings::default();
+    let poll = match &m.poll_interval {
+        None => PollInterval::Auto,
+        Some(v) => match v.get_ref() {
+            toml::Value::String(s) if s == "auto" => PollInterval::Auto,
+            toml::Value::Integer(n) if (1..=86_400).contains(n) => {
+                PollInterval::Every(std::time::Duration::from_secs(*n as u64))
+            }
+            _ => {
+                return Err(loc.err(
+                    Some(v.span()),
+                    &k("poll_interval"),
+                    "must be \"auto\" or a number of seconds from 1 to 86400",
+                ))
+            }
+        },
+    };
+    let watch = WatchSettings {
+        idle: m.idle.unwrap_or(true),
+        poll,
+        idle_renew: secs(&m.idle_renew, "idle_renew", d.idle_renew)?,
+        heartbeat_timeout: secs(
+            &m.heartbeat_timeout,
+            "heartbeat_timeout",
+            d.heartbeat_timeout,
+        )?,
+        others_interval: secs(&m.others_interval, "others_interval", d.others_interval)?,
+    };
     if rules.len() > 25 {
         tracing::warn!(mailbox = %name, rules = rules.len(), "more than 25 folder rules: Dynamics 365 stops at 25; foldertrack goes on");
     }
@@ -477,6 +563,7 @@ fn check_mailbox(
         auth: m.auth,
         sent_folder,
         rules,
+        watch,
     })
 }
 

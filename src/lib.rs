@@ -8,11 +8,14 @@
 
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod imap;
 pub mod model;
 pub mod parse;
 pub mod records_io;
 pub mod sandbox;
 pub mod store;
+pub mod supervisor;
 pub mod sync;
 pub mod track;
+pub mod watch;

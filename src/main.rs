@@ -2,8 +2,8 @@
 //! the library and maps errors to exit codes (0 ok, 1 runtime failure, 2 usage or config).
 
 use clap::{Parser, Subcommand};
-use foldertrack::commands::{self, UsageError};
-use foldertrack::config::{Config, ConfigError};
+use foldertrack::commands::{self, Reply, Request};
+use foldertrack::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch every mailbox (IDLE, or polling) until SIGINT/SIGTERM; SIGHUP reloads the config.
+    Run,
     /// One pass over every tracked folder, then exit.
     Sync {
         /// Only this mailbox.
@@ -55,19 +57,35 @@ enum Command {
         #[command(subcommand)]
         cmd: ActivitiesCmd,
     },
-    /// Per mailbox and folder: state, checkpoints, lag, errors, alerts.
+    /// Messages that could not be tracked, kept with their raw bytes.
+    Quarantine {
+        #[command(subcommand)]
+        cmd: QuarantineCmd,
+    },
+    /// Per mailbox and folder: state, checkpoints, lag, errors, outages, alerts.
     Status {
         #[arg(long)]
         json: bool,
     },
     /// Start a private Dovecot with sample mail, folders and rules, and track it.
     Demo {
-        /// Where the demo keeps its server, config and store.
+        /// Where the demo keeps its config and store.
         #[arg(long, default_value = "foldertrack-demo")]
         dir: PathBuf,
         /// Leave the demo Dovecot running, to play with it.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: u64,
     },
 }
 
@@ -115,6 +133,12 @@ enum ActivitiesCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set the regarding by hand (a folder rule with a regarding resets it at the next pass).
+    Link {
+        id: u64,
+        /// type:key
+        regarding: String,
+    },
 }
 
 fn init_logs(verbose: u8) {
@@ -132,61 +156,94 @@ fn init_logs(verbose: u8) {
         .init();
 }
 
-fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<ConfigError>().is_some()
-        || e.downcast_ref::<UsageError>().is_some()
-        || e.downcast_ref::<foldertrack::records_io::ImportError>()
-            .is_some()
-        || matches!(
-            e.downcast_ref::<foldertrack::store::StoreError>(),
-            Some(foldertrack::store::StoreError::Locked { .. })
-        )
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
     {
-        2
-    } else {
-        1
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<String> {
+async fn run(cli: Cli) -> Reply {
+    let fail = |e: anyhow::Error| Reply {
+        stdout: String::new(),
+        stderr: format!("{e:#}"),
+        code: commands::exit_code(&e),
+    };
     if let Command::Demo { dir, keep } = &cli.command {
-        return commands::demo::run(dir, *keep).await;
+        return match commands::demo::run(dir, *keep).await {
+            Ok(out) => Reply {
+                stdout: out,
+                stderr: String::new(),
+                code: 0,
+            },
+            Err(e) => fail(e),
+        };
     }
-    let config = Config::load(&cli.config)?;
-    match cli.command {
-        Command::Sync { mailbox } => commands::sync(&config, mailbox.as_deref()).await,
-        Command::Check { mailbox } => {
-            let store = commands::open_store(&config)?;
-            let (text, ok) = commands::check::check(&config, &store, mailbox.as_deref()).await?;
-            if ok {
-                Ok(text)
-            } else {
-                print!("{text}");
-                anyhow::bail!("check found problems (marked FAIL above)")
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => return fail(e.into()),
+    };
+    let req = match cli.command {
+        Command::Run => {
+            return match foldertrack::supervisor::run(cli.config.clone(), config, shutdown_signal())
+                .await
+            {
+                Ok(()) => Reply {
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    code: 0,
+                },
+                Err(e) => fail(e),
             }
         }
+        Command::Sync { mailbox } => Request::Sync { mailbox },
+        Command::Check { mailbox } => Request::Check { mailbox },
         Command::Records { cmd } => match cmd {
-            RecordsCmd::Import { file } => commands::records_import(&config, &file),
+            RecordsCmd::Import { file } => match commands::records_import_request(&file) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            },
             RecordsCmd::Add {
                 record,
                 name,
                 emails,
                 owner,
-            } => commands::records_add(&config, &record, name, emails, owner),
-            RecordsCmd::List { rtype, json } => {
-                commands::records_list(&config, rtype.as_deref(), json)
-            }
-            RecordsCmd::Show { record, json } => commands::records_show(&config, &record, json),
+            } => match commands::records_add_request(&record, name, emails, owner) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            },
+            RecordsCmd::List { rtype, json } => Request::RecordsList { rtype, json },
+            RecordsCmd::Show { record, json } => Request::RecordsShow { record, json },
         },
         Command::Activities { cmd } => match cmd {
-            ActivitiesCmd::List { regarding, json } => {
-                commands::activities_list(&config, regarding.as_deref(), json)
-            }
-            ActivitiesCmd::Show { id, json } => commands::activities_show(&config, id, json),
+            ActivitiesCmd::List { regarding, json } => Request::ActivitiesList { regarding, json },
+            ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
+            ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink { id, regarding },
         },
-        Command::Status { json } => commands::status(&config, json),
+        Command::Quarantine { cmd } => match cmd {
+            QuarantineCmd::List { json } => Request::QuarantineList { json },
+            QuarantineCmd::Show { id } => Request::QuarantineShow { id },
+        },
+        Command::Status { json } => Request::Status { json },
         Command::Demo { .. } => unreachable!("handled above"),
-    }
+    };
+    commands::dispatch(req, &config).await
 }
 
 /// glibc gives every thread that allocates its own malloc arena, and the parse workers'
@@ -215,14 +272,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("foldertrack: {e:#}");
-            ExitCode::from(exit_code(&e))
-        }
+    let reply = rt.block_on(run(cli));
+    print!("{}", reply.stdout);
+    if !reply.stderr.is_empty() {
+        eprintln!("foldertrack: {}", reply.stderr);
     }
+    ExitCode::from(reply.code)
 }

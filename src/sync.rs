@@ -1,21 +1,29 @@
-//! One pass over a mailbox's tracked folders (DESIGN §3 steps 1–4): EXAMINE with the
-//! UIDVALIDITY check, list new UIDs, fetch them in bounded batches, parse and track off the
-//! I/O task, and commit each batch with its checkpoint in one transaction.
+//! One pass over a mailbox's tracked folders (DESIGN §3 steps 1–4), used by `sync` once and by
+//! `run` after every wake-up: list folders, bind rules to folders (a renamed folder stays
+//! tracked), skip folders whose STATUS has not changed, EXAMINE with the UIDVALIDITY check,
+//! fetch new UIDs in bounded batches, parse and track off the I/O task, and commit each batch
+//! with its checkpoint in one transaction. Rule changes and regardings set by hand are
+//! reconciled here too (DESIGN §4.4–4.6).
 //!
 //! Fetching and processing overlap: while batch *n* is parsed and committed on a blocking
-//! worker, batch *n+1* is already being read from the server. At most two batches are in
-//! memory at once, which bounds memory by `2 × batch_bytes` whatever the folder's size.
+//! worker, batch *n+1* is already being read from the server, so memory stays bounded by a
+//! few batches whatever the folder's size.
 
-use crate::config::{Config, FetchLimits, MailboxConfig};
+use crate::config::{Config, FetchLimits, MailboxConfig, Rule};
+use crate::imap::connect::Connected;
 use crate::imap::fetch::{self, Batch, RawMessage};
 use crate::imap::folders::{self, Folder};
-use crate::imap::{connect, ImapError};
-use crate::model::Source;
+use crate::imap::{connect, timed, ImapError, ImapSession};
+use crate::model::{Alert, Source};
 use crate::parse;
-use crate::store::{BatchItem, BatchOutcome, FolderState, MailboxState, Store, StoreError};
-use crate::track::{self, rules, FolderContext};
+use crate::store::{
+    BatchItem, BatchOutcome, FolderState, MailboxState, RuleBinding, Store, StoreError,
+};
+use crate::track::{self, rules, rules::RuleMatch, FolderContext};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -42,6 +50,8 @@ pub struct FolderReport {
     pub new_messages: usize,
     #[serde(flatten)]
     pub outcome: BatchOutcome,
+    /// Activities moved to the folder's (changed) regarding, or reset after a manual link.
+    pub relinked_by_rule: u32,
 }
 
 /// What one mailbox's pass did.
@@ -49,7 +59,37 @@ pub struct FolderReport {
 pub struct MailboxReport {
     pub mailbox: String,
     pub folders: Vec<FolderReport>,
+    /// Folders whose STATUS showed nothing new: not opened.
+    pub unchanged: usize,
     pub error: Option<String>,
+}
+
+impl MailboxReport {
+    /// New activities in this pass (for the adaptive poll schedule).
+    pub fn created(&self) -> u32 {
+        self.folders
+            .iter()
+            .map(|f| f.outcome.created + f.outcome.merged)
+            .sum()
+    }
+}
+
+/// A tracked folder and the rule that tracks it.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub folder: Folder,
+    pub rule: Rule,
+    pub capture: Option<String>,
+    pub is_sent: bool,
+}
+
+impl Tracked {
+    fn rule_match(&self) -> RuleMatch<'_> {
+        RuleMatch {
+            rule: &self.rule,
+            capture: self.capture.clone(),
+        }
+    }
 }
 
 /// Syncs every mailbox (or only `only`), one after the other; a failing mailbox does not
@@ -65,49 +105,51 @@ pub async fn sync_all(
         .iter()
         .filter(|m| only.is_none_or(|o| o == m.name))
     {
-        let report = match sync_mailbox(mb, &config.fetch, store).await {
-            Ok(r) => r,
-            Err(e) => MailboxReport {
-                mailbox: mb.name.clone(),
-                folders: Vec::new(),
-                error: Some(e.to_string()),
-            },
+        let mb = Arc::new(mb.clone());
+        let mut state = match store.mailbox_state(&mb.name) {
+            Ok(s) => s,
+            Err(e) => {
+                out.push(MailboxReport {
+                    mailbox: mb.name.clone(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                });
+                continue;
+            }
         };
-        out.push(report);
+        state.last_attempt = Some(crate::store::humantime_now());
+        let result = async {
+            let mut conn = connect(&mb).await?;
+            let r = pass(&mut conn, &mb, &config.fetch, store, None).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.session.logout())
+                .await;
+            r
+        }
+        .await;
+        let _ = record_result(store, &mut state, &result);
+        out.push(result.unwrap_or_else(|e| MailboxReport {
+            mailbox: mb.name.clone(),
+            error: Some(e.to_string()),
+            ..Default::default()
+        }));
     }
     out
 }
 
-/// Syncs one mailbox and records the attempt's result in its [`MailboxState`].
-pub async fn sync_mailbox(
-    mb: &MailboxConfig,
-    limits: &FetchLimits,
-    store: &Arc<Store>,
-) -> Result<MailboxReport, SyncError> {
-    let mut state = store.mailbox_state(&mb.name)?;
-    state.last_attempt = Some(crate::store::humantime_now());
-    let result = sync_mailbox_inner(mb, limits, store).await;
-    record_result(store, &mut state, &result)?;
-    result
-}
-
-fn record_result(
+/// Records a pass's outcome in the mailbox's persisted health: last success, last error,
+/// and the outage that an error opens and the next success closes.
+pub fn record_result<T>(
     store: &Store,
     state: &mut MailboxState,
-    result: &Result<MailboxReport, SyncError>,
+    result: &Result<T, SyncError>,
 ) -> Result<(), StoreError> {
     match result {
-        Ok(_) => {
-            state.last_success = state.last_attempt.clone();
-            state.last_error = None;
-            state.consecutive_errors = 0;
-        }
+        Ok(_) => state.succeeded(),
         Err(e) => {
-            state.last_error = Some(e.to_string());
-            state.consecutive_errors += 1;
+            state.failed(&e.to_string());
             store.add_alert(
                 &state.name,
-                crate::model::Alert {
+                Alert {
                     level: if e.is_permanent() { "error" } else { "warning" }.into(),
                     message: e.to_string(),
                 },
@@ -117,12 +159,13 @@ fn record_result(
     store.put_mailbox_state(state)
 }
 
-async fn sync_mailbox_inner(
+/// Lists the folders and decides which are tracked, by which rule. An exact rule whose folder
+/// is gone follows its folder's identity (UIDVALIDITY) to a new name: a rename keeps tracking.
+pub async fn plan(
+    conn: &mut Connected,
     mb: &MailboxConfig,
-    limits: &FetchLimits,
-    store: &Arc<Store>,
-) -> Result<MailboxReport, SyncError> {
-    let mut conn = connect(mb).await?;
+    store: &Store,
+) -> Result<Vec<Tracked>, SyncError> {
     let addr = conn.addr.clone();
     let all = folders::list(&mut conn.session, &addr).await?;
     let sent = folders::find_sent(&all, mb.sent_folder.as_deref()).map(|f| f.name.clone());
@@ -134,11 +177,27 @@ async fn sync_mailbox_inner(
             )?;
         }
     }
+    let is_sent = |name: &str| {
+        sent.as_deref()
+            .is_some_and(|s| name == s || name.starts_with(&format!("{s}/")))
+    };
+    let mut tracked: Vec<Tracked> = all
+        .iter()
+        .filter(|f| f.selectable)
+        .filter_map(|f| {
+            rules::match_folder(&mb.rules, &f.name).map(|m| Tracked {
+                folder: f.clone(),
+                rule: m.rule.clone(),
+                capture: m.capture,
+                is_sent: is_sent(&f.name),
+            })
+        })
+        .collect();
     for rule in mb.rules.iter().filter(|r| !r.folder.contains('*')) {
-        if !all
-            .iter()
-            .any(|f| rules::match_folder(std::slice::from_ref(rule), &f.name).is_some())
-        {
+        if tracked.iter().any(|t| t.rule.folder == rule.folder) {
+            continue;
+        }
+        let Some(binding) = store.rule_binding(&mb.name, &rule.folder)? else {
             store.add_alert(
                 &mb.name,
                 track::warning(format!(
@@ -146,56 +205,169 @@ async fn sync_mailbox_inner(
                     rule.folder
                 )),
             )?;
+            continue;
+        };
+        let mut found = None;
+        for f in all
+            .iter()
+            .filter(|f| f.selectable && !tracked.iter().any(|t| t.folder.name == f.name))
+        {
+            let st = timed(
+                &addr,
+                "STATUS",
+                conn.session.status(&f.server_name, "(UIDVALIDITY)"),
+            )
+            .await?;
+            if st.uid_validity == Some(binding.uidvalidity) {
+                found = Some(f.clone());
+                break;
+            }
+        }
+        match found {
+            Some(f) => {
+                if f.name != binding.folder {
+                    tracing::info!(mailbox = %mb.name, from = %binding.folder, to = %f.name, "tracked folder renamed: still tracked");
+                    store.rename_folder_state(&mb.name, &binding.folder, &f.name)?;
+                    store.put_rule_binding(
+                        &mb.name,
+                        &rule.folder,
+                        &RuleBinding {
+                            folder: f.name.clone(),
+                            uidvalidity: binding.uidvalidity,
+                        },
+                    )?;
+                    store.add_alert(
+                        &mb.name,
+                        Alert {
+                            level: "info".into(),
+                            message: format!(
+                                "folder `{}` was renamed to `{}`; rule `{}` still tracks it",
+                                binding.folder, f.name, rule.folder
+                            ),
+                        },
+                    )?;
+                }
+                tracked.push(Tracked {
+                    is_sent: is_sent(&f.name),
+                    folder: f,
+                    rule: rule.clone(),
+                    capture: None,
+                });
+            }
+            None => store.add_alert(
+                &mb.name,
+                Alert {
+                    level: "error".into(),
+                    message: format!(
+                        "tracked folder `{}` (rule `{}`) was deleted on {addr}",
+                        binding.folder, rule.folder
+                    ),
+                },
+            )?,
         }
     }
-    let mb_arc = Arc::new(mb.clone());
+    Ok(tracked)
+}
+
+/// One pass over all tracked folders of a logged-in session. With `cancel`, a cancelled pass
+/// stops after the batch in hand is committed.
+pub async fn pass(
+    conn: &mut Connected,
+    mb: &Arc<MailboxConfig>,
+    limits: &FetchLimits,
+    store: &Arc<Store>,
+    cancel: Option<&CancellationToken>,
+) -> Result<MailboxReport, SyncError> {
+    let tracked = plan(conn, mb, store).await?;
+    pass_planned(conn, mb, &tracked, limits, store, cancel).await
+}
+
+/// A pass over folders already [`plan`]ned.
+pub async fn pass_planned(
+    conn: &mut Connected,
+    mb: &Arc<MailboxConfig>,
+    tracked: &[Tracked],
+    limits: &FetchLimits,
+    store: &Arc<Store>,
+    cancel: Option<&CancellationToken>,
+) -> Result<MailboxReport, SyncError> {
+    let addr = conn.addr.clone();
     let mut report = MailboxReport {
         mailbox: mb.name.clone(),
         ..Default::default()
     };
-    for folder in all
-        .iter()
-        .filter(|f| f.selectable && rules::match_folder(&mb.rules, &f.name).is_some())
-    {
-        let is_sent = sent
-            .as_deref()
-            .is_some_and(|s| folder.name == s || folder.name.starts_with(&format!("{s}/")));
-        let span = tracing::info_span!("folder", mailbox = %mb.name, folder = %folder.name);
+    for t in tracked {
+        if cancel.is_some_and(|c| c.is_cancelled()) {
+            break;
+        }
+        let span = tracing::info_span!("folder", mailbox = %mb.name, folder = %t.folder.name);
         let _e = span.enter();
-        let r = sync_folder(
-            &mut conn.session,
-            &addr,
-            &mb_arc,
-            folder,
-            is_sent,
-            limits,
-            store,
-        )
-        .await?;
-        tracing::info!(
-            created = r.outcome.created,
-            merged = r.outcome.merged,
-            quarantined = r.outcome.quarantined,
-            "folder synced"
-        );
-        report.folders.push(r);
+        match sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel).await? {
+            Some(r) => {
+                if r.new_messages > 0 || r.relinked_by_rule > 0 {
+                    tracing::info!(
+                        created = r.outcome.created,
+                        merged = r.outcome.merged,
+                        quarantined = r.outcome.quarantined,
+                        relinked = r.relinked_by_rule,
+                        "folder synced"
+                    );
+                }
+                report.folders.push(r);
+            }
+            None => report.unchanged += 1,
+        }
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.session.logout()).await;
     Ok(report)
 }
 
-/// Syncs one folder from its checkpoint.
+/// The regarding a folder's rule gives now (`None` for no regarding or an unresolved one).
+fn folder_regarding(t: &Tracked, store: &Store) -> Option<String> {
+    rules::resolve_regarding(&t.rule_match(), store)
+        .ok()
+        .flatten()
+        .map(|r| r.to_string())
+}
+
+/// Syncs one folder from its checkpoint; `None` when its STATUS shows nothing to do.
 pub async fn sync_folder(
-    session: &mut crate::imap::ImapSession,
+    session: &mut ImapSession,
     addr: &str,
     mb: &Arc<MailboxConfig>,
-    folder: &Folder,
-    is_sent: bool,
+    t: &Tracked,
     limits: &FetchLimits,
     store: &Arc<Store>,
-) -> Result<FolderReport, SyncError> {
-    let sel = fetch::examine(session, addr, &folder.server_name, &folder.name).await?;
+    cancel: Option<&CancellationToken>,
+) -> Result<Option<FolderReport>, SyncError> {
+    let folder = &t.folder;
     let prev = store.folder_state(&mb.name, &folder.name)?;
+    let regarding = folder_regarding(t, store);
+    let manual = store.manual_links_in(&mb.name, &folder.name)?;
+    if let Some(p) = &prev {
+        let st = timed(
+            addr,
+            "STATUS",
+            session.status(&folder.server_name, "(UIDNEXT UIDVALIDITY)"),
+        )
+        .await?;
+        let unchanged = st.uid_validity == Some(p.uidvalidity)
+            && st.uid_next == Some(p.synced_uid_next)
+            && p.synced_uid_next > 0;
+        if unchanged && p.regarding == regarding && manual.is_empty() {
+            return Ok(None);
+        }
+    }
+    let sel = fetch::examine(session, addr, &folder.server_name, &folder.name).await?;
+    if !t.rule.folder.contains('*') {
+        store.put_rule_binding(
+            &mb.name,
+            &t.rule.folder,
+            &RuleBinding {
+                folder: folder.name.clone(),
+                uidvalidity: sel.uidvalidity,
+            },
+        )?;
+    }
     let mut report = FolderReport {
         folder: folder.name.clone(),
         uidvalidity: sel.uidvalidity,
@@ -204,8 +376,9 @@ pub async fn sync_folder(
     let start_after = match &prev {
         Some(p) if p.uidvalidity == sel.uidvalidity => p.last_uid,
         Some(p) => {
-            // A reset: every UID may now name another message. Re-read the folder; dedup by
-            // Message-ID (or content hash) matches what was tracked, so nothing is doubled.
+            // A reset (or the folder was deleted and re-created under the same name): every UID
+            // may now name another message. Re-read the folder; dedup by Message-ID (or content
+            // hash) matches what was tracked, so nothing is doubled.
             tracing::warn!(
                 old = p.uidvalidity,
                 new = sel.uidvalidity,
@@ -214,7 +387,7 @@ pub async fn sync_folder(
             store.add_alert(
                 &mb.name,
                 track::warning(format!(
-                    "folder `{}`: UIDVALIDITY changed from {} to {}; re-read it and matched tracked mail by Message-ID",
+                    "folder `{}`: UIDVALIDITY changed from {} to {} (reset, or deleted and re-created); re-read it and matched tracked mail by Message-ID",
                     folder.name, p.uidvalidity, sel.uidvalidity
                 )),
             )?;
@@ -223,7 +396,56 @@ pub async fn sync_folder(
         }
         None => 0,
     };
-    let rule = rules::match_folder(&mb.rules, &folder.name).map(|m| m.rule.folder.clone());
+
+    // Rule changed, or regardings set by hand: re-link what is still in the folder.
+    let rule_changed = prev
+        .as_ref()
+        .is_some_and(|p| p.uidvalidity == sel.uidvalidity && p.regarding != regarding);
+    if (rule_changed && regarding.is_some()) || !manual.is_empty() {
+        let present: HashSet<u32> = if sel.exists == 0 {
+            HashSet::new()
+        } else {
+            timed(addr, "UID SEARCH ALL", session.uid_search("ALL")).await?
+        };
+        if rule_changed {
+            if let Some(r) = &regarding {
+                for uid in present.iter().filter(|u| **u <= start_after) {
+                    let src = Source {
+                        mailbox: mb.name.clone(),
+                        folder: folder.name.clone(),
+                        uidvalidity: sel.uidvalidity,
+                        uid: *uid,
+                    };
+                    if let Some(id) = store.activity_by_source(&src)? {
+                        if store
+                            .activity(id)?
+                            .is_some_and(|a| a.regarding.as_deref() != Some(r))
+                        {
+                            store.relink(id, Some(r))?;
+                            report.relinked_by_rule += 1;
+                        }
+                    }
+                }
+                tracing::info!(to = %r, relinked = report.relinked_by_rule, "folder rule's regarding changed: re-linked the messages still in the folder");
+            }
+        }
+        for (id, uid) in &manual {
+            // Dynamics resets a hand-set regarding to the folder's at the next sync; a folder
+            // without a regarding keeps it (DESIGN §4.4–4.5).
+            if let (Some(r), true) = (&regarding, present.contains(uid)) {
+                if store
+                    .activity(*id)?
+                    .is_some_and(|a| a.regarding.as_deref() != Some(r))
+                {
+                    store.relink(*id, Some(r))?;
+                    report.relinked_by_rule += 1;
+                }
+            }
+            store.clear_manual_link(*id)?;
+        }
+        store.flush()?;
+    }
+
     let checkpoint = |last_uid: u32| FolderState {
         mailbox: mb.name.clone(),
         folder: folder.name.clone(),
@@ -232,20 +454,34 @@ pub async fn sync_folder(
         uid_next: sel.uid_next,
         messages: sel.exists,
         last_sync: Some(crate::store::humantime_now()),
-        rule: rule.clone(),
+        rule: Some(t.rule.folder.clone()),
+        regarding: regarding.clone(),
+        synced_uid_next: prev
+            .as_ref()
+            .filter(|p| p.uidvalidity == sel.uidvalidity)
+            .map_or(0, |p| p.synced_uid_next),
     };
     let uids = fetch::new_uids(session, addr, start_after, sel.exists).await?;
     report.new_messages = uids.len();
     let batches = fetch::plan_batches(&uids, limits);
     if batches.is_empty() {
-        store.put_folder_state(&checkpoint(start_after))?;
+        store.put_folder_state(&FolderState {
+            synced_uid_next: sel.uid_next,
+            ..checkpoint(start_after)
+        })?;
         store.flush()?;
-        return Ok(report);
+        return Ok(Some(report));
     }
+    let last_of_all = batches
+        .last()
+        .map_or(start_after, |b| b.last_uid().max(start_after));
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Batch, Vec<RawMessage>)>(1);
     let producer = async move {
         for b in batches {
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                break; // shutting down: what was fetched is committed, the rest waits
+            }
             let msgs = fetch::fetch_batch(session, addr, &b).await?;
             if tx.send((b, msgs)).await.is_err() {
                 break; // the consumer failed; its error is the one reported
@@ -258,18 +494,10 @@ pub async fn sync_folder(
         while let Some((batch, msgs)) = rx.recv().await {
             let last = batch.last_uid().max(start_after);
             let cp = checkpoint(last);
-            let (mb, folder_name, store2) = (mb.clone(), folder.name.clone(), store.clone());
+            let (mb, store2, t2) = (mb.clone(), store.clone(), t.clone());
             let uidvalidity = sel.uidvalidity;
             let out = tokio::task::spawn_blocking(move || {
-                let items = process_batch(
-                    &mb,
-                    &folder_name,
-                    is_sent,
-                    uidvalidity,
-                    &batch,
-                    msgs,
-                    &*store2,
-                );
+                let items = process_batch(&mb, &t2, uidvalidity, &batch, msgs, &*store2);
                 store2.commit_batch(&items, &cp, &mb.name)
             })
             .await
@@ -287,7 +515,18 @@ pub async fn sync_folder(
     };
     let ((), total) = tokio::try_join!(producer, consumer)?;
     report.outcome = total;
-    Ok(report)
+    if store
+        .folder_state(&mb.name, &folder.name)?
+        .is_some_and(|st| st.last_uid >= last_of_all)
+    {
+        // Every batch is in: from now on an unchanged STATUS means nothing to do.
+        store.put_folder_state(&FolderState {
+            synced_uid_next: sel.uid_next,
+            ..checkpoint(last_of_all)
+        })?;
+        store.flush()?;
+    }
+    Ok(Some(report))
 }
 
 /// Parses and tracks one message; a parser panic quarantines it instead of killing the sync.
@@ -326,8 +565,7 @@ fn track_one(
 /// Parses and tracks one fetched batch: pure work, run on a blocking worker.
 pub fn process_batch(
     mb: &MailboxConfig,
-    folder: &str,
-    is_sent: bool,
+    t: &Tracked,
     uidvalidity: u32,
     batch: &Batch,
     msgs: Vec<RawMessage>,
@@ -335,13 +573,13 @@ pub fn process_batch(
 ) -> Vec<BatchItem> {
     let ctx = FolderContext {
         mailbox: mb,
-        folder: folder.to_string(),
-        is_sent,
-        rule: rules::match_folder(&mb.rules, folder),
+        folder: t.folder.name.clone(),
+        is_sent: t.is_sent,
+        rule: Some(t.rule_match()),
     };
     let source = |uid| Source {
         mailbox: mb.name.clone(),
-        folder: folder.to_string(),
+        folder: t.folder.name.clone(),
         uidvalidity,
         uid,
     };

@@ -216,6 +216,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         auth: AuthMethod::Login,
         sent_folder: None,
         rules: Vec::new(),
+        watch: Default::default(),
     };
     let mut conn = crate::imap::connect(&mb)
         .await
@@ -258,13 +259,20 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         MAIL.len() + 1,
         created.len()
     );
-    out.push_str(&super::records_import(&config, &dir.join("records.jsonl"))?);
+    let store = super::open_store(&config)?;
+    let records = crate::records_io::read_records(&dir.join("records.jsonl"))?;
+    store.put_records(&records)?;
+    out.push_str(&format!(
+        "imported {} records from {}\n",
+        records.len(),
+        dir.join("records.jsonl").display()
+    ));
     out.push_str("\n$ foldertrack sync\n");
-    out.push_str(&super::sync(&config, None).await?);
+    out.push_str(&super::sync(&config, &store, None).await?);
     out.push_str("\n$ foldertrack activities list\n");
-    out.push_str(&super::activities_list(&config, None, false)?);
+    out.push_str(&super::activities_list(&store, None, false)?);
     out.push_str("\n$ foldertrack status\n");
-    out.push_str(&super::status(&config, false)?);
+    out.push_str(&super::status(&config, &store, None, false)?);
     let c = cfg_path.display();
     out.push_str(&format!(
         "\nTry next (the store stays in {}):\n  foldertrack --config {c} activities show 1\n  foldertrack --config {c} activities list --regarding account:acme --json\n  foldertrack --config {c} records list\n",

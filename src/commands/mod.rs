@@ -7,8 +7,9 @@ pub mod show;
 
 use crate::config::Config;
 use crate::model::{Record, RecordRef};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ pub fn open_store(config: &Config) -> Result<Arc<Store>> {
 
 /// `sync [--mailbox M]`: one pass, then a line per folder. `Err` when any mailbox failed
 /// (after the others were synced).
-pub async fn sync(config: &Config, only: Option<&str>) -> Result<String> {
+pub async fn sync(config: &Config, store: &Arc<Store>, only: Option<&str>) -> Result<String> {
     if let Some(m) = only {
         anyhow::ensure!(
             config.mailbox(m).is_some(),
@@ -29,7 +30,7 @@ pub async fn sync(config: &Config, only: Option<&str>) -> Result<String> {
             ))
         );
     }
-    let store = open_store(config)?;
+    let store = store.clone();
     let reports = crate::sync::sync_all(config, &store, only).await;
     let mut out = String::new();
     let mut failed = Vec::new();
@@ -47,7 +48,13 @@ pub async fn sync(config: &Config, only: Option<&str>) -> Result<String> {
                 if f.uidvalidity_reset { " (UIDVALIDITY changed: folder re-read)" } else { "" }
             ));
         }
-        if r.folders.is_empty() && r.error.is_none() {
+        if r.unchanged > 0 {
+            out.push_str(&format!(
+                "{}: {} folder(s) unchanged since the last pass\n",
+                r.mailbox, r.unchanged
+            ));
+        }
+        if r.folders.is_empty() && r.unchanged == 0 && r.error.is_none() {
             out.push_str(&format!(
                 "{}: no tracked folder found on the server (see `foldertrack check`)\n",
                 r.mailbox
@@ -58,14 +65,26 @@ pub async fn sync(config: &Config, only: Option<&str>) -> Result<String> {
         }
     }
     if !failed.is_empty() {
-        print!("{out}");
-        anyhow::bail!(
-            "sync failed for {} mailbox(es):\n  {}",
-            failed.len(),
-            failed.join("\n  ")
-        );
+        return Err(PartialFailure {
+            stdout: out,
+            message: format!(
+                "sync failed for {} mailbox(es):\n  {}",
+                failed.len(),
+                failed.join("\n  ")
+            ),
+        }
+        .into());
     }
     Ok(out)
+}
+
+/// A command that did part of its work: what it printed goes to stdout, the failure to stderr,
+/// and the exit code is 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PartialFailure {
+    pub stdout: String,
+    pub message: String,
 }
 
 /// A mistake in how the command was called: exit code 2.
@@ -73,38 +92,189 @@ pub async fn sync(config: &Config, only: Option<&str>) -> Result<String> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// `records import FILE`: all or nothing.
-pub fn records_import(config: &Config, file: &Path) -> Result<String> {
-    let recs = crate::records_io::read_records(file)?;
-    let store = open_store(config)?;
-    store.put_records(&recs).context("writing the records")?;
-    Ok(format!(
-        "imported {} record(s) from {}\n",
-        recs.len(),
-        file.display()
-    ))
+/// A command that reads or changes the store. The CLI builds one from its arguments; it runs
+/// here in-process, or, when a running agent holds the store, inside that agent (it arrives
+/// over the control socket as JSON), so an admin never has to stop the agent to look.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Sync {
+        mailbox: Option<String>,
+    },
+    Check {
+        mailbox: Option<String>,
+    },
+    /// Records already read and checked by the CLI (so errors name the admin's file).
+    RecordsPut {
+        records: Vec<Record>,
+        from: String,
+    },
+    RecordsList {
+        rtype: Option<String>,
+        json: bool,
+    },
+    RecordsShow {
+        record: String,
+        json: bool,
+    },
+    ActivitiesList {
+        regarding: Option<String>,
+        json: bool,
+    },
+    ActivitiesShow {
+        id: u64,
+        json: bool,
+    },
+    /// Set an activity's regarding by hand (reset to the folder's at the next pass, as in Dynamics).
+    ActivitiesLink {
+        id: u64,
+        regarding: String,
+    },
+    Status {
+        json: bool,
+    },
+    QuarantineList {
+        json: bool,
+    },
+    QuarantineShow {
+        id: u64,
+    },
 }
 
-/// `records add TYPE:KEY --name N --email E… [--owner U]`.
-pub fn records_add(
+/// What a command printed and how it ended; this is also the control socket's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reply {
+    pub stdout: String,
+    /// Error text for stderr, when `code` is not 0.
+    pub stderr: String,
+    pub code: u8,
+}
+
+impl Reply {
+    fn from_result(r: Result<String>) -> Reply {
+        match r {
+            Ok(stdout) => Reply {
+                stdout,
+                stderr: String::new(),
+                code: 0,
+            },
+            Err(e) => match e.downcast::<PartialFailure>() {
+                Ok(p) => Reply {
+                    stdout: p.stdout,
+                    stderr: p.message,
+                    code: 1,
+                },
+                Err(e) => Reply {
+                    stdout: String::new(),
+                    stderr: format!("{e:#}"),
+                    code: exit_code(&e),
+                },
+            },
+        }
+    }
+}
+
+/// Exit code for an error: 2 for the caller's mistakes (usage, config, input file, a held
+/// data dir), 1 for everything that went wrong at run time.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<crate::config::ConfigError>().is_some()
+        || e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<crate::records_io::ImportError>().is_some()
+        || matches!(
+            e.downcast_ref::<StoreError>(),
+            Some(StoreError::Locked { .. })
+        )
+    {
+        2
+    } else {
+        1
+    }
+}
+
+/// Runs `req`: against the store here when it is free, else through the running agent.
+pub async fn dispatch(req: Request, config: &Config) -> Reply {
+    match Store::open(&config.data_dir, config.cache_bytes) {
+        Ok(store) => {
+            let store = Arc::new(store);
+            execute(req, config, &store, None).await
+        }
+        Err(StoreError::Locked { dir, pid }) => match crate::control::call(&config.data_dir, &req)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => Reply::from_result(Err(anyhow::Error::new(StoreError::Locked { dir, pid })
+                .context(format!("and its control socket did not answer ({e})")))),
+        },
+        Err(e) => Reply::from_result(Err(e.into())),
+    }
+}
+
+/// Runs `req` against an open store. `agent` is set when a running agent serves the request.
+pub async fn execute(
+    req: Request,
     config: &Config,
+    store: &Arc<Store>,
+    agent: Option<&crate::supervisor::AgentHandle>,
+) -> Reply {
+    let r = match req {
+        Request::Sync { mailbox } => match agent {
+            Some(a) => Ok(a.wake(mailbox.as_deref())),
+            None => sync(config, store, mailbox.as_deref()).await,
+        },
+        Request::Check { mailbox } => match check::check(config, store, mailbox.as_deref()).await {
+            Ok((text, true)) => Ok(text),
+            Ok((text, false)) => Err(PartialFailure {
+                stdout: text,
+                message: "check found problems (marked FAIL above)".into(),
+            }
+            .into()),
+            Err(e) => Err(e),
+        },
+        Request::RecordsPut { records, from } => store
+            .put_records(&records)
+            .map(|()| format!("imported {} record(s) from {from}\n", records.len()))
+            .context("writing the records"),
+        Request::RecordsList { rtype, json } => records_list(store, rtype.as_deref(), json),
+        Request::RecordsShow { record, json } => records_show(store, &record, json),
+        Request::ActivitiesList { regarding, json } => {
+            activities_list(store, regarding.as_deref(), json)
+        }
+        Request::ActivitiesShow { id, json } => activities_show(store, id, json),
+        Request::ActivitiesLink { id, regarding } => activities_link(store, id, &regarding),
+        Request::Status { json } => status(config, store, agent, json),
+        Request::QuarantineList { json } => quarantine_list(store, json),
+        Request::QuarantineShow { id } => quarantine_show(store, id),
+    };
+    Reply::from_result(r)
+}
+
+/// Reads and checks a records file (JSON lines or CSV) into a request.
+pub fn records_import_request(file: &Path) -> Result<Request> {
+    let records = crate::records_io::read_records(file)?;
+    Ok(Request::RecordsPut {
+        records,
+        from: file.display().to_string(),
+    })
+}
+
+/// Checks one record given on the command line into a request.
+pub fn records_add_request(
     r: &str,
     name: Option<String>,
     emails: Vec<String>,
     owner: Option<String>,
-) -> Result<String> {
+) -> Result<Request> {
     let rref: RecordRef = r.parse().map_err(UsageError)?;
     let line = serde_json::json!({"type": rref.rtype, "key": rref.key, "name": name, "emails": emails, "owner": owner}).to_string();
-    let recs = crate::records_io::parse_records("(command line)", &line, false)
+    let records = crate::records_io::parse_records("(command line)", &line, false)
         .map_err(|e| UsageError(e.message))?;
-    let store = open_store(config)?;
-    store.put_records(&recs)?;
-    Ok(format!("saved {rref}\n"))
+    Ok(Request::RecordsPut {
+        records,
+        from: "the command line".into(),
+    })
 }
 
-/// `records list [--type T] [--json]`.
-pub fn records_list(config: &Config, rtype: Option<&str>, json: bool) -> Result<String> {
-    let store = open_store(config)?;
+fn records_list(store: &Store, rtype: Option<&str>, json: bool) -> Result<String> {
     let recs = store.records(rtype.map(str::to_ascii_lowercase).as_deref())?;
     if json {
         return Ok(serde_json::to_string_pretty(&recs)? + "\n");
@@ -112,10 +282,8 @@ pub fn records_list(config: &Config, rtype: Option<&str>, json: bool) -> Result<
     Ok(show::records_table(&recs))
 }
 
-/// `records show TYPE:KEY [--json]`.
-pub fn records_show(config: &Config, r: &str, json: bool) -> Result<String> {
+fn records_show(store: &Store, r: &str, json: bool) -> Result<String> {
     let rref: RecordRef = r.parse().map_err(UsageError)?;
-    let store = open_store(config)?;
     let rec: Record = store
         .record(&rref)?
         .ok_or_else(|| UsageError(format!("no record {rref}")))?;
@@ -141,11 +309,10 @@ pub fn records_show(config: &Config, r: &str, json: bool) -> Result<String> {
 }
 
 /// `activities list [--regarding R] [--json]`.
-pub fn activities_list(config: &Config, regarding: Option<&str>, json: bool) -> Result<String> {
+pub fn activities_list(store: &Store, regarding: Option<&str>, json: bool) -> Result<String> {
     let r = regarding
         .map(|r| r.parse::<RecordRef>().map_err(UsageError))
         .transpose()?;
-    let store = open_store(config)?;
     let acts = store.activities(r.as_ref())?;
     if json {
         let list: Vec<serde_json::Value> = acts.iter().map(show::activity_json_brief).collect();
@@ -154,9 +321,7 @@ pub fn activities_list(config: &Config, regarding: Option<&str>, json: bool) -> 
     Ok(show::activities_table(&acts))
 }
 
-/// `activities show ID [--json]`.
-pub fn activities_show(config: &Config, id: u64, json: bool) -> Result<String> {
-    let store = open_store(config)?;
+fn activities_show(store: &Store, id: u64, json: bool) -> Result<String> {
     let a = store.activity(id)?.ok_or_else(|| {
         UsageError(format!(
             "no activity {id} (see `foldertrack activities list`)"
@@ -168,12 +333,84 @@ pub fn activities_show(config: &Config, id: u64, json: bool) -> Result<String> {
     Ok(show::activity_text(&a))
 }
 
+fn activities_link(store: &Store, id: u64, regarding: &str) -> Result<String> {
+    let r: RecordRef = regarding.parse().map_err(UsageError)?;
+    if store.record(&r)?.is_none() {
+        return Err(UsageError(format!("no record {r} (import it first)")).into());
+    }
+    if !store.link_by_hand(id, &r)? {
+        return Err(UsageError(format!(
+            "no activity {id} (see `foldertrack activities list`)"
+        ))
+        .into());
+    }
+    Ok(format!("activity {id} now regards {r}; a folder rule with a regarding resets it at the folder's next pass, as in Dynamics\n"))
+}
+
 /// `status [--json]`.
-pub fn status(config: &Config, json: bool) -> Result<String> {
-    let store = open_store(config)?;
-    let st = show::Status::collect(config, &store)?;
+pub fn status(
+    config: &Config,
+    store: &Store,
+    agent: Option<&crate::supervisor::AgentHandle>,
+    json: bool,
+) -> Result<String> {
+    let st = show::Status::collect(config, store, agent)?;
     if json {
         return Ok(serde_json::to_string_pretty(&st)? + "\n");
     }
     Ok(st.to_text())
+}
+
+fn quarantine_list(store: &Store, json: bool) -> Result<String> {
+    let q = store.quarantine()?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&q)? + "\n");
+    }
+    if q.is_empty() {
+        return Ok("quarantine is empty\n".into());
+    }
+    let rows: Vec<Vec<String>> = q
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                e.at.clone(),
+                format!(
+                    "{}/{} uid {}",
+                    e.source.mailbox, e.source.folder, e.source.uid
+                ),
+                e.size.to_string(),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    Ok(show::table(
+        &["ID", "AT", "SOURCE", "BYTES", "REASON"],
+        &rows,
+    ))
+}
+
+fn quarantine_show(store: &Store, id: u64) -> Result<String> {
+    let e = store
+        .quarantine()?
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "no quarantined message {id} (see `foldertrack quarantine list`)"
+            ))
+        })?;
+    let raw = store.quarantine_raw(id)?.unwrap_or_default();
+    Ok(format!(
+        "quarantined message {}\n  source: {}/{} (uidvalidity {}, uid {})\n  reason: {}\n  at:     {}\n  bytes:  {}\n\n{}",
+        e.id,
+        e.source.mailbox,
+        e.source.folder,
+        e.source.uidvalidity,
+        e.source.uid,
+        e.reason,
+        e.at,
+        e.size,
+        String::from_utf8_lossy(&raw[..raw.len().min(64 * 1024)])
+    ))
 }

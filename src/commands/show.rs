@@ -191,6 +191,8 @@ pub fn records_table(recs: &[Record]) -> String {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub data_dir: String,
+    /// `running (pid N)` when a `run` agent answered, else `not running`.
+    pub agent: String,
     pub schema_version: u32,
     pub mailboxes: Vec<MailboxStatus>,
     pub activities: usize,
@@ -206,6 +208,8 @@ pub struct MailboxStatus {
     pub state: String,
     #[serde(flatten)]
     pub health: MailboxState,
+    /// What the running agent's task for this mailbox is doing now (only while `run` is going).
+    pub live: Option<crate::watch::LiveState>,
     pub folders: Vec<FolderStatus>,
 }
 
@@ -218,15 +222,21 @@ pub struct FolderStatus {
 }
 
 impl Status {
-    pub fn collect(config: &Config, store: &Store) -> Result<Status> {
+    pub fn collect(
+        config: &Config,
+        store: &Store,
+        agent: Option<&crate::supervisor::AgentHandle>,
+    ) -> Result<Status> {
         let folders = store.folder_states()?;
         let mut mailboxes = Vec::new();
         for mb in &config.mailboxes {
             let health = store.mailbox_state(&mb.name)?;
-            let state = match (&health.last_attempt, &health.last_error) {
-                (None, _) => "never synced",
-                (Some(_), None) => "ok",
-                (Some(_), Some(_)) => "failing",
+            let live = agent.and_then(|a| a.live(&mb.name));
+            let state = match (&live, &health.last_attempt, &health.last_error) {
+                (Some(l), _, _) if l.state == "disabled" => "disabled",
+                (_, None, _) => "never synced",
+                (_, Some(_), None) => "ok",
+                (_, Some(_), Some(_)) => "failing",
             }
             .to_string();
             mailboxes.push(MailboxStatus {
@@ -234,6 +244,7 @@ impl Status {
                 server: format!("{}:{} ({})", mb.host, mb.port, mb.tls),
                 state,
                 health,
+                live,
                 folders: folders
                     .iter()
                     .filter(|f| f.mailbox == mb.name)
@@ -246,6 +257,10 @@ impl Status {
         }
         Ok(Status {
             data_dir: config.data_dir.display().to_string(),
+            agent: agent.map_or_else(
+                || "not running".to_string(),
+                |a| format!("running (pid {})", a.pid),
+            ),
             schema_version: store.schema_version()?,
             mailboxes,
             activities: store.activity_count(),

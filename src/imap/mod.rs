@@ -89,3 +89,8 @@ where
         }),
     }
 }
+
+/// Quotes an (already encoded) folder name as an IMAP quoted string.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}

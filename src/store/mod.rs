@@ -58,6 +58,22 @@ pub struct FolderState {
     pub last_sync: Option<String>,
     /// The rule that tracks it (its folder pattern), for `status`.
     pub rule: Option<String>,
+    /// The regarding the rule gave at the last pass: when the rule's changes, the messages
+    /// still in the folder are re-linked (DESIGN §4.6).
+    #[serde(default)]
+    pub regarding: Option<String>,
+    /// UIDNEXT when a pass over the folder last *completed*: a later STATUS with the same
+    /// UIDNEXT and UIDVALIDITY means nothing arrived, and the folder need not be opened.
+    #[serde(default)]
+    pub synced_uid_next: u32,
+}
+
+/// Which folder an exact rule is bound to, so that a renamed folder stays tracked: the folder's
+/// identity is its UIDVALIDITY, which a rename keeps and a delete + create changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleBinding {
+    pub folder: String,
+    pub uidvalidity: u32,
 }
 
 /// Health of one mailbox's incoming side, for `status`.
@@ -68,6 +84,51 @@ pub struct MailboxState {
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_errors: u32,
+    /// The latest outages (newest last, at most [`MAX_OUTAGES`]): when a failure began, when the
+    /// next success ended it, and the first error. `status` shows them.
+    #[serde(default)]
+    pub outages: Vec<Outage>,
+}
+
+/// How many past outages a mailbox keeps.
+pub const MAX_OUTAGES: usize = 10;
+
+/// A stretch of time in which a mailbox's passes failed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    pub from: String,
+    pub to: Option<String>,
+    pub error: String,
+}
+
+impl MailboxState {
+    /// A pass (or login) worked: closes an open outage.
+    pub fn succeeded(&mut self) {
+        let t = now();
+        self.last_attempt.get_or_insert_with(|| t.clone());
+        self.last_success = Some(t.clone());
+        self.last_error = None;
+        self.consecutive_errors = 0;
+        if let Some(o) = self.outages.last_mut().filter(|o| o.to.is_none()) {
+            o.to = Some(t);
+        }
+    }
+
+    /// A pass failed: opens an outage unless one is open.
+    pub fn failed(&mut self, error: &str) {
+        self.last_error = Some(error.to_string());
+        self.consecutive_errors += 1;
+        if self.outages.last().is_none_or(|o| o.to.is_some()) {
+            self.outages.push(Outage {
+                from: now(),
+                to: None,
+                error: error.to_string(),
+            });
+            if self.outages.len() > MAX_OUTAGES {
+                self.outages.remove(0);
+            }
+        }
+    }
 }
 
 /// A message that could not be tracked, kept with its raw bytes so nothing is lost.
@@ -135,6 +196,8 @@ pub struct BatchOutcome {
     /// Already recorded from this very source (a replay after a crash).
     pub replayed: u32,
     pub quarantined: u32,
+    /// Merged copies that moved the activity to their folder's regarding.
+    pub relinked: u32,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -143,6 +206,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.merged += o.merged;
         self.replayed += o.replayed;
         self.quarantined += o.quarantined;
+        self.relinked += o.relinked;
     }
 }
 
@@ -169,6 +233,8 @@ struct Trees {
     quarantine_raw: sled::Tree,
     quarantine_by_source: sled::Tree,
     alerts: sled::Tree,
+    manual_links: sled::Tree,
+    rule_bindings: sled::Tree,
 }
 
 fn now() -> String {
@@ -292,6 +358,8 @@ impl Store {
             quarantine_raw: tree("quarantine_raw")?,
             quarantine_by_source: tree("quarantine_by_source")?,
             alerts: tree("alerts")?,
+            manual_links: tree("manual_links")?,
+            rule_bindings: tree("rule_bindings")?,
         };
         let store = Store {
             db,
@@ -546,6 +614,96 @@ impl Store {
         self.t.quarantine.len()
     }
 
+    // ---- links, bindings ----------------------------------------------------------------------
+
+    /// Sets an activity's regarding by hand and remembers that it was by hand. `false` when
+    /// there is no such activity.
+    pub fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
+        let found = self.relink(id, Some(&r.to_string()))?;
+        if found {
+            self.t.manual_links.insert(id.to_be_bytes(), &[])?;
+            self.flush()?;
+        }
+        Ok(found)
+    }
+
+    /// Points an activity at `regarding` (or at nothing), index included. `false` when the
+    /// activity does not exist.
+    pub fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
+        let trees = [&self.t.activities, &self.t.activity_by_regarding];
+        let found = trees
+            .transaction(|tx| {
+                let (acts, by_reg) = (&tx[0], &tx[1]);
+                let Some(v) = acts.get(id.to_be_bytes())? else {
+                    return Ok(false);
+                };
+                let mut a: Activity = serde_json::from_slice(&v).map_err(abort)?;
+                if a.regarding.as_deref() == regarding {
+                    return Ok(true);
+                }
+                if let Some(old) = &a.regarding {
+                    by_reg.remove(keys::regarding(old, id))?;
+                }
+                a.regarding = regarding.map(str::to_string);
+                if let Some(new) = &a.regarding {
+                    by_reg.insert(keys::regarding(new, id), &[])?;
+                }
+                acts.insert(&id.to_be_bytes(), enc(&a))?;
+                Ok(true)
+            })
+            .map_err(tx_err)?;
+        Ok(found)
+    }
+
+    /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
+    /// the UID they have there.
+    pub fn manual_links_in(&self, mailbox: &str, folder: &str) -> Result<Vec<(u64, u32)>> {
+        let mut out = Vec::new();
+        for kv in self.t.manual_links.iter() {
+            let id = keys::u64_of(&kv?.0);
+            if let Some(a) = self.activity(id)? {
+                if let Some(s) = std::iter::once(&a.source)
+                    .chain(&a.other_sources)
+                    .find(|s| s.mailbox == mailbox && s.folder == folder)
+                {
+                    out.push((id, s.uid));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn clear_manual_link(&self, id: u64) -> Result<()> {
+        self.t.manual_links.remove(id.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn rule_binding(&self, mailbox: &str, rule: &str) -> Result<Option<RuleBinding>> {
+        self.t
+            .rule_bindings
+            .get(keys::folder(mailbox, rule))?
+            .map(|v| dec("rule_bindings", &v))
+            .transpose()
+    }
+
+    pub fn put_rule_binding(&self, mailbox: &str, rule: &str, b: &RuleBinding) -> Result<()> {
+        self.t
+            .rule_bindings
+            .insert(keys::folder(mailbox, rule), enc(b))?;
+        Ok(())
+    }
+
+    /// Moves a folder's checkpoint to its new name after a rename, so nothing is read again.
+    pub fn rename_folder_state(&self, mailbox: &str, from: &str, to: &str) -> Result<()> {
+        if let Some(mut st) = self.folder_state(mailbox, from)? {
+            st.folder = to.to_string();
+            self.t.folders.insert(keys::folder(mailbox, to), enc(&st))?;
+            self.t.folders.remove(keys::folder(mailbox, from))?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     // ---- the batch transaction -------------------------------------------------------------
 
     /// Writes one batch and the folder checkpoint atomically, then flushes.
@@ -666,6 +824,23 @@ fn apply_activity(
             *s = a.source.clone();
         } else {
             cur.other_sources.push(a.source.clone());
+        }
+        // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
+        // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
+        // A folder without a regarding keeps the link; another mailbox's copy never changes
+        // it (the first mailbox wins, §4.7).
+        let same_mailbox = std::iter::once(&cur.source)
+            .chain(&cur.other_sources)
+            .any(|s| s.mailbox == a.source.mailbox);
+        if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
+            if let Some(old) = &cur.regarding {
+                by_regarding.remove(keys::regarding(old, id))?;
+            }
+            cur.regarding = a.regarding.clone();
+            if let Some(new) = &cur.regarding {
+                by_regarding.insert(keys::regarding(new, id), &[])?;
+            }
+            out.relinked += 1;
         }
         by_source.insert(skey, &id.to_be_bytes())?;
         acts.insert(&id.to_be_bytes(), enc(&cur))?;

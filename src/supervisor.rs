@@ -1,0 +1,175 @@
+//! `run`: one supervised task per mailbox, the control socket, and the signals. SIGINT and
+//! SIGTERM stop the tasks after the batch in hand is committed; SIGHUP reloads the config
+//! (a changed rule re-links its folder at the next pass) and restarts the mailbox tasks.
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::watch::{self, Live, LiveState};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How many mailboxes may be logging in at once (1,000 mailboxes must not hit the server at the
+/// same instant).
+pub const LOGIN_CONCURRENCY: usize = 16;
+
+/// Per mailbox: its live state and the bell that wakes its task.
+type Tasks = BTreeMap<String, (Live, Arc<Notify>)>;
+
+/// What the control socket needs from the running agent: live states, and a way to wake tasks.
+#[derive(Clone, Default)]
+pub struct AgentHandle {
+    inner: Arc<Mutex<Tasks>>,
+    pub pid: u32,
+}
+
+impl AgentHandle {
+    /// Wakes one mailbox (or all) for an immediate pass.
+    pub fn wake(&self, mailbox: Option<&str>) -> String {
+        let Ok(m) = self.inner.lock() else {
+            return "agent state is poisoned\n".into();
+        };
+        let mut n = 0;
+        for (name, (_, w)) in m.iter() {
+            if mailbox.is_none_or(|x| x == name) {
+                w.notify_one();
+                n += 1;
+            }
+        }
+        format!("the running agent (pid {}) tracks continuously; woke {n} mailbox(es) for an immediate pass\n", self.pid)
+    }
+
+    pub fn live(&self, mailbox: &str) -> Option<LiveState> {
+        let m = self.inner.lock().ok()?;
+        let (l, _) = m.get(mailbox)?;
+        l.lock().ok().map(|l| l.clone())
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+///
+/// # Errors
+/// The store cannot be opened (held by another process: exit 2), or the config cannot be read.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?);
+    let agent = AgentHandle {
+        pid: std::process::id(),
+        ..Default::default()
+    };
+    let stop = CancellationToken::new();
+    let shared = Arc::new(RwLock::new(config.clone()));
+    match crate::control::bind(&config.data_dir) {
+        Ok(l) => {
+            tokio::spawn(crate::control::serve(
+                l,
+                shared.clone(),
+                store.clone(),
+                agent.clone(),
+                stop.clone(),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: other commands cannot reach this agent")
+        }
+    }
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut config = config;
+    loop {
+        let generation = stop.child_token();
+        let tasks = start(&config, &store, &agent, &generation);
+        tracing::info!(mailboxes = config.mailboxes.len(), "agent running");
+        #[cfg(unix)]
+        let reload = hup.recv();
+        #[cfg(not(unix))]
+        let reload = std::future::pending::<Option<()>>();
+        let reload_now = tokio::select! {
+            _ = &mut shutdown => false,
+            _ = reload => true,
+        };
+        generation.cancel();
+        finish(tasks).await;
+        if !reload_now {
+            break;
+        }
+        match Config::load(&config_path) {
+            Ok(c) => {
+                tracing::info!("configuration reloaded");
+                if let Ok(mut w) = shared.write() {
+                    *w = c.clone();
+                }
+                config = c;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                for m in &config.mailboxes {
+                    let _ = store.add_alert(
+                        &m.name,
+                        crate::model::Alert {
+                            level: "error".into(),
+                            message: format!("configuration reload failed: {e}"),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    stop.cancel();
+    store.flush()?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn start(
+    config: &Config,
+    store: &Arc<Store>,
+    agent: &AgentHandle,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let logins = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
+    let mut handles = Vec::new();
+    let mut map = BTreeMap::new();
+    for mb in &config.mailboxes {
+        let live: Live = Arc::new(Mutex::new(LiveState::default()));
+        let wake = Arc::new(Notify::new());
+        map.insert(mb.name.clone(), (live.clone(), wake.clone()));
+        let task = watch::Task {
+            mb: Arc::new(mb.clone()),
+            limits: config.fetch,
+            store: store.clone(),
+            live,
+            wake,
+            cancel: cancel.clone(),
+            logins: logins.clone(),
+        };
+        handles.push(tokio::spawn(watch::watch_mailbox(task)));
+    }
+    if let Ok(mut m) = agent.inner.lock() {
+        *m = map;
+    }
+    handles
+}
+
+/// Waits for the tasks to finish their batch; aborts what is still running after 60 s.
+async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    if tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        tracing::warn!("mailbox tasks did not stop within 60 s; aborting them");
+        for a in aborts {
+            a.abort();
+        }
+    }
+}
