@@ -59,7 +59,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?);
+    let store = Arc::new(open_store_waiting(&config).await?);
     let agent = AgentHandle {
         pid: std::process::id(),
         ..Default::default()
@@ -128,6 +128,27 @@ pub async fn run(
     store.flush()?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Opens the store; while another *command* (not an agent: no control socket answers) holds it
+/// for a moment, waits up to 10 s for it.
+async fn open_store_waiting(config: &Config) -> Result<Store> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(&config.data_dir, config.cache_bytes) {
+            Err(crate::store::StoreError::Locked { .. })
+                if tokio::time::Instant::now() < deadline
+                    && tokio::net::UnixStream::connect(crate::control::socket_path(
+                        &config.data_dir,
+                    ))
+                    .await
+                    .is_err() =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 fn start(

@@ -230,7 +230,8 @@ impl Status {
         let folders = store.folder_states()?;
         let mut mailboxes = Vec::new();
         for mb in &config.mailboxes {
-            let health = store.mailbox_state(&mb.name)?;
+            let mut health = store.mailbox_state(&mb.name)?;
+            health.name.clear(); // `name` is already the mailbox's
             let live = agent.and_then(|a| a.live(&mb.name));
             let state = match (&live, &health.last_attempt, &health.last_error) {
                 (Some(l), _, _) if l.state == "disabled" => "disabled",
@@ -271,8 +272,8 @@ impl Status {
 
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "data dir {} (schema {})\n",
-            self.data_dir, self.schema_version
+            "data dir {} (schema {}); agent {}\n",
+            self.data_dir, self.schema_version, self.agent
         );
         for m in &self.mailboxes {
             s.push_str(&format!(
@@ -282,10 +283,36 @@ impl Status {
                 m.state,
                 m.health.last_success.as_deref().unwrap_or("never")
             ));
+            if let Some(l) = &m.live {
+                s.push_str(&format!(
+                    "  now: {}{}{} (reconnects {}, last pass {})\n",
+                    l.state,
+                    if l.mode.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", l.mode)
+                    },
+                    if l.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", l.detail)
+                    },
+                    l.reconnects,
+                    l.last_pass.as_deref().unwrap_or("-")
+                ));
+            }
             if let Some(e) = &m.health.last_error {
                 s.push_str(&format!(
                     "  last error ({} in a row): {e}\n",
                     m.health.consecutive_errors
+                ));
+            }
+            for o in m.health.outages.iter().rev().take(3) {
+                s.push_str(&format!(
+                    "  outage {} → {}: {}\n",
+                    o.from,
+                    o.to.as_deref().unwrap_or("ongoing"),
+                    o.error
                 ));
             }
             let rows: Vec<Vec<String>> = m

@@ -79,6 +79,7 @@ pub struct RuleBinding {
 /// Health of one mailbox's incoming side, for `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MailboxState {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub last_attempt: Option<String>,
     pub last_success: Option<String>,
@@ -555,8 +556,12 @@ impl Store {
             .t
             .mailboxes
             .get(name.as_bytes())?
-            .map(|v| dec("mailboxes", &v))
+            .map(|v| dec::<MailboxState>("mailboxes", &v))
             .transpose()?
+            .map(|s| MailboxState {
+                name: name.into(),
+                ..s
+            })
             .unwrap_or_else(|| MailboxState {
                 name: name.into(),
                 ..Default::default()

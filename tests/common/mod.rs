@@ -261,3 +261,102 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn by_subject<'a>(acts: &'a [serde_json::Value], s: &str) -> Vec<&'a serde_json::Value> {
     acts.iter().filter(|a| a["subject"] == s).collect()
 }
+
+/// A running `foldertrack run`, stopped (SIGKILL) when dropped if still alive.
+pub struct Agent {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Env {
+    /// Starts `foldertrack run` with debug logs into `work/agent.log`, and waits until every
+    /// mailbox has finished its first pass.
+    pub fn start_agent(&self) -> Agent {
+        let log = self.work.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+            .current_dir(&self.work)
+            .args(["--config", "foldertrack.toml", "run"])
+            .env("RUST_LOG", "foldertrack=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start foldertrack run");
+        let agent = Agent { child, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let o = self.run(&["status", "--json"]);
+            let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let running = st["agent"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("running"));
+            let passed = st["mailboxes"].as_array().is_some_and(|m| {
+                m.iter()
+                    .all(|m| m["live"]["last_pass"].is_string() || m["live"]["state"] == "disabled")
+            });
+            if o.status.success() && running && passed {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent's first pass did not happen in 30 s; status:\n{}{}\nlog:\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                agent.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        agent
+    }
+}
+
+impl Agent {
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent did not stop on SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds, or panics after `secs` seconds naming `what`.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
