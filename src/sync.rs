@@ -292,6 +292,9 @@ pub async fn pass_planned(
     cancel: Option<&CancellationToken>,
 ) -> Result<MailboxReport, SyncError> {
     let addr = conn.addr.clone();
+    // NOOP first: it syncs the selected folder, whose STATUS Dovecot would otherwise answer from
+    // the session's stale view, and unlike async-imap's `noop()` it fails on a dead connection.
+    timed(&addr, "NOOP", conn.session.run_command_and_check_ok("NOOP")).await?;
     let mut report = MailboxReport {
         mailbox: mb.name.clone(),
         ..Default::default()

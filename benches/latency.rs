@@ -1,0 +1,210 @@
+//! Benchmark: drag-to-activity latency of `foldertrack run`, IDLE and polling
+//! (`poll_interval = 1`), beside Dovecot's own APPEND → EXISTS delay on an IDLE connection,
+//! measured in the same run against the same server.
+//!
+//! A trial APPENDs one message to the tracked folder from a second connection and stops the
+//! clock when the agent logs the commit of its batch (the log line is read from the agent's
+//! stderr as it is written; the commit is flushed before the line). Knobs: LAT_TRIALS (200).
+//! Run: `cargo bench --bench latency`.
+
+use foldertrack::sandbox::{Sandbox, SandboxOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    n: u32,
+}
+
+impl Conn {
+    fn login(port: u16) -> Conn {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut c = Conn {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+            n: 0,
+        };
+        c.line();
+        c.cmd("LOGIN user1 pass");
+        c
+    }
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        assert!(self.r.read_line(&mut l).unwrap() > 0, "connection closed");
+        l
+    }
+    fn cmd(&mut self, c: &str) {
+        self.n += 1;
+        let tag = format!("x{}", self.n);
+        write!(self.w, "{tag} {c}\r\n").unwrap();
+        loop {
+            let l = self.line();
+            if l.starts_with(&tag) {
+                assert!(l[tag.len()..].trim_start().starts_with("OK"), "{c}: {l}");
+                return;
+            }
+        }
+    }
+    fn append(&mut self, folder: &str, i: usize) {
+        let m = format!("From: bob@acme.com\r\nTo: user1@example.com\r\nSubject: latency {i}\r\nMessage-ID: <lat-{i}-{}@bench>\r\n\r\nping\r\n", std::process::id());
+        self.n += 1;
+        let tag = format!("x{}", self.n);
+        write!(self.w, "{tag} APPEND {folder} {{{}+}}\r\n{m}\r\n", m.len()).unwrap();
+        loop {
+            let l = self.line();
+            if l.starts_with(&tag) {
+                return;
+            }
+        }
+    }
+}
+
+fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (p(0.5), p(0.9), p(0.99))
+}
+
+/// Dovecot's own floor: APPEND sent on B → `* N EXISTS` read on A (IDLE, cycle mode: DONE and a
+/// new IDLE after each notification, as a client that fetches each message does).
+fn dovecot_floor(port: u16, trials: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut b = Conn::login(port);
+    let mut a = Conn::login(port);
+    a.cmd("SELECT INBOX.Floor");
+    for i in 0..trials {
+        if i > 0 && i % 100 == 0 {
+            a = Conn::login(port); // Dovecot drops a session after ~150 deliveries (bench README, finding 6)
+            a.cmd("SELECT INBOX.Floor");
+        }
+        write!(a.w, "i{i} IDLE\r\n").unwrap();
+        while !a.line().starts_with('+') {}
+        let t = Instant::now();
+        b.append("INBOX.Floor", i);
+        loop {
+            if a.line().contains("EXISTS") {
+                break;
+            }
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        write!(a.w, "DONE\r\n").unwrap();
+        while !a.line().starts_with(&format!("i{i} ")) {}
+    }
+    out
+}
+
+fn agent_latency(port: u16, work: &std::path::Path, watch: &str, trials: usize) -> Vec<f64> {
+    std::fs::write(
+        work.join("foldertrack.toml"),
+        format!("data_dir = \"data\"\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n{watch}\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n"),
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(work.join("data"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+        .current_dir(work)
+        .args(["--config", "foldertrack.toml", "run"])
+        .env("RUST_LOG", "foldertrack=debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var("LAT_DEBUG").is_ok() {
+                eprintln!("agent: {line}");
+            }
+            if line.contains("batch committed")
+                || line.contains("IDLE ended")
+                || line.contains("agent running")
+            {
+                let _ = tx.send((Instant::now(), line));
+            }
+        }
+    });
+    // Ready when the first wait begins (a little after "agent running").
+    while !rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .1
+        .contains("agent running")
+    {}
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = Conn::login(port);
+    let mut out = Vec::new();
+    for i in 0..trials {
+        while rx.try_recv().is_ok() {}
+        let t = Instant::now();
+        b.append("INBOX.Tracked", i);
+        loop {
+            let (at, line) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("no commit within 30 s");
+            if line.contains("batch committed") {
+                out.push(at.duration_since(t).as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    out
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let trials: usize = std::env::var("LAT_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let tmp = tempfile::Builder::new()
+        .prefix("ft-lat-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &SandboxOptions::default()).unwrap();
+    let port = dovecot.port;
+    let mut c = Conn::login(port);
+    c.cmd("CREATE INBOX.Tracked");
+    c.cmd("CREATE INBOX.Floor");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("password"), "pass").unwrap();
+
+    let rows = [
+        (
+            "Dovecot APPEND → EXISTS on IDLE (floor)",
+            dovecot_floor(port, trials),
+        ),
+        (
+            "foldertrack run, IDLE: APPEND → activity committed",
+            agent_latency(port, &work, "", trials),
+        ),
+        (
+            "foldertrack run, poll_interval = 1",
+            agent_latency(
+                port,
+                &work,
+                "idle = false\npoll_interval = 1",
+                trials.min(100),
+            ),
+        ),
+    ];
+    println!("\n| {trials} trials (poll: ≤ 100) | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    for (name, v) in &rows {
+        let (a, b, c) = pct(v.clone());
+        println!("| {name} | {a:.1} | {b:.1} | {c:.1} |");
+    }
+    drop(dovecot);
+}
