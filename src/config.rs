@@ -102,6 +102,69 @@ pub struct MailboxConfig {
     pub sent_folder: Option<String>,
     pub rules: Vec<Rule>,
     pub watch: WatchSettings,
+    pub crm: CrmSettings,
+}
+
+/// What to do with a sender no record has (DESIGN §4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnresolvedSender {
+    /// Keep the address on the activity (`addressused`).
+    #[default]
+    Keep,
+    /// Create a contact named after the display name, owned by the mailbox owner.
+    Contact,
+    /// Create a lead the same way.
+    Lead,
+}
+
+/// Which mail outside tracked folders is tracked, from INBOX and Sent (DESIGN §4.13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherMail {
+    #[default]
+    None,
+    /// Mail that correlates to a tracked activity.
+    Replies,
+    /// Mail with a party that resolves to a contact, account or lead.
+    Known,
+    All,
+}
+
+/// How tracked mail becomes CRM data (DESIGN §4.7–4.13).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmSettings {
+    pub unresolved_sender: UnresolvedSender,
+    pub track_other_mail: OtherMail,
+    /// Subject words + at least two shared addresses (off by default, as in Dynamics).
+    pub smart_matching: bool,
+    /// Attachments above this are listed but not stored.
+    pub max_attachment_size: u64,
+    /// File extensions (lower case, no dot) whose attachments are listed but not stored.
+    pub blocked_extensions: Vec<String>,
+    /// IMAP keyword set on tracked messages (`None`: write-back off).
+    pub tracked_keyword: Option<String>,
+    pub token: crate::track::token::TokenFormat,
+}
+
+/// Dynamics' default blocked attachment extensions, the ones that run code.
+pub const DEFAULT_BLOCKED: [&str; 22] = [
+    "ade", "adp", "app", "bat", "chm", "cmd", "com", "cpl", "dll", "exe", "hta", "inf", "ins",
+    "js", "jse", "lnk", "msi", "pif", "reg", "scr", "vbs", "wsf",
+];
+
+impl Default for CrmSettings {
+    fn default() -> Self {
+        CrmSettings {
+            unresolved_sender: UnresolvedSender::Keep,
+            track_other_mail: OtherMail::None,
+            smart_matching: false,
+            max_attachment_size: 5 * 1024 * 1024,
+            blocked_extensions: DEFAULT_BLOCKED.iter().map(|s| s.to_string()).collect(),
+            tracked_keyword: Some("$Tracked".into()),
+            token: Default::default(),
+        }
+    }
 }
 
 /// How `run` waits for new mail (DESIGN §3 step 6).
@@ -206,6 +269,17 @@ struct RawMailbox {
     idle_renew: Option<Spanned<i64>>,
     heartbeat_timeout: Option<Spanned<i64>>,
     others_interval: Option<Spanned<i64>>,
+    #[serde(default)]
+    unresolved_sender: UnresolvedSender,
+    #[serde(default)]
+    track_other_mail: OtherMail,
+    #[serde(default)]
+    smart_matching: bool,
+    max_attachment_size: Option<Spanned<i64>>,
+    blocked_extensions: Option<Vec<String>>,
+    /// `false` turns write-back off; a string names the keyword.
+    tracked_keyword: Option<Spanned<toml::Value>>,
+    token: Option<Spanned<crate::track::token::TokenFormat>>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -539,6 +613,52 @@ fn check_mailbox(
         )?,
         others_interval: secs(&m.others_interval, "others_interval", d.others_interval)?,
     };
+    let dcrm = CrmSettings::default();
+    let max_attachment_size = match &m.max_attachment_size {
+        None => dcrm.max_attachment_size,
+        Some(v) if *v.get_ref() >= 0 && *v.get_ref() <= 128 * 1024 * 1024 => *v.get_ref() as u64,
+        Some(v) => {
+            return Err(loc.err(
+                Some(v.span()),
+                &k("max_attachment_size"),
+                "must be a size in bytes from 0 to 134217728 (128 MB)",
+            ))
+        }
+    };
+    let tracked_keyword = match &m.tracked_keyword {
+        None => dcrm.tracked_keyword.clone(),
+        Some(v) => match v.get_ref() {
+            toml::Value::Boolean(false) => None,
+            toml::Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && !"(){%*\"\\]".contains(c)) => Some(s.clone()),
+            _ => return Err(loc.err(Some(v.span()), &k("tracked_keyword"), "must be false or an IMAP keyword such as \"$Tracked\" (no spaces or ( ) { % * \" \\ ])")),
+        },
+    };
+    let token = match &m.token {
+        None => dcrm.token.clone(),
+        Some(t) => {
+            t.get_ref()
+                .validate()
+                .map_err(|e| loc.err(Some(t.span()), &k("token"), e))?;
+            t.get_ref().clone()
+        }
+    };
+    let crm = CrmSettings {
+        unresolved_sender: m.unresolved_sender,
+        track_other_mail: m.track_other_mail,
+        smart_matching: m.smart_matching,
+        max_attachment_size,
+        blocked_extensions: m
+            .blocked_extensions
+            .map(|v| {
+                v.into_iter()
+                    .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+                    .filter(|e| !e.is_empty())
+                    .collect()
+            })
+            .unwrap_or(dcrm.blocked_extensions),
+        tracked_keyword,
+        token,
+    };
     if rules.len() > 25 {
         tracing::warn!(mailbox = %name, rules = rules.len(), "more than 25 folder rules: Dynamics 365 stops at 25; foldertrack goes on");
     }
@@ -564,6 +684,7 @@ fn check_mailbox(
         sent_folder,
         rules,
         watch,
+        crm,
     })
 }
 

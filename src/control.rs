@@ -91,6 +91,7 @@ pub async fn serve(
                         Some(cfg) => execute(req, &cfg, &store, Some(&agent)).await,
                         None => Reply {
                             stdout: String::new(),
+                            binary: None,
                             stderr: "agent state is poisoned".into(),
                             code: 1,
                         },
@@ -98,6 +99,7 @@ pub async fn serve(
                 }
                 Err(e) => Reply {
                     stdout: String::new(),
+                    binary: None,
                     stderr: format!("bad request: {e}"),
                     code: 2,
                 },

@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         cmd: ActivitiesCmd,
     },
+    /// The folder rules: list them, or check their records and permissions before they run.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
     /// Messages that could not be tracked, kept with their raw bytes.
     Quarantine {
         #[command(subcommand)]
@@ -76,6 +81,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    List,
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +144,8 @@ enum ActivitiesCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write attachment N (from 1) of an activity to stdout: `... attachment 7 1 > file.pdf`.
+    Attachment { id: u64, n: usize },
     /// Set the regarding by hand (a folder rule with a regarding resets it at the next pass).
     Link {
         id: u64,
@@ -181,18 +194,10 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Reply {
-    let fail = |e: anyhow::Error| Reply {
-        stdout: String::new(),
-        stderr: format!("{e:#}"),
-        code: commands::exit_code(&e),
-    };
+    let fail = Reply::failed;
     if let Command::Demo { dir, keep } = &cli.command {
         return match commands::demo::run(dir, *keep).await {
-            Ok(out) => Reply {
-                stdout: out,
-                stderr: String::new(),
-                code: 0,
-            },
+            Ok(out) => Reply::ok(out),
             Err(e) => fail(e),
         };
     }
@@ -205,11 +210,7 @@ async fn run(cli: Cli) -> Reply {
             return match foldertrack::supervisor::run(cli.config.clone(), config, shutdown_signal())
                 .await
             {
-                Ok(()) => Reply {
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    code: 0,
-                },
+                Ok(()) => Reply::ok(String::new()),
                 Err(e) => fail(e),
             }
         }
@@ -236,6 +237,11 @@ async fn run(cli: Cli) -> Reply {
             ActivitiesCmd::List { regarding, json } => Request::ActivitiesList { regarding, json },
             ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
             ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink { id, regarding },
+            ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
+        },
+        Command::Rules { cmd } => match cmd {
+            RulesCmd::List => Request::RulesList,
+            RulesCmd::Check => Request::RulesCheck,
         },
         Command::Quarantine { cmd } => match cmd {
             QuarantineCmd::List { json } => Request::QuarantineList { json },
@@ -275,6 +281,22 @@ fn main() -> ExitCode {
     };
     let reply = rt.block_on(run(cli));
     print!("{}", reply.stdout);
+    if let Some(b64) = &reply.binary {
+        use base64::Engine;
+        use std::io::Write;
+        match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(bytes) => {
+                if let Err(e) = std::io::stdout().write_all(&bytes) {
+                    eprintln!("foldertrack: writing to stdout: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            Err(e) => {
+                eprintln!("foldertrack: bad binary answer: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     if !reply.stderr.is_empty() {
         eprintln!("foldertrack: {}", reply.stderr);
     }

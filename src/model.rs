@@ -81,6 +81,30 @@ pub struct Record {
     /// `systemuser:<key>` of the owning user; `None` for records owned by nobody in particular.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Writable by every user (DESIGN §4.11).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// For a user: the teams it belongs to. For any other record: the teams that may write it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
+}
+
+/// Who links mail to records: a mailbox's owner and the teams it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Writer {
+    pub user: String,
+    pub teams: Vec<String>,
+}
+
+impl Writer {
+    /// Whether this user may link mail to `r` (DESIGN §4.11): it owns it, the record is shared
+    /// or owned by nobody, or a team of the user's may write it.
+    pub fn can_write(&self, r: &Record) -> bool {
+        r.owner.is_none()
+            || r.owner.as_deref() == Some(self.user.as_str())
+            || r.shared
+            || r.teams.iter().any(|t| self.teams.contains(t))
+    }
 }
 
 impl Record {
@@ -125,6 +149,9 @@ pub struct AttachmentMeta {
     pub mime_type: String,
     pub size: u64,
     pub sha256: String,
+    /// Why the file was not kept (too large, blocked extension); `None` when its blob is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// Where a tracked copy of the message lives on the IMAP server.
@@ -176,6 +203,39 @@ pub struct Activity {
     pub tracked_at: String,
     #[serde(default)]
     pub alerts: Vec<Alert>,
+    /// The earlier activity this one was correlated to, and how (DESIGN §4.10).
+    #[serde(default)]
+    pub correlation: Option<Correlation>,
+    /// The tracking token found in the subject (e.g. `CRM:0001002`).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A tracked message on its way into the store: the activity, and what the store's transaction
+/// must still decide for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub activity: Activity,
+    /// The folder rule gives no regarding: a correlated activity's regarding is inherited
+    /// (DESIGN §4.10), if `writer` may write it.
+    pub inherit: bool,
+    pub writer: Writer,
+    /// Record to create for an unresolved sender (`unresolved_sender = contact | lead`).
+    pub create_sender: Option<Record>,
+    /// Other mail under `track_other_mail = replies`: dropped unless it correlates.
+    pub only_if_correlated: bool,
+    /// `false`: other mail the filter does not want; only the checkpoint moves past it.
+    pub keep: bool,
+    /// Normalised subject, indexed for smart matching.
+    pub subject_key: Option<String>,
+}
+
+/// How a message was matched to an earlier activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correlation {
+    /// `in-reply-to`, `references`, `token`, `thread-index` or `smart`.
+    pub method: String,
+    pub activity: u64,
 }
 
 #[cfg(test)]

@@ -27,7 +27,13 @@ pub struct ParsedAttachment {
     pub mime_type: String,
     pub size: u64,
     pub sha256: String,
+    /// Why the attachment sink did not keep the file.
+    pub skipped: Option<String>,
 }
+
+/// Receives each attachment's bytes while the parsed message still holds them, so a large file
+/// is stored (or refused) without being copied again. Returns why it was not kept, if it was not.
+pub type AttachmentSink<'a> = dyn FnMut(&ParsedAttachment, &[u8]) -> Option<String> + 'a;
 
 /// Everything tracking needs from one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,10 +73,22 @@ pub enum ParseError {
 /// [`ParseError`] when the bytes hold no message mail-parser can read; anything less broken
 /// (bad boundaries, junk header lines, unknown charsets) still parses with what can be read.
 pub fn parse_message(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
-    parse_inner(raw, true)
+    parse_inner(raw, true, &mut |_, _| None)
 }
 
-fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
+/// [`parse_message`], handing every attachment's decoded bytes to `sink`.
+pub fn parse_message_with(
+    raw: &[u8],
+    sink: &mut AttachmentSink<'_>,
+) -> Result<ParsedMessage, ParseError> {
+    parse_inner(raw, true, sink)
+}
+
+fn parse_inner(
+    raw: &[u8],
+    recover: bool,
+    sink: &mut AttachmentSink<'_>,
+) -> Result<ParsedMessage, ParseError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ParseError::Empty);
     }
@@ -123,7 +141,7 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
         if is_text && !disposed && p.attachment_name().is_none() && p.message().is_none() {
             if body_text.trim().is_empty() {
                 match (is_multipart && recover)
-                    .then(|| recover_multipart(p.contents()))
+                    .then(|| recover_multipart(p.contents(), sink))
                     .flatten()
                 {
                     Some(inner) => {
@@ -172,12 +190,15 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
                 .and_then(|m| m.subject())
                 .map(|s| format!("{s}.eml"))
         });
-        attachments.push(ParsedAttachment {
+        let mut att = ParsedAttachment {
             name,
             mime_type,
             size: contents.len() as u64,
             sha256: hex::encode(Sha256::digest(contents)),
-        });
+            skipped: None,
+        };
+        att.skipped = sink(&att, contents);
+        attachments.push(att);
     }
     attachments.extend(recovered);
     truncate_chars(&mut body_text, MAX_BODY_CHARS);
@@ -210,7 +231,7 @@ fn parse_inner(raw: &[u8], recover: bool) -> Result<ParsedMessage, ParseError> {
 /// A multipart whose declared boundary never occurs comes back unsplit. When its body starts
 /// with a delimiter line (`--something`), parse it again with that boundary, so the text and
 /// files inside are recovered instead of shown as raw MIME.
-fn recover_multipart(body: &[u8]) -> Option<ParsedMessage> {
+fn recover_multipart(body: &[u8], sink: &mut AttachmentSink<'_>) -> Option<ParsedMessage> {
     let text = std::str::from_utf8(body).ok()?;
     let first = text.lines().find(|l| !l.trim().is_empty())?.trim_end();
     let boundary = first.strip_prefix("--")?.trim_end_matches("--");
@@ -218,7 +239,7 @@ fn recover_multipart(body: &[u8]) -> Option<ParsedMessage> {
         return None;
     }
     let synthetic = format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n{text}");
-    parse_inner(synthetic.as_bytes(), false)
+    parse_inner(synthetic.as_bytes(), false, sink)
         .ok()
         .filter(|p| !p.body_text.trim().is_empty())
 }

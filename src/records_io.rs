@@ -25,6 +25,10 @@ struct JsonRecord {
     #[serde(default)]
     emails: Vec<String>,
     owner: Option<String>,
+    #[serde(default)]
+    shared: bool,
+    #[serde(default)]
+    teams: Vec<String>,
 }
 
 /// Reads and checks every record of `path` (`.csv` is CSV with header `type,key,name,emails,owner`,
@@ -59,8 +63,9 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
             .map_err(|e| err(1, format!("bad CSV header: {e}")))?
             .clone();
         let want = ["type", "key", "name", "emails", "owner"];
+        let long = ["type", "key", "name", "emails", "owner", "shared", "teams"];
         let got: Vec<&str> = headers.iter().map(str::trim).collect();
-        if got != want {
+        if got != want && got != long {
             return Err(err(
                 1,
                 format!(
@@ -87,10 +92,26 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
                 .collect();
             let owner = Some(f(4)).filter(|s| !s.is_empty());
             let name = Some(f(2)).filter(|s| !s.is_empty());
-            out.push((
-                line,
-                check(line, f(0), f(1), name, emails, owner).map_err(|m| err(line, m))?,
-            ));
+            let shared = match f(5).to_ascii_lowercase().as_str() {
+                "" | "false" | "no" | "0" => false,
+                "true" | "yes" | "1" => true,
+                other => {
+                    return Err(err(
+                        line,
+                        format!("shared must be true or false (got `{other}`)"),
+                    ))
+                }
+            };
+            let teams = f(6)
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            let mut rec = check(line, f(0), f(1), name, emails, owner).map_err(|m| err(line, m))?;
+            rec.shared = shared;
+            rec.teams = teams;
+            out.push((line, rec));
         }
     } else {
         for (i, l) in text.lines().enumerate() {
@@ -101,10 +122,16 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
             let j: JsonRecord = serde_json::from_str(l).map_err(|e| {
                 err(line, format!("not a record: {e} (each line is one JSON object: {{\"type\",\"key\",\"name\",\"emails\":[..],\"owner\"}})"))
             })?;
-            out.push((
-                line,
-                check(line, j.rtype, j.key, j.name, j.emails, j.owner).map_err(|m| err(line, m))?,
-            ));
+            let mut rec =
+                check(line, j.rtype, j.key, j.name, j.emails, j.owner).map_err(|m| err(line, m))?;
+            rec.shared = j.shared;
+            rec.teams = j
+                .teams
+                .into_iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            out.push((line, rec));
         }
     }
     for (i, (line, r)) in out.iter().enumerate() {
@@ -167,6 +194,8 @@ fn check(
         key: rref.key,
         emails: clean,
         owner,
+        shared: false,
+        teams: Vec::new(),
     })
 }
 

@@ -81,6 +81,8 @@ pub struct Tracked {
     pub rule: Rule,
     pub capture: Option<String>,
     pub is_sent: bool,
+    /// INBOX or Sent watched for `track_other_mail`: no folder rule, a filter instead.
+    pub other: Option<crate::config::OtherMail>,
 }
 
 impl Tracked {
@@ -190,9 +192,29 @@ pub async fn plan(
                 rule: m.rule.clone(),
                 capture: m.capture,
                 is_sent: is_sent(&f.name),
+                other: None,
             })
         })
         .collect();
+    // Other mail (DESIGN §4.13): INBOX and Sent, filtered by track_other_mail.
+    if mb.crm.track_other_mail != crate::config::OtherMail::None {
+        for f in all.iter().filter(|f| {
+            f.selectable && (f.name.eq_ignore_ascii_case("INBOX") || Some(&f.name) == sent.as_ref())
+        }) {
+            if !tracked.iter().any(|t| t.folder.name == f.name) {
+                tracked.push(Tracked {
+                    folder: f.clone(),
+                    rule: Rule {
+                        folder: f.name.clone(),
+                        regarding: crate::config::Regarding::None,
+                    },
+                    capture: None,
+                    is_sent: is_sent(&f.name),
+                    other: Some(mb.crm.track_other_mail),
+                });
+            }
+        }
+    }
     for rule in mb.rules.iter().filter(|r| !r.folder.contains('*')) {
         if tracked.iter().any(|t| t.rule.folder == rule.folder) {
             continue;
@@ -252,6 +274,7 @@ pub async fn plan(
                     folder: f,
                     rule: rule.clone(),
                     capture: None,
+                    other: None,
                 });
             }
             None => store.add_alert(
@@ -360,8 +383,16 @@ pub async fn sync_folder(
             return Ok(None);
         }
     }
-    let sel = fetch::examine(session, addr, &folder.server_name, &folder.name).await?;
-    if !t.rule.folder.contains('*') {
+    let keyword = mb.crm.tracked_keyword.as_deref();
+    let sel = fetch::open(
+        session,
+        addr,
+        &folder.server_name,
+        &folder.name,
+        keyword.is_some(),
+    )
+    .await?;
+    if t.other.is_none() && !t.rule.folder.contains('*') {
         store.put_rule_binding(
             &mb.name,
             &t.rule.folder,
@@ -480,12 +511,13 @@ pub async fn sync_folder(
         .map_or(start_after, |b| b.last_uid().max(start_after));
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Batch, Vec<RawMessage>)>(1);
+    let reader = &mut *session;
     let producer = async move {
         for b in batches {
             if cancel.is_some_and(|c| c.is_cancelled()) {
                 break; // shutting down: what was fetched is committed, the rest waits
             }
-            let msgs = fetch::fetch_batch(session, addr, &b).await?;
+            let msgs = fetch::fetch_batch(reader, addr, &b).await?;
             if tx.send((b, msgs)).await.is_err() {
                 break; // the consumer failed; its error is the one reported
             }
@@ -494,6 +526,7 @@ pub async fn sync_folder(
     };
     let consumer = async {
         let mut total = BatchOutcome::default();
+        let mut tracked_uids = Vec::new();
         while let Some((batch, msgs)) = rx.recv().await {
             let last = batch.last_uid().max(start_after);
             let cp = checkpoint(last);
@@ -505,6 +538,8 @@ pub async fn sync_folder(
             })
             .await
             .map_err(|e| SyncError::Worker(e.to_string()))??;
+            let (out, uids) = out;
+            tracked_uids.extend(uids);
             tracing::debug!(
                 last_uid = last,
                 created = out.created,
@@ -514,10 +549,16 @@ pub async fn sync_folder(
             );
             total += out;
         }
-        Ok::<_, SyncError>(total)
+        Ok::<_, SyncError>((total, tracked_uids))
     };
-    let ((), total) = tokio::try_join!(producer, consumer)?;
+    let ((), (total, tracked_uids)) = tokio::try_join!(producer, consumer)?;
     report.outcome = total;
+    // Write-back (after the commit: a keyword never claims what the store does not hold).
+    if let (Some(k), true, false) = (keyword, sel.keywords, tracked_uids.is_empty()) {
+        if let Err(e) = fetch::store_keyword(session, addr, &tracked_uids, k).await {
+            tracing::warn!(error = %e, "could not set the {k} keyword; tracking is unaffected");
+        }
+    }
     if store
         .folder_state(&mb.name, &folder.name)?
         .is_some_and(|st| st.last_uid >= last_of_all)
@@ -533,24 +574,55 @@ pub async fn sync_folder(
 }
 
 /// Parses and tracks one message; a parser panic quarantines it instead of killing the sync.
-fn track_one(
-    m: &RawMessage,
-    ctx: &FolderContext<'_>,
-    source: Source,
-    records: &(dyn track::RecordLookup + Sync),
-) -> BatchItem {
-    let parsed = std::panic::catch_unwind(|| parse::parse_message(&m.raw));
-    let item = match parsed {
-        Ok(Ok(p)) => BatchItem::Tracked(Box::new(track::build_activity(
-            p, ctx, source, m.size, records,
-        ))),
-        Ok(Err(e)) => BatchItem::Quarantined {
+/// Attachments are stored as blobs while the parsed message holds them, unless they are over
+/// `max_attachment_size` or have a blocked extension (DESIGN §4.12): then they are listed with
+/// the reason.
+fn track_one(m: &RawMessage, ctx: &FolderContext<'_>, source: Source, store: &Store) -> BatchItem {
+    let crm = &ctx.mailbox.crm;
+    let mut blob_error = None;
+    let mut sink = |a: &parse::ParsedAttachment, bytes: &[u8]| -> Option<String> {
+        let ext = a
+            .name
+            .as_deref()
+            .and_then(|n| n.rsplit_once('.'))
+            .map(|(_, e)| e.trim().to_ascii_lowercase());
+        if let Some(ext) = ext.filter(|e| crm.blocked_extensions.contains(e)) {
+            return Some(format!("blocked extension .{ext}"));
+        }
+        if a.size > crm.max_attachment_size {
+            return Some(format!(
+                "{} bytes, over max_attachment_size ({})",
+                a.size, crm.max_attachment_size
+            ));
+        }
+        match store.put_blob(&a.sha256, bytes) {
+            Ok(()) => None,
+            Err(e) => {
+                blob_error = Some(e.to_string());
+                Some("could not be stored".into())
+            }
+        }
+    };
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse::parse_message_with(&m.raw, &mut sink)
+    }));
+    let item = match (parsed, blob_error) {
+        (Ok(Ok(_)), Some(e)) => BatchItem::Quarantined {
+            source,
+            reason: format!("an attachment could not be stored: {e}"),
+            size: m.size,
+            raw: m.raw.clone(),
+        },
+        (Ok(Ok(p)), None) => {
+            BatchItem::Tracked(Box::new(track::build(p, ctx, source, m.size, store, store)))
+        }
+        (Ok(Err(e)), _) => BatchItem::Quarantined {
             source,
             reason: format!("cannot parse: {e}"),
             size: m.size,
             raw: m.raw.clone(),
         },
-        Err(_) => BatchItem::Quarantined {
+        (Err(_), _) => BatchItem::Quarantined {
             source,
             reason:
                 "the parser crashed on this message (a bug: please report it with the raw message)"
@@ -572,13 +644,15 @@ pub fn process_batch(
     uidvalidity: u32,
     batch: &Batch,
     msgs: Vec<RawMessage>,
-    records: &(dyn track::RecordLookup + Sync),
+    store: &Store,
 ) -> Vec<BatchItem> {
     let ctx = FolderContext {
         mailbox: mb,
         folder: t.folder.name.clone(),
         is_sent: t.is_sent,
-        rule: Some(t.rule_match()),
+        rule: (t.other.is_none()).then(|| t.rule_match()),
+        other: t.other,
+        writer: track::writer_of(mb, store),
     };
     let source = |uid| Source {
         mailbox: mb.name.clone(),
@@ -611,7 +685,7 @@ pub fn process_batch(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|m| track_one(m, ctx, source(m.uid), records))
+                        .map(|m| track_one(m, ctx, source(m.uid), store))
                         .collect::<Vec<_>>()
                 })
             })

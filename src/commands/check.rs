@@ -185,6 +185,22 @@ async fn check_mailbox(mb: &MailboxConfig, store: &Store) -> (String, bool) {
             }
         }
     }
+    if let Some(k) = &mb.crm.tracked_keyword {
+        // Write-back needs keywords: PERMANENTFLAGS with \* on a read-write SELECT.
+        let probe = all
+            .iter()
+            .find(|f| f.selectable && f.name.eq_ignore_ascii_case("INBOX"))
+            .or_else(|| all.iter().find(|f| f.selectable));
+        if let Some(f) = probe {
+            match crate::imap::fetch::open(&mut conn.session, &conn.addr, &f.server_name, &f.name, true).await {
+                Ok(sel) if sel.keywords => line(true, format!("write-back: the server stores keywords; tracked mail gets {k}")),
+                Ok(_) => line(true, format!("write-back: the server does not store keywords (PERMANENTFLAGS lacks \\*); {k} is skipped")),
+                Err(e) => line(false, format!("write-back: cannot SELECT {}: {e}", f.name)),
+            };
+        }
+    } else {
+        line(true, "write-back: off (tracked_keyword = false)".into());
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.session.logout()).await;
     (s, ok)
 }

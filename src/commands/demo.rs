@@ -217,6 +217,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         sent_folder: None,
         rules: Vec::new(),
         watch: Default::default(),
+        crm: Default::default(),
     };
     let mut conn = crate::imap::connect(&mb)
         .await

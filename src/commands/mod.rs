@@ -139,33 +139,60 @@ pub enum Request {
     QuarantineShow {
         id: u64,
     },
+    /// The bytes of attachment `n` (1-based) of an activity.
+    ActivitiesAttachment {
+        id: u64,
+        n: usize,
+    },
+    RulesList,
+    /// Offline check of every rule: the record exists and the mailbox owner may write it.
+    RulesCheck,
 }
 
 /// What a command printed and how it ended; this is also the control socket's answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reply {
     pub stdout: String,
+    /// Binary output (an attachment), base64 on the wire; written to stdout as bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
     /// Error text for stderr, when `code` is not 0.
     pub stderr: String,
     pub code: u8,
 }
 
 impl Reply {
+    pub fn ok(stdout: String) -> Reply {
+        Reply {
+            stdout,
+            binary: None,
+            stderr: String::new(),
+            code: 0,
+        }
+    }
+
+    pub fn failed(e: anyhow::Error) -> Reply {
+        Reply::from_result(Err(e))
+    }
+
     fn from_result(r: Result<String>) -> Reply {
         match r {
             Ok(stdout) => Reply {
                 stdout,
+                binary: None,
                 stderr: String::new(),
                 code: 0,
             },
             Err(e) => match e.downcast::<PartialFailure>() {
                 Ok(p) => Reply {
                     stdout: p.stdout,
+                    binary: None,
                     stderr: p.message,
                     code: 1,
                 },
                 Err(e) => Reply {
                     stdout: String::new(),
+                    binary: None,
                     stderr: format!("{e:#}"),
                     code: exit_code(&e),
                 },
@@ -244,6 +271,30 @@ pub async fn execute(
         Request::Status { json } => status(config, store, agent, json),
         Request::QuarantineList { json } => quarantine_list(store, json),
         Request::QuarantineShow { id } => quarantine_show(store, id),
+        Request::ActivitiesAttachment { id, n } => {
+            return match attachment(store, id, n) {
+                Ok(bytes) => {
+                    use base64::Engine;
+                    Reply {
+                        stdout: String::new(),
+                        binary: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                        stderr: String::new(),
+                        code: 0,
+                    }
+                }
+                Err(e) => Reply::from_result(Err(e)),
+            }
+        }
+        Request::RulesList => Ok(rules_list(config)),
+        Request::RulesCheck => match rules_check(config, store) {
+            Ok((text, true)) => Ok(text),
+            Ok((text, false)) => Err(PartialFailure {
+                stdout: text,
+                message: "rules check found problems (marked FAIL above)".into(),
+            }
+            .into()),
+            Err(e) => Err(e),
+        },
     };
     Reply::from_result(r)
 }
@@ -413,4 +464,102 @@ fn quarantine_show(store: &Store, id: u64) -> Result<String> {
         e.size,
         String::from_utf8_lossy(&raw[..raw.len().min(64 * 1024)])
     ))
+}
+
+fn attachment(store: &Store, id: u64, n: usize) -> Result<Vec<u8>> {
+    let a = store
+        .activity(id)?
+        .ok_or_else(|| UsageError(format!("no activity {id}")))?;
+    let count = a.attachments.len();
+    let att = n
+        .checked_sub(1)
+        .and_then(|i| a.attachments.get(i))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "activity {id} has {count} attachment(s); N counts from 1"
+            ))
+        })?;
+    if let Some(why) = &att.skipped {
+        return Err(UsageError(format!(
+            "attachment {n} of activity {id} was not stored: {why}"
+        ))
+        .into());
+    }
+    store.blob(&att.sha256)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the blob {} of attachment {n} is missing from the data dir",
+            att.sha256
+        )
+    })
+}
+
+fn rules_list(config: &Config) -> String {
+    let mut rows = Vec::new();
+    for mb in &config.mailboxes {
+        for r in &mb.rules {
+            let regarding = match &r.regarding {
+                crate::config::Regarding::None => "(none: tracked unlinked)".to_string(),
+                crate::config::Regarding::Fixed(x) => x.to_string(),
+                crate::config::Regarding::Lookup { rtype, by } => format!(
+                    "{rtype} by {} of `*`",
+                    if *by == crate::config::LookupBy::Name {
+                        "name"
+                    } else {
+                        "key"
+                    }
+                ),
+            };
+            rows.push(vec![mb.name.clone(), r.folder.clone(), regarding]);
+        }
+    }
+    show::table(&["MAILBOX", "FOLDER", "REGARDING"], &rows)
+}
+
+/// Reports, before anything runs, the rules that would track unlinked: a missing record, or
+/// one the mailbox owner may not write (DESIGN §4.11).
+fn rules_check(config: &Config, store: &Store) -> Result<(String, bool)> {
+    let mut out = String::new();
+    let mut ok = true;
+    for mb in &config.mailboxes {
+        let writer = crate::track::writer_of(mb, store);
+        if mb.rules.len() > 25 {
+            out.push_str(&format!(
+                "[warn] {}: {} rules; Dynamics stops at 25, foldertrack does not\n",
+                mb.name,
+                mb.rules.len()
+            ));
+        }
+        for r in &mb.rules {
+            let (good, text) = match &r.regarding {
+                crate::config::Regarding::None => (true, "no regarding".to_string()),
+                crate::config::Regarding::Fixed(x) => match store.record(x)? {
+                    None => (false, format!("{x} is not in the records")),
+                    Some(rec) if !writer.can_write(&rec) => (
+                        false,
+                        format!(
+                            "{} may not write {x} (owner {}): mail would be tracked unlinked",
+                            writer.user,
+                            rec.owner.as_deref().unwrap_or("-")
+                        ),
+                    ),
+                    Some(_) => (true, format!("{x} exists and {} may write it", writer.user)),
+                },
+                crate::config::Regarding::Lookup { rtype, .. } => {
+                    let n = store.records(Some(rtype))?.len();
+                    (
+                        n > 0,
+                        format!("looks up {rtype} records ({n} in the store)"),
+                    )
+                }
+            };
+            ok &= good;
+            out.push_str(&format!(
+                "[{}] {}: rule `{}`: {text}\n",
+                if good { "ok" } else { "FAIL" },
+                mb.name,
+                r.folder
+            ));
+        }
+    }
+    Ok((out, ok))
 }

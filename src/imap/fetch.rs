@@ -11,6 +11,8 @@ pub struct Selected {
     pub uidvalidity: u32,
     pub uid_next: u32,
     pub exists: u32,
+    /// Opened read-write and PERMANENTFLAGS has `\*`: keywords can be stored.
+    pub keywords: bool,
 }
 
 /// One fetched message.
@@ -52,7 +54,25 @@ pub async fn examine(
     server_name: &str,
     config_name: &str,
 ) -> Result<Selected, ImapError> {
-    let mb = session.examine(server_name).await.map_err(|e| match e {
+    open(session, addr, server_name, config_name, false).await
+}
+
+/// Opens a folder, read-only (EXAMINE) or read-write (SELECT, for keyword write-back). Reading
+/// uses `BODY.PEEK[]` either way, so nothing is marked read.
+pub async fn open(
+    session: &mut ImapSession,
+    addr: &str,
+    server_name: &str,
+    config_name: &str,
+    write: bool,
+) -> Result<Selected, ImapError> {
+    let verb = if write { "SELECT" } else { "EXAMINE" };
+    let r = if write {
+        session.select(server_name).await
+    } else {
+        session.examine(server_name).await
+    };
+    let mb = r.map_err(|e| match e {
         async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => {
             ImapError::FolderMissing {
                 addr: addr.to_string(),
@@ -62,20 +82,43 @@ pub async fn examine(
         }
         other => ImapError::Protocol {
             addr: addr.to_string(),
-            what: format!("EXAMINE {config_name}"),
+            what: format!("{verb} {config_name}"),
             message: other.to_string(),
         },
     })?;
     let uidvalidity = mb.uid_validity.ok_or_else(|| ImapError::Protocol {
         addr: addr.to_string(),
-        what: format!("EXAMINE {config_name}"),
+        what: format!("{verb} {config_name}"),
         message: "the server sent no UIDVALIDITY, so UIDs cannot be trusted".into(),
     })?;
     Ok(Selected {
         uidvalidity,
         uid_next: mb.uid_next.unwrap_or(0),
         exists: mb.exists,
+        keywords: write
+            && mb
+                .permanent_flags
+                .iter()
+                .any(|f| matches!(f, async_imap::types::Flag::MayCreate)),
     })
+}
+
+/// Sets `keyword` on `uids` of the selected folder (write-back, so mail clients show what is
+/// tracked). Silent: the server sends no FETCH back.
+pub async fn store_keyword(
+    session: &mut ImapSession,
+    addr: &str,
+    uids: &[u32],
+    keyword: &str,
+) -> Result<(), ImapError> {
+    for chunk in uids.chunks(500) {
+        let cmd = format!(
+            "UID STORE {} +FLAGS.SILENT ({keyword})",
+            uid_set(chunk.iter().copied())
+        );
+        timed(addr, "UID STORE", session.run_command_and_check_ok(&cmd)).await?;
+    }
+    Ok(())
 }
 
 /// UIDs above `after` with their sizes, ascending. `UID FETCH n:*` returns the last message

@@ -9,8 +9,8 @@
 
 mod keys;
 
-use crate::model::{Activity, Alert, Record, RecordRef, Source};
-use crate::track::RecordLookup;
+use crate::model::{Activity, Alert, Correlation, Direction, Draft, Record, RecordRef, Source};
+use crate::track::{ActivityLookup, RecordLookup};
 use fs2::FileExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{
@@ -178,7 +178,7 @@ impl StoredAlert {
 /// One message's outcome, ready to be written.
 #[derive(Debug, Clone)]
 pub enum BatchItem {
-    Tracked(Box<Activity>),
+    Tracked(Box<Draft>),
     Quarantined {
         source: Source,
         reason: String,
@@ -199,6 +199,8 @@ pub struct BatchOutcome {
     pub quarantined: u32,
     /// Merged copies that moved the activity to their folder's regarding.
     pub relinked: u32,
+    /// Other mail (INBOX, Sent) that the mailbox's `track_other_mail` filter left out.
+    pub skipped: u32,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -208,6 +210,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.replayed += o.replayed;
         self.quarantined += o.quarantined;
         self.relinked += o.relinked;
+        self.skipped += o.skipped;
     }
 }
 
@@ -236,6 +239,9 @@ struct Trees {
     alerts: sled::Tree,
     manual_links: sled::Tree,
     rule_bindings: sled::Tree,
+    activity_by_token: sled::Tree,
+    activity_by_thread: sled::Tree,
+    activity_by_subject: sled::Tree,
 }
 
 fn now() -> String {
@@ -361,6 +367,9 @@ impl Store {
             alerts: tree("alerts")?,
             manual_links: tree("manual_links")?,
             rule_bindings: tree("rule_bindings")?,
+            activity_by_token: tree("activity_by_token")?,
+            activity_by_thread: tree("activity_by_thread")?,
+            activity_by_subject: tree("activity_by_subject")?,
         };
         let store = Store {
             db,
@@ -709,18 +718,65 @@ impl Store {
         Ok(())
     }
 
+    // ---- attachment blobs --------------------------------------------------------------------
+
+    /// Where a blob lives: `data_dir/blobs/ab/abcdef…` (files, not sled values: attachments are
+    /// most of the bytes, and a file is written once and never rewritten by compaction).
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.dir
+            .join("blobs")
+            .join(&sha256[..2.min(sha256.len())])
+            .join(sha256)
+    }
+
+    /// Stores an attachment under its sha256, once: an identical file tracked again costs nothing.
+    pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.blob_path(sha256);
+        if path.exists() {
+            return Ok(());
+        }
+        let io = |source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        // Write beside, then rename: a crash never leaves a truncated blob under its hash.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        match std::fs::read(self.blob_path(sha256)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                dir: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+
     // ---- the batch transaction -------------------------------------------------------------
 
     /// Writes one batch and the folder checkpoint atomically, then flushes.
     ///
     /// Idempotent: replaying a batch whose sources are recorded changes nothing but the
-    /// checkpoint. Activities get their `id` and `tracked_at` here.
+    /// checkpoint. Activities get their `id`, `tracked_at`, correlation and inherited
+    /// regarding here, where earlier messages of the same batch are visible.
+    /// Returns what it did, and the UIDs whose messages are now tracked (for write-back).
     pub fn commit_batch(
         &self,
         items: &[BatchItem],
         checkpoint: &FolderState,
         alerts_mailbox: &str,
-    ) -> Result<BatchOutcome> {
+    ) -> Result<(BatchOutcome, Vec<u32>)> {
         let trees = [
             &self.t.activities,
             &self.t.activity_by_msgid,
@@ -732,15 +788,25 @@ impl Store {
             &self.t.quarantine_by_source,
             &self.t.alerts,
             &self.t.meta,
+            &self.t.activity_by_token,
+            &self.t.activity_by_thread,
+            &self.t.activity_by_subject,
+            &self.t.records,
+            &self.t.record_by_email,
+            &self.t.record_by_name,
         ];
         let at = now();
         let outcome = trees
             .transaction(|tx| {
+                let tx = Tx::new(tx);
                 let mut out = BatchOutcome::default();
+                let mut tracked = Vec::new();
                 for item in items {
                     match item {
-                        BatchItem::Tracked(a) => {
-                            apply_activity(tx, a, &at, alerts_mailbox, &mut out)?
+                        BatchItem::Tracked(d) => {
+                            if apply_activity(&tx, d, &at, alerts_mailbox, &mut out)? {
+                                tracked.push(d.activity.source.uid);
+                            }
                         }
                         BatchItem::Quarantined {
                             source,
@@ -749,11 +815,13 @@ impl Store {
                             size,
                         } => {
                             let skey = keys::source(source);
-                            if tx[7].get(&skey)?.is_some() || tx[2].get(&skey)?.is_some() {
+                            if tx.quarantine_by_source.get(&skey)?.is_some()
+                                || tx.by_source.get(&skey)?.is_some()
+                            {
                                 out.replayed += 1;
                                 continue;
                             }
-                            let id = next_id(&tx[9], "next_quarantine_id")?;
+                            let id = next_id(tx.meta, "next_quarantine_id")?;
                             let e = QuarantineEntry {
                                 id,
                                 source: source.clone(),
@@ -761,18 +829,19 @@ impl Store {
                                 size: *size,
                                 at: at.clone(),
                             };
-                            tx[5].insert(&id.to_be_bytes(), enc(&e))?;
-                            tx[6].insert(&id.to_be_bytes(), raw.as_slice())?;
-                            tx[7].insert(skey, &id.to_be_bytes())?;
+                            tx.quarantine.insert(&id.to_be_bytes(), enc(&e))?;
+                            tx.quarantine_raw
+                                .insert(&id.to_be_bytes(), raw.as_slice())?;
+                            tx.quarantine_by_source.insert(skey, &id.to_be_bytes())?;
                             out.quarantined += 1;
                         }
                     }
                 }
-                tx[4].insert(
+                tx.folders.insert(
                     keys::folder(&checkpoint.mailbox, &checkpoint.folder),
                     enc(checkpoint),
                 )?;
-                Ok(out)
+                Ok((out, tracked))
             })
             .map_err(tx_err)?;
         self.flush()?;
@@ -780,52 +849,170 @@ impl Store {
     }
 }
 
+/// The batch transaction's trees by name (sled hands them over as a slice).
+struct Tx<'a> {
+    acts: &'a TransactionalTree,
+    by_msgid: &'a TransactionalTree,
+    by_source: &'a TransactionalTree,
+    by_regarding: &'a TransactionalTree,
+    folders: &'a TransactionalTree,
+    quarantine: &'a TransactionalTree,
+    quarantine_raw: &'a TransactionalTree,
+    quarantine_by_source: &'a TransactionalTree,
+    alerts: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    by_token: &'a TransactionalTree,
+    by_thread: &'a TransactionalTree,
+    by_subject: &'a TransactionalTree,
+    records: &'a TransactionalTree,
+    record_by_email: &'a TransactionalTree,
+    record_by_name: &'a TransactionalTree,
+}
+
+impl<'a> Tx<'a> {
+    fn new(t: &'a [TransactionalTree]) -> Tx<'a> {
+        Tx {
+            acts: &t[0],
+            by_msgid: &t[1],
+            by_source: &t[2],
+            by_regarding: &t[3],
+            folders: &t[4],
+            quarantine: &t[5],
+            quarantine_raw: &t[6],
+            quarantine_by_source: &t[7],
+            alerts: &t[8],
+            meta: &t[9],
+            by_token: &t[10],
+            by_thread: &t[11],
+            by_subject: &t[12],
+            records: &t[13],
+            record_by_email: &t[14],
+            record_by_name: &t[15],
+        }
+    }
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<String>>;
+
 /// Dense, restart-proof ids (sled's `generate_id` jumps by a million after a restart, which
 /// makes poor activity numbers for people to type).
-fn next_id(
-    meta: &TransactionalTree,
-    counter: &str,
-) -> std::result::Result<u64, ConflictableTransactionError<String>> {
+fn next_id(meta: &TransactionalTree, counter: &str) -> TxResult<u64> {
     let cur = meta.get(counter)?.map(|v| keys::u64_of(&v)).unwrap_or(0) + 1;
     meta.insert(counter, &cur.to_be_bytes())?;
     Ok(cur)
 }
 
-/// Applies one tracked message inside the batch transaction (trees indexed as in `commit_batch`).
+fn load(acts: &TransactionalTree, id: u64) -> TxResult<Option<Activity>> {
+    acts.get(id.to_be_bytes())?
+        .map(|v| serde_json::from_slice(&v).map_err(abort))
+        .transpose()
+}
+
+/// The activity with this Message-ID, in either direction.
+fn by_message_id(tx: &Tx<'_>, id: &str) -> TxResult<Option<u64>> {
+    for d in [Direction::Outgoing, Direction::Incoming] {
+        if let Some(v) = tx.by_msgid.get(keys::msgid(id, d))? {
+            return Ok(Some(keys::u64_of(&v)));
+        }
+    }
+    Ok(None)
+}
+
+/// Decoded Outlook Thread-Index (22-byte header + 5 bytes per reply), or `None`.
+fn thread_bytes(ti: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(ti.trim())
+        .ok()?;
+    (b.len() >= 22 && (b.len() - 22) % 5 == 0).then_some(b)
+}
+
+/// Correlation in Dynamics' order (DESIGN §4.10): In-Reply-To, References (newest first),
+/// the tracking token, then an Outlook Thread-Index that extends a tracked one's.
+fn correlate(tx: &Tx<'_>, a: &Activity) -> TxResult<Option<Correlation>> {
+    let found = |method: &str, id: u64| {
+        Some(Correlation {
+            method: method.into(),
+            activity: id,
+        })
+    };
+    if let Some(irt) = &a.in_reply_to {
+        if let Some(id) = by_message_id(tx, irt)? {
+            return Ok(found("in-reply-to", id));
+        }
+    }
+    for r in a.references.iter().rev() {
+        if let Some(id) = by_message_id(tx, r)? {
+            return Ok(found("references", id));
+        }
+    }
+    if let Some(t) = &a.token {
+        if let Some(v) = tx.by_token.get(t.to_ascii_uppercase().as_bytes())? {
+            return Ok(found("token", keys::u64_of(&v)));
+        }
+    }
+    if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
+        let mut len = ti.len();
+        while len > 22 {
+            len -= 5;
+            if let Some(v) = tx.by_thread.get(&ti[..len])? {
+                return Ok(found("thread-index", keys::u64_of(&v)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Creates the unresolved sender's record (once: a second message from it finds it), or
+/// returns the existing one's reference.
+fn create_sender(tx: &Tx<'_>, r: &Record) -> TxResult<String> {
+    let rref = r.reference().to_string();
+    if tx.records.get(rref.as_bytes())?.is_none() {
+        tx.records.insert(rref.as_bytes(), enc(r))?;
+        for e in &r.emails {
+            tx.record_by_email
+                .insert(keys::record_email(e, &rref), &[])?;
+        }
+        tx.record_by_name
+            .insert(keys::record_name(&r.rtype, &r.name, &rref), &[])?;
+    }
+    Ok(rref)
+}
+
+/// Applies one tracked message inside the batch transaction; `false` when the message is not
+/// tracked (other mail that the filter leaves out).
 fn apply_activity(
-    tx: &[TransactionalTree],
-    a: &Activity,
+    tx: &Tx<'_>,
+    d: &Draft,
     at: &str,
     alerts_mailbox: &str,
     out: &mut BatchOutcome,
-) -> std::result::Result<(), ConflictableTransactionError<String>> {
-    let (acts, by_msgid, by_source, by_regarding, alerts) =
-        (&tx[0], &tx[1], &tx[2], &tx[3], &tx[8]);
+) -> TxResult<bool> {
+    let a = &d.activity;
     let skey = keys::source(&a.source);
-    if by_source.get(&skey)?.is_some() {
+    if tx.by_source.get(&skey)?.is_some() {
         out.replayed += 1;
-        return Ok(());
+        return Ok(true);
     }
     let mkey = keys::msgid(&a.dedup_key, a.direction);
-    if let Some(idv) = by_msgid.get(&mkey)? {
+    if let Some(idv) = tx.by_msgid.get(&mkey)? {
         // A copy of a tracked message: the first copy keeps the regarding (DESIGN §4.7); this
         // one adds its source. A copy from the same mailbox and folder under a new
         // UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
         let id = keys::u64_of(&idv);
-        let Some(cur) = acts.get(id.to_be_bytes())? else {
+        let Some(mut cur) = load(tx.acts, id)? else {
             return Err(abort(format!("index points to missing activity {id}")));
         };
-        let mut cur: Activity = serde_json::from_slice(&cur).map_err(abort)?;
         let same_place = |s: &Source| {
             s.mailbox == a.source.mailbox
                 && s.folder == a.source.folder
                 && s.uidvalidity != a.source.uidvalidity
         };
         if same_place(&cur.source) {
-            by_source.remove(keys::source(&cur.source))?;
+            tx.by_source.remove(keys::source(&cur.source))?;
             cur.source = a.source.clone();
         } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
-            by_source.remove(keys::source(s))?;
+            tx.by_source.remove(keys::source(s))?;
             *s = a.source.clone();
         } else {
             cur.other_sources.push(a.source.clone());
@@ -836,42 +1023,89 @@ fn apply_activity(
         // it (the first mailbox wins, §4.7).
         let same_mailbox = std::iter::once(&cur.source)
             .chain(&cur.other_sources)
+            .filter(|s| **s != a.source)
             .any(|s| s.mailbox == a.source.mailbox);
         if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
             if let Some(old) = &cur.regarding {
-                by_regarding.remove(keys::regarding(old, id))?;
+                tx.by_regarding.remove(keys::regarding(old, id))?;
             }
             cur.regarding = a.regarding.clone();
             if let Some(new) = &cur.regarding {
-                by_regarding.insert(keys::regarding(new, id), &[])?;
+                tx.by_regarding.insert(keys::regarding(new, id), &[])?;
             }
             out.relinked += 1;
         }
-        by_source.insert(skey, &id.to_be_bytes())?;
-        acts.insert(&id.to_be_bytes(), enc(&cur))?;
+        tx.by_source.insert(skey, &id.to_be_bytes())?;
+        tx.acts.insert(&id.to_be_bytes(), enc(&cur))?;
         out.merged += 1;
-        return Ok(());
+        return Ok(true);
     }
-    let id = next_id(&tx[9], "next_activity_id")?;
+    if !d.keep {
+        out.skipped += 1;
+        return Ok(false);
+    }
     let mut a = a.clone();
+    if let Some(c) = correlate(tx, &a)? {
+        a.correlation = Some(c);
+    }
+    if d.only_if_correlated && a.correlation.is_none() {
+        out.skipped += 1;
+        return Ok(false);
+    }
+    if d.inherit && a.regarding.is_none() {
+        if let Some(c) = &a.correlation {
+            if let Some(earlier) = load(tx.acts, c.activity)?.and_then(|e| e.regarding) {
+                let rec: Option<Record> = tx
+                    .records
+                    .get(earlier.as_bytes())?
+                    .and_then(|v| serde_json::from_slice(&v).ok());
+                match rec {
+                    Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
+                        level: "warning".into(),
+                        message: format!(
+                            "{} may not write {earlier} (correlated by {}): tracked unlinked",
+                            d.writer.user, c.method
+                        ),
+                    }),
+                    _ => a.regarding = Some(earlier),
+                }
+            }
+        }
+    }
+    if let (Some(r), Some(from)) = (&d.create_sender, a.from.as_mut()) {
+        if from.record.is_none() {
+            from.record = Some(create_sender(tx, r)?);
+        }
+    }
+    let id = next_id(tx.meta, "next_activity_id")?;
     a.id = id;
     a.tracked_at = at.to_string();
     for al in &a.alerts {
         let key = keys::alert(alerts_mailbox, &al.message);
-        let prev = alerts.get(&key)?;
-        alerts.insert(
+        let prev = tx.alerts.get(&key)?;
+        tx.alerts.insert(
             key,
             enc(&StoredAlert::raise(prev.as_deref(), alerts_mailbox, al, at)),
         )?;
     }
-    acts.insert(&id.to_be_bytes(), enc(&a))?;
-    by_msgid.insert(mkey, &id.to_be_bytes())?;
-    by_source.insert(skey, &id.to_be_bytes())?;
+    tx.acts.insert(&id.to_be_bytes(), enc(&a))?;
+    tx.by_msgid.insert(mkey, &id.to_be_bytes())?;
+    tx.by_source.insert(skey, &id.to_be_bytes())?;
     if let Some(r) = &a.regarding {
-        by_regarding.insert(keys::regarding(r, id), &[])?;
+        tx.by_regarding.insert(keys::regarding(r, id), &[])?;
+    }
+    if let Some(t) = &a.token {
+        tx.by_token
+            .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
+    }
+    if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
+        tx.by_thread.insert(ti, &id.to_be_bytes())?;
+    }
+    if let Some(norm) = &d.subject_key {
+        tx.by_subject.insert(keys::regarding(norm, id), &[])?;
     }
     out.created += 1;
-    Ok(())
+    Ok(true)
 }
 
 impl RecordLookup for Store {
@@ -886,5 +1120,34 @@ impl RecordLookup for Store {
             &self.t.record_by_name,
             keys::record_name_prefix(rtype, name),
         )
+    }
+}
+
+impl ActivityLookup for Store {
+    fn by_subject(&self, subject: &str) -> Vec<(u64, Vec<String>)> {
+        let prefix = keys::regarding_prefix(subject);
+        let ids: Vec<u64> = self
+            .t
+            .activity_by_subject
+            .scan_prefix(&prefix)
+            .rev()
+            .take(50)
+            .filter_map(|kv| kv.ok())
+            .map(|(k, _)| keys::u64_suffix(&k))
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.activity(id).ok().flatten())
+            .map(|a| {
+                let addrs = a
+                    .from
+                    .iter()
+                    .chain(&a.to)
+                    .chain(&a.cc)
+                    .chain(&a.bcc)
+                    .filter_map(|p| p.address.clone())
+                    .collect();
+                (a.id, addrs)
+            })
+            .collect()
     }
 }

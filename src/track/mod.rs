@@ -4,9 +4,12 @@
 
 pub mod parties;
 pub mod rules;
+pub mod token;
 
-use crate::config::MailboxConfig;
-use crate::model::{Activity, Alert, Direction, Record, RecordRef, Source};
+use crate::config::{MailboxConfig, OtherMail, UnresolvedSender};
+use crate::model::{
+    Activity, Alert, Correlation, Direction, Draft, Party, Record, RecordRef, Source, Writer,
+};
 use crate::parse::ParsedMessage;
 
 /// Read access to the CRM records, as tracking needs it.
@@ -27,6 +30,18 @@ pub struct FolderContext<'a> {
     /// The folder is the mailbox's Sent folder (or below it).
     pub is_sent: bool,
     pub rule: Option<rules::RuleMatch<'a>>,
+    /// Set for INBOX and Sent tracked under `track_other_mail` (no folder rule).
+    pub other: Option<OtherMail>,
+    /// The mailbox owner and its teams: who the links are made for.
+    pub writer: Writer,
+}
+
+/// The mailbox owner as a [`Writer`], with the teams its user record lists.
+pub fn writer_of(mb: &MailboxConfig, records: &dyn RecordLookup) -> Writer {
+    Writer {
+        user: mb.owner.to_string(),
+        teams: records.get(&mb.owner).map(|r| r.teams).unwrap_or_default(),
+    }
 }
 
 /// Direction (DESIGN §4.8): mail in the Sent folder is outgoing. foldertrack also treats mail
@@ -53,16 +68,53 @@ pub fn dedup_key(parsed: &ParsedMessage) -> String {
         .unwrap_or_default()
 }
 
-/// Builds the activity for `parsed` found at `source`. `id` and `tracked_at` are filled by the store.
-pub fn build_activity(
+/// Read access to tracked activities, for smart matching (the header-based correlation runs
+/// inside the store's transaction, where earlier messages of the same batch are visible).
+pub trait ActivityLookup {
+    /// Recent activities whose normalised subject is `subject`: (id, every party address).
+    fn by_subject(&self, subject: &str) -> Vec<(u64, Vec<String>)>;
+}
+
+/// The subject without reply and forward prefixes and tracking tokens, lower-cased, for smart
+/// matching: "RE: AW: Quote for 40 widgets CRM:0001002" → "quote for 40 widgets".
+pub fn normalise_subject(subject: &str, token: &token::TokenFormat) -> String {
+    let mut s = subject.trim().to_string();
+    if let Some(t) = token.find(&s) {
+        if let Some(i) = s.to_ascii_lowercase().rfind(&t.text.to_ascii_lowercase()) {
+            s.replace_range(i..i + t.text.len(), "");
+        }
+    }
+    let mut s = s.trim();
+    loop {
+        let lower = s.to_ascii_lowercase();
+        let cut = [
+            "re:", "fw:", "fwd:", "aw:", "wg:", "sv:", "vs:", "tr:", "rv:", "antw:",
+        ]
+        .iter()
+        .find(|p| lower.starts_with(*p));
+        match cut {
+            Some(p) => s = s[p.len()..].trim_start(),
+            None => break,
+        }
+    }
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Builds the draft activity for `parsed` found at `source`; the store completes it (id,
+/// correlation, inherited regarding, auto-created sender) in its transaction.
+pub fn build(
     parsed: ParsedMessage,
     ctx: &FolderContext<'_>,
     source: Source,
     size: u64,
     records: &dyn RecordLookup,
-) -> Activity {
+    activities: &dyn ActivityLookup,
+) -> Draft {
     let mut alerts = Vec::new();
-    let regarding = match &ctx.rule {
+    let mut regarding = match &ctx.rule {
         Some(m) => match rules::resolve_regarding(m, records) {
             Ok(r) => r,
             Err(alert) => {
@@ -72,6 +124,20 @@ pub fn build_activity(
         },
         None => None,
     };
+    if let Some(r) = &regarding {
+        // Security (DESIGN §4.11): link only to records the mailbox owner can write.
+        if let Some(rec) = records.get(r) {
+            if !ctx.writer.can_write(&rec) {
+                alerts.push(warning(format!(
+                    "{} may not write {r} (owner {}): tracked unlinked; share the record, give it a team of the user's, or change the rule",
+                    ctx.writer.user,
+                    rec.owner.as_deref().unwrap_or("-")
+                )));
+                regarding = None;
+            }
+        }
+    }
+    let crm = &ctx.mailbox.crm;
     let owner = ctx.mailbox.owner.to_string();
     let direction = direction(&parsed, ctx);
     let from = parsed
@@ -81,14 +147,93 @@ pub fn build_activity(
     let list = |v: &[crate::parse::MailAddr]| {
         v.iter()
             .map(|a| parties::resolve_recipient(a, records))
-            .collect()
+            .collect::<Vec<Party>>()
     };
-    Activity {
+    let (to, cc, bcc) = (list(&parsed.to), list(&parsed.cc), list(&parsed.bcc));
+    let token = parsed
+        .subject
+        .as_deref()
+        .and_then(|s| crm.token.find(s))
+        .map(|t| t.text);
+    let subject_key = parsed
+        .subject
+        .as_deref()
+        .map(|s| normalise_subject(s, &crm.token))
+        .filter(|n| n.split_whitespace().count() >= 2 && !n.contains('\0'));
+
+    // Smart matching runs here, against what is committed; the store prefers any header match.
+    let mut correlation = None;
+    if crm.smart_matching {
+        if let Some(norm) = subject_key.as_deref() {
+            let mine: Vec<&str> = from
+                .iter()
+                .chain(&to)
+                .chain(&cc)
+                .filter_map(|p| p.address.as_deref())
+                .collect();
+            {
+                correlation = activities
+                    .by_subject(norm)
+                    .into_iter()
+                    .filter(|(_, addrs)| {
+                        addrs.iter().filter(|a| mine.contains(&a.as_str())).count() >= 2
+                    })
+                    .map(|(id, _)| Correlation {
+                        method: "smart".into(),
+                        activity: id,
+                    })
+                    .max_by_key(|c| c.activity);
+            }
+        }
+    }
+
+    let create_sender = match (crm.unresolved_sender, &from, direction) {
+        (UnresolvedSender::Keep, _, _) | (_, None, _) | (_, _, Direction::Outgoing) => None,
+        (kind, Some(p), Direction::Incoming) => match (&p.record, &p.address) {
+            (None, Some(addr)) => Some(Record {
+                rtype: if kind == UnresolvedSender::Lead {
+                    "lead"
+                } else {
+                    "contact"
+                }
+                .into(),
+                key: addr.clone(),
+                name: p.name.clone().unwrap_or_else(|| addr.clone()),
+                emails: vec![addr.clone()],
+                owner: Some(owner.clone()),
+                shared: false,
+                teams: Vec::new(),
+            }),
+            _ => None,
+        },
+    };
+
+    // Other mail (not in a tracked folder) is kept only when the mailbox's filter says so.
+    let known = || {
+        from.iter()
+            .chain(&to)
+            .chain(&cc)
+            .chain(&bcc)
+            .flat_map(|p| p.record.iter().chain(&p.records))
+            .any(|r| {
+                ["contact:", "account:", "lead:"]
+                    .iter()
+                    .any(|t| r.starts_with(t))
+            })
+    };
+    let (keep, only_if_correlated) = match ctx.other {
+        None | Some(OtherMail::All) => (true, false),
+        Some(OtherMail::None) => (false, false),
+        Some(OtherMail::Known) => (known(), false),
+        Some(OtherMail::Replies) => (true, correlation.is_none()),
+    };
+
+    let activity = Activity {
         id: 0,
         dedup_key: dedup_key(&parsed),
-        to: list(&parsed.to),
-        cc: list(&parsed.cc),
-        bcc: list(&parsed.bcc),
+        to,
+        cc,
+        bcc,
         from,
         direction,
         regarding: regarding.map(|r| r.to_string()),
@@ -107,6 +252,7 @@ pub fn build_activity(
                 mime_type: a.mime_type,
                 size: a.size,
                 sha256: a.sha256,
+                skipped: a.skipped,
             })
             .collect(),
         source,
@@ -114,7 +260,29 @@ pub fn build_activity(
         size,
         tracked_at: String::new(),
         alerts,
+        correlation,
+        token,
+    };
+    Draft {
+        activity,
+        inherit: ctx
+            .rule
+            .as_ref()
+            .is_none_or(|m| m.rule.regarding == crate::config::Regarding::None)
+            || regarding_unresolved(ctx),
+        writer: ctx.writer.clone(),
+        create_sender,
+        only_if_correlated,
+        keep,
+        subject_key,
     }
+}
+
+/// A pattern rule whose capture matched no record: the mail may still inherit a regarding.
+fn regarding_unresolved(ctx: &FolderContext<'_>) -> bool {
+    ctx.rule
+        .as_ref()
+        .is_some_and(|m| matches!(m.rule.regarding, crate::config::Regarding::Lookup { .. }))
 }
 
 /// An alert at warning level.
@@ -170,6 +338,8 @@ mod tests {
             name: k.into(),
             emails: vec![email.into()],
             owner: owner.map(Into::into),
+            shared: false,
+            teams: vec![],
         }
     }
 
