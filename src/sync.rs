@@ -533,7 +533,7 @@ pub async fn sync_folder(
             let (mb, store2, t2) = (mb.clone(), store.clone(), t.clone());
             let uidvalidity = sel.uidvalidity;
             let out = tokio::task::spawn_blocking(move || {
-                let items = process_batch(&mb, &t2, uidvalidity, &batch, msgs, &*store2);
+                let items = process_batch(&mb, &t2, uidvalidity, &batch, msgs, &store2);
                 store2.commit_batch(&items, &cp, &mb.name)
             })
             .await
