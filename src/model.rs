@@ -209,6 +209,10 @@ pub struct Activity {
     /// The tracking token found in the subject (e.g. `CRM:0001002`).
     #[serde(default)]
     pub token: Option<String>,
+    /// Its folder rule gave no regarding, so a correlated activity's regarding may be inherited,
+    /// also when the earlier message is tracked after this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inherits: bool,
 }
 
 /// A tracked message on its way into the store: the activity, and what the store's transaction

@@ -52,6 +52,9 @@ pub struct FolderReport {
     pub outcome: BatchOutcome,
     /// Activities moved to the folder's (changed) regarding, or reset after a manual link.
     pub relinked_by_rule: u32,
+    /// New activities, for late correlation at the end of the pass.
+    #[serde(skip)]
+    pub created_ids: Vec<u64>,
 }
 
 /// What one mailbox's pass did.
@@ -61,6 +64,8 @@ pub struct MailboxReport {
     pub folders: Vec<FolderReport>,
     /// Folders whose STATUS showed nothing new: not opened.
     pub unchanged: usize,
+    /// Activities correlated after the fact (their earlier message was tracked later in the pass).
+    pub late_correlated: u32,
     pub error: Option<String>,
 }
 
@@ -344,6 +349,24 @@ pub async fn pass_planned(
             None => report.unchanged += 1,
         }
     }
+    // Folders are read one after another: a reply may have been tracked before the message it
+    // answers. Correlate what this pass created against everything now committed.
+    let created: Vec<u64> = report
+        .folders
+        .iter()
+        .flat_map(|f| f.created_ids.iter().copied())
+        .collect();
+    if !created.is_empty() {
+        let store2 = store.clone();
+        let writer = track::writer_of(mb, &**store);
+        let smart = mb.crm.smart_matching.then(|| mb.crm.token.clone());
+        let n = tokio::task::spawn_blocking(move || {
+            store2.recorrelate(&created, &writer, smart.as_ref())
+        })
+        .await
+        .map_err(|e| SyncError::Worker(e.to_string()))??;
+        report.late_correlated = n;
+    }
     Ok(report)
 }
 
@@ -527,6 +550,7 @@ pub async fn sync_folder(
     let consumer = async {
         let mut total = BatchOutcome::default();
         let mut tracked_uids = Vec::new();
+        let mut created_ids = Vec::new();
         while let Some((batch, msgs)) = rx.recv().await {
             let last = batch.last_uid().max(start_after);
             let cp = checkpoint(last);
@@ -538,8 +562,13 @@ pub async fn sync_folder(
             })
             .await
             .map_err(|e| SyncError::Worker(e.to_string()))??;
-            let (out, uids) = out;
+            let crate::store::Committed {
+                outcome: out,
+                tracked_uids: uids,
+                created,
+            } = out;
             tracked_uids.extend(uids);
+            created_ids.extend(created);
             tracing::debug!(
                 last_uid = last,
                 created = out.created,
@@ -549,10 +578,11 @@ pub async fn sync_folder(
             );
             total += out;
         }
-        Ok::<_, SyncError>((total, tracked_uids))
+        Ok::<_, SyncError>((total, tracked_uids, created_ids))
     };
-    let ((), (total, tracked_uids)) = tokio::try_join!(producer, consumer)?;
+    let ((), (total, tracked_uids, created_ids)) = tokio::try_join!(producer, consumer)?;
     report.outcome = total;
+    report.created_ids = created_ids;
     // Write-back (after the commit: a keyword never claims what the store does not hold).
     if let (Some(k), true, false) = (keyword, sel.keywords, tracked_uids.is_empty()) {
         if let Err(e) = fetch::store_keyword(session, addr, &tracked_uids, k).await {

@@ -187,6 +187,15 @@ pub enum BatchItem {
     },
 }
 
+/// A committed batch: what it did, the UIDs now tracked (for write-back) and the new
+/// activities (for late correlation).
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    pub outcome: BatchOutcome,
+    pub tracked_uids: Vec<u32>,
+    pub created: Vec<u64>,
+}
+
 /// What a committed batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct BatchOutcome {
@@ -242,6 +251,7 @@ struct Trees {
     activity_by_token: sled::Tree,
     activity_by_thread: sled::Tree,
     activity_by_subject: sled::Tree,
+    activity_by_parent: sled::Tree,
 }
 
 fn now() -> String {
@@ -370,6 +380,7 @@ impl Store {
             activity_by_token: tree("activity_by_token")?,
             activity_by_thread: tree("activity_by_thread")?,
             activity_by_subject: tree("activity_by_subject")?,
+            activity_by_parent: tree("activity_by_parent")?,
         };
         let store = Store {
             db,
@@ -718,6 +729,150 @@ impl Store {
         Ok(())
     }
 
+    // ---- late correlation -------------------------------------------------------------------
+
+    /// Correlates what the batch transactions could not: folders are read one after another,
+    /// so a reply can be tracked before the message it answers. For each activity created in a
+    /// pass, this tries again against everything committed, and links the activities tracked
+    /// earlier that turn out to answer it (by In-Reply-To/References, token, Thread-Index).
+    /// A late-correlated activity inherits the regarding like an early one, if `writer` may
+    /// write it. Returns how many activities were correlated.
+    /// With `smart` (the mailbox's token format), smart matching runs too.
+    pub fn recorrelate(
+        &self,
+        created: &[u64],
+        writer: &crate::model::Writer,
+        smart: Option<&crate::track::token::TokenFormat>,
+    ) -> Result<u32> {
+        let mut n = 0;
+        for &id in created {
+            let Some(x) = self.activity(id)? else {
+                continue;
+            };
+            if x.correlation.is_none() {
+                let c = correlate(self, &x).or_else(|| smart.and_then(|t| self.smart_match(&x, t)));
+                if let Some(c) = c {
+                    n += u32::from(self.correlate_late(id, c, writer)?);
+                }
+            }
+            let mut children: Vec<(u64, &str)> = Vec::new();
+            if let Some(m) = &x.message_id {
+                for kv in self
+                    .t
+                    .activity_by_parent
+                    .scan_prefix(keys::regarding_prefix(m))
+                {
+                    children.push((keys::u64_suffix(&kv?.0), "references"));
+                }
+            }
+            if let Some(ti) = x.thread_index.as_deref().and_then(thread_bytes) {
+                for kv in self.t.activity_by_thread.scan_prefix(&ti) {
+                    let (k, v) = kv?;
+                    if k.len() > ti.len() {
+                        children.push((keys::u64_of(&v), "thread-index"));
+                    }
+                }
+            }
+            if let Some(t) = &x.token {
+                if let Some(other) = self.get_token(t).filter(|o| *o != id) {
+                    children.push((other, "token"));
+                }
+            }
+            for (child, method) in children {
+                let Some(c) = self.activity(child)? else {
+                    continue;
+                };
+                if c.correlation.is_some() || child == id || !not_after(&x, &c) {
+                    continue;
+                }
+                let method = if method == "references" && c.in_reply_to == x.message_id {
+                    "in-reply-to"
+                } else {
+                    method
+                };
+                n += u32::from(self.correlate_late(
+                    child,
+                    Correlation {
+                        method: method.into(),
+                        activity: id,
+                    },
+                    writer,
+                )?);
+            }
+        }
+        if n > 0 {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Smart matching (DESIGN §4.10): an earlier activity with the same subject words and at
+    /// least two addresses in common.
+    fn smart_match(
+        &self,
+        x: &Activity,
+        token: &crate::track::token::TokenFormat,
+    ) -> Option<Correlation> {
+        let norm = crate::track::normalise_subject(x.subject.as_deref()?, token);
+        if norm.split_whitespace().count() < 2 {
+            return None;
+        }
+        let mine: Vec<&str> = x
+            .from
+            .iter()
+            .chain(&x.to)
+            .chain(&x.cc)
+            .filter_map(|p| p.address.as_deref())
+            .collect();
+        crate::track::ActivityLookup::by_subject(self, &norm)
+            .into_iter()
+            .filter(|(id, addrs)| {
+                *id != x.id && addrs.iter().filter(|a| mine.contains(&a.as_str())).count() >= 2
+            })
+            .filter(|(id, _)| {
+                self.activity(*id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| not_after(&e, x))
+            })
+            .map(|(id, _)| Correlation {
+                method: "smart".into(),
+                activity: id,
+            })
+            .min_by_key(|c| c.activity)
+    }
+
+    fn correlate_late(
+        &self,
+        id: u64,
+        c: Correlation,
+        writer: &crate::model::Writer,
+    ) -> Result<bool> {
+        let Some(mut a) = self.activity(id)? else {
+            return Ok(false);
+        };
+        let parent_regarding = self.activity(c.activity)?.and_then(|p| p.regarding);
+        a.correlation = Some(c);
+        let mut relink = None;
+        if a.inherits && a.regarding.is_none() {
+            if let Some(r) = parent_regarding {
+                let allowed = r
+                    .parse::<RecordRef>()
+                    .ok()
+                    .and_then(|rr| self.record(&rr).ok().flatten())
+                    .is_none_or(|rec| writer.can_write(&rec));
+                if allowed {
+                    relink = Some(r);
+                }
+            }
+        }
+        self.t.activities.insert(id.to_be_bytes(), enc(&a))?;
+        if let Some(r) = relink {
+            self.relink(id, Some(&r))?;
+        }
+        Ok(true)
+    }
+
     // ---- attachment blobs --------------------------------------------------------------------
 
     /// Where a blob lives: `data_dir/blobs/ab/abcdef…` (files, not sled values: attachments are
@@ -776,7 +931,7 @@ impl Store {
         items: &[BatchItem],
         checkpoint: &FolderState,
         alerts_mailbox: &str,
-    ) -> Result<(BatchOutcome, Vec<u32>)> {
+    ) -> Result<Committed> {
         let trees = [
             &self.t.activities,
             &self.t.activity_by_msgid,
@@ -794,6 +949,7 @@ impl Store {
             &self.t.records,
             &self.t.record_by_email,
             &self.t.record_by_name,
+            &self.t.activity_by_parent,
         ];
         let at = now();
         let outcome = trees
@@ -801,11 +957,22 @@ impl Store {
                 let tx = Tx::new(tx);
                 let mut out = BatchOutcome::default();
                 let mut tracked = Vec::new();
+                let mut created = Vec::new();
                 for item in items {
                     match item {
                         BatchItem::Tracked(d) => {
+                            let before = out.created;
                             if apply_activity(&tx, d, &at, alerts_mailbox, &mut out)? {
                                 tracked.push(d.activity.source.uid);
+                            }
+                            if out.created > before {
+                                created.push(
+                                    tx.get_msgid(&keys::msgid(
+                                        &d.activity.dedup_key,
+                                        d.activity.direction,
+                                    ))
+                                    .unwrap_or(0),
+                                );
                             }
                         }
                         BatchItem::Quarantined {
@@ -841,7 +1008,11 @@ impl Store {
                     keys::folder(&checkpoint.mailbox, &checkpoint.folder),
                     enc(checkpoint),
                 )?;
-                Ok((out, tracked))
+                Ok(Committed {
+                    outcome: out,
+                    tracked_uids: tracked,
+                    created,
+                })
             })
             .map_err(tx_err)?;
         self.flush()?;
@@ -867,6 +1038,7 @@ struct Tx<'a> {
     records: &'a TransactionalTree,
     record_by_email: &'a TransactionalTree,
     record_by_name: &'a TransactionalTree,
+    by_parent: &'a TransactionalTree,
 }
 
 impl<'a> Tx<'a> {
@@ -888,6 +1060,7 @@ impl<'a> Tx<'a> {
             records: &t[13],
             record_by_email: &t[14],
             record_by_name: &t[15],
+            by_parent: &t[16],
         }
     }
 }
@@ -908,16 +1081,6 @@ fn load(acts: &TransactionalTree, id: u64) -> TxResult<Option<Activity>> {
         .transpose()
 }
 
-/// The activity with this Message-ID, in either direction.
-fn by_message_id(tx: &Tx<'_>, id: &str) -> TxResult<Option<u64>> {
-    for d in [Direction::Outgoing, Direction::Incoming] {
-        if let Some(v) = tx.by_msgid.get(keys::msgid(id, d))? {
-            return Ok(Some(keys::u64_of(&v)));
-        }
-    }
-    Ok(None)
-}
-
 /// Decoded Outlook Thread-Index (22-byte header + 5 bytes per reply), or `None`.
 fn thread_bytes(ti: &str) -> Option<Vec<u8>> {
     use base64::Engine;
@@ -927,40 +1090,147 @@ fn thread_bytes(ti: &str) -> Option<Vec<u8>> {
     (b.len() >= 22 && (b.len() - 22) % 5 == 0).then_some(b)
 }
 
+/// Point reads that correlation needs, from the batch transaction or from the committed store.
+trait Lookups {
+    fn get_msgid(&self, key: &[u8]) -> Option<u64>;
+    fn get_token(&self, token: &str) -> Option<u64>;
+    fn get_thread(&self, bytes: &[u8]) -> Option<u64>;
+    fn get_activity(&self, id: u64) -> Option<Activity>;
+}
+
+impl Lookups for Tx<'_> {
+    fn get_msgid(&self, key: &[u8]) -> Option<u64> {
+        self.by_msgid
+            .get(key)
+            .ok()
+            .flatten()
+            .map(|v| keys::u64_of(&v))
+    }
+    fn get_token(&self, token: &str) -> Option<u64> {
+        self.by_token
+            .get(token.to_ascii_uppercase().as_bytes())
+            .ok()
+            .flatten()
+            .map(|v| keys::u64_of(&v))
+    }
+    fn get_thread(&self, bytes: &[u8]) -> Option<u64> {
+        self.by_thread
+            .get(bytes)
+            .ok()
+            .flatten()
+            .map(|v| keys::u64_of(&v))
+    }
+    fn get_activity(&self, id: u64) -> Option<Activity> {
+        load(self.acts, id).ok().flatten()
+    }
+}
+
+impl Lookups for Store {
+    fn get_msgid(&self, key: &[u8]) -> Option<u64> {
+        self.t
+            .activity_by_msgid
+            .get(key)
+            .ok()
+            .flatten()
+            .map(|v| keys::u64_of(&v))
+    }
+    fn get_token(&self, token: &str) -> Option<u64> {
+        self.t
+            .activity_by_token
+            .get(token.to_ascii_uppercase().as_bytes())
+            .ok()
+            .flatten()
+            .map(|v| keys::u64_of(&v))
+    }
+    fn get_thread(&self, bytes: &[u8]) -> Option<u64> {
+        self.t
+            .activity_by_thread
+            .get(bytes)
+            .ok()
+            .flatten()
+            .map(|v| keys::u64_of(&v))
+    }
+    fn get_activity(&self, id: u64) -> Option<Activity> {
+        self.activity(id).ok().flatten()
+    }
+}
+
+/// `a` was written no later than `b` (by Date; unknown dates do not rule a match out).
+fn not_after(a: &Activity, b: &Activity) -> bool {
+    match (&a.date, &b.date) {
+        (Some(x), Some(y)) => parse_date(x) <= parse_date(y),
+        _ => true,
+    }
+}
+
+/// RFC 3339 → seconds since the epoch, for comparing dates in different zones.
+fn parse_date(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
+    let (y, mo, d, h, mi, se) = (n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19));
+    let days = {
+        let y = if mo <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+        era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+    };
+    let tz = s.get(19..).unwrap_or("");
+    let off = if tz.starts_with('+') || tz.starts_with('-') {
+        let sign = if tz.starts_with('-') { -1 } else { 1 };
+        sign * (tz
+            .get(1..3)
+            .and_then(|x| x.parse::<i64>().ok())
+            .unwrap_or(0)
+            * 3600
+            + tz.get(4..6)
+                .and_then(|x| x.parse::<i64>().ok())
+                .unwrap_or(0)
+                * 60)
+    } else {
+        0
+    };
+    days * 86_400 + h * 3600 + mi * 60 + se - off
+}
+
 /// Correlation in Dynamics' order (DESIGN §4.10): In-Reply-To, References (newest first),
-/// the tracking token, then an Outlook Thread-Index that extends a tracked one's.
-fn correlate(tx: &Tx<'_>, a: &Activity) -> TxResult<Option<Correlation>> {
+/// the tracking token (an earlier message with it), then an Outlook Thread-Index that extends a
+/// tracked one's.
+fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
     let found = |method: &str, id: u64| {
         Some(Correlation {
             method: method.into(),
             activity: id,
         })
     };
-    if let Some(irt) = &a.in_reply_to {
-        if let Some(id) = by_message_id(tx, irt)? {
-            return Ok(found("in-reply-to", id));
-        }
+    let by_id = |m: &str| {
+        [Direction::Outgoing, Direction::Incoming]
+            .iter()
+            .find_map(|d| l.get_msgid(&keys::msgid(m, *d)))
+            .filter(|id| *id != a.id)
+    };
+    if let Some(id) = a.in_reply_to.as_deref().and_then(by_id) {
+        return found("in-reply-to", id);
     }
-    for r in a.references.iter().rev() {
-        if let Some(id) = by_message_id(tx, r)? {
-            return Ok(found("references", id));
-        }
+    if let Some(id) = a.references.iter().rev().find_map(|r| by_id(r)) {
+        return found("references", id);
     }
     if let Some(t) = &a.token {
-        if let Some(v) = tx.by_token.get(t.to_ascii_uppercase().as_bytes())? {
-            return Ok(found("token", keys::u64_of(&v)));
+        if let Some(id) = l.get_token(t).filter(|id| *id != a.id) {
+            if l.get_activity(id).is_some_and(|e| not_after(&e, a)) {
+                return found("token", id);
+            }
         }
     }
     if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
         let mut len = ti.len();
         while len > 22 {
             len -= 5;
-            if let Some(v) = tx.by_thread.get(&ti[..len])? {
-                return Ok(found("thread-index", keys::u64_of(&v)));
+            if let Some(id) = l.get_thread(&ti[..len]) {
+                return found("thread-index", id);
             }
         }
     }
-    Ok(None)
+    None
 }
 
 /// Creates the unresolved sender's record (once: a second message from it finds it), or
@@ -1045,7 +1315,8 @@ fn apply_activity(
         return Ok(false);
     }
     let mut a = a.clone();
-    if let Some(c) = correlate(tx, &a)? {
+    a.inherits = d.inherit;
+    if let Some(c) = correlate(tx, &a) {
         a.correlation = Some(c);
     }
     if d.only_if_correlated && a.correlation.is_none() {
@@ -1095,8 +1366,18 @@ fn apply_activity(
         tx.by_regarding.insert(keys::regarding(r, id), &[])?;
     }
     if let Some(t) = &a.token {
-        tx.by_token
-            .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
+        // The index names the earliest message with the token: the one replies correlate to.
+        let keep = tx
+            .get_token(t)
+            .and_then(|e| tx.get_activity(e))
+            .is_some_and(|e| not_after(&e, &a));
+        if !keep {
+            tx.by_token
+                .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
+        }
+    }
+    for parent in a.in_reply_to.iter().chain(&a.references) {
+        tx.by_parent.insert(keys::regarding(parent, id), &[])?;
     }
     if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
         tx.by_thread.insert(ti, &id.to_be_bytes())?;

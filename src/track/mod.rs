@@ -262,6 +262,7 @@ pub fn build(
         alerts,
         correlation,
         token,
+        inherits: false,
     };
     Draft {
         activity,
