@@ -352,6 +352,10 @@ fn dedup_sent_copy_and_received_copy_are_two_activities() {
     dirs.sort();
     assert_eq!(dirs, ["incoming", "outgoing"]);
     assert_eq!(both[0]["message_id"], both[1]["message_id"]);
+    let shown: Value =
+        serde_json::from_str(&e.ok(&["activities", "show", &both[0]["id"].to_string(), "--json"]))
+            .unwrap();
+    assert_eq!(shown["counterpart"], both[1]["id"], "linked by Message-ID");
 }
 
 #[test]

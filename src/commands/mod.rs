@@ -378,10 +378,23 @@ fn activities_show(store: &Store, id: u64, json: bool) -> Result<String> {
             "no activity {id} (see `foldertrack activities list`)"
         ))
     })?;
+    // The sent copy and the received copy of one message are two activities (DESIGN §4.7),
+    // linked by their Message-ID.
+    let counterpart = store.counterpart(&a)?;
     if json {
-        return Ok(serde_json::to_string_pretty(&a)? + "\n");
+        let mut v = serde_json::to_value(&a)?;
+        v["counterpart"] = serde_json::json!(counterpart);
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
-    Ok(show::activity_text(&a))
+    let mut text = show::activity_text(&a);
+    if let Some(c) = counterpart {
+        text = text.replacen(
+            "\n",
+            &format!("\n  other direction: activity {c} (same Message-ID)\n"),
+            1,
+        );
+    }
+    Ok(text)
 }
 
 fn activities_link(store: &Store, id: u64, regarding: &str) -> Result<String> {

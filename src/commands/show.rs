@@ -149,6 +149,15 @@ pub fn activity_text(a: &Activity) -> String {
         ));
     }
     s.push_str(&format!("  tracked at: {}\n", a.tracked_at));
+    if let Some(t) = &a.token {
+        s.push_str(&format!("  token:      {t}\n"));
+    }
+    if let Some(c) = &a.correlation {
+        s.push_str(&format!(
+            "  correlated: to activity {} by {}\n",
+            c.activity, c.method
+        ));
+    }
     for at in &a.attachments {
         s.push_str(&format!(
             "  attachment: {} ({}, {} bytes, sha256 {})\n",

@@ -532,6 +532,19 @@ impl Store {
         }
     }
 
+    /// The activity of the same message in the other direction (sent copy ↔ received copy).
+    pub fn counterpart(&self, a: &Activity) -> Result<Option<u64>> {
+        let other = match a.direction {
+            Direction::Incoming => Direction::Outgoing,
+            Direction::Outgoing => Direction::Incoming,
+        };
+        Ok(self
+            .t
+            .activity_by_msgid
+            .get(keys::msgid(&a.dedup_key, other))?
+            .map(|v| keys::u64_of(&v)))
+    }
+
     pub fn activity_count(&self) -> usize {
         self.t.activities.len()
     }
