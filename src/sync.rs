@@ -54,7 +54,7 @@ pub struct FolderReport {
     pub relinked_by_rule: u32,
     /// New activities, for late correlation at the end of the pass.
     #[serde(skip)]
-    pub created_ids: Vec<u64>,
+    pub created: Vec<crate::model::Activity>,
 }
 
 /// What one mailbox's pass did.
@@ -351,10 +351,10 @@ pub async fn pass_planned(
     }
     // Folders are read one after another: a reply may have been tracked before the message it
     // answers. Correlate what this pass created against everything now committed.
-    let created: Vec<u64> = report
+    let created: Vec<crate::model::Activity> = report
         .folders
-        .iter()
-        .flat_map(|f| f.created_ids.iter().copied())
+        .iter_mut()
+        .flat_map(|f| std::mem::take(&mut f.created))
         .collect();
     if !created.is_empty() {
         let store2 = store.clone();
@@ -582,7 +582,7 @@ pub async fn sync_folder(
     };
     let ((), (total, tracked_uids, created_ids)) = tokio::try_join!(producer, consumer)?;
     report.outcome = total;
-    report.created_ids = created_ids;
+    report.created = created_ids;
     // Write-back (after the commit: a keyword never claims what the store does not hold).
     if let (Some(k), true, false) = (keyword, sel.keywords, tracked_uids.is_empty()) {
         if let Err(e) = fetch::store_keyword(session, addr, &tracked_uids, k).await {

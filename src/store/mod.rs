@@ -193,7 +193,8 @@ pub enum BatchItem {
 pub struct Committed {
     pub outcome: BatchOutcome,
     pub tracked_uids: Vec<u32>,
-    pub created: Vec<u64>,
+    /// The new activities, without body and attachments (late correlation needs the headers).
+    pub created: Vec<Activity>,
 }
 
 /// What a committed batch did.
@@ -228,7 +229,20 @@ pub struct Store {
     db: sled::Db,
     t: Trees,
     dir: PathBuf,
+    pack: std::sync::Mutex<Pack>,
     _lock: File,
+}
+
+/// A pack file is closed for appends past this size and a new one started.
+const PACK_LIMIT: u64 = 1 << 30;
+
+/// The pack file blobs are appended to.
+#[derive(Default)]
+struct Pack {
+    file: Option<File>,
+    number: u64,
+    len: u64,
+    dirty: bool,
 }
 
 struct Trees {
@@ -252,6 +266,7 @@ struct Trees {
     activity_by_thread: sled::Tree,
     activity_by_subject: sled::Tree,
     activity_by_parent: sled::Tree,
+    blobs: sled::Tree,
 }
 
 fn now() -> String {
@@ -381,11 +396,13 @@ impl Store {
             activity_by_thread: tree("activity_by_thread")?,
             activity_by_subject: tree("activity_by_subject")?,
             activity_by_parent: tree("activity_by_parent")?,
+            blobs: tree("blobs")?,
         };
         let store = Store {
             db,
             t,
             dir: dir.to_path_buf(),
+            pack: Default::default(),
             _lock: lock,
         };
         store.migrate()?;
@@ -753,17 +770,15 @@ impl Store {
     /// With `smart` (the mailbox's token format), smart matching runs too.
     pub fn recorrelate(
         &self,
-        created: &[u64],
+        created: &[Activity],
         writer: &crate::model::Writer,
         smart: Option<&crate::track::token::TokenFormat>,
     ) -> Result<u32> {
         let mut n = 0;
-        for &id in created {
-            let Some(x) = self.activity(id)? else {
-                continue;
-            };
+        for x in created {
+            let id = x.id;
             if x.correlation.is_none() {
-                let c = correlate(self, &x).or_else(|| smart.and_then(|t| self.smart_match(&x, t)));
+                let c = correlate(self, x).or_else(|| smart.and_then(|t| self.smart_match(x, t)));
                 if let Some(c) = c {
                     n += u32::from(self.correlate_late(id, c, writer)?);
                 }
@@ -795,7 +810,7 @@ impl Store {
                 let Some(c) = self.activity(child)? else {
                     continue;
                 };
-                if c.correlation.is_some() || child == id || !not_after(&x, &c) {
+                if c.correlation.is_some() || child == id || !not_after(x, &c) {
                     continue;
                 }
                 let method = if method == "references" && c.in_reply_to == x.message_id {
@@ -888,47 +903,107 @@ impl Store {
 
     // ---- attachment blobs --------------------------------------------------------------------
 
-    /// Where a blob lives: `data_dir/blobs/ab/abcdef…` (files, not sled values: attachments are
-    /// most of the bytes, and a file is written once and never rewritten by compaction).
-    fn blob_path(&self, sha256: &str) -> PathBuf {
-        self.dir
-            .join("blobs")
-            .join(&sha256[..2.min(sha256.len())])
-            .join(sha256)
-    }
-
-    /// Stores an attachment under its sha256, once: an identical file tracked again costs nothing.
+    /// Stores an attachment under its sha256, once: an identical file tracked again costs
+    /// nothing. Blobs are appended to pack files (`data_dir/blobs/pack-N`), indexed by hash in
+    /// sled: attachments are most of the bytes, and a file per attachment made the kernel's
+    /// inode allocation the bottleneck of a large sync (measured: +2 s for 1,000 files on
+    /// this VM's ext4). The pack is synced to disk before the batch that refers to it commits.
     pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.blob_path(sha256);
-        if path.exists() {
-            return Ok(());
-        }
         let io = |source| StoreError::Io {
             dir: self.dir.clone(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
+        let mut pack = self.pack.lock().map_err(|_| StoreError::Corrupt {
+            tree: "blobs",
+            message: "pack writer poisoned".into(),
+        })?;
+        if self.t.blobs.contains_key(sha256.as_bytes())? {
+            return Ok(());
         }
-        // Write beside, then rename: a crash never leaves a truncated blob under its hash.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        if pack.file.is_none() || pack.len > PACK_LIMIT {
+            let dir = self.dir.join("blobs");
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            let n = self
+                .t
+                .meta
+                .get("next_pack")?
+                .map(|v| keys::u64_of(&v))
+                .unwrap_or(0);
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(dir.join(format!("pack-{n}")))
+                .map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            self.t.meta.insert("next_pack", &(n + 1).to_be_bytes())?;
+            *pack = Pack {
+                file: Some(f),
+                number: n,
+                len,
+                dirty: false,
+            };
+        }
+        let Pack {
+            file: Some(f),
+            number,
+            len,
+            ..
+        } = &mut *pack
+        else {
+            unreachable!("opened above")
+        };
+        f.write_all(bytes).map_err(io)?;
+        let mut loc = Vec::with_capacity(24);
+        loc.extend_from_slice(&number.to_be_bytes());
+        loc.extend_from_slice(&len.to_be_bytes());
+        loc.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        *len += bytes.len() as u64;
+        pack.dirty = true;
+        self.t.blobs.insert(sha256.as_bytes(), loc)?;
+        Ok(())
+    }
+
+    /// Makes appended blobs durable before a batch that refers to them commits.
+    fn sync_pack(&self) -> Result<()> {
+        if let Ok(mut pack) = self.pack.lock() {
+            if pack.dirty {
+                if let Some(f) = &pack.file {
+                    f.sync_data().map_err(|source| StoreError::Io {
+                        dir: self.dir.clone(),
+                        source,
+                    })?;
+                }
+                pack.dirty = false;
+            }
+        }
         Ok(())
     }
 
     pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let Some(loc) = self.t.blobs.get(sha256.as_bytes())? else {
             return Ok(None);
+        };
+        if loc.len() != 24 {
+            return Err(StoreError::Corrupt {
+                tree: "blobs",
+                message: format!("bad location for {sha256}"),
+            });
         }
-        match std::fs::read(self.blob_path(sha256)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Io {
-                dir: self.dir.clone(),
-                source,
-            }),
-        }
+        let (n, off, len) = (
+            keys::u64_of(&loc[..8]),
+            keys::u64_of(&loc[8..16]),
+            keys::u64_of(&loc[16..]),
+        );
+        let io = |source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        let f = File::open(self.dir.join("blobs").join(format!("pack-{n}"))).map_err(io)?;
+        let mut buf = vec![0; len as usize];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut buf, off).map_err(io)?;
+        Ok(Some(buf))
     }
 
     // ---- the batch transaction -------------------------------------------------------------
@@ -964,6 +1039,7 @@ impl Store {
             &self.t.record_by_name,
             &self.t.activity_by_parent,
         ];
+        self.sync_pack()?;
         let at = now();
         let outcome = trees
             .transaction(|tx| {
@@ -974,18 +1050,9 @@ impl Store {
                 for item in items {
                     match item {
                         BatchItem::Tracked(d) => {
-                            let before = out.created;
-                            if apply_activity(&tx, d, &at, alerts_mailbox, &mut out)? {
+                            if apply_activity(&tx, d, &at, alerts_mailbox, &mut out, &mut created)?
+                            {
                                 tracked.push(d.activity.source.uid);
-                            }
-                            if out.created > before {
-                                created.push(
-                                    tx.get_msgid(&keys::msgid(
-                                        &d.activity.dedup_key,
-                                        d.activity.direction,
-                                    ))
-                                    .unwrap_or(0),
-                                );
                             }
                         }
                         BatchItem::Quarantined {
@@ -1270,6 +1337,7 @@ fn apply_activity(
     at: &str,
     alerts_mailbox: &str,
     out: &mut BatchOutcome,
+    created: &mut Vec<Activity>,
 ) -> TxResult<bool> {
     let a = &d.activity;
     let skey = keys::source(&a.source);
@@ -1389,8 +1457,11 @@ fn apply_activity(
                 .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
         }
     }
-    for parent in a.in_reply_to.iter().chain(&a.references) {
-        tx.by_parent.insert(keys::regarding(parent, id), &[])?;
+    if a.correlation.is_none() {
+        // Its original may be tracked later: let late correlation find this one from it.
+        for parent in a.in_reply_to.iter().chain(&a.references) {
+            tx.by_parent.insert(keys::regarding(parent, id), &[])?;
+        }
     }
     if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
         tx.by_thread.insert(ti, &id.to_be_bytes())?;
@@ -1399,6 +1470,9 @@ fn apply_activity(
         tx.by_subject.insert(keys::regarding(norm, id), &[])?;
     }
     out.created += 1;
+    a.body_text = String::new();
+    a.attachments = Vec::new();
+    created.push(a);
     Ok(true)
 }
 
