@@ -98,6 +98,14 @@ enum QuarantineCmd {
     Show {
         id: u64,
     },
+    /// Track it again with the current configuration (after fixing what made it fail).
+    Replay {
+        id: u64,
+    },
+    /// Forget it.
+    Drop {
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,10 +171,22 @@ fn init_logs(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("foldertrack={default},warn"))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    // async-imap logs every command and response at debug/trace level, the LOGIN password and
+    // message bodies included: whatever RUST_LOG asks, nothing below INFO passes from it (or from
+    // imap-proto). Found by the reliability test that greps trace logs for the password.
+    let no_secrets = tracing_subscriber::filter::filter_fn(|m| {
+        let imap = m.target().starts_with("async_imap") || m.target().starts_with("imap_proto");
+        !(imap && *m.level() > tracing::Level::INFO)
+    });
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter)
+                .with_filter(no_secrets),
+        )
         .init();
 }
 
@@ -246,6 +266,8 @@ async fn run(cli: Cli) -> Reply {
         Command::Quarantine { cmd } => match cmd {
             QuarantineCmd::List { json } => Request::QuarantineList { json },
             QuarantineCmd::Show { id } => Request::QuarantineShow { id },
+            QuarantineCmd::Replay { id } => Request::QuarantineReplay { id },
+            QuarantineCmd::Drop { id } => Request::QuarantineDrop { id },
         },
         Command::Status { json } => Request::Status { json },
         Command::Demo { .. } => unreachable!("handled above"),

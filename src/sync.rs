@@ -608,6 +608,15 @@ pub async fn sync_folder(
 /// `max_attachment_size` or have a blocked extension (DESIGN §4.12): then they are listed with
 /// the reason.
 fn track_one(m: &RawMessage, ctx: &FolderContext<'_>, source: Source, store: &Store) -> BatchItem {
+    #[cfg(feature = "failpoints")]
+    if let Some(reason) = failpoint(&m.raw) {
+        return BatchItem::Quarantined {
+            source,
+            reason,
+            size: m.size,
+            raw: m.raw.clone(),
+        };
+    }
     let crm = &ctx.mailbox.crm;
     let mut blob_error = None;
     let mut sink = |a: &parse::ParsedAttachment, bytes: &[u8]| -> Option<String> {
@@ -727,4 +736,98 @@ pub fn process_batch(
     });
     items.extend(parsed.into_iter().flatten());
     items
+}
+
+/// Test builds only (`--features failpoints`): `FOLDERTRACK_FAIL_TRACKING=text` makes tracking
+/// fail for every message containing `text`, so the reliability tests can prove that a failed
+/// message is quarantined, the folder goes on, and `quarantine replay` tracks it after the fix.
+#[cfg(feature = "failpoints")]
+fn failpoint(raw: &[u8]) -> Option<String> {
+    let needle = std::env::var("FOLDERTRACK_FAIL_TRACKING")
+        .ok()
+        .filter(|n| !n.is_empty())?;
+    raw.windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+        .then(|| format!("tracking failed: injected failure (FOLDERTRACK_FAIL_TRACKING={needle})"))
+}
+
+/// Tracks a quarantined message again with the current configuration (`quarantine replay`).
+/// The message is parsed and tracked exactly as a fetched one would be; it is committed with
+/// its folder's checkpoint unchanged. `Err` names why it still cannot be tracked.
+pub fn replay(
+    config: &Config,
+    store: &Store,
+    source: &Source,
+    raw: Vec<u8>,
+) -> Result<BatchOutcome, String> {
+    if raw.is_empty() {
+        return Err("the message was not fetched (over max_message_size); raise max_message_size, then re-read the folder".into());
+    }
+    let mb = config.mailbox(&source.mailbox).ok_or_else(|| {
+        format!(
+            "mailbox `{}` is no longer in the configuration",
+            source.mailbox
+        )
+    })?;
+    let m = rules::match_folder(&mb.rules, &source.folder).or_else(|| {
+        mb.rules
+            .iter()
+            .find(|r| {
+                store
+                    .rule_binding(&mb.name, &r.folder)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| b.folder == source.folder)
+            })
+            .map(|rule| RuleMatch {
+                rule,
+                capture: None,
+            })
+    });
+    let is_sent = mb
+        .sent_folder
+        .as_deref()
+        .map_or(source.folder.eq_ignore_ascii_case("Sent"), |s| {
+            s == source.folder
+        });
+    let other = m
+        .is_none()
+        .then_some(mb.crm.track_other_mail)
+        .filter(|o| *o != crate::config::OtherMail::None);
+    if m.is_none() && other.is_none() {
+        return Err(format!(
+            "folder `{}` is no longer tracked by any rule",
+            source.folder
+        ));
+    }
+    let ctx = FolderContext {
+        mailbox: mb,
+        folder: source.folder.clone(),
+        is_sent,
+        rule: m,
+        other,
+        writer: track::writer_of(mb, store),
+    };
+    let size = raw.len() as u64;
+    let item = track_one(
+        &RawMessage {
+            uid: source.uid,
+            size,
+            raw,
+        },
+        &ctx,
+        source.clone(),
+        store,
+    );
+    if let BatchItem::Quarantined { reason, .. } = &item {
+        return Err(format!("still fails: {reason}"));
+    }
+    let checkpoint = store
+        .folder_state(&source.mailbox, &source.folder)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no checkpoint for {}/{}", source.mailbox, source.folder))?;
+    let done = store
+        .commit_batch(&[item], &checkpoint, &source.mailbox)
+        .map_err(|e| e.to_string())?;
+    Ok(done.outcome)
 }

@@ -139,6 +139,12 @@ pub enum Request {
     QuarantineShow {
         id: u64,
     },
+    QuarantineReplay {
+        id: u64,
+    },
+    QuarantineDrop {
+        id: u64,
+    },
     /// The bytes of attachment `n` (1-based) of an activity.
     ActivitiesAttachment {
         id: u64,
@@ -285,6 +291,12 @@ pub async fn execute(
                 Err(e) => Reply::from_result(Err(e)),
             }
         }
+        Request::QuarantineReplay { id } => quarantine_replay(config, store, id),
+        Request::QuarantineDrop { id } => match store.quarantine_remove(id) {
+            Ok(true) => Ok(format!("dropped quarantined message {id}\n")),
+            Ok(false) => Err(UsageError(format!("no quarantined message {id}")).into()),
+            Err(e) => Err(e.into()),
+        },
         Request::RulesList => Ok(rules_list(config)),
         Request::RulesCheck => match rules_check(config, store) {
             Ok((text, true)) => Ok(text),
@@ -575,4 +587,29 @@ fn rules_check(config: &Config, store: &Store) -> Result<(String, bool)> {
         }
     }
     Ok((out, ok))
+}
+
+fn quarantine_replay(config: &Config, store: &Store, id: u64) -> Result<String> {
+    let e = store
+        .quarantine()?
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "no quarantined message {id} (see `foldertrack quarantine list`)"
+            ))
+        })?;
+    let raw = store.quarantine_raw(id)?.unwrap_or_default();
+    match crate::sync::replay(config, store, &e.source, raw) {
+        Ok(out) => {
+            store.quarantine_remove(id)?;
+            Ok(format!(
+                "replayed quarantined message {id} ({}/{} uid {}): {} tracked, {} merged with existing, {} already tracked\n",
+                e.source.mailbox, e.source.folder, e.source.uid, out.created, out.merged, out.replayed
+            ))
+        }
+        Err(why) => Err(anyhow::anyhow!(
+            "quarantined message {id} was not replayed: {why}"
+        )),
+    }
 }

@@ -18,6 +18,23 @@ pub struct Folder {
     pub sent: bool,
 }
 
+/// imap-proto hands over a quoted mailbox name with its escapes still in (`Say \"hi\"`); the
+/// name itself has none. async-imap escapes again when it quotes a name for EXAMINE.
+pub fn unescape(quoted: &str) -> String {
+    let mut out = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Server name → config form.
 pub fn to_config_name(server_name: &str, sep: Option<char>) -> String {
     let decoded = super::utf7::decode(server_name);
@@ -49,8 +66,8 @@ pub async fn list(session: &mut ImapSession, addr: &str) -> Result<Vec<Folder>, 
             let sep = n.delimiter().and_then(|d| d.chars().next());
             let attrs = n.attributes();
             Folder {
-                server_name: n.name().to_string(),
-                name: to_config_name(n.name(), sep),
+                server_name: unescape(n.name()),
+                name: to_config_name(&unescape(n.name()), sep),
                 separator: sep,
                 selectable: !attrs.iter().any(|a| matches!(a, NameAttribute::NoSelect)),
                 sent: attrs.iter().any(|a| matches!(a, NameAttribute::Sent)),
@@ -75,6 +92,12 @@ pub fn find_sent<'a>(folders: &'a [Folder], configured: Option<&str>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_names_lose_their_escapes() {
+        assert_eq!(unescape(r#"Say \"hi\" \\ there"#), r#"Say "hi" \ there"#);
+        assert_eq!(unescape("INBOX.Plain"), "INBOX.Plain");
+    }
 
     #[test]
     fn names_map_between_config_and_server_form() {

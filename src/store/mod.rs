@@ -657,6 +657,20 @@ impl Store {
             .collect()
     }
 
+    /// Removes a quarantined message (after a successful replay, or `quarantine drop`).
+    pub fn quarantine_remove(&self, id: u64) -> Result<bool> {
+        let Some(v) = self.t.quarantine.remove(id.to_be_bytes())? else {
+            return Ok(false);
+        };
+        let e: QuarantineEntry = dec("quarantine", &v)?;
+        self.t.quarantine_raw.remove(id.to_be_bytes())?;
+        self.t
+            .quarantine_by_source
+            .remove(keys::source(&e.source))?;
+        self.flush()?;
+        Ok(true)
+    }
+
     pub fn quarantine_raw(&self, id: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .t

@@ -193,7 +193,7 @@ impl Imap {
 
     pub fn create(&mut self, folder: &str) {
         let n = self.name(folder);
-        self.cmd(&format!("CREATE \"{n}\""));
+        self.cmd(&format!("CREATE {}", foldertrack::imap::quote(&n)));
     }
 
     /// APPENDs many messages pipelined with LITERAL+ (fast: one round trip for all).
@@ -205,8 +205,9 @@ impl Imap {
             self.tag += 1;
             buf.extend_from_slice(
                 format!(
-                    "t{} APPEND \"{n}\" ({flags}) {{{}+}}\r\n",
+                    "t{} APPEND {} ({flags}) {{{}+}}\r\n",
                     self.tag,
+                    foldertrack::imap::quote(&n),
                     m.len()
                 )
                 .as_bytes(),
@@ -232,7 +233,7 @@ impl Imap {
     /// FLAGS of every message of a folder, by UID.
     pub fn flags(&mut self, folder: &str) -> Vec<String> {
         let n = self.name(folder);
-        self.cmd(&format!("EXAMINE \"{n}\""));
+        self.cmd(&format!("EXAMINE {}", foldertrack::imap::quote(&n)));
         self.cmd("UID FETCH 1:* (FLAGS)")
             .into_iter()
             .filter(|l| l.contains("FETCH"))
