@@ -211,3 +211,80 @@ fn a_second_agent_on_the_same_data_dir_exits_2() {
         "it does not wait for a live agent"
     );
 }
+
+/// A tiny tmpfs as the data dir (root only; otherwise skipped with a visible message).
+#[test]
+fn a_full_disk_stops_tracking_with_a_clear_error_and_loses_nothing_once_there_is_room() {
+    let e = setup();
+    let data = e.work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(data.clone());
+    e.import_records(RECORDS);
+    let attachment: String = (0..700_000u32)
+        .map(|i| (b'A' + (i % 26) as u8) as char)
+        .collect::<String>();
+    let mut c = e.imap("alice");
+    for i in 0..8 {
+        let m = format!(
+            "From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: big {i}\r\nMessage-ID: <big{i}@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee file\r\n--b\r\nContent-Type: text/csv; name=f{i}.csv\r\nContent-Disposition: attachment; filename=f{i}.csv\r\n\r\n{}{i}\r\n--b--\r\n",
+            attachment
+        );
+        c.append("INBOX/Tracked/Acme", m.as_bytes());
+    }
+    let o = e.run(&["sync"]);
+    assert_eq!(o.status.code(), Some(1), "a full disk is a runtime failure");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("MB free") && err.contains("nothing is lost"),
+        "a clear error: {err}"
+    );
+    assert!(e.status()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["message"].as_str().unwrap().contains("MB free")));
+    let before = e.activities().len();
+    assert!(before < 8, "the disk was full before all were tracked");
+    // Room again: everything is tracked, nothing twice.
+    assert!(Command::new("mount")
+        .args(["-o", "remount,size=128m"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    assert_eq!(acts.len(), 8, "nothing lost");
+    let mut ids: Vec<&str> = acts
+        .iter()
+        .map(|a| a["message_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "nothing doubled");
+    assert_eq!(e.status()["quarantined"], 0);
+    for a in &acts {
+        let o = e.run(&["activities", "attachment", &a["id"].to_string(), "1"]);
+        assert!(
+            o.status.success(),
+            "attachment of {} readable",
+            a["subject"]
+        );
+        assert_eq!(o.stdout.len(), 700_001);
+    }
+}

@@ -40,7 +40,18 @@ pub enum StoreError {
     NewerSchema { found: u32 },
     #[error("{0}")]
     NotFound(String),
+    #[error("data dir {dir} has only {available_mb} MB free; foldertrack keeps at least {needed_mb} MB free so that the store never runs out of space mid-write. Free some space: tracking resumes from the last checkpoint, nothing is lost")]
+    DiskFull {
+        dir: PathBuf,
+        available_mb: u64,
+        needed_mb: u64,
+    },
 }
+
+/// Space kept free on the data dir's filesystem. sled 0.34 does not recover from a write
+/// that fails for lack of space (its flusher waits forever: found by the full-disk test), so
+/// foldertrack refuses to start a write that could get near that point.
+pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -773,6 +784,23 @@ impl Store {
         Ok(())
     }
 
+    /// Fails with [`StoreError::DiskFull`] unless `extra` bytes and [`MIN_FREE_BYTES`] fit.
+    pub fn ensure_space(&self, extra: u64) -> Result<()> {
+        let available = fs2::available_space(&self.dir).map_err(|source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        let needed = MIN_FREE_BYTES + 2 * extra;
+        if available < needed {
+            return Err(StoreError::DiskFull {
+                dir: self.dir.clone(),
+                available_mb: available >> 20,
+                needed_mb: needed.div_ceil(1 << 20),
+            });
+        }
+        Ok(())
+    }
+
     // ---- late correlation -------------------------------------------------------------------
 
     /// Correlates what the batch transactions could not: folders are read one after another,
@@ -923,6 +951,7 @@ impl Store {
     /// inode allocation the bottleneck of a large sync (measured: +2 s for 1,000 files on
     /// this VM's ext4). The pack is synced to disk before the batch that refers to it commits.
     pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        self.ensure_space(bytes.len() as u64)?;
         let io = |source| StoreError::Io {
             dir: self.dir.clone(),
             source,
@@ -967,7 +996,12 @@ impl Store {
         else {
             unreachable!("opened above")
         };
-        f.write_all(bytes).map_err(io)?;
+        if let Err(e) = f.write_all(bytes) {
+            // A partial write (a full disk) leaves bytes past `len`: reopen next time, so the
+            // next blob's offset is read from the file, not assumed.
+            *pack = Pack::default();
+            return Err(io(e));
+        }
         let mut loc = Vec::with_capacity(24);
         loc.extend_from_slice(&number.to_be_bytes());
         loc.extend_from_slice(&len.to_be_bytes());
@@ -1053,6 +1087,14 @@ impl Store {
             &self.t.record_by_name,
             &self.t.activity_by_parent,
         ];
+        let bytes: u64 = items
+            .iter()
+            .map(|i| match i {
+                BatchItem::Tracked(d) => d.activity.body_text.len() as u64 + 4096,
+                BatchItem::Quarantined { raw, .. } => raw.len() as u64 + 1024,
+            })
+            .sum();
+        self.ensure_space(bytes)?;
         self.sync_pack()?;
         let at = now();
         let outcome = trees
