@@ -103,6 +103,8 @@ pub struct MailboxConfig {
     pub rules: Vec<Rule>,
     pub watch: WatchSettings,
     pub crm: CrmSettings,
+    /// The configuration's `max_message_size`: also the largest literal a server may send.
+    pub max_message_bytes: u64,
 }
 
 /// What to do with a sender no record has (DESIGN §4.9).
@@ -213,6 +215,8 @@ pub struct Config {
     pub fetch: FetchLimits,
     /// sled page cache, bytes.
     pub cache_bytes: u64,
+    /// How long one IMAP command may take before the connection is dropped as dead.
+    pub command_timeout: std::time::Duration,
 }
 
 /// Bounds of one `UID FETCH` batch and of a single message.
@@ -244,6 +248,7 @@ struct RawConfig {
     batch_bytes: Option<Spanned<i64>>,
     max_message_size: Option<Spanned<i64>>,
     cache_mb: Option<Spanned<i64>>,
+    command_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -406,10 +411,16 @@ impl Config {
                 &raw.max_message_size,
                 "max_message_size",
                 d.max_message_bytes,
-                1 << 31,
+                512 << 20,
             )?,
         };
         let cache_bytes = positive(&raw.cache_mb, "cache_mb", 16, 4096)? * 1024 * 1024;
+        let command_timeout = std::time::Duration::from_secs(positive(
+            &raw.command_timeout,
+            "command_timeout",
+            120,
+            3600,
+        )?);
 
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
@@ -421,9 +432,13 @@ impl Config {
                     format!("mailbox name `{}` is used twice", mb.name),
                 ));
             }
-            mailboxes.push(mb);
+            mailboxes.push(MailboxConfig {
+                max_message_bytes: fetch.max_message_bytes,
+                ..mb
+            });
         }
         Ok(Config {
+            command_timeout,
             path: path.to_path_buf(),
             data_dir,
             mailboxes,
@@ -685,6 +700,7 @@ fn check_mailbox(
         rules,
         watch,
         crm,
+        max_message_bytes: FetchLimits::default().max_message_bytes,
     })
 }
 

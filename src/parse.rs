@@ -65,6 +65,14 @@ pub enum ParseError {
     Empty,
     #[error("no RFC 5322 header could be read (is this a mail message at all?)")]
     NoHeaders,
+    /// More `message/rfc822` (or digest) parts than [`MAX_MIME_DEPTH`]: mail-parser builds them
+    /// as nested values that it walks and drops recursively, so a deep enough chain would
+    /// overflow the stack of the thread parsing it.
+    #[error("MIME nesting deeper than {0} levels (messages inside messages, or that many attached messages): not parsed")]
+    TooDeep(usize),
+    /// The nesting check ran out of its work budget (encoded parts over encoded parts).
+    #[error("MIME structure too complex to check (encoded messages inside encoded messages): not parsed")]
+    TooComplex,
 }
 
 /// Parses one message.
@@ -92,6 +100,7 @@ fn parse_inner(
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ParseError::Empty);
     }
+    check_depth(raw)?;
     let msg = MessageParser::default()
         .parse(raw)
         .ok_or(ParseError::NoHeaders)?;
@@ -239,9 +248,278 @@ fn recover_multipart(body: &[u8], sink: &mut AttachmentSink<'_>) -> Option<Parse
         return None;
     }
     let synthetic = format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n{text}");
-    parse_inner(synthetic.as_bytes(), false, sink)
+    // Decide without the sink first: it stores files, and a recovery that is thrown away must
+    // not have stored (or refused) any. This path is rare, so parsing twice is cheap enough.
+    parse_inner(synthetic.as_bytes(), false, &mut |_, _| None)
         .ok()
-        .filter(|p| !p.body_text.trim().is_empty())
+        .filter(|p| !p.body_text.trim().is_empty())?;
+    parse_inner(synthetic.as_bytes(), false, sink).ok()
+}
+
+/// Most `message/rfc822` (or `multipart/digest`) levels a message may nest. Real mail stays in
+/// single digits; with 2 MB thread stacks (the `std::thread::scope` workers of
+/// `sync::process_batch`, and test threads) mail-parser overflows at about 1,400 levels in a
+/// debug build, fewer if the caller is already deep.
+pub const MAX_MIME_DEPTH: usize = 128;
+
+/// mail-parser parses a base64 or quoted-printable encoded message part again, this many
+/// levels deep (its `MAX_NESTED_ENCODED`); deeper ones stay binary.
+const ENCODED_LEVELS: u32 = 3;
+
+/// Rejects a message mail-parser could not parse within a bounded stack.
+///
+/// mail-parser handles multipart nesting with a heap stack, but every `message/*` part (and
+/// every part of a `multipart/digest`) becomes a `Message` inside its parent's, and those are
+/// dropped (and, below an encoded part, copied) recursively. So the number of such parts on
+/// one branch must stay below what a 2 MB stack holds. [`nesting_bound`] over-approximates it
+/// in linear time without parsing, so that no message that would go deeper gets through.
+fn check_depth(raw: &[u8]) -> Result<(), ParseError> {
+    let mut budget = raw.len().saturating_mul(8).saturating_add(1 << 20);
+    match nesting_bound(raw, ENCODED_LEVELS, &mut budget) {
+        None => Err(ParseError::TooComplex),
+        Some(d) if d > MAX_MIME_DEPTH => Err(ParseError::TooDeep(MAX_MIME_DEPTH)),
+        Some(_) => Ok(()),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cte {
+    Base64,
+    QuotedPrintable,
+}
+
+/// An upper bound of how many `Message` values mail-parser nests on one branch for `data`:
+/// the number of `Content-Type` fields naming a `message/*` or `multipart/digest` type
+/// (siblings counted too), plus, for each part that mail-parser would decode and parse again,
+/// the bound of its decoded body. `None` when `budget` (bytes scanned) runs out.
+///
+/// Conservative by construction: a field is recognised on any line whose first non-blank
+/// characters are its name, its value runs over every following line that starts with
+/// whitespace, and a part's header block is taken as everything between two empty lines
+/// (mail-parser's is never larger). Where an encoded part's body may start, every candidate
+/// is decoded.
+fn nesting_bound(data: &[u8], levels: u32, budget: &mut usize) -> Option<usize> {
+    *budget = budget.checked_sub(data.len())?;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Field {
+        Other,
+        Type { nests: bool },
+        Encoding(Option<Cte>),
+    }
+    let mut count = 0usize;
+    let mut digest_seen = false;
+    // The field being read, and what the header block so far says.
+    let mut field = Field::Other;
+    let mut block_nests = false;
+    let mut block_cte: Option<Cte> = None;
+    let mut bodies: Vec<(Cte, usize)> = Vec::new();
+    let finish = |f: Field, count: &mut usize, nests: &mut bool, cte: &mut Option<Cte>| match f {
+        Field::Type { nests: true } => {
+            *count += 1;
+            *nests = true;
+        }
+        Field::Encoding(Some(e)) => *cte = Some(e),
+        _ => {}
+    };
+    let mut start = 0;
+    while start < data.len() {
+        let end = memchr_nl(&data[start..]).map_or(data.len(), |i| start + i);
+        let next = (end + 1).min(data.len());
+        let line = &data[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let trimmed = trim_start_ws(line);
+        if trimmed.is_empty() {
+            // A blank (or white) line: where a body may start.
+            let mut nests = block_nests;
+            let mut cte = block_cte;
+            let mut c = 0;
+            finish(field, &mut c, &mut nests, &mut cte);
+            if let Some(e) = cte.filter(|_| nests || digest_seen) {
+                if bodies.last() != Some(&(e, next)) {
+                    bodies.push((e, next));
+                }
+            }
+            if line.is_empty() {
+                // Truly empty: no header block spans it.
+                finish(field, &mut count, &mut block_nests, &mut block_cte);
+                field = Field::Other;
+                block_nests = false;
+                block_cte = None;
+            }
+        } else if header_name_is(trimmed, b"content-type") {
+            finish(field, &mut count, &mut block_nests, &mut block_cte);
+            let nests = nests_here(trimmed);
+            digest_seen |= contains_ci(trimmed, b"digest");
+            field = Field::Type { nests };
+        } else if header_name_is(trimmed, b"content-transfer-encoding") {
+            finish(field, &mut count, &mut block_nests, &mut block_cte);
+            field = Field::Encoding(cte_of(trimmed));
+        } else if trimmed.len() < line.len() {
+            // Continuation of the field being read.
+            match &mut field {
+                Field::Type { nests } => {
+                    *nests |= nests_here(trimmed);
+                    digest_seen |= contains_ci(trimmed, b"digest");
+                }
+                Field::Encoding(e) => {
+                    if e.is_none() {
+                        *e = cte_of(trimmed);
+                    }
+                }
+                Field::Other => {}
+            }
+        } else {
+            finish(field, &mut count, &mut block_nests, &mut block_cte);
+            field = Field::Other;
+        }
+        start = next;
+    }
+    finish(field, &mut count, &mut block_nests, &mut block_cte);
+    let mut inner = 0;
+    if levels > 0 && count > 0 {
+        for (e, at) in bodies {
+            let body = &data[at..];
+            *budget = budget.checked_sub(body.len())?;
+            let decoded = match e {
+                Cte::Base64 => decode_base64_like_mail_parser(body),
+                Cte::QuotedPrintable => decode_qp_loosely(body),
+            };
+            inner = inner.max(1 + nesting_bound(&decoded, levels - 1, budget)?);
+        }
+    }
+    Some(count + inner)
+}
+
+fn memchr_nl(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == b'\n')
+}
+
+fn trim_start_ws(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &s[n..]
+}
+
+/// Whether `line` starts a field called `name`, read as mail-parser reads field names: leading
+/// colons and any white space (even inside the name) are skipped, the name ends at `:`.
+fn header_name_is(line: &[u8], name: &[u8]) -> bool {
+    let mut i = 0;
+    for b in line
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace() || **b == b':')
+    {
+        match b {
+            b':' => return i == name.len(),
+            b if b.is_ascii_whitespace() => {}
+            b if i < name.len() && b.eq_ignore_ascii_case(&name[i]) => i += 1,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn contains_ci(s: &[u8], needle: &[u8]) -> bool {
+    s.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A Content-Type value (or part of one) that mail-parser may turn into a nested `Message`.
+fn nests_here(s: &[u8]) -> bool {
+    contains_ci(s, b"message") || contains_ci(s, b"digest")
+}
+
+fn cte_of(s: &[u8]) -> Option<Cte> {
+    if contains_ci(s, b"base64") {
+        Some(Cte::Base64)
+    } else if contains_ci(s, b"quoted-printable") {
+        Some(Cte::QuotedPrintable)
+    } else {
+        None
+    }
+}
+
+/// What mail-parser's base64 decoder yields for a part body: it skips white space, flushes at
+/// `=`, and ends at `--` (a boundary) or at the first other character (then it does not
+/// parse the part at all, so stopping there decodes a superset).
+fn decode_base64_like_mail_parser(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() / 4 * 3);
+    let (mut chunk, mut n) = (0u32, 0u8);
+    let mut last = 0u8;
+    for &ch in body {
+        let v = match ch {
+            b'A'..=b'Z' => Some(ch - b'A'),
+            b'a'..=b'z' => Some(ch - b'a' + 26),
+            b'0'..=b'9' => Some(ch - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        };
+        match (v, ch) {
+            (Some(v), _) => {
+                chunk = (chunk << 6) | u32::from(v);
+                n += 1;
+                if n == 4 {
+                    out.extend_from_slice(&chunk.to_be_bytes()[1..]);
+                    (chunk, n) = (0, 0);
+                }
+            }
+            (None, b'=') => {
+                match n {
+                    1 => out.push((chunk << 2) as u8),
+                    2 => out.push((chunk >> 4) as u8),
+                    3 => out.extend_from_slice(&((chunk >> 2) as u16).to_be_bytes()),
+                    _ => {}
+                }
+                (chunk, n) = (0, 0);
+            }
+            (None, b'\n' | b'\r' | b' ' | b'\t') => {}
+            (None, b'-') if last != b'-' => {}
+            _ => break,
+        }
+        last = ch;
+    }
+    out
+}
+
+/// Quoted-printable decoding of `body` as mail-parser's decoder does it (CR dropped, `=XX`,
+/// soft breaks, invalid escapes kept), but to the end instead of up to its boundary: what
+/// mail-parser parses is a prefix of this.
+fn decode_qp_loosely(body: &[u8]) -> Vec<u8> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum St {
+        Plain,
+        Eq,
+        Hex1(u8),
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(body.len());
+    let mut st = St::Plain;
+    let mut last = 0u8;
+    for &ch in body {
+        match (ch, st) {
+            (b'=', _) => st = St::Eq,
+            (b'\n', St::Eq) => st = St::Plain,
+            (b'\n', _) => out.push(b'\n'),
+            (b'\r', _) => {}
+            (_, St::Plain) => out.push(ch),
+            (_, St::Eq) => match hex(ch) {
+                Some(h) => st = St::Hex1(h),
+                None if !ch.is_ascii_whitespace() => {
+                    st = St::Plain;
+                    out.extend_from_slice(&[b'=', ch]);
+                }
+                None => {}
+            },
+            (_, St::Hex1(h)) => {
+                st = St::Plain;
+                match hex(ch) {
+                    Some(l) => out.push((h << 4) | l),
+                    None => out.extend_from_slice(&[b'=', last, ch]),
+                }
+            }
+        }
+        last = ch;
+    }
+    out
 }
 
 /// Normalises a message id to `<id>`; mail-parser strips the brackets, lettre and Dynamics keep them.
@@ -360,5 +638,121 @@ References: <p0@x> <p1@x>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0100\r\n\r\nHello t
     fn empty_input_is_an_error_not_a_panic() {
         assert_eq!(parse_message(b""), Err(ParseError::Empty));
         assert_eq!(parse_message(b"\r\n\r\n"), Err(ParseError::Empty));
+    }
+
+    fn nested(depth: usize, ctype: &str) -> Vec<u8> {
+        let mut m = Vec::new();
+        for _ in 0..depth {
+            m.extend_from_slice(format!("Subject: s\r\nContent-Type: {ctype}\r\n\r\n").as_bytes());
+        }
+        m.extend_from_slice(b"Subject: leaf\r\n\r\nhello\r\n");
+        m
+    }
+
+    #[test]
+    fn deep_message_nesting_is_refused_before_parsing() {
+        assert!(parse_message(&nested(20, "message/rfc822")).is_ok());
+        assert_eq!(
+            parse_message(&nested(MAX_MIME_DEPTH + 1, "message/rfc822")),
+            Err(ParseError::TooDeep(MAX_MIME_DEPTH))
+        );
+        // Far beyond what a 2 MB stack survives without the check.
+        assert_eq!(
+            parse_message(&nested(50_000, "Message/Global")),
+            Err(ParseError::TooDeep(MAX_MIME_DEPTH))
+        );
+        // mail-parser ignores white space inside field names; so does the check.
+        assert_eq!(
+            parse_message(
+                String::from_utf8(nested(MAX_MIME_DEPTH + 1, "message/rfc822"))
+                    .unwrap()
+                    .replace("Content-Type:", " Content - Type :")
+                    .as_bytes()
+            ),
+            Err(ParseError::TooDeep(MAX_MIME_DEPTH))
+        );
+        assert!(ParseError::TooDeep(MAX_MIME_DEPTH)
+            .to_string()
+            .contains("MIME nesting deeper than 128 levels"));
+    }
+
+    #[test]
+    fn nesting_hidden_in_an_encoded_part_is_counted() {
+        let inner = nested(MAX_MIME_DEPTH, "message/rfc822");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&inner);
+        let wrap = |cte: &str, body: &str| {
+            format!(
+                "Subject: outer\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+                 Content-Type: message/rfc822\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}\r\n--b--\r\n"
+            )
+        };
+        let m = wrap("base64", &b64);
+        assert_eq!(
+            parse_message(m.as_bytes()),
+            Err(ParseError::TooDeep(MAX_MIME_DEPTH))
+        );
+        // Quoted-printable can spell the field name in escapes.
+        let qp = String::from_utf8(inner)
+            .unwrap()
+            .replace("Content-Type", "=43ontent-Ty=\r\npe");
+        let m = wrap("quoted-printable", &qp);
+        assert_eq!(
+            parse_message(m.as_bytes()),
+            Err(ParseError::TooDeep(MAX_MIME_DEPTH))
+        );
+        // Shallow encoded parts parse.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(nested(3, "message/rfc822"));
+        assert!(parse_message(wrap("base64", &b64).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn digest_parts_count_as_messages() {
+        let mut m = b"Subject: d\r\n".to_vec();
+        for i in 0..=MAX_MIME_DEPTH {
+            m.extend_from_slice(
+                format!("Content-Type: multipart/digest; boundary=d{i}\r\n\r\n--d{i}\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+        m.extend_from_slice(b"Subject: leaf\r\n\r\nhi\r\n");
+        assert_eq!(parse_message(&m), Err(ParseError::TooDeep(MAX_MIME_DEPTH)));
+    }
+
+    #[test]
+    fn guard_decoders_agree_with_mail_parser() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+        let folded: Vec<u8> = b64
+            .as_bytes()
+            .chunks(76)
+            .flat_map(|c| c.iter().copied().chain(*b"\r\n"))
+            .collect();
+        assert_eq!(decode_base64_like_mail_parser(&folded), data);
+        assert_eq!(
+            decode_base64_like_mail_parser(b"QUJD\r\n--b\r\nRUZH"),
+            b"ABC"
+        );
+        assert_eq!(decode_base64_like_mail_parser(b"QQ==QkM="), b"ABC");
+        assert_eq!(
+            decode_qp_loosely(b"a=3Db=\r\nc=\r\n\r\nd=zz"),
+            b"a=bc\nd=zz"
+        );
+    }
+
+    #[test]
+    fn deep_multipart_is_left_to_mail_parser() {
+        // Multipart nesting lives on mail-parser's heap stack: not limited.
+        let mut m = b"Subject: m\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n".to_vec();
+        for i in 0..2000 {
+            m.extend_from_slice(
+                format!(
+                    "--b{i}\r\nContent-Type: multipart/mixed; boundary=b{}\r\n\r\n",
+                    i + 1
+                )
+                .as_bytes(),
+            );
+        }
+        m.extend_from_slice(b"--b2000\r\nContent-Type: text/plain\r\n\r\ndeep\r\n");
+        assert!(parse_message(&m).unwrap().body_text.contains("deep"));
     }
 }

@@ -653,7 +653,18 @@ fn track_one(m: &RawMessage, ctx: &FolderContext<'_>, source: Source, store: &St
             raw: m.raw.clone(),
         },
         (Ok(Ok(p)), None) => {
-            BatchItem::Tracked(Box::new(track::build(p, ctx, source, m.size, store, store)))
+            // Tracking is guarded like parsing: a bug there quarantines one message, it does
+            // not take the worker (and its batch) down.
+            let src = source.clone();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| track::build(p, ctx, src, m.size, store, store))) {
+                Ok(d) => BatchItem::Tracked(Box::new(d)),
+                Err(_) => BatchItem::Quarantined {
+                    source,
+                    reason: "tracking crashed on this message (a bug: please report it with the raw message)".into(),
+                    size: m.size,
+                    raw: m.raw.clone(),
+                },
+            }
         }
         (Ok(Err(e)), _) => BatchItem::Quarantined {
             source,

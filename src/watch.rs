@@ -8,7 +8,7 @@
 
 use crate::config::{FetchLimits, MailboxConfig, PollInterval};
 use crate::imap::connect::Connected;
-use crate::imap::{connect, ImapError, COMMAND_TIMEOUT};
+use crate::imap::{command_timeout, connect, ImapError};
 use crate::store::Store;
 use crate::sync::{self, SyncError, Tracked};
 use async_imap::extensions::idle::IdleResponse;
@@ -328,7 +328,12 @@ async fn set_notify(conn: &mut Connected, names: &[String]) -> bool {
         "NOTIFY SET (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
         list.join(" ")
     );
-    match tokio::time::timeout(COMMAND_TIMEOUT, conn.session.run_command_and_check_ok(&cmd)).await {
+    match tokio::time::timeout(
+        command_timeout(),
+        conn.session.run_command_and_check_ok(&cmd),
+    )
+    .await
+    {
         Ok(Ok(())) => true,
         other => {
             tracing::info!(
@@ -397,7 +402,7 @@ async fn idle_once(
         what: what.into(),
         message,
     };
-    match tokio::time::timeout(COMMAND_TIMEOUT, handle.init()).await {
+    match tokio::time::timeout(command_timeout(), handle.init()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(dead("IDLE", e.to_string())),
         Err(_) => return Err(dead("IDLE", "no answer".into())),

@@ -218,6 +218,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         rules: Vec::new(),
         watch: Default::default(),
         crm: Default::default(),
+        max_message_bytes: crate::config::FetchLimits::default().max_message_bytes,
     };
     let mut conn = crate::imap::connect(&mb)
         .await

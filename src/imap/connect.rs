@@ -2,6 +2,7 @@
 //! then LOGIN or AUTHENTICATE PLAIN. Certificates are verified against the Mozilla roots, or
 //! against the admin's `ca_file` for a private CA; there is no switch to turn checking off.
 
+use super::guard::Guard;
 use super::{ImapError, CONNECT_TIMEOUT};
 use crate::config::{AuthMethod, MailboxConfig, TlsMode};
 use async_imap::{Client, Session};
@@ -16,11 +17,23 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// The transport under an IMAP session: one type for TLS and plaintext so the rest of the
-/// code has a single `Session` type.
+/// code has a single `Session` type, with a [`Guard`] on what the server sends.
 #[derive(Debug)]
-pub enum Conn {
+pub struct Conn {
+    inner: Transport,
+    guard: Guard,
+}
+
+#[derive(Debug)]
+enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn new(inner: Transport, guard: Guard) -> Conn {
+        Conn { inner, guard }
+    }
 }
 
 impl AsyncRead for Conn {
@@ -29,10 +42,16 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = match &mut this.inner {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = &r {
+            this.guard.check(&buf.filled()[before..])?;
         }
+        r
     }
 }
 
@@ -42,21 +61,21 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -117,7 +136,11 @@ fn tls_connector(mb: &MailboxConfig, addr: &str) -> Result<TlsConnector, ImapErr
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-async fn tls_upgrade(tcp: TcpStream, mb: &MailboxConfig, addr: &str) -> Result<Conn, ImapError> {
+async fn tls_upgrade(
+    tcp: TcpStream,
+    mb: &MailboxConfig,
+    addr: &str,
+) -> Result<Transport, ImapError> {
     let connector = tls_connector(mb, addr)?;
     let name = ServerName::try_from(mb.host.clone()).map_err(|e| ImapError::Tls {
         addr: addr.to_string(),
@@ -130,7 +153,7 @@ async fn tls_upgrade(tcp: TcpStream, mb: &MailboxConfig, addr: &str) -> Result<C
             addr: addr.to_string(),
             message: e.to_string(),
         })?;
-    Ok(Conn::Tls(Box::new(tls)))
+    Ok(Transport::Tls(Box::new(tls)))
 }
 
 /// Reads the server greeting (async-imap leaves that to us) and checks it is not a BYE.
@@ -194,6 +217,9 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
         mailbox: mb.name.clone(),
         message,
     })?;
+    // A literal may hold the largest message we fetch (plus slack); a line anything but a
+    // literal: 64 MiB covers a SEARCH answer for millions of UIDs.
+    let guard = || Guard::new(mb.max_message_bytes.saturating_add(1 << 20), 64 << 20);
     let fut = async {
         let tcp = TcpStream::connect((mb.host.as_str(), mb.port))
             .await
@@ -204,17 +230,17 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
         let _ = tcp.set_nodelay(true);
         let (client, security) = match mb.tls {
             TlsMode::Implicit => {
-                let mut c = Client::new(tls_upgrade(tcp, mb, &addr).await?);
+                let mut c = Client::new(Conn::new(tls_upgrade(tcp, mb, &addr).await?, guard()));
                 greeting(&mut c, &addr).await?;
                 (c, "implicit TLS (certificate verified)")
             }
             TlsMode::None => {
-                let mut c = Client::new(Conn::Plain(tcp));
+                let mut c = Client::new(Conn::new(Transport::Plain(tcp), guard()));
                 greeting(&mut c, &addr).await?;
                 (c, "plaintext (allow_plaintext)")
             }
             TlsMode::Starttls => {
-                let mut c = Client::new(Conn::Plain(tcp));
+                let mut c = Client::new(Conn::new(Transport::Plain(tcp), guard()));
                 greeting(&mut c, &addr).await?;
                 c.run_command_and_check_ok("STARTTLS", None)
                     .await
@@ -222,11 +248,11 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
                         addr: addr.clone(),
                         message: e.to_string(),
                     })?;
-                let Conn::Plain(tcp) = c.into_inner() else {
+                let Transport::Plain(tcp) = c.into_inner().inner else {
                     unreachable!("a plaintext client was built just above")
                 };
                 (
-                    Client::new(tls_upgrade(tcp, mb, &addr).await?),
+                    Client::new(Conn::new(tls_upgrade(tcp, mb, &addr).await?, guard())),
                     "STARTTLS (certificate verified)",
                 )
             }

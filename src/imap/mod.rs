@@ -6,14 +6,28 @@
 pub mod connect;
 pub mod fetch;
 pub mod folders;
+pub mod guard;
 pub mod utf7;
 
 use std::time::Duration;
 
 pub use connect::{connect, Conn, ImapSession};
 
-/// How long one command may take before the connection is considered dead.
+/// How long one command may take before the connection is considered dead (default; the
+/// `command_timeout` setting changes it for the whole process).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+static COMMAND_TIMEOUT_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120);
+
+/// Sets the command timeout (from the configuration's `command_timeout`).
+pub fn set_command_timeout(d: Duration) {
+    COMMAND_TIMEOUT_SECS.store(d.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The command timeout in force.
+pub fn command_timeout() -> Duration {
+    Duration::from_secs(COMMAND_TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed))
+}
 /// How long establishing TCP + TLS + greeting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,12 +84,13 @@ impl ImapError {
     }
 }
 
-/// Runs an IMAP future under [`COMMAND_TIMEOUT`], mapping both failure kinds.
+/// Runs an IMAP future under [`command_timeout`], mapping both failure kinds.
 pub(crate) async fn timed<T, F>(addr: &str, what: &str, f: F) -> Result<T, ImapError>
 where
     F: std::future::Future<Output = async_imap::error::Result<T>>,
 {
-    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+    let limit = command_timeout();
+    match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ImapError::Protocol {
             addr: addr.to_string(),
@@ -85,7 +100,7 @@ where
         Err(_) => Err(ImapError::Timeout {
             addr: addr.to_string(),
             what: what.to_string(),
-            secs: COMMAND_TIMEOUT.as_secs(),
+            secs: limit.as_secs(),
         }),
     }
 }
