@@ -49,8 +49,8 @@ impl FromStr for RecordRef {
                 "record type `{t}` may only hold letters, digits and `_`"
             ));
         }
-        if k.contains('\0') {
-            return Err("a record key must not contain NUL".into());
+        if k.chars().any(char::is_control) {
+            return Err(format!("record key `{}` holds a control character (CR, LF, NUL…); keys are single-line text", k.escape_debug()));
         }
         Ok(RecordRef::new(t.to_ascii_lowercase(), k))
     }
@@ -255,5 +255,9 @@ mod tests {
         assert!("acme".parse::<RecordRef>().is_err());
         assert!(":acme".parse::<RecordRef>().is_err());
         assert!("acc ount:x".parse::<RecordRef>().is_err());
+        assert!(
+            "contact:a\r\nb".parse::<RecordRef>().is_err(),
+            "no CRLF in keys"
+        );
     }
 }

@@ -288,3 +288,34 @@ fn a_full_disk_stops_tracking_with_a_clear_error_and_loses_nothing_once_there_is
         assert_eq!(o.stdout.len(), 700_001);
     }
 }
+
+#[test]
+fn a_world_readable_password_file_is_warned_about_and_a_private_one_is_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = setup();
+    let pw = e.work.join("password");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = e.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("world-readable: chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = e.run(&["sync"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("world-readable"));
+}
+
+#[test]
+fn record_keys_with_crlf_are_refused_with_the_line() {
+    let e = setup();
+    let f = e.work.join("bad.jsonl");
+    std::fs::write(&f, "{\"type\":\"contact\",\"key\":\"evil\\r\\nkey\"}\n").unwrap();
+    let o = e.run(&["records", "import", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(":1:") && err.contains("control character"),
+        "{err}"
+    );
+}
