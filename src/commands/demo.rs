@@ -276,8 +276,13 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
     out.push_str("\n$ foldertrack status\n");
     out.push_str(&super::status(&config, &store, None, false)?);
     let c = cfg_path.display();
+    // The binary as the user can type it: relative to where they are, when it is below.
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| std::env::current_dir().ok().and_then(|d| e.strip_prefix(&d).ok().map(|r| format!("./{}", r.display()))))
+        .unwrap_or_else(|| "foldertrack".into());
     out.push_str(&format!(
-        "\nTry next (the store stays in {}):\n  foldertrack --config {c} activities show 1\n  foldertrack --config {c} activities list --regarding account:acme --json\n  foldertrack --config {c} records list\n",
+        "\nTry next (the store stays in {}):\n  {exe} --config {c} activities show 1\n  {exe} --config {c} activities list --regarding account:acme --json\n  {exe} --config {c} records list\n",
         dir.join("data").display()
     ));
     Ok(out)
