@@ -279,7 +279,13 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
     // The binary as the user can type it: relative to where they are, when it is below.
     let exe = std::env::current_exe()
         .ok()
-        .and_then(|e| std::env::current_dir().ok().and_then(|d| e.strip_prefix(&d).ok().map(|r| format!("./{}", r.display()))))
+        .and_then(|e| {
+            std::env::current_dir().ok().and_then(|d| {
+                e.strip_prefix(&d)
+                    .ok()
+                    .map(|r| format!("./{}", r.display()))
+            })
+        })
         .unwrap_or_else(|| "foldertrack".into());
     out.push_str(&format!(
         "\nTry next (the store stays in {}):\n  {exe} --config {c} activities show 1\n  {exe} --config {c} activities list --regarding account:acme --json\n  {exe} --config {c} records list\n",
