@@ -218,8 +218,8 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
         message,
     })?;
     // A literal may hold the largest message we fetch (plus slack); a line anything but a
-    // literal: 64 MiB covers a SEARCH answer for millions of UIDs.
-    let guard = || Guard::new(mb.max_message_bytes.saturating_add(1 << 20), 64 << 20);
+    // literal: 32 MiB covers a SEARCH answer for millions of UIDs.
+    let guard = || Guard::new(mb.max_message_bytes.saturating_add(1 << 20), 32 << 20);
     let fut = async {
         let tcp = TcpStream::connect((mb.host.as_str(), mb.port))
             .await
