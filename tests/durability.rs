@@ -41,14 +41,7 @@ fn sync_of_1000_messages_tracks_each_once_and_second_sync_adds_none() {
         "a second sync opens nothing: {out}"
     );
     let acts = e.activities();
-    assert_eq!(acts.len(), 1000);
-    let mut ids: Vec<&str> = acts
-        .iter()
-        .map(|a| a["message_id"].as_str().unwrap())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 1000, "every message exactly once");
+    assert_each_once(&acts, 1000);
 }
 
 #[test]
@@ -85,12 +78,5 @@ fn sync_killed_with_sigkill_half_way_resumes_to_exactly_1000() {
     );
     e.ok(&["sync"]);
     let acts = e.activities();
-    assert_eq!(acts.len(), 1000);
-    let mut ids: Vec<&str> = acts
-        .iter()
-        .map(|a| a["message_id"].as_str().unwrap())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 1000);
+    assert_each_once(&acts, 1000);
 }

@@ -269,14 +269,7 @@ fn a_full_disk_stops_tracking_with_a_clear_error_and_loses_nothing_once_there_is
         .success());
     e.ok(&["sync"]);
     let acts = e.activities();
-    assert_eq!(acts.len(), 8, "nothing lost");
-    let mut ids: Vec<&str> = acts
-        .iter()
-        .map(|a| a["message_id"].as_str().unwrap())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 8, "nothing doubled");
+    assert_each_once(&acts, 8);
     assert_eq!(e.status()["quarantined"], 0);
     for a in &acts {
         let o = e.run(&["activities", "attachment", &a["id"].to_string(), "1"]);

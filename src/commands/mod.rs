@@ -466,17 +466,19 @@ fn quarantine_list(store: &Store, json: bool) -> Result<String> {
     ))
 }
 
-fn quarantine_show(store: &Store, id: u64) -> Result<String> {
-    let e = store
-        .quarantine()?
-        .into_iter()
-        .find(|e| e.id == id)
-        .ok_or_else(|| {
-            UsageError(format!(
-                "no quarantined message {id} (see `foldertrack quarantine list`)"
-            ))
-        })?;
+/// A quarantined message and its raw bytes, or the usage error that names the list command.
+fn quarantined(store: &Store, id: u64) -> Result<(crate::store::QuarantineEntry, Vec<u8>)> {
+    let e = store.quarantine_entry(id)?.ok_or_else(|| {
+        UsageError(format!(
+            "no quarantined message {id} (see `foldertrack quarantine list`)"
+        ))
+    })?;
     let raw = store.quarantine_raw(id)?.unwrap_or_default();
+    Ok((e, raw))
+}
+
+fn quarantine_show(store: &Store, id: u64) -> Result<String> {
+    let (e, raw) = quarantined(store, id)?;
     Ok(format!(
         "quarantined message {}\n  source: {}/{} (uidvalidity {}, uid {})\n  reason: {}\n  at:     {}\n  bytes:  {}\n\n{}",
         e.id,
@@ -590,16 +592,7 @@ fn rules_check(config: &Config, store: &Store) -> Result<(String, bool)> {
 }
 
 fn quarantine_replay(config: &Config, store: &Store, id: u64) -> Result<String> {
-    let e = store
-        .quarantine()?
-        .into_iter()
-        .find(|e| e.id == id)
-        .ok_or_else(|| {
-            UsageError(format!(
-                "no quarantined message {id} (see `foldertrack quarantine list`)"
-            ))
-        })?;
-    let raw = store.quarantine_raw(id)?.unwrap_or_default();
+    let (e, raw) = quarantined(store, id)?;
     match crate::sync::replay(config, store, &e.source, raw) {
         Ok(out) => {
             store.quarantine_remove(id)?;

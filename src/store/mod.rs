@@ -668,6 +668,15 @@ impl Store {
             .collect()
     }
 
+    /// One quarantined message, by id (a point read, not a scan of the quarantine).
+    pub fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>> {
+        self.t
+            .quarantine
+            .get(id.to_be_bytes())?
+            .map(|v| dec("quarantine", &v))
+            .transpose()
+    }
+
     /// Removes a quarantined message (after a successful replay, or `quarantine drop`).
     pub fn quarantine_remove(&self, id: u64) -> Result<bool> {
         let Some(v) = self.t.quarantine.remove(id.to_be_bytes())? else {

@@ -258,6 +258,19 @@ pub fn fixtures_dir() -> PathBuf {
         .join("mail")
 }
 
+/// Asserts `acts` holds exactly `n` activities with `n` different Message-IDs: nothing lost,
+/// nothing doubled.
+pub fn assert_each_once(acts: &[serde_json::Value], n: usize) {
+    assert_eq!(acts.len(), n, "nothing lost");
+    let mut ids: Vec<&str> = acts
+        .iter()
+        .map(|a| a["message_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "nothing doubled");
+}
+
 /// Activities whose subject equals `s`.
 pub fn by_subject<'a>(acts: &'a [serde_json::Value], s: &str) -> Vec<&'a serde_json::Value> {
     acts.iter().filter(|a| a["subject"] == s).collect()
