@@ -730,13 +730,7 @@ impl Store {
                 if a.regarding.as_deref() == regarding {
                     return Ok(true);
                 }
-                if let Some(old) = &a.regarding {
-                    by_reg.remove(keys::regarding(old, id))?;
-                }
-                a.regarding = regarding.map(str::to_string);
-                if let Some(new) = &a.regarding {
-                    by_reg.insert(keys::regarding(new, id), &[])?;
-                }
+                set_regarding(by_reg, &mut a, id, regarding.map(str::to_string))?;
                 acts.insert(&id.to_be_bytes(), enc(&a))?;
                 Ok(true)
             })
@@ -1220,6 +1214,23 @@ fn next_id(meta: &TransactionalTree, counter: &str) -> TxResult<u64> {
     Ok(cur)
 }
 
+/// Points activity `id` at `regarding`, keeping the `activity_by_regarding` index in step.
+fn set_regarding(
+    by_regarding: &TransactionalTree,
+    a: &mut Activity,
+    id: u64,
+    regarding: Option<String>,
+) -> TxResult<()> {
+    if let Some(old) = &a.regarding {
+        by_regarding.remove(keys::regarding(old, id))?;
+    }
+    a.regarding = regarding;
+    if let Some(new) = &a.regarding {
+        by_regarding.insert(keys::regarding(new, id), &[])?;
+    }
+    Ok(())
+}
+
 fn load(acts: &TransactionalTree, id: u64) -> TxResult<Option<Activity>> {
     acts.get(id.to_be_bytes())?
         .map(|v| serde_json::from_slice(&v).map_err(abort))
@@ -1442,13 +1453,7 @@ fn apply_activity(
             .filter(|s| **s != a.source)
             .any(|s| s.mailbox == a.source.mailbox);
         if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
-            if let Some(old) = &cur.regarding {
-                tx.by_regarding.remove(keys::regarding(old, id))?;
-            }
-            cur.regarding = a.regarding.clone();
-            if let Some(new) = &cur.regarding {
-                tx.by_regarding.insert(keys::regarding(new, id), &[])?;
-            }
+            set_regarding(tx.by_regarding, &mut cur, id, a.regarding.clone())?;
             out.relinked += 1;
         }
         tx.by_source.insert(skey, &id.to_be_bytes())?;
