@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs what foldertrack's demo and tests need on Debian/Ubuntu: Dovecot (IMAP), only if missing.
+# Installs what foldertrack's demo and tests need on Debian/Ubuntu, only what is missing:
+# Dovecot (IMAP, and LMTP so the test SMTP server can deliver into it) and Python's aiosmtpd
+# (the real SMTP server the outgoing-mail tests send through).
 set -euo pipefail
-if [ -x /usr/sbin/dovecot ] && command -v doveadm >/dev/null 2>&1; then
-  exit 0
-fi
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-$SUDO apt-get update
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y dovecot-imapd
+if ! [ -x /usr/sbin/dovecot ] || ! command -v doveadm >/dev/null 2>&1 || ! [ -x /usr/lib/dovecot/lmtp ]; then
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y dovecot-imapd dovecot-lmtpd
+fi
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m pip install --quiet aiosmtpd
+fi

@@ -4,7 +4,10 @@
 //! Every error names the file, the line and the key, because the person reading it is an admin
 //! editing a file, not a developer reading a backtrace.
 
+mod smtp;
+
 use crate::model::RecordRef;
+pub use smtp::{RetryPolicy, SmtpConfig};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -105,6 +108,8 @@ pub struct MailboxConfig {
     pub crm: CrmSettings,
     /// The configuration's `max_message_size`: also the largest literal a server may send.
     pub max_message_bytes: u64,
+    /// Outgoing side (`activities send`): `None` when neither `[smtp]` nor `[mailbox.smtp]` exist.
+    pub smtp: Option<SmtpConfig>,
 }
 
 /// What to do with a sender no record has (DESIGN §4.9).
@@ -249,6 +254,7 @@ struct RawConfig {
     max_message_size: Option<Spanned<i64>>,
     cache_mb: Option<Spanned<i64>>,
     command_timeout: Option<Spanned<i64>>,
+    smtp: Option<smtp::RawSmtp>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +293,7 @@ struct RawMailbox {
     token: Option<Spanned<crate::track::token::TokenFormat>>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    smtp: Option<smtp::RawSmtp>,
 }
 
 #[derive(Deserialize)]
@@ -424,7 +431,7 @@ impl Config {
 
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
-            let mb = check_mailbox(&loc, i, m, &resolve)?;
+            let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
             if mailboxes.iter().any(|o: &MailboxConfig| o.name == mb.name) {
                 return Err(loc.err(
                     None,
@@ -456,9 +463,11 @@ fn check_mailbox(
     loc: &Locator<'_>,
     i: usize,
     m: RawMailbox,
+    global_smtp: Option<&smtp::RawSmtp>,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<MailboxConfig, ConfigError> {
     let k = |f: &str| format!("mailbox[{i}].{f}");
+    let smtp = smtp::check(loc, &format!("mailbox[{i}]"), m.smtp, global_smtp, resolve)?;
     let name = m.name.get_ref().trim().to_string();
     if name.is_empty() || name.contains(['\0', '/']) {
         return Err(loc.err(
@@ -701,6 +710,7 @@ fn check_mailbox(
         watch,
         crm,
         max_message_bytes: FetchLimits::default().max_message_bytes,
+        smtp,
     })
 }
 

@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         cmd: RulesCmd,
     },
+    /// Email activities on their way out over SMTP: list, retry, cancel.
+    Outbox {
+        #[command(subcommand)]
+        cmd: OutboxCmd,
+    },
     /// Messages that could not be tracked, kept with their raw bytes.
     Quarantine {
         #[command(subcommand)]
@@ -87,6 +92,18 @@ enum Command {
 enum RulesCmd {
     List,
     Check,
+}
+
+#[derive(Subcommand)]
+enum OutboxCmd {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a queued, failed or in-doubt ("unknown") activity now.
+    Retry { id: u64 },
+    /// Never send it.
+    Cancel { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +171,33 @@ enum ActivitiesCmd {
     },
     /// Write attachment N (from 1) of an activity to stdout: `... attachment 7 1 > file.pdf`.
     Attachment { id: u64, n: usize },
+    /// Send an email activity from a mailbox over its SMTP server, with a tracking token in the
+    /// subject; the Sent copy is appended to the mailbox's Sent folder, and replies correlate.
+    Send {
+        #[arg(long)]
+        mailbox: String,
+        /// Recipient (repeat for more).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        cc: Vec<String>,
+        #[arg(long)]
+        subject: String,
+        /// Plain-text body.
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        /// An HTML alternative of the body.
+        #[arg(long)]
+        html_file: Option<PathBuf>,
+        /// A file to attach (repeat for more).
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+        /// The record it regards, type:key.
+        #[arg(long)]
+        regarding: String,
+    },
     /// Set the regarding by hand (a folder rule with a regarding resets it at the next pass).
     Link {
         id: u64,
@@ -259,6 +303,30 @@ async fn run(cli: Cli) -> Reply {
             ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
             ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink { id, regarding },
             ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
+            ActivitiesCmd::Send {
+                mailbox,
+                to,
+                cc,
+                subject,
+                body,
+                body_file,
+                html_file,
+                attach,
+                regarding,
+            } => match commands::outbox::send_request(commands::outbox::SendArgs {
+                mailbox,
+                to,
+                cc,
+                subject,
+                body,
+                body_file,
+                html_file,
+                attach,
+                regarding,
+            }) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            },
         },
         Command::Rules { cmd } => match cmd {
             RulesCmd::List => Request::RulesList,
@@ -269,6 +337,11 @@ async fn run(cli: Cli) -> Reply {
             QuarantineCmd::Show { id } => Request::QuarantineShow { id },
             QuarantineCmd::Replay { id } => Request::QuarantineReplay { id },
             QuarantineCmd::Drop { id } => Request::QuarantineDrop { id },
+        },
+        Command::Outbox { cmd } => match cmd {
+            OutboxCmd::List { json } => Request::OutboxList { json },
+            OutboxCmd::Retry { id } => Request::OutboxRetry { id },
+            OutboxCmd::Cancel { id } => Request::OutboxCancel { id },
         },
         Command::Status { json } => Request::Status { json },
         Command::Demo { .. } => unreachable!("handled above"),

@@ -24,6 +24,8 @@ type Tasks = BTreeMap<String, (Live, Arc<Notify>)>;
 #[derive(Clone, Default)]
 pub struct AgentHandle {
     inner: Arc<Mutex<Tasks>>,
+    /// Wakes the outbox runner (a send was queued or retried).
+    outbox: Arc<Notify>,
     pub pid: u32,
 }
 
@@ -41,6 +43,11 @@ impl AgentHandle {
             }
         }
         format!("the running agent (pid {}) tracks continuously; woke {n} mailbox(es) for an immediate pass\n", self.pid)
+    }
+
+    /// Makes the outbox runner look at the queue now.
+    pub fn wake_outbox(&self) {
+        self.outbox.notify_one();
     }
 
     pub fn live(&self, mailbox: &str) -> Option<LiveState> {
@@ -175,10 +182,53 @@ fn start(
         };
         handles.push(tokio::spawn(watch::watch_mailbox(task)));
     }
+    if config.mailboxes.iter().any(|m| m.smtp.is_some()) {
+        handles.push(tokio::spawn(run_outbox(
+            config.clone(),
+            store.clone(),
+            agent.outbox.clone(),
+            cancel.clone(),
+        )));
+    }
     if let Ok(mut m) = agent.inner.lock() {
         *m = map;
     }
     handles
+}
+
+/// The outbox runner: settles interrupted sends, sends what is due, then sleeps until the next
+/// entry is due (at most a minute) or a command wakes it.
+async fn run_outbox(
+    config: Config,
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    loop {
+        // Not cancelled mid-round: an SMTP transaction cut short is a send in doubt.
+        let next = crate::outbox::run_due(&config, &store).await;
+        if cancel.is_cancelled() {
+            return;
+        }
+        let wait = match next {
+            Ok(Some(at)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                Duration::from_secs(at.saturating_sub(now).clamp(1, 60) as u64)
+            }
+            Ok(None) => Duration::from_secs(60),
+            Err(e) => {
+                tracing::error!(error = %e, "outbox round failed");
+                Duration::from_secs(30)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
 }
 
 /// Waits for the tasks to finish their batch; aborts what is still running after 60 s.

@@ -265,6 +265,7 @@ fn mailbox(variant: u8) -> MailboxConfig {
         watch: Default::default(),
         crm,
         max_message_bytes: foldertrack::config::FetchLimits::default().max_message_bytes,
+        smtp: None,
     }
 }
 

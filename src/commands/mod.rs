@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod outbox;
 pub mod show;
 
 use crate::config::Config;
@@ -151,6 +152,19 @@ pub enum Request {
         n: usize,
     },
     RulesList,
+    /// Compose, queue and send an email activity.
+    ActivitiesSend {
+        outgoing: crate::outbox::Outgoing,
+    },
+    OutboxList {
+        json: bool,
+    },
+    OutboxRetry {
+        id: u64,
+    },
+    OutboxCancel {
+        id: u64,
+    },
     /// Offline check of every rule: the record exists and the mailbox owner may write it.
     RulesCheck,
 }
@@ -298,6 +312,12 @@ pub async fn execute(
             Err(e) => Err(e.into()),
         },
         Request::RulesList => Ok(rules_list(config)),
+        Request::ActivitiesSend { outgoing } => {
+            outbox::send(config, store, &outgoing, agent).await
+        }
+        Request::OutboxList { json } => outbox::list(store, json),
+        Request::OutboxRetry { id } => outbox::retry(config, store, id, agent).await,
+        Request::OutboxCancel { id } => outbox::cancel(store, id),
         Request::RulesCheck => match rules_check(config, store) {
             Ok((text, true)) => Ok(text),
             Ok((text, false)) => Err(PartialFailure {
@@ -396,9 +416,15 @@ fn activities_show(store: &Store, id: u64, json: bool) -> Result<String> {
     if json {
         let mut v = serde_json::to_value(&a)?;
         v["counterpart"] = serde_json::json!(counterpart);
+        if let Some(e) = store.outbox_entry(id)? {
+            v["send"] = serde_json::to_value(&e)?;
+        }
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut text = show::activity_text(&a);
+    if let Some(e) = store.outbox_entry(id)? {
+        text.push_str(&outbox::show_lines(&e));
+    }
     if let Some(c) = counterpart {
         text = text.replacen(
             "\n",

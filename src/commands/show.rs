@@ -219,6 +219,8 @@ pub struct MailboxStatus {
     pub health: MailboxState,
     /// What the running agent's task for this mailbox is doing now (only while `run` is going).
     pub live: Option<crate::watch::LiveState>,
+    /// The outgoing side (SMTP and the outbox), like Dynamics' "outgoing email status".
+    pub outgoing: String,
     pub folders: Vec<FolderStatus>,
 }
 
@@ -255,6 +257,7 @@ impl Status {
                 state,
                 health,
                 live,
+                outgoing: super::outbox::outgoing_state(config, store, &mb.name)?,
                 folders: folders
                     .iter()
                     .filter(|f| f.mailbox == mb.name)
@@ -292,6 +295,7 @@ impl Status {
                 m.state,
                 m.health.last_success.as_deref().unwrap_or("never")
             ));
+            s.push_str(&format!("  outgoing: {}\n", m.outgoing));
             if let Some(l) = &m.live {
                 s.push_str(&format!(
                     "  now: {}{}{} (reconnects {}, last pass {})\n",

@@ -8,6 +8,9 @@
 //! already tracked message (same dedup key and direction) only adds its source.
 
 mod keys;
+pub mod outbox;
+
+pub use outbox::{OutboxEntry, SendState, OUTBOX_FOLDER};
 
 use crate::model::{Activity, Alert, Correlation, Direction, Draft, Record, RecordRef, Source};
 use crate::track::{ActivityLookup, RecordLookup};
@@ -278,6 +281,7 @@ struct Trees {
     activity_by_subject: sled::Tree,
     activity_by_parent: sled::Tree,
     blobs: sled::Tree,
+    outbox: sled::Tree,
 }
 
 fn now() -> String {
@@ -408,6 +412,7 @@ impl Store {
             activity_by_subject: tree("activity_by_subject")?,
             activity_by_parent: tree("activity_by_parent")?,
             blobs: tree("blobs")?,
+            outbox: tree("outbox")?,
         };
         let store = Store {
             db,

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod smtp;
+
 use foldertrack::sandbox::{Sandbox, SandboxOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,7 +32,7 @@ pub fn env_with(mut opts: SandboxOptions) -> Env {
         foldertrack::sandbox::dovecot_available(),
         "these tests need Dovecot: apt-get install dovecot-imapd (README: the test command installs it)"
     );
-    opts.users = ["alice", "bob", "user1"]
+    opts.users = ["alice", "bob", "carol", "user1"]
         .iter()
         .map(|u| (u.to_string(), PASSWORD.to_string()))
         .collect();

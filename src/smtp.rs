@@ -1,0 +1,164 @@
+//! The SMTP side (lettre): a transport per mailbox from its `[smtp]` settings, one send, and
+//! the Test & Enable check of the outgoing side.
+//!
+//! Errors are sorted by what the outbox must do next, not by where lettre found them: a 5xx
+//! reply to the message is final, an authentication failure is the mailbox's problem (the
+//! message stays queued), anything else (refused connection, 4xx, timeout) is retried.
+
+use crate::config::{SmtpConfig, TlsMode};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
+/// Why a send (or the check) did not go through, sorted by what to do next.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SmtpError {
+    /// The configuration cannot work (CA file, password source): fix it, then retry.
+    #[error("SMTP {addr}: {message}")]
+    Config { addr: String, message: String },
+    /// The server refused our credentials (535 and friends). The message stays queued.
+    #[error("SMTP login to {addr} as {user} failed: {message}")]
+    Auth {
+        addr: String,
+        user: String,
+        message: String,
+    },
+    /// The server refused the message for good (5xx): it will not be sent.
+    #[error("SMTP {addr} refused the message: {message}")]
+    Rejected { addr: String, message: String },
+    /// Try again later: connection refused or lost, 4xx, timeout, TLS trouble.
+    #[error("SMTP {addr}: {message}")]
+    Deferred { addr: String, message: String },
+}
+
+impl SmtpError {
+    /// A failure that retrying will not fix for this message.
+    pub fn is_final(&self) -> bool {
+        matches!(self, SmtpError::Rejected { .. })
+    }
+}
+
+/// `host:port`, for messages.
+pub fn addr(cfg: &SmtpConfig) -> String {
+    format!("{}:{}", cfg.host, cfg.port)
+}
+
+/// Builds the transport. Reads the password (never logged, never in an error).
+pub fn transport(cfg: &SmtpConfig) -> Result<Transport, SmtpError> {
+    let addr = addr(cfg);
+    let config_err = |message: String| SmtpError::Config {
+        addr: addr.clone(),
+        message,
+    };
+    let tls = match cfg.tls {
+        TlsMode::None => Tls::None,
+        mode => {
+            let mut params = TlsParameters::builder(cfg.host.clone());
+            if let Some(path) = &cfg.ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    config_err(format!("cannot read ca_file {}: {e}", path.display()))
+                })?;
+                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                    config_err(format!("ca_file {} is not a PEM certificate: {e}", path.display()))
+                })?;
+                params = params.add_root_certificate(cert);
+            }
+            let params = params
+                .build_rustls()
+                .map_err(|e| config_err(format!("TLS setup: {e}")))?;
+            if mode == TlsMode::Implicit {
+                Tls::Wrapper(params)
+            } else {
+                Tls::Required(params)
+            }
+        }
+    };
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
+        .port(cfg.port)
+        .tls(tls)
+        .timeout(Some(cfg.timeout));
+    if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password) {
+        let password = pw.read().map_err(|m| config_err(format!("password: {m}")))?;
+        b = b.credentials(Credentials::new(user.clone(), password));
+    }
+    Ok(b.build())
+}
+
+/// Sends `raw` to the envelope's recipients. `Ok` holds the server's answer.
+pub async fn send(cfg: &SmtpConfig, envelope: &Envelope, raw: &[u8]) -> Result<String, SmtpError> {
+    let t = transport(cfg)?;
+    match t.send_raw(envelope, raw).await {
+        Ok(resp) => Ok(format!(
+            "{} {}",
+            resp.code(),
+            resp.message().collect::<Vec<_>>().join(" ")
+        )),
+        Err(e) => Err(classify(cfg, &e)),
+    }
+}
+
+/// Connects, secures, greets and logs in, as `check` does for the outgoing side. Returns a
+/// line saying what worked.
+pub async fn test(cfg: &SmtpConfig) -> Result<String, SmtpError> {
+    let t = transport(cfg)?;
+    match t.test_connection().await {
+        Ok(true) => Ok(format!(
+            "{} ({}{})",
+            addr(cfg),
+            match cfg.tls {
+                TlsMode::Implicit => "implicit TLS",
+                TlsMode::Starttls => "STARTTLS",
+                TlsMode::None => "plaintext",
+            },
+            match &cfg.user {
+                Some(u) => format!(", logged in as {u}"),
+                None => ", no AUTH".to_string(),
+            }
+        )),
+        Ok(false) => Err(SmtpError::Deferred {
+            addr: addr(cfg),
+            message: "the server did not answer NOOP after the login".into(),
+        }),
+        Err(e) => Err(classify(cfg, &e)),
+    }
+}
+
+/// Sorts a lettre error. The message keeps lettre's text and the server's reply (which may
+/// quote our address, never the password).
+fn classify(cfg: &SmtpConfig, e: &lettre::transport::smtp::Error) -> SmtpError {
+    let addr = addr(cfg);
+    let message = error_text(e);
+    let code = e.status().map(|c| c.to_string());
+    // RFC 4954: 535 bad credentials, 534 mechanism too weak, 538 encryption required, 530
+    // authentication required.
+    if matches!(code.as_deref(), Some("535" | "534" | "538" | "530")) {
+        return SmtpError::Auth {
+            addr,
+            user: cfg.user.clone().unwrap_or_default(),
+            message,
+        };
+    }
+    if e.is_permanent() {
+        SmtpError::Rejected { addr, message }
+    } else {
+        SmtpError::Deferred { addr, message }
+    }
+}
+
+/// lettre's error and its causes on one line.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,225 @@
+//! The outbox (DESIGN §5 `outbox` tree): email activities created in the CRM, on their way out
+//! through the mailbox's SMTP server.
+//!
+//! An entry is keyed by its activity id and is the one place that says where the send stands.
+//! The activity and its entry are written in one transaction (an activity never exists without
+//! its entry, nor the reverse), and every change of state is flushed before anything outside the
+//! store happens next: `Sending` is durable before the first SMTP byte, `Sent` before the Sent
+//! copy is appended. So a crash leaves an entry in a state that says what may have happened.
+
+use super::{
+    apply_activity, dec, enc, keys, next_id, now, tx_err, BatchOutcome, Result, Store, StoreError,
+    Tx,
+};
+use crate::model::{Draft, Source};
+use serde::{Deserialize, Serialize};
+use sled::transaction::Transactional;
+
+/// Folder name of the pseudo source of an activity created in the CRM (it has no IMAP copy
+/// until the Sent copy is appended and tracked). Not a valid IMAP folder name in config form.
+pub const OUTBOX_FOLDER: &str = "@outbox";
+
+/// Where a send stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendState {
+    /// Waiting for its (next) attempt at `next_attempt`.
+    Queued,
+    /// An attempt is under way. Found at start-up, it means a process stopped mid-send.
+    Sending,
+    /// The server accepted it.
+    Sent,
+    /// The server refused it for good (5xx), or retries gave up.
+    Failed,
+    /// A process stopped while the server was taking the message, and its Message-ID is not
+    /// in the Sent folder: it may have gone out. Never sent again without `outbox retry`.
+    Unknown,
+    /// Cancelled by an admin before it went out.
+    Cancelled,
+}
+
+impl SendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendState::Queued => "queued",
+            SendState::Sending => "sending",
+            SendState::Sent => "sent",
+            SendState::Failed => "failed",
+            SendState::Unknown => "unknown",
+            SendState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One outgoing email activity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub activity: u64,
+    pub mailbox: String,
+    /// With angle brackets.
+    pub message_id: String,
+    /// The message as sent (and as appended to Sent), in the blob store.
+    pub raw_sha256: String,
+    pub raw_size: u64,
+    /// SMTP envelope.
+    pub from: String,
+    pub recipients: Vec<String>,
+    pub state: SendState,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub queued_at: i64,
+    /// Unix seconds; only meaningful while `Queued`.
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub sent_at: Option<String>,
+    /// The server's answer to the message (`250 2.0.0 Ok: queued as …`).
+    pub server_reply: Option<String>,
+    /// The folder the sent copy is in (appended by us, or found there); `None` until then.
+    pub sent_copy: Option<String>,
+    /// Why the sent copy could not be appended yet (retried with the queue).
+    pub copy_error: Option<String>,
+}
+
+impl OutboxEntry {
+    /// Whether the queue still has something to do for it.
+    pub fn is_due(&self, now: i64) -> bool {
+        match self.state {
+            SendState::Queued => self.next_attempt <= now,
+            SendState::Sent => self.sent_copy.is_none() && self.next_attempt <= now,
+            _ => false,
+        }
+    }
+}
+
+impl Store {
+    /// Writes a new outgoing activity and its outbox entry in one transaction, then flushes.
+    /// The activity gets a pseudo source in [`OUTBOX_FOLDER`]; the Sent copy, once tracked,
+    /// merges into it by Message-ID like any other copy. Returns the activity id.
+    pub fn enqueue_outgoing(&self, draft: &Draft, mut entry: OutboxEntry) -> Result<u64> {
+        self.ensure_space(draft.activity.body_text.len() as u64 + 8192)?;
+        self.sync_pack()?;
+        let t = &self.t;
+        let trees = [
+            &t.activities,
+            &t.activity_by_msgid,
+            &t.activity_by_source,
+            &t.activity_by_regarding,
+            &t.folders,
+            &t.quarantine,
+            &t.quarantine_raw,
+            &t.quarantine_by_source,
+            &t.alerts,
+            &t.meta,
+            &t.activity_by_token,
+            &t.activity_by_thread,
+            &t.activity_by_subject,
+            &t.records,
+            &t.record_by_email,
+            &t.record_by_name,
+            &t.activity_by_parent,
+            &t.outbox,
+        ];
+        let at = now();
+        let id = trees
+            .transaction(|tx| {
+                let outbox = &tx[17];
+                let txs = Tx::new(tx);
+                let mut out = BatchOutcome::default();
+                let mut created = Vec::new();
+                apply_activity(&txs, draft, &at, &entry.mailbox, &mut out, &mut created)?;
+                let Some(a) = created.first() else {
+                    return Err(super::abort(format!(
+                        "message {} is already tracked: nothing queued",
+                        entry.message_id
+                    )));
+                };
+                let mut e = entry.clone();
+                e.activity = a.id;
+                outbox.insert(&a.id.to_be_bytes(), enc(&e))?;
+                Ok(a.id)
+            })
+            .map_err(tx_err)?;
+        entry.activity = id;
+        self.flush()?;
+        Ok(id)
+    }
+
+    /// A fresh pseudo source for an activity created in the CRM.
+    pub fn outbox_source(&self, mailbox: &str) -> Result<Source> {
+        let n = self
+            .t
+            .meta
+            .update_and_fetch("next_outbox_uid", |v| {
+                let cur = v.map(keys::u64_of).unwrap_or(0);
+                Some((cur + 1).to_be_bytes().to_vec())
+            })?
+            .map(|v| keys::u64_of(&v))
+            .unwrap_or(1);
+        Ok(Source {
+            mailbox: mailbox.to_string(),
+            folder: OUTBOX_FOLDER.to_string(),
+            uidvalidity: 0,
+            uid: u32::try_from(n % u64::from(u32::MAX)).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The next tracking token number for `user` (a `systemuser:key`): its user number
+    /// (assigned on its first send, then fixed, as Dynamics numbers users) and its counter.
+    /// Durable before it is used, so a token is never handed out twice by a crash.
+    pub fn next_token_numbers(&self, user: &str) -> Result<(u32, u64)> {
+        let ukey = format!("token_user:{user}");
+        let ckey = format!("token_counter:{user}");
+        let (u, c) = self
+            .t
+            .meta
+            .transaction(|m| {
+                let u = match m.get(ukey.as_bytes())? {
+                    Some(v) => keys::u64_of(&v),
+                    None => {
+                        let u = next_id(m, "token_users")?;
+                        m.insert(ukey.as_bytes(), &u.to_be_bytes())?;
+                        u
+                    }
+                };
+                let c = next_id(m, &ckey)?;
+                Ok((u, c))
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok((u32::try_from(u).unwrap_or(u32::MAX), c))
+    }
+
+    pub fn outbox_entry(&self, activity: u64) -> Result<Option<OutboxEntry>> {
+        self.t
+            .outbox
+            .get(activity.to_be_bytes())?
+            .map(|v| dec("outbox", &v))
+            .transpose()
+    }
+
+    /// Every entry, oldest first.
+    pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>> {
+        self.t
+            .outbox
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                dec("outbox", &v)
+            })
+            .collect()
+    }
+
+    /// Replaces an entry (it must exist) and flushes: every state change is durable before the
+    /// caller acts on it.
+    pub fn put_outbox_entry(&self, e: &OutboxEntry) -> Result<()> {
+        if !self.t.outbox.contains_key(e.activity.to_be_bytes())? {
+            return Err(StoreError::NotFound(format!(
+                "activity {} is not in the outbox",
+                e.activity
+            )));
+        }
+        self.t.outbox.insert(e.activity.to_be_bytes(), enc(e))?;
+        self.flush()
+    }
+}

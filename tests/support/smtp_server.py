@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""A real SMTP submission server for foldertrack's integration tests.
+
+aiosmtpd with STARTTLS (required before AUTH) and AUTH PLAIN/LOGIN, handing every accepted
+message over LMTP to the test's Dovecot, so a message sent by foldertrack really lands in the
+recipient's mailbox. Knobs make it misbehave on purpose:
+
+  --reject TEXT     RCPT TO addresses containing TEXT get 550 5.1.1 (permanent failure)
+  --tempfail N      the first N DATA commands get 451 4.3.0 (transient failure)
+  --log FILE        one line per accepted message: its Message-ID (to count sends exactly)
+
+Usage: smtp_server.py --port P --lmtp /path/to/dovecot/run/lmtp --cert C --key K \
+                      --users alice:pass,carol:pass [--log F] [--reject T] [--tempfail N]
+"""
+
+import argparse
+import asyncio
+import email.parser
+import signal
+import smtplib
+import ssl
+import sys
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+class Handler:
+    def __init__(self, args):
+        self.args = args
+        self.tempfail_left = args.tempfail
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.args.reject and self.args.reject in address:
+            return "550 5.1.1 <%s>: mailbox unavailable" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.tempfail_left > 0:
+            self.tempfail_left -= 1
+            return "451 4.3.0 temporary failure, try again later"
+        data = envelope.original_content or envelope.content
+        try:
+            with smtplib.LMTP(self.args.lmtp) as lmtp:
+                refused = lmtp.sendmail(envelope.mail_from, envelope.rcpt_tos, data)
+        except smtplib.SMTPRecipientsRefused as e:
+            return "550 5.1.1 LMTP refused every recipient: %r" % (e.recipients,)
+        except Exception as e:  # noqa: BLE001 - report any hand-off failure as transient
+            return "451 4.3.0 LMTP hand-off failed: %s" % e
+        if refused:
+            return "550 5.1.1 LMTP refused %r" % (refused,)
+        msg = email.parser.BytesHeaderParser().parsebytes(data)
+        if self.args.log:
+            with open(self.args.log, "a") as f:
+                f.write("%s\n" % (msg.get("Message-ID", "").strip(),))
+        return "250 2.0.0 OK delivered to %d recipient(s)" % len(envelope.rcpt_tos)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--lmtp", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--users", required=True)
+    p.add_argument("--log")
+    p.add_argument("--reject")
+    p.add_argument("--tempfail", type=int, default=0)
+    args = p.parse_args()
+    users = dict(u.split(":", 1) for u in args.users.split(","))
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and users.get(auth_data.login.decode()) == auth_data.password.decode()
+        )
+        return AuthResult(success=ok, handled=False)
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.cert, args.key)
+    controller = Controller(
+        Handler(args),
+        hostname="127.0.0.1",
+        port=args.port,
+        tls_context=ctx,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=True,
+        server_hostname="smtp.test",
+    )
+    controller.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    loop.run_until_complete(stop.wait())
+    controller.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
