@@ -7,8 +7,8 @@
 mod smtp;
 
 use crate::model::RecordRef;
-pub use smtp::{RetryPolicy, SmtpConfig};
 use serde::Deserialize;
+pub use smtp::{RetryPolicy, SmtpConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -819,5 +819,54 @@ password_env = "ALICE_PW"
         assert!(e.message.contains("no password source"), "{e}");
         let e = parse(&GOOD.replace("systemuser:alice", "contact:alice")).unwrap_err();
         assert_eq!(e.key, "mailbox[0].owner");
+    }
+
+    #[test]
+    fn smtp_tables_merge_field_by_field_and_refuse_plaintext() {
+        let global =
+            "[smtp]\nhost = \"relay.example.com\"\nuser = \"relay\"\npassword_env = \"RELAY_PW\"\n";
+        let c = parse(&format!("{GOOD}{global}")).unwrap();
+        let s = c.mailboxes[0].smtp.as_ref().unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.tls),
+            ("relay.example.com", 587, TlsMode::Starttls)
+        );
+        assert_eq!(s.user.as_deref(), Some("relay"));
+        assert_eq!(s.retry, RetryPolicy::default());
+        // The mailbox's own table overrides what it names, and its password source replaces
+        // the global one (no env + file clash).
+        let own = format!(
+            "{GOOD}  [mailbox.smtp]\n  user = \"alice\"\n  password_file = \"pw\"\n  tls = \"implicit\"\n  retry_initial = 5\n{global}"
+        );
+        let c = parse(&own).unwrap();
+        let s = c.mailboxes[0].smtp.as_ref().unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("relay.example.com", 465));
+        assert_eq!(s.user.as_deref(), Some("alice"));
+        assert_eq!(
+            s.password,
+            Some(PasswordSource::File(PathBuf::from("/etc/ft/pw")))
+        );
+        assert_eq!(s.retry.initial, std::time::Duration::from_secs(5));
+        // No table: the mailbox cannot send.
+        assert!(parse(GOOD).unwrap().mailboxes[0].smtp.is_none());
+        // Plaintext needs allow_plaintext, and the error names the line and key.
+        let plain = format!("{GOOD}  [mailbox.smtp]\n  host = \"127.0.0.1\"\n  tls = \"none\"\n");
+        let e = parse(&plain).unwrap_err();
+        assert_eq!(e.key, "mailbox[0].smtp.tls");
+        assert_eq!(e.line, Some(19));
+        let ok = plain.replace("tls = \"none\"", "tls = \"none\"\n  allow_plaintext = true");
+        assert_eq!(
+            parse(&ok).unwrap().mailboxes[0].smtp.as_ref().unwrap().port,
+            25
+        );
+        // A user needs a password, and the other way round.
+        let e = parse("[smtp]\nhost = \"h\"\nuser = \"u\"\n[[mailbox]]\nname = \"a\"\nowner = \"systemuser:a\"\nhost = \"h\"\nuser = \"a\"\npassword_env = \"X\"\n").unwrap_err();
+        assert_eq!(e.key, "smtp.password_env");
+        assert!(e.message.contains("no password source"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}  [mailbox.smtp]\n  host = \"h\"\n  retry_initial = 60\n  retry_max = 10\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "mailbox[0].smtp.retry_max");
     }
 }

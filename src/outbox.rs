@@ -523,7 +523,10 @@ async fn recover_locked(config: &Config, store: &Store) -> Result<(), OutboxErro
                         ),
                     },
                 )?;
-                tracing::warn!(activity = e.activity, "interrupted send not found in Sent: state unknown, not re-sent");
+                tracing::warn!(
+                    activity = e.activity,
+                    "interrupted send not found in Sent: state unknown, not re-sent"
+                );
             }
             Err(err) => {
                 // Cannot look now (IMAP down): leave it `sending`, look again next round.
@@ -654,7 +657,12 @@ mod tests {
         assert!(e.is_due(100), "Sent without its copy is due for the append");
         e.sent_copy = Some("Sent".into());
         assert!(!e.is_due(1000));
-        for s in [SendState::Failed, SendState::Unknown, SendState::Cancelled, SendState::Sending] {
+        for s in [
+            SendState::Failed,
+            SendState::Unknown,
+            SendState::Cancelled,
+            SendState::Sending,
+        ] {
             e.state = s;
             e.sent_copy = None;
             assert!(!e.is_due(1000), "{s:?} is never picked up by the queue");

@@ -62,7 +62,10 @@ pub fn transport(cfg: &SmtpConfig) -> Result<Transport, SmtpError> {
                     config_err(format!("cannot read ca_file {}: {e}", path.display()))
                 })?;
                 let cert = Certificate::from_pem(&pem).map_err(|e| {
-                    config_err(format!("ca_file {} is not a PEM certificate: {e}", path.display()))
+                    config_err(format!(
+                        "ca_file {} is not a PEM certificate: {e}",
+                        path.display()
+                    ))
                 })?;
                 params = params.add_root_certificate(cert);
             }
@@ -81,7 +84,9 @@ pub fn transport(cfg: &SmtpConfig) -> Result<Transport, SmtpError> {
         .tls(tls)
         .timeout(Some(cfg.timeout));
     if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password) {
-        let password = pw.read().map_err(|m| config_err(format!("password: {m}")))?;
+        let password = pw
+            .read()
+            .map_err(|m| config_err(format!("password: {m}")))?;
         b = b.credentials(Credentials::new(user.clone(), password));
     }
     Ok(b.build())

@@ -607,7 +607,12 @@ pub async fn sync_folder(
 /// Attachments are stored as blobs while the parsed message holds them, unless they are over
 /// `max_attachment_size` or have a blocked extension (DESIGN §4.12): then they are listed with
 /// the reason.
-pub(crate) fn track_one(m: &RawMessage, ctx: &FolderContext<'_>, source: Source, store: &Store) -> BatchItem {
+pub(crate) fn track_one(
+    m: &RawMessage,
+    ctx: &FolderContext<'_>,
+    source: Source,
+    store: &Store,
+) -> BatchItem {
     #[cfg(feature = "failpoints")]
     if let Some(reason) = failpoint(&m.raw) {
         return BatchItem::Quarantined {

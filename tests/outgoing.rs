@@ -34,7 +34,10 @@ fn setup(smtp: &Smtp, e: &Env) {
         &[(
             "alice",
             "alice",
-            &format!("track_other_mail = \"replies\"\n{}", smtp.config_table()),
+            &format!(
+                "track_other_mail = \"replies\"\n[[mailbox.rule]]\nfolder = \"INBOX/Tracked/Acme\"\nregarding = \"account:acme\"\n{}",
+                smtp.config_table()
+            ),
         )],
         "",
     );
@@ -117,7 +120,11 @@ fn send_lands_in_the_recipients_mailbox_and_replies_correlate_by_header_and_by_t
 
     // Carol replies through the same SMTP server, with In-Reply-To (dated now: after the send).
     let now = String::from_utf8(
-        std::process::Command::new("date").arg("-R").output().unwrap().stdout,
+        std::process::Command::new("date")
+            .arg("-R")
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap();
     let now = now.trim();
@@ -129,25 +136,60 @@ fn send_lands_in_the_recipients_mailbox_and_replies_correlate_by_header_and_by_t
     let reply2 = format!("From: Carol Shaw <carol@globex.com>\r\nTo: alice@example.com\r\nSubject: AW: RE: Quote for Q3 CRM:0001001\r\nDate: {now}\r\nMessage-ID: <reply2@globex.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nOne more thing.\r\n");
     smtp.submit_as_carol("carol@globex.com", "alice@example.com", reply2.as_bytes());
     // And unrelated mail, which `replies` leaves out.
-    let other = message("carol@globex.com", "alice@example.com", "Lunch?", Some("<lunch@globex.com>"));
+    let other = message(
+        "carol@globex.com",
+        "alice@example.com",
+        "Lunch?",
+        Some("<lunch@globex.com>"),
+    );
     smtp.submit_as_carol("carol@globex.com", "alice@example.com", &other);
     assert_eq!(count(&e, "alice", "INBOX"), 3);
 
     e.ok(&["sync"]);
     let acts = e.activities();
-    assert_eq!(acts.len(), 3, "two replies tracked, lunch left out: {acts:#?}");
-    let r1 = acts.iter().find(|a| a["message_id"] == "<reply1@globex.com>").unwrap();
+    assert_eq!(
+        acts.len(),
+        3,
+        "two replies tracked, lunch left out: {acts:#?}"
+    );
+    let r1 = acts
+        .iter()
+        .find(|a| a["message_id"] == "<reply1@globex.com>")
+        .unwrap();
     assert_eq!(r1["direction"], "incoming");
     assert_eq!(r1["correlation"]["method"], "in-reply-to");
     assert_eq!(r1["correlation"]["activity"], sent_id);
     assert_eq!(r1["regarding"], "account:globex");
-    let r2 = acts.iter().find(|a| a["message_id"] == "<reply2@globex.com>").unwrap();
+    let r2 = acts
+        .iter()
+        .find(|a| a["message_id"] == "<reply2@globex.com>")
+        .unwrap();
     assert_eq!(r2["correlation"]["method"], "token");
     assert_eq!(r2["correlation"]["activity"], sent_id);
     assert_eq!(r2["regarding"], "account:globex");
 
+    // A reply dragged into a tracked folder: correlated, but the folder rule wins.
+    let mut c = e.imap("alice");
+    c.create("INBOX/Tracked");
+    c.create("INBOX/Tracked/Acme");
+    c.append(
+        "INBOX/Tracked/Acme",
+        reply
+            .replace("<reply1@globex.com>", "<reply3@globex.com>")
+            .as_bytes(),
+    );
+    e.ok(&["sync"]);
+    let acts = e.activities();
+    let r3 = acts
+        .iter()
+        .find(|a| a["message_id"] == "<reply3@globex.com>")
+        .unwrap();
+    assert_eq!(r3["correlation"]["activity"], sent_id);
+    assert_eq!(r3["regarding"], "account:acme", "the folder rule wins");
+
     // The next send takes the next token.
     let out = e.ok(&send_args("carol@globex.com", "Follow-up"));
+    assert_eq!(smtp.accepted().len(), 2);
     assert!(out.contains("sent to"), "{out}");
     let acts = e.activities();
     let f = acts.iter().find(|a| a["token"] == "CRM:0001002");
@@ -206,7 +248,10 @@ fn a_permanent_refusal_fails_the_activity_with_the_servers_answer() {
     let o = e.run(&send_args("nobody@globex.com", "Hello?"));
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("550") && err.contains("mailbox unavailable"), "{err}");
+    assert!(
+        err.contains("550") && err.contains("mailbox unavailable"),
+        "{err}"
+    );
     let q = outbox(&e);
     assert_eq!(q[0]["state"], "failed");
     let id = q[0]["activity"].as_u64().unwrap().to_string();
@@ -246,7 +291,10 @@ fn wrong_smtp_password_fails_check_and_keeps_the_message_queued() {
     );
     assert!(!out.contains("wrong"), "the password is never shown: {out}");
     let out = e.ok(&send_args("carol@globex.com", "Hi"));
-    assert!(out.contains("queued"), "an auth failure is the mailbox's, not the message's: {out}");
+    assert!(
+        out.contains("queued"),
+        "an auth failure is the mailbox's, not the message's: {out}"
+    );
     let st = e.ok(&["status"]);
     assert!(st.contains("outgoing mail is stuck"), "{st}");
 }
@@ -281,7 +329,12 @@ fn killed_right_after_data_is_never_sent_twice() {
     let first_id = q[0]["message_id"].as_str().unwrap();
     e.imap("alice").append(
         "Sent",
-        &message("alice@example.com", "carol@globex.com", "First offer CRM:0001001", Some(first_id)),
+        &message(
+            "alice@example.com",
+            "carol@globex.com",
+            "First offer CRM:0001001",
+            Some(first_id),
+        ),
     );
 
     let agent = e.start_agent();

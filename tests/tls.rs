@@ -3,8 +3,8 @@
 //! not offer STARTTLS is an error, never a plaintext fallback.
 
 mod common;
-use common::*;
 use common::pki::pki;
+use common::*;
 use foldertrack::sandbox::SandboxOptions;
 
 fn tls_env() -> (Env, std::path::PathBuf) {

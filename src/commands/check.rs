@@ -66,7 +66,10 @@ async fn check_mailbox(mb: &MailboxConfig, store: &Store) -> (String, bool) {
     // Outgoing first, so that it is reported even when the IMAP side fails.
     match &mb.smtp {
         None => {
-            line(true, "outgoing: not configured (no [smtp]); `activities send` is off".into());
+            line(
+                true,
+                "outgoing: not configured (no [smtp]); `activities send` is off".into(),
+            );
         }
         Some(cfg) => {
             ok &= match crate::smtp::test(cfg).await {

@@ -312,9 +312,7 @@ pub async fn execute(
             Err(e) => Err(e.into()),
         },
         Request::RulesList => Ok(rules_list(config)),
-        Request::ActivitiesSend { outgoing } => {
-            outbox::send(config, store, &outgoing, agent).await
-        }
+        Request::ActivitiesSend { outgoing } => outbox::send(config, store, &outgoing, agent).await,
         Request::OutboxList { json } => outbox::list(store, json),
         Request::OutboxRetry { id } => outbox::retry(config, store, id, agent).await,
         Request::OutboxCancel { id } => outbox::cancel(store, id),

@@ -233,7 +233,11 @@ pub fn send_request(a: SendArgs) -> Result<super::Request> {
         (Some(t), None) => t,
         (None, Some(f)) => String::from_utf8(read(f, "--body-file")?)
             .map_err(|_| UsageError(format!("--body-file {} is not UTF-8 text", f.display())))?,
-        _ => return Err(UsageError("give the text with --body or --body-file (one of them)".into()).into()),
+        _ => {
+            return Err(
+                UsageError("give the text with --body or --body-file (one of them)".into()).into(),
+            )
+        }
     };
     let html = match &a.html_file {
         Some(f) => Some(

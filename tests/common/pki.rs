@@ -32,4 +32,3 @@ pub fn pki(dir: &std::path::Path) -> (std::path::PathBuf, TlsFiles) {
         },
     )
 }
-

@@ -82,27 +82,33 @@ impl Smtp {
 
     pub fn start(&mut self, q: &Quirks) {
         let mut cmd = Command::new("python3");
-        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_server.py"))
-            .args(["--port", &self.port.to_string()])
-            .arg("--lmtp")
-            .arg(&self.lmtp)
-            .arg("--cert")
-            .arg(&self.cert)
-            .arg("--key")
-            .arg(&self.key)
-            .args(["--users", &format!("alice:{PASSWORD},carol:{PASSWORD}")])
-            .arg("--log")
-            .arg(&self.log)
-            .args(["--tempfail", &q.tempfail.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/smtp_server.py"
+        ))
+        .args(["--port", &self.port.to_string()])
+        .arg("--lmtp")
+        .arg(&self.lmtp)
+        .arg("--cert")
+        .arg(&self.cert)
+        .arg("--key")
+        .arg(&self.key)
+        .args(["--users", &format!("alice:{PASSWORD},carol:{PASSWORD}")])
+        .arg("--log")
+        .arg(&self.log)
+        .args(["--tempfail", &q.tempfail.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
         if let Some(r) = &q.reject {
             cmd.args(["--reject", r]);
         }
         self.child = Some(cmd.spawn().expect("start the SMTP test server"));
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "SMTP test server did not listen in 15 s");
+            assert!(
+                Instant::now() < deadline,
+                "SMTP test server did not listen in 15 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
