@@ -173,31 +173,7 @@ enum ActivitiesCmd {
     Attachment { id: u64, n: usize },
     /// Send an email activity from a mailbox over its SMTP server, with a tracking token in the
     /// subject; the Sent copy is appended to the mailbox's Sent folder, and replies correlate.
-    Send {
-        #[arg(long)]
-        mailbox: String,
-        /// Recipient (repeat for more).
-        #[arg(long, required = true)]
-        to: Vec<String>,
-        #[arg(long)]
-        cc: Vec<String>,
-        #[arg(long)]
-        subject: String,
-        /// Plain-text body.
-        #[arg(long, conflicts_with = "body_file")]
-        body: Option<String>,
-        #[arg(long)]
-        body_file: Option<PathBuf>,
-        /// An HTML alternative of the body.
-        #[arg(long)]
-        html_file: Option<PathBuf>,
-        /// A file to attach (repeat for more).
-        #[arg(long)]
-        attach: Vec<PathBuf>,
-        /// The record it regards, type:key.
-        #[arg(long)]
-        regarding: String,
-    },
+    Send(commands::outbox::SendArgs),
     /// Set the regarding by hand (a folder rule with a regarding resets it at the next pass).
     Link {
         id: u64,
@@ -303,27 +279,7 @@ async fn run(cli: Cli) -> Reply {
             ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
             ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink { id, regarding },
             ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
-            ActivitiesCmd::Send {
-                mailbox,
-                to,
-                cc,
-                subject,
-                body,
-                body_file,
-                html_file,
-                attach,
-                regarding,
-            } => match commands::outbox::send_request(commands::outbox::SendArgs {
-                mailbox,
-                to,
-                cc,
-                subject,
-                body,
-                body_file,
-                html_file,
-                attach,
-                regarding,
-            }) {
+            ActivitiesCmd::Send(args) => match commands::outbox::send_request(args) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             },

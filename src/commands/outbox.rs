@@ -210,17 +210,33 @@ pub fn show_lines(e: &OutboxEntry) -> String {
     s
 }
 
-/// What the CLI read for `activities send`: files are read here, so a request served by the
-/// running agent carries their bytes, and a missing file is the caller's error (exit 2).
+/// The arguments of `activities send`. Files are read by [`send_request`] in the CLI process,
+/// so a request served by the running agent carries their bytes, and a missing file is the
+/// caller's error (exit 2).
+#[derive(Debug, clap::Args)]
 pub struct SendArgs {
+    #[arg(long)]
     pub mailbox: String,
+    /// Recipient (repeat for more).
+    #[arg(long, required = true)]
     pub to: Vec<String>,
+    #[arg(long)]
     pub cc: Vec<String>,
+    #[arg(long)]
     pub subject: String,
+    /// Plain-text body.
+    #[arg(long, conflicts_with = "body_file")]
     pub body: Option<String>,
+    #[arg(long)]
     pub body_file: Option<std::path::PathBuf>,
+    /// An HTML alternative of the body.
+    #[arg(long)]
     pub html_file: Option<std::path::PathBuf>,
+    /// A file to attach (repeat for more).
+    #[arg(long)]
     pub attach: Vec<std::path::PathBuf>,
+    /// The record it regards, type:key.
+    #[arg(long)]
     pub regarding: String,
 }
 
