@@ -80,6 +80,21 @@ pub async fn run(
             tracing::warn!(error = %e, "no control socket: other commands cannot reach this agent")
         }
     }
+    if let Some(addr) = config.metrics_listen {
+        let l = crate::http::bind(addr).await.with_context(|| {
+            format!("cannot serve metrics on {addr} ([metrics] listen in the config): is another process using it?")
+        })?;
+        tracing::info!(%addr, "serving /metrics and /healthz");
+        tokio::spawn(crate::http::serve(
+            l,
+            crate::http::Shared {
+                config: shared.clone(),
+                store: store.clone(),
+                agent: agent.clone(),
+            },
+            stop.clone(),
+        ));
+    }
     tokio::pin!(shutdown);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
