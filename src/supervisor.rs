@@ -120,6 +120,13 @@ pub async fn run(
         match Config::load(&config_path) {
             Ok(c) => {
                 tracing::info!("configuration reloaded");
+                // A changed token_command must not go on serving the old command's token.
+                for m in &config.mailboxes {
+                    crate::oauth::forget(&m.name);
+                }
+                if c.metrics_listen != config.metrics_listen {
+                    tracing::warn!("[metrics] listen changed: it takes effect at the next restart");
+                }
                 if let Ok(mut w) = shared.write() {
                     *w = c.clone();
                 }

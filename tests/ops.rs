@@ -316,7 +316,7 @@ fn healthz_is_503_with_the_reason_when_a_mailbox_is_disabled() {
     assert_eq!(st["mailboxes"][0]["incoming"]["state"], "enabled");
     let text = e.ok(&["status"]);
     assert!(text.contains("mailbox bob on"), "{text}");
-    assert!(text.contains("incoming incoming disabled") || text.contains("incoming disabled"));
+    assert!(text.contains("incoming disabled: login to"), "{text}");
     assert!(text.contains("outgoing: not configured"), "{text}");
 }
 
@@ -754,5 +754,66 @@ fn oauthbearer_login_with_a_token_file_and_a_refused_token_is_a_clear_error() {
         String::from_utf8_lossy(&o.stderr).contains("mailbox[0].auth: OAuth2 needs a token source"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn sync_draws_progress_bars_on_a_terminal_and_plain_lines_otherwise() {
+    let e = env();
+    e.write_config(&[("alice", "alice", ACME)], "");
+    e.import_records(RECORDS);
+    let mut c = e.imap("alice");
+    c.create("INBOX/Tracked/Acme");
+    let msgs: Vec<Vec<u8>> = (0..400)
+        .map(|i| {
+            message(
+                "bob@acme.com",
+                "alice@example.com",
+                &format!("bar {i}"),
+                Some(&format!("<bar{i}@x>")),
+            )
+        })
+        .collect();
+    c.append_many("INBOX/Tracked/Acme", &msgs, "");
+    let Ok(_) = Command::new("script").arg("--version").output() else {
+        println!("SKIPPED the terminal half: `script` (util-linux) is not installed");
+        return;
+    };
+    // `script` runs the command on a pseudo-terminal: stdout is a terminal there.
+    let cmd = format!(
+        "{} --config foldertrack.toml sync",
+        env!("CARGO_BIN_EXE_foldertrack")
+    );
+    let o = Command::new("script")
+        .current_dir(&e.work)
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains("alice: INBOX/Tracked/Acme\u{1b}[0m [") && tty.contains("400/400 messages"),
+        "a progress bar was drawn: {tty:?}"
+    );
+    assert!(tty.contains("400 new, 400 tracked"), "{tty}");
+    // Not a terminal: no bar, no escape codes, the lines scripts parse.
+    c.append(
+        "INBOX/Tracked/Acme",
+        &message(
+            "bob@acme.com",
+            "alice@example.com",
+            "plain",
+            Some("<plain@x>"),
+        ),
+    );
+    let o = e.run(&["sync"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!out.contains('\x1b') && !err.contains('\x1b'), "{out}{err}");
+    assert_eq!(
+        out,
+        "alice: INBOX/Tracked/Acme: 1 new, 1 tracked, 0 merged with existing, 0 already tracked, 0 quarantined\n\
+         total: 1 mailbox(es), 0 failed; 1 new, 1 tracked, 0 merged with existing, 0 already tracked, 0 quarantined\n"
     );
 }

@@ -441,7 +441,9 @@ impl Status {
         for m in &self.mailboxes {
             let incoming = match (&m.incoming.until, &m.incoming.reason) {
                 (Some(u), _) => format!("{} until {u}", m.incoming.state),
-                (None, Some(r)) if m.incoming.state == "disabled" => r.clone(),
+                (None, Some(r)) if m.incoming.state == "disabled" => {
+                    format!("disabled: {}", r.trim_start_matches("incoming disabled: "))
+                }
                 _ => m.incoming.state.clone(),
             };
             s.push_str(&format!(
@@ -539,4 +541,51 @@ impl Status {
 
 fn indent(t: &str) -> String {
     t.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_mailbox_alert_after_quiet_hours_without_tracking() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::parse(
+            &dir.path().join("f.toml"),
+            "[health]\nquiet_hours = 24\n[[mailbox]]\nname = \"a\"\nowner = \"systemuser:a\"\nhost = \"h\"\nuser = \"a\"\npassword_env = \"X\"\n",
+        )
+        .unwrap();
+        let store = Store::open(&dir.path().join("data"), 1 << 20).unwrap();
+        let now = "2026-11-28T12:00:00Z";
+        let mut h = MailboxState {
+            last_success: Some(now.into()),
+            first_success: Some("2026-11-26T12:00:00Z".into()),
+            ..Default::default()
+        };
+        let a = derived_alerts(&cfg, &cfg.mailboxes[0], &store, &h, now).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].level, "warning");
+        assert!(
+            a[0].message
+                .starts_with("synced but nothing tracked for 48 hours (last tracked: never)"),
+            "{}",
+            a[0].message
+        );
+        h.last_tracked = Some("2026-11-28T00:00:00Z".into());
+        assert!(derived_alerts(&cfg, &cfg.mailboxes[0], &store, &h, now)
+            .unwrap()
+            .is_empty());
+        h.last_tracked = Some("2026-11-27T11:00:00Z".into());
+        assert_eq!(
+            derived_alerts(&cfg, &cfg.mailboxes[0], &store, &h, now)
+                .unwrap()
+                .len(),
+            1
+        );
+        // A failing mailbox has its own error; the quiet alert is for one that syncs fine.
+        h.last_error = Some("down".into());
+        assert!(derived_alerts(&cfg, &cfg.mailboxes[0], &store, &h, now)
+            .unwrap()
+            .is_empty());
+    }
 }
