@@ -140,7 +140,7 @@ fn activity_row(a: &Activity) -> Vec<String> {
 
 /// Where rows go: a CSV writer (which quotes and buffers), or JSON lines straight to `out`.
 enum Sink<'a> {
-    Csv(csv::Writer<&'a mut dyn Write>),
+    Csv(Box<csv::Writer<&'a mut dyn Write>>),
     Jsonl(&'a mut dyn Write, Vec<u8>),
 }
 
@@ -150,7 +150,7 @@ impl<'a> Sink<'a> {
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(header)?;
-                Sink::Csv(w)
+                Sink::Csv(Box::new(w))
             }
             Format::Jsonl => Sink::Jsonl(out, Vec::new()),
         })

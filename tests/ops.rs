@@ -69,9 +69,7 @@ fn parse_metrics(text: &str) -> (Vec<Sample>, HashMap<String, String>) {
             continue;
         }
         assert!(!line.starts_with('#'), "unknown comment: {line}");
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
-            .expect("a sample line");
+        let name_end = line.find(['{', ' ']).expect("a sample line");
         let name = &line[..name_end];
         assert!(
             name.chars()
