@@ -934,4 +934,43 @@ password_env = "ALICE_PW"
         let e = parse(&GOOD.replace("systemuser:alice", "contact:alice")).unwrap_err();
         assert_eq!(e.key, "mailbox[0].owner");
     }
+
+    #[test]
+    fn metrics_health_and_oauth_settings_are_checked() {
+        let c = parse(&format!(
+            "{GOOD}[metrics]\nlisten = \"127.0.0.1:9898\"\n[health]\nlag_threshold = 60\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9898".parse().unwrap()));
+        assert_eq!(c.health.lag_threshold, std::time::Duration::from_secs(60));
+        assert_eq!(c.health.quiet_hours, 72);
+        assert_eq!(parse(GOOD).unwrap().metrics_listen, None);
+        let e = parse(&format!("{GOOD}[metrics]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert_eq!(e.key, "metrics.listen");
+        assert_eq!(e.line, Some(GOOD.lines().count() + 2), "the `listen` line");
+
+        let oauth = GOOD.replace(
+            "password_env = \"ALICE_PW\"",
+            "auth = \"xoauth2\"\ntoken_command = \"get-token alice\"",
+        );
+        let m = &parse(&oauth).unwrap().mailboxes[0];
+        assert_eq!(m.auth, AuthMethod::Xoauth2);
+        assert_eq!(m.password, PasswordSource::None);
+        assert!(
+            matches!(&m.oauth, Some(crate::oauth::TokenSource::Command { command, .. }) if command == "get-token alice")
+        );
+        let both = oauth.replace("auth = ", "password_env = \"X\"\nauth = ");
+        assert!(parse(&both)
+            .unwrap_err()
+            .message
+            .contains("remove password_env"));
+        let token_without_oauth = GOOD.replace(
+            "password_env = \"ALICE_PW\"",
+            "password_env = \"ALICE_PW\"\ntoken_file = \"t\"",
+        );
+        assert_eq!(
+            parse(&token_without_oauth).unwrap_err().key,
+            "mailbox[0].token_file"
+        );
+    }
 }
