@@ -51,6 +51,17 @@ pub enum AuthMethod {
     Login,
     /// `AUTHENTICATE PLAIN` (RFC 4616).
     Plain,
+    /// `AUTHENTICATE XOAUTH2` (Google's and Microsoft's OAuth2 SASL) with an access token.
+    Xoauth2,
+    /// `AUTHENTICATE OAUTHBEARER` (RFC 7628) with an access token.
+    Oauthbearer,
+}
+
+impl AuthMethod {
+    /// Whether this mechanism logs in with an OAuth2 access token instead of a password.
+    pub fn is_oauth(self) -> bool {
+        matches!(self, AuthMethod::Xoauth2 | AuthMethod::Oauthbearer)
+    }
 }
 
 /// How a pattern rule's capture finds its record.
@@ -85,6 +96,8 @@ pub struct Rule {
 pub enum PasswordSource {
     Env(String),
     File(PathBuf),
+    /// No password: the mailbox logs in with an OAuth2 token ([`MailboxConfig::oauth`]).
+    None,
 }
 
 /// One watched IMAP account, checked.
@@ -101,6 +114,8 @@ pub struct MailboxConfig {
     pub address: Option<String>,
     pub password: PasswordSource,
     pub auth: AuthMethod,
+    /// Where the OAuth2 access token comes from, when `auth` is an OAuth2 mechanism.
+    pub oauth: Option<crate::oauth::TokenSource>,
     /// `None` = auto (SPECIAL-USE `\Sent`), else the folder in config form.
     pub sent_folder: Option<String>,
     pub rules: Vec<Rule>,
@@ -222,6 +237,28 @@ pub struct Config {
     pub cache_bytes: u64,
     /// How long one IMAP command may take before the connection is dropped as dead.
     pub command_timeout: std::time::Duration,
+    /// Where `run` serves Prometheus `/metrics` and `/healthz` (`None`: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub health: HealthSettings,
+}
+
+/// When `/healthz` and `status` call a mailbox unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthSettings {
+    /// A folder whose server UIDNEXT has been beyond its checkpoint for longer than this is
+    /// lagging; so is a mailbox whose passes have been failing for longer than this.
+    pub lag_threshold: std::time::Duration,
+    /// A mailbox that syncs fine but tracked nothing for this long gets an info alert in `status`.
+    pub quiet_hours: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            lag_threshold: std::time::Duration::from_secs(300),
+            quiet_hours: 72,
+        }
+    }
 }
 
 /// Bounds of one `UID FETCH` batch and of a single message.
@@ -255,6 +292,21 @@ struct RawConfig {
     cache_mb: Option<Spanned<i64>>,
     command_timeout: Option<Spanned<i64>>,
     smtp: Option<smtp::RawSmtp>,
+    metrics: Option<RawMetrics>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    lag_threshold: Option<Spanned<i64>>,
+    quiet_hours: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -272,8 +324,10 @@ struct RawMailbox {
     address: Option<Spanned<String>>,
     password_env: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
-    #[serde(default)]
-    auth: AuthMethod,
+    auth: Option<Spanned<AuthMethod>>,
+    token_file: Option<Spanned<String>>,
+    token_command: Option<Spanned<String>>,
+    token_timeout: Option<Spanned<i64>>,
     sent_folder: Option<Spanned<String>>,
     idle: Option<bool>,
     poll_interval: Option<Spanned<toml::Value>>,
@@ -429,6 +483,34 @@ impl Config {
             3600,
         )?);
 
+        let metrics_listen = match &raw.metrics {
+            None => None,
+            Some(m) => Some(m.listen.get_ref().parse().map_err(|e| {
+                loc.err(
+                    Some(m.listen.span()),
+                    "metrics.listen",
+                    format!("must be an address and port such as \"127.0.0.1:9898\" ({e})"),
+                )
+            })?),
+        };
+        let dh = HealthSettings::default();
+        let health = match &raw.health {
+            None => dh,
+            Some(h) => HealthSettings {
+                lag_threshold: std::time::Duration::from_secs(positive(
+                    &h.lag_threshold,
+                    "health.lag_threshold",
+                    dh.lag_threshold.as_secs(),
+                    86_400,
+                )?),
+                quiet_hours: positive(
+                    &h.quiet_hours,
+                    "health.quiet_hours",
+                    dh.quiet_hours,
+                    24 * 365,
+                )?,
+            },
+        };
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
             let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
@@ -445,6 +527,8 @@ impl Config {
             });
         }
         Ok(Config {
+            metrics_listen,
+            health,
             command_timeout,
             path: path.to_path_buf(),
             data_dir,
@@ -510,7 +594,59 @@ fn check_mailbox(
             .filter(|p| *p > 0)
             .ok_or_else(|| loc.err(Some(p.span()), &k("port"), "must be a TCP port, 1-65535"))?,
     };
+    let secs = |v: &Option<Spanned<i64>>,
+                key: &str,
+                default: std::time::Duration|
+     -> Result<std::time::Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) if *s.get_ref() >= 1 && *s.get_ref() <= 86_400 => {
+                Ok(std::time::Duration::from_secs(*s.get_ref() as u64))
+            }
+            Some(s) => Err(loc.err(
+                Some(s.span()),
+                &k(key),
+                "must be a number of seconds from 1 to 86400",
+            )),
+        }
+    };
+    let auth = m.auth.as_ref().map(|a| *a.get_ref()).unwrap_or_default();
+    let oauth = match (&m.token_file, &m.token_command) {
+        _ if !auth.is_oauth() => {
+            if let Some(t) = m.token_file.as_ref().or(m.token_command.as_ref()) {
+                return Err(loc.err(
+                    Some(t.span()),
+                    &k("token_file"),
+                    "token_file and token_command are for auth = \"xoauth2\" or \"oauthbearer\"",
+                ));
+            }
+            None
+        }
+        (Some(f), None) => Some(crate::oauth::TokenSource::File(resolve(f.get_ref()))),
+        (None, Some(c)) if !c.get_ref().trim().is_empty() => {
+            Some(crate::oauth::TokenSource::Command {
+                command: c.get_ref().clone(),
+                timeout: secs(&m.token_timeout, "token_timeout", std::time::Duration::from_secs(30))?,
+            })
+        }
+        (Some(f), Some(_)) => {
+            return Err(loc.err(Some(f.span()), &k("token_file"), "set token_file or token_command, not both"))
+        }
+        _ => {
+            return Err(loc.err(
+                m.auth.as_ref().map(|a| a.span()),
+                &k("auth"),
+                "OAuth2 needs a token source: add token_file = \"path\" (kept fresh by another tool) or token_command = \"command that prints the access token\"",
+            ))
+        }
+    };
     let password = match (&m.password_env, &m.password_file) {
+        _ if oauth.is_some() => {
+            if let Some(p) = m.password_env.as_ref().or(m.password_file.as_ref()) {
+                return Err(loc.err(Some(p.span()), &k("password_env"), "an OAuth2 mailbox logs in with its token: remove password_env / password_file"));
+            }
+            PasswordSource::None
+        }
         (Some(e), None) => PasswordSource::Env(e.get_ref().clone()),
         (None, Some(f)) => PasswordSource::File(resolve(f.get_ref())),
         (Some(e), Some(_)) => {
@@ -593,22 +729,6 @@ fn check_mailbox(
         }
         rules.push(Rule { folder, regarding });
     }
-    let secs = |v: &Option<Spanned<i64>>,
-                key: &str,
-                default: std::time::Duration|
-     -> Result<std::time::Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) if *s.get_ref() >= 1 && *s.get_ref() <= 86_400 => {
-                Ok(std::time::Duration::from_secs(*s.get_ref() as u64))
-            }
-            Some(s) => Err(loc.err(
-                Some(s.span()),
-                &k(key),
-                "must be a number of seconds from 1 to 86400",
-            )),
-        }
-    };
     let d = WatchSettings::default();
     let poll = match &m.poll_interval {
         None => PollInterval::Auto,
@@ -704,7 +824,8 @@ fn check_mailbox(
                     .then(|| m.user.get_ref().to_ascii_lowercase())
             }),
         password,
-        auth: m.auth,
+        auth,
+        oauth,
         sent_folder,
         rules,
         watch,
@@ -733,6 +854,9 @@ impl PasswordSource {
                 std::fs::read_to_string(p)
                     .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
                     .map_err(|e| format!("cannot read password_file {}: {e}", p.display()))
+            }
+            PasswordSource::None => {
+                Err("no password source (this mailbox logs in with OAuth2)".into())
             }
         }
     }
@@ -868,5 +992,44 @@ password_env = "ALICE_PW"
         ))
         .unwrap_err();
         assert_eq!(e.key, "mailbox[0].smtp.retry_max");
+    }
+
+    #[test]
+    fn metrics_health_and_oauth_settings_are_checked() {
+        let c = parse(&format!(
+            "{GOOD}[metrics]\nlisten = \"127.0.0.1:9898\"\n[health]\nlag_threshold = 60\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9898".parse().unwrap()));
+        assert_eq!(c.health.lag_threshold, std::time::Duration::from_secs(60));
+        assert_eq!(c.health.quiet_hours, 72);
+        assert_eq!(parse(GOOD).unwrap().metrics_listen, None);
+        let e = parse(&format!("{GOOD}[metrics]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert_eq!(e.key, "metrics.listen");
+        assert_eq!(e.line, Some(GOOD.lines().count() + 2), "the `listen` line");
+
+        let oauth = GOOD.replace(
+            "password_env = \"ALICE_PW\"",
+            "auth = \"xoauth2\"\ntoken_command = \"get-token alice\"",
+        );
+        let m = &parse(&oauth).unwrap().mailboxes[0];
+        assert_eq!(m.auth, AuthMethod::Xoauth2);
+        assert_eq!(m.password, PasswordSource::None);
+        assert!(
+            matches!(&m.oauth, Some(crate::oauth::TokenSource::Command { command, .. }) if command == "get-token alice")
+        );
+        let both = oauth.replace("auth = ", "password_env = \"X\"\nauth = ");
+        assert!(parse(&both)
+            .unwrap_err()
+            .message
+            .contains("remove password_env"));
+        let token_without_oauth = GOOD.replace(
+            "password_env = \"ALICE_PW\"",
+            "password_env = \"ALICE_PW\"\ntoken_file = \"t\"",
+        );
+        assert_eq!(
+            parse(&token_without_oauth).unwrap_err().key,
+            "mailbox[0].token_file"
+        );
     }
 }

@@ -9,8 +9,12 @@
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod export;
+pub mod http;
 pub mod imap;
+pub mod metrics;
 pub mod model;
+pub mod oauth;
 pub mod outbox;
 pub mod parse;
 pub mod records_io;

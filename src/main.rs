@@ -1,7 +1,7 @@
 //! The `foldertrack` command line: parses arguments, loads the checked configuration, calls
 //! the library and maps errors to exit codes (0 ok, 1 runtime failure, 2 usage or config).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use foldertrack::commands::{self, Reply, Request};
 use foldertrack::config::Config;
 use std::path::PathBuf;
@@ -28,8 +28,38 @@ struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines on stderr as text, or as one JSON object per line (for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "FOLDERTRACK_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+impl From<ExportFormat> for foldertrack::export::Format {
+    fn from(f: ExportFormat) -> Self {
+        match f {
+            ExportFormat::Jsonl => foldertrack::export::Format::Jsonl,
+            ExportFormat::Csv => foldertrack::export::Format::Csv,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -85,6 +115,11 @@ enum Command {
         /// Leave the demo Dovecot running, to play with it.
         #[arg(long)]
         keep: bool,
+    },
+    /// Print a shell completion script: `foldertrack completions bash > /etc/bash_completion.d/foldertrack`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -153,6 +188,13 @@ enum RecordsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write every record (or those of one type) to stdout, in the shape `records import` reads.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        #[arg(long = "type")]
+        rtype: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,9 +222,20 @@ enum ActivitiesCmd {
         /// type:key
         regarding: String,
     },
+    /// Write activities to stdout as JSON lines or CSV (streamed), e.g. for a CRM import.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Only activities tracked at or after this date or time (2026-11-28, 2026-11-28T09:30:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only activities regarding this record (type:key).
+        #[arg(long)]
+        regarding: Option<String>,
+    },
 }
 
-fn init_logs(verbose: u8) {
+fn init_logs(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -199,14 +252,22 @@ fn init_logs(verbose: u8) {
         !(imap && *m.level() > tracing::Level::INFO)
     });
     use tracing_subscriber::prelude::*;
+    // The same filters in both formats: the JSON layer must not let async-imap's trace lines
+    // (with the LOGIN password) through either.
+    let layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(filter)
-                .with_filter(no_secrets),
-        )
+        .with(layer.with_filter(filter).with_filter(no_secrets))
         .init();
 }
 
@@ -235,6 +296,11 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> Reply {
     let fail = Reply::failed;
+    if let Command::Completions { shell } = &cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "foldertrack", &mut out);
+        return Reply::ok(String::from_utf8_lossy(&out).into_owned());
+    }
     if let Command::Demo { dir, keep } = &cli.command {
         return match commands::demo::run(dir, *keep).await {
             Ok(out) => Reply::ok(out),
@@ -255,7 +321,10 @@ async fn run(cli: Cli) -> Reply {
                 Err(e) => fail(e),
             }
         }
-        Command::Sync { mailbox } => Request::Sync { mailbox },
+        Command::Sync { mailbox } => Request::Sync {
+            mailbox,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        },
         Command::Check { mailbox } => Request::Check { mailbox },
         Command::Records { cmd } => match cmd {
             RecordsCmd::Import { file } => match commands::records_import_request(&file) {
@@ -273,6 +342,13 @@ async fn run(cli: Cli) -> Reply {
             },
             RecordsCmd::List { rtype, json } => Request::RecordsList { rtype, json },
             RecordsCmd::Show { record, json } => Request::RecordsShow { record, json },
+            RecordsCmd::Export { format, rtype } => {
+                let req = Request::RecordsExport {
+                    rtype,
+                    format: format.into(),
+                };
+                return commands::export(req, &config, &mut std::io::stdout().lock()).await;
+            }
         },
         Command::Activities { cmd } => match cmd {
             ActivitiesCmd::List { regarding, json } => Request::ActivitiesList { regarding, json },
@@ -283,6 +359,17 @@ async fn run(cli: Cli) -> Reply {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             },
+            ActivitiesCmd::Export {
+                format,
+                since,
+                regarding,
+            } => {
+                let req = Request::ActivitiesExport {
+                    filter: foldertrack::export::ActivityFilter { since, regarding },
+                    format: format.into(),
+                };
+                return commands::export(req, &config, &mut std::io::stdout().lock()).await;
+            }
         },
         Command::Rules { cmd } => match cmd {
             RulesCmd::List => Request::RulesList,
@@ -300,7 +387,7 @@ async fn run(cli: Cli) -> Reply {
             OutboxCmd::Cancel { id } => Request::OutboxCancel { id },
         },
         Command::Status { json } => Request::Status { json },
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Completions { .. } => unreachable!("handled above"),
     };
     commands::dispatch(req, &config).await
 }
@@ -320,7 +407,7 @@ fn limit_malloc_arenas() {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    init_logs(cli.verbose);
+    init_logs(cli.verbose, cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -87,6 +87,21 @@ pub async fn run(
             tracing::warn!(error = %e, "no control socket: other commands cannot reach this agent")
         }
     }
+    if let Some(addr) = config.metrics_listen {
+        let l = crate::http::bind(addr).await.with_context(|| {
+            format!("cannot serve metrics on {addr} ([metrics] listen in the config): is another process using it?")
+        })?;
+        tracing::info!(%addr, "serving /metrics and /healthz");
+        tokio::spawn(crate::http::serve(
+            l,
+            crate::http::Shared {
+                config: shared.clone(),
+                store: store.clone(),
+                agent: agent.clone(),
+            },
+            stop.clone(),
+        ));
+    }
     tokio::pin!(shutdown);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -112,6 +127,13 @@ pub async fn run(
         match Config::load(&config_path) {
             Ok(c) => {
                 tracing::info!("configuration reloaded");
+                // A changed token_command must not go on serving the old command's token.
+                for m in &config.mailboxes {
+                    crate::oauth::forget(&m.name);
+                }
+                if c.metrics_listen != config.metrics_listen {
+                    tracing::warn!("[metrics] listen changed: it takes effect at the next restart");
+                }
                 if let Ok(mut w) = shared.write() {
                     *w = c.clone();
                 }

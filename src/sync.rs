@@ -99,12 +99,24 @@ impl Tracked {
     }
 }
 
+/// Receives a pass's progress as it goes (the `sync` command's progress bars). Called from
+/// the pass's task, between batches.
+pub trait Progress: Send + Sync {
+    /// A folder with `new_messages` to fetch is starting.
+    fn folder_started(&self, mailbox: &str, folder: &str, new_messages: u64);
+    /// `messages` more of it are committed.
+    fn advanced(&self, mailbox: &str, folder: &str, messages: u64);
+    /// The folder is done (or failed).
+    fn folder_done(&self, mailbox: &str, folder: &str);
+}
+
 /// Syncs every mailbox (or only `only`), one after the other; a failing mailbox does not
 /// stop the others. Each report says what happened.
 pub async fn sync_all(
     config: &Config,
     store: &Arc<Store>,
     only: Option<&str>,
+    progress: Option<&dyn Progress>,
 ) -> Vec<MailboxReport> {
     let mut out = Vec::new();
     for mb in config
@@ -125,13 +137,20 @@ pub async fn sync_all(
             }
         };
         state.last_attempt = Some(crate::store::humantime_now());
-        let result = async {
-            let mut conn = connect(&mb).await?;
-            let r = pass(&mut conn, &mb, &config.fetch, store, None).await;
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.session.logout())
-                .await;
-            r
-        }
+        let span = tracing::info_span!("mailbox", mailbox = %mb.name);
+        let result = tracing::Instrument::instrument(
+            async {
+                let mut conn = connect(&mb).await?;
+                crate::metrics::metrics().connected(&mb.name, true);
+                let r = pass(&mut conn, &mb, &config.fetch, store, None, progress).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), conn.session.logout())
+                        .await;
+                crate::metrics::metrics().connected(&mb.name, false);
+                r
+            },
+            span,
+        )
         .await;
         let _ = record_result(store, &mut state, &result);
         out.push(result.unwrap_or_else(|e| MailboxReport {
@@ -143,15 +162,38 @@ pub async fn sync_all(
     out
 }
 
+/// What [`record_result`] needs to know of a successful outcome.
+pub trait PassResult {
+    /// Whether new activities were created (or copies merged).
+    fn tracked_something(&self) -> bool;
+}
+
+impl PassResult for () {
+    fn tracked_something(&self) -> bool {
+        false
+    }
+}
+
+impl PassResult for MailboxReport {
+    fn tracked_something(&self) -> bool {
+        self.created() > 0
+    }
+}
+
 /// Records a pass's outcome in the mailbox's persisted health: last success, last error,
 /// and the outage that an error opens and the next success closes.
-pub fn record_result<T>(
+pub fn record_result<T: PassResult>(
     store: &Store,
     state: &mut MailboxState,
     result: &Result<T, SyncError>,
 ) -> Result<(), StoreError> {
     match result {
-        Ok(_) => state.succeeded(),
+        Ok(r) => {
+            state.succeeded();
+            if r.tracked_something() {
+                state.tracked();
+            }
+        }
         Err(e) => {
             state.failed(&e.to_string());
             store.add_alert(
@@ -305,9 +347,10 @@ pub async fn pass(
     limits: &FetchLimits,
     store: &Arc<Store>,
     cancel: Option<&CancellationToken>,
+    progress: Option<&dyn Progress>,
 ) -> Result<MailboxReport, SyncError> {
     let tracked = plan(conn, mb, store).await?;
-    pass_planned(conn, mb, &tracked, limits, store, cancel).await
+    pass_planned(conn, mb, &tracked, limits, store, cancel, progress).await
 }
 
 /// A pass over folders already [`plan`]ned.
@@ -318,7 +361,11 @@ pub async fn pass_planned(
     limits: &FetchLimits,
     store: &Arc<Store>,
     cancel: Option<&CancellationToken>,
+    progress: Option<&dyn Progress>,
 ) -> Result<MailboxReport, SyncError> {
+    // The pass began because new mail was (or may have been) detected: the latency metric
+    // runs from here to each commit (see `metrics`).
+    let detected = std::time::Instant::now();
     let addr = conn.addr.clone();
     // NOOP first: it syncs the selected folder, whose STATUS Dovecot would otherwise answer from
     // the session's stale view, and unlike async-imap's `noop()` it fails on a dead connection.
@@ -333,7 +380,12 @@ pub async fn pass_planned(
         }
         let span = tracing::info_span!("folder", mailbox = %mb.name, folder = %t.folder.name);
         let _e = span.enter();
-        match sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel).await? {
+        let run = FolderRun { detected, progress };
+        let r = sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel, &run).await;
+        if let Some(p) = progress {
+            p.folder_done(&mb.name, &t.folder.name);
+        }
+        match r? {
             Some(r) => {
                 if r.new_messages > 0 || r.relinked_by_rule > 0 {
                     tracing::info!(
@@ -378,7 +430,15 @@ fn folder_regarding(t: &Tracked, store: &Store) -> Option<String> {
         .map(|r| r.to_string())
 }
 
+/// What a folder's sync reports to, beyond the store.
+pub struct FolderRun<'a> {
+    /// When the pass began (the latency metric's start).
+    pub detected: std::time::Instant,
+    pub progress: Option<&'a dyn Progress>,
+}
+
 /// Syncs one folder from its checkpoint; `None` when its STATUS shows nothing to do.
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_folder(
     session: &mut ImapSession,
     addr: &str,
@@ -387,18 +447,27 @@ pub async fn sync_folder(
     limits: &FetchLimits,
     store: &Arc<Store>,
     cancel: Option<&CancellationToken>,
+    run: &FolderRun<'_>,
 ) -> Result<Option<FolderReport>, SyncError> {
+    let metrics = crate::metrics::metrics();
     let folder = &t.folder;
     let prev = store.folder_state(&mb.name, &folder.name)?;
     let regarding = folder_regarding(t, store);
     let manual = store.manual_links_in(&mb.name, &folder.name)?;
     if let Some(p) = &prev {
+        metrics.checkpoint(&mb.name, &folder.name, p.last_uid, p.synced_uid_next);
         let st = timed(
             addr,
             "STATUS",
             session.status(&folder.server_name, "(UIDNEXT UIDVALIDITY)"),
         )
         .await?;
+        if let Some(n) = st
+            .uid_next
+            .filter(|_| st.uid_validity == Some(p.uidvalidity))
+        {
+            metrics.server_uid_next(&mb.name, &folder.name, n);
+        }
         let unchanged = st.uid_validity == Some(p.uidvalidity)
             && st.uid_next == Some(p.synced_uid_next)
             && p.synced_uid_next > 0;
@@ -415,6 +484,7 @@ pub async fn sync_folder(
         keyword.is_some(),
     )
     .await?;
+    metrics.server_uid_next(&mb.name, &folder.name, sel.uid_next);
     if t.other.is_none() && !t.rule.folder.contains('*') {
         store.put_rule_binding(
             &mb.name,
@@ -527,7 +597,11 @@ pub async fn sync_folder(
             ..checkpoint(start_after)
         })?;
         store.flush()?;
+        metrics.checkpoint(&mb.name, &folder.name, start_after, sel.uid_next);
         return Ok(Some(report));
+    }
+    if let Some(p) = run.progress {
+        p.folder_started(&mb.name, &folder.name, uids.len() as u64);
     }
     let last_of_all = batches
         .last()
@@ -554,14 +628,23 @@ pub async fn sync_folder(
         while let Some((batch, msgs)) = rx.recv().await {
             let last = batch.last_uid().max(start_after);
             let cp = checkpoint(last);
-            let (mb, store2, t2) = (mb.clone(), store.clone(), t.clone());
+            let (mb2, store2, t2) = (mb.clone(), store.clone(), t.clone());
             let uidvalidity = sel.uidvalidity;
+            let n = msgs.len() as u64;
             let out = tokio::task::spawn_blocking(move || {
-                let items = process_batch(&mb, &t2, uidvalidity, &batch, msgs, &store2);
-                store2.commit_batch(&items, &cp, &mb.name)
+                let items = process_batch(&mb2, &t2, uidvalidity, &batch, msgs, &store2);
+                store2.commit_batch(&items, &cp, &mb2.name)
             })
             .await
-            .map_err(|e| SyncError::Worker(e.to_string()))??;
+            .map_err(|e| SyncError::Worker(e.to_string()))
+            .and_then(|r| r.map_err(SyncError::from));
+            let out = match out {
+                Ok(o) => o,
+                Err(e) => {
+                    metrics.messages(&mb.name, &folder.name, "failed", n);
+                    return Err(e);
+                }
+            };
             let crate::store::Committed {
                 outcome: out,
                 tracked_uids: uids,
@@ -569,6 +652,21 @@ pub async fn sync_folder(
             } = out;
             tracked_uids.extend(uids);
             created_ids.extend(created);
+            let (m, f) = (&mb.name, &folder.name);
+            metrics.messages(m, f, "tracked", out.created.into());
+            metrics.messages(m, f, "merged", out.merged.into());
+            metrics.messages(m, f, "replayed", out.replayed.into());
+            metrics.messages(m, f, "quarantined", out.quarantined.into());
+            metrics.messages(m, f, "skipped", out.skipped.into());
+            metrics.latency(
+                m,
+                run.detected.elapsed().as_secs_f64(),
+                out.created + out.merged,
+            );
+            metrics.checkpoint(m, f, last, 0);
+            if let Some(p) = run.progress {
+                p.advanced(m, f, n);
+            }
             tracing::debug!(
                 last_uid = last,
                 created = out.created,
@@ -599,6 +697,7 @@ pub async fn sync_folder(
             ..checkpoint(last_of_all)
         })?;
         store.flush()?;
+        metrics.checkpoint(&mb.name, &folder.name, last_of_all, sel.uid_next);
     }
     Ok(Some(report))
 }

@@ -30,12 +30,17 @@ pub struct LiveState {
     pub reconnects: u32,
     pub last_pass: Option<String>,
     pub connected_since: Option<String>,
+    /// While `backing off`: when the next attempt is due (RFC 3339 UTC).
+    pub until: Option<String>,
 }
 
 pub type Live = Arc<Mutex<LiveState>>;
 
 fn set(live: &Live, state: &str, detail: String) {
     if let Ok(mut l) = live.lock() {
+        if state != "backing off" {
+            l.until = None;
+        }
         l.state = state.to_string();
         l.detail = detail;
     }
@@ -124,6 +129,13 @@ pub struct Task {
 
 /// Runs one mailbox until `cancel`, or until a permanent error disables its incoming side.
 pub async fn watch_mailbox(t: Task) {
+    use tracing::Instrument;
+    let span = tracing::info_span!("mailbox", mailbox = %t.mb.name);
+    watch_mailbox_inner(t).instrument(span).await
+}
+
+async fn watch_mailbox_inner(t: Task) {
+    let m = crate::metrics::metrics();
     let name = t.mb.name.clone();
     let mut backoff = Backoff::new(Duration::from_secs(80));
     let mut auth_failures = 0;
@@ -138,6 +150,7 @@ pub async fn watch_mailbox(t: Task) {
             if let Ok(mut l) = t.live.lock() {
                 l.reconnects += 1;
             }
+            m.reconnect(&name);
         }
         first = false;
         let connected = {
@@ -168,6 +181,7 @@ pub async fn watch_mailbox(t: Task) {
         };
         auth_failures = 0;
         backoff.reset();
+        m.connected(&name, true);
         if let Ok(mut l) = t.live.lock() {
             l.connected_since = Some(crate::store::humantime_now());
         }
@@ -194,6 +208,7 @@ pub async fn watch_mailbox(t: Task) {
                 &t.limits,
                 &t.store,
                 Some(&t.cancel),
+                None,
             )
             .await;
             let found = result.as_ref().is_ok_and(|r| r.created() > 0);
@@ -245,6 +260,7 @@ pub async fn watch_mailbox(t: Task) {
                 if let Ok(mut l) = t.live.lock() {
                     l.mode = "poll".into();
                 }
+                m.mode(&name, Some("poll"));
                 set(
                     &t.live,
                     "polling",
@@ -258,6 +274,8 @@ pub async fn watch_mailbox(t: Task) {
             }
         }
     }
+    m.connected(&name, false);
+    m.mode(&name, None);
     if let Ok(l) = t.live.lock() {
         if l.state == "disabled" {
             return;
@@ -267,7 +285,7 @@ pub async fn watch_mailbox(t: Task) {
 }
 
 /// Records a pass's (or login's) outcome in the persisted health, and in the live state.
-fn record<T>(t: &Task, result: &Result<T, SyncError>, disable: bool) {
+fn record<T: sync::PassResult>(t: &Task, result: &Result<T, SyncError>, disable: bool) {
     let mut state = match t.store.mailbox_state(&t.mb.name) {
         Ok(s) => s,
         Err(e) => {
@@ -299,11 +317,15 @@ fn record<T>(t: &Task, result: &Result<T, SyncError>, disable: bool) {
 
 /// Waits out the next backoff delay; `false` when shutting down.
 async fn backoff_wait(t: &Task, backoff: &mut Backoff) -> bool {
+    crate::metrics::metrics().connected(&t.mb.name, false);
     let d = backoff.delay();
     let until = std::time::SystemTime::now() + d;
     let secs = until
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |x| x.as_secs() as i64);
+    if let Ok(mut l) = t.live.lock() {
+        l.until = Some(crate::store::rfc3339_utc(secs));
+    }
     set(
         &t.live,
         "backing off",
@@ -371,6 +393,10 @@ async fn idle_once(
     if let Ok(mut l) = t.live.lock() {
         l.mode = mode.into();
     }
+    crate::metrics::metrics().mode(
+        &t.mb.name,
+        Some(if notify { "idle_notify" } else { "idle" }),
+    );
     set(
         &t.live,
         "idle",

@@ -244,6 +244,7 @@ fn mailbox(variant: u8) -> MailboxConfig {
         address: Some("alice@example.com".into()),
         password: PasswordSource::Env("FOLDERTRACK_FUZZ_UNUSED".into()),
         auth: AuthMethod::Login,
+        oauth: None,
         sent_folder: None,
         rules: vec![
             Rule {

@@ -214,6 +214,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         address: Some("alice@example.com".into()),
         password: PasswordSource::File(pw.clone()),
         auth: AuthMethod::Login,
+        oauth: None,
         sent_folder: None,
         rules: Vec::new(),
         watch: Default::default(),
@@ -271,7 +272,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         dir.join("records.jsonl").display()
     ));
     out.push_str("\n$ foldertrack sync\n");
-    out.push_str(&super::sync(&config, &store, None).await?);
+    out.push_str(&super::sync(&config, &store, None, false).await?);
     out.push_str("\n$ foldertrack activities list\n");
     out.push_str(&super::activities_list(&store, None, false)?);
     out.push_str("\n$ foldertrack status\n");

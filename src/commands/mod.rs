@@ -4,6 +4,7 @@
 pub mod check;
 pub mod demo;
 pub mod outbox;
+pub mod progress;
 pub mod show;
 
 use crate::config::Config;
@@ -19,9 +20,15 @@ pub fn open_store(config: &Config) -> Result<Arc<Store>> {
     Ok(Arc::new(Store::open(&config.data_dir, config.cache_bytes)?))
 }
 
-/// `sync [--mailbox M]`: one pass, then a line per folder. `Err` when any mailbox failed
+/// `sync [--mailbox M]`: one pass, then a line per folder and a one-line total. With
+/// `progress`, a bar per folder is drawn on stderr while it runs. `Err` when any mailbox failed
 /// (after the others were synced).
-pub async fn sync(config: &Config, store: &Arc<Store>, only: Option<&str>) -> Result<String> {
+pub async fn sync(
+    config: &Config,
+    store: &Arc<Store>,
+    only: Option<&str>,
+    progress: bool,
+) -> Result<String> {
     if let Some(m) = only {
         anyhow::ensure!(
             config.mailbox(m).is_some(),
@@ -32,10 +39,24 @@ pub async fn sync(config: &Config, store: &Arc<Store>, only: Option<&str>) -> Re
         );
     }
     let store = store.clone();
-    let reports = crate::sync::sync_all(config, &store, only).await;
+    let bars = progress.then(progress::Bars::new);
+    let reports = crate::sync::sync_all(
+        config,
+        &store,
+        only,
+        bars.as_ref().map(|b| b as &dyn crate::sync::Progress),
+    )
+    .await;
+    drop(bars);
     let mut out = String::new();
     let mut failed = Vec::new();
+    let mut total = crate::store::BatchOutcome::default();
+    let mut new = 0;
     for r in &reports {
+        for f in &r.folders {
+            total += f.outcome;
+            new += f.new_messages;
+        }
         for f in &r.folders {
             out.push_str(&format!(
                 "{}: {}: {} new, {} tracked, {} merged with existing, {} already tracked, {} quarantined{}\n",
@@ -65,6 +86,15 @@ pub async fn sync(config: &Config, store: &Arc<Store>, only: Option<&str>) -> Re
             failed.push(format!("{}: {e}", r.mailbox));
         }
     }
+    out.push_str(&format!(
+        "total: {} mailbox(es), {} failed; {new} new, {} tracked, {} merged with existing, {} already tracked, {} quarantined\n",
+        reports.len(),
+        failed.len(),
+        total.created,
+        total.merged,
+        total.replayed,
+        total.quarantined
+    ));
     if !failed.is_empty() {
         return Err(PartialFailure {
             stdout: out,
@@ -101,6 +131,21 @@ pub struct UsageError(pub String);
 pub enum Request {
     Sync {
         mailbox: Option<String>,
+        /// Draw progress bars (stdout is a terminal and the sync runs in this process).
+        #[serde(default)]
+        progress: bool,
+    },
+    /// Activities as JSON lines or CSV (through the agent the answer is buffered; run here it
+    /// streams, see [`export`]).
+    ActivitiesExport {
+        #[serde(flatten)]
+        filter: crate::export::ActivityFilter,
+        format: crate::export::Format,
+    },
+    /// Records in the shape `records import` reads.
+    RecordsExport {
+        rtype: Option<String>,
+        format: crate::export::Format,
     },
     Check {
         mailbox: Option<String>,
@@ -256,6 +301,27 @@ pub async fn dispatch(req: Request, config: &Config) -> Reply {
     }
 }
 
+/// Runs an export request: streamed row by row to `out` when the store is free here, else
+/// answered by the running agent (buffered there, then printed).
+pub async fn export(req: Request, config: &Config, out: &mut dyn std::io::Write) -> Reply {
+    match Store::open(&config.data_dir, config.cache_bytes) {
+        Ok(store) => {
+            let r = match &req {
+                Request::ActivitiesExport { filter, format } => {
+                    crate::export::activities(&store, filter, *format, out)
+                }
+                Request::RecordsExport { rtype, format } => {
+                    crate::export::records(&store, rtype.as_deref(), *format, out)
+                }
+                _ => Err(anyhow::anyhow!("not an export request")),
+            };
+            Reply::from_result(r.map(|_| String::new()))
+        }
+        Err(StoreError::Locked { .. }) => dispatch(req, config).await,
+        Err(e) => Reply::from_result(Err(e.into())),
+    }
+}
+
 /// Runs `req` against an open store. `agent` is set when a running agent serves the request.
 pub async fn execute(
     req: Request,
@@ -264,10 +330,20 @@ pub async fn execute(
     agent: Option<&crate::supervisor::AgentHandle>,
 ) -> Reply {
     let r = match req {
-        Request::Sync { mailbox } => match agent {
+        Request::Sync { mailbox, progress } => match agent {
             Some(a) => Ok(a.wake(mailbox.as_deref())),
-            None => sync(config, store, mailbox.as_deref()).await,
+            None => sync(config, store, mailbox.as_deref(), progress).await,
         },
+        Request::ActivitiesExport { filter, format } => {
+            let mut buf = Vec::new();
+            crate::export::activities(store, &filter, format, &mut buf)
+                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+        }
+        Request::RecordsExport { rtype, format } => {
+            let mut buf = Vec::new();
+            crate::export::records(store, rtype.as_deref(), format, &mut buf)
+                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+        }
         Request::Check { mailbox } => match check::check(config, store, mailbox.as_deref()).await {
             Ok((text, true)) => Ok(text),
             Ok((text, false)) => Err(PartialFailure {

@@ -153,31 +153,29 @@ pub fn cancel(store: &Store, id: u64) -> Result<String> {
 }
 
 /// The outgoing side of one mailbox for `status`.
-pub fn outgoing_state(config: &Config, store: &Store, mailbox: &str) -> Result<String> {
-    let Some(mb) = config.mailbox(mailbox) else {
-        return Ok("not configured".into());
-    };
-    let Some(smtp) = &mb.smtp else {
-        return Ok("not configured (no [smtp])".into());
-    };
-    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+pub fn outgoing_state(config: &Config, store: &Store, mailbox: &str) -> Result<show::Outgoing> {
+    let smtp = config.mailbox(mailbox).and_then(|m| m.smtp.as_ref());
+    let mut outbox = std::collections::BTreeMap::<String, usize>::new();
     for e in store.outbox_entries()? {
         if e.mailbox == mailbox {
-            *counts.entry(e.state.as_str()).or_default() += 1;
+            *outbox.entry(e.state.as_str().to_string()).or_default() += 1;
         }
     }
-    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    Ok(format!(
-        "enabled via {}:{} ({}); outbox: {}",
-        smtp.host,
-        smtp.port,
-        smtp.tls,
-        if summary.is_empty() {
-            "empty".to_string()
-        } else {
-            summary.join(", ")
-        }
-    ))
+    let stuck = store.outbox_entries()?.iter().any(|e| {
+        e.mailbox == mailbox
+            && e.state == SendState::Queued
+            && e.last_error.as_deref().is_some_and(|m| m.contains("login"))
+    });
+    let attention = stuck || outbox.contains_key("failed") || outbox.contains_key("unknown");
+    Ok(show::Outgoing {
+        state: match smtp {
+            None => "not configured".into(),
+            Some(_) if attention => "attention".into(),
+            Some(_) => "enabled".into(),
+        },
+        server: smtp.map(|s| format!("{}:{} ({})", s.host, s.port, s.tls)),
+        outbox,
+    })
 }
 
 /// Lines for `activities show` of an activity created in the CRM.

@@ -207,16 +207,91 @@ impl async_imap::Authenticator for &PlainAuth<'_> {
     }
 }
 
+/// The XOAUTH2 / OAUTHBEARER exchange: the initial response, then, if the server answers a
+/// rejected token with an error challenge, the empty (XOAUTH2) or `^A` (OAUTHBEARER, RFC 7628
+/// §3.2.3) response that lets it finish with a tagged NO.
+struct OAuthAuth {
+    initial: Vec<u8>,
+    sent: bool,
+    bearer: bool,
+}
+
+impl async_imap::Authenticator for OAuthAuth {
+    type Response = Vec<u8>;
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        if self.sent {
+            return if self.bearer { vec![1] } else { Vec::new() };
+        }
+        self.sent = true;
+        std::mem::take(&mut self.initial)
+    }
+}
+
+/// Logs in with an OAuth2 token. A login refused with a cached token is tried once more, on
+/// the same connection, with a token fetched anew: the provider may have revoked it early.
+async fn oauth_login(
+    mb: &MailboxConfig,
+    mut client: Client<Conn>,
+    auth_err: impl Fn(async_imap::error::Error) -> ImapError,
+) -> Result<ImapSession, ImapError> {
+    let Some(source) = &mb.oauth else {
+        return Err(ImapError::Token {
+            mailbox: mb.name.clone(),
+            source: crate::oauth::TokenError::File {
+                path: "(none)".into(),
+                message: "no token_file or token_command configured".into(),
+            },
+        });
+    };
+    let bearer = mb.auth == AuthMethod::Oauthbearer;
+    let mech = if bearer { "OAUTHBEARER" } else { "XOAUTH2" };
+    let mut refresh = false;
+    loop {
+        let token = crate::oauth::access_token(&mb.name, source, refresh)
+            .await
+            .map_err(|source| ImapError::Token {
+                mailbox: mb.name.clone(),
+                source,
+            })?;
+        let initial = if bearer {
+            crate::oauth::oauthbearer_payload(&mb.user, &mb.host, mb.port, &token)
+        } else {
+            crate::oauth::xoauth2_payload(&mb.user, &token)
+        };
+        let auth = OAuthAuth {
+            initial,
+            sent: false,
+            bearer,
+        };
+        match client.authenticate(mech, auth).await {
+            Ok(s) => return Ok(s),
+            Err((e, c)) => {
+                let e = auth_err(e);
+                if refresh || !matches!(e, ImapError::Auth { .. }) {
+                    return Err(e);
+                }
+                tracing::info!(mailbox = %mb.name, "OAuth2 login refused; fetching a new token and trying once more");
+                refresh = true;
+                client = c;
+            }
+        }
+    }
+}
+
 /// Connects and logs in to `mb`'s server.
 ///
 /// # Errors
 /// Classified [`ImapError`]s; [`ImapError::is_permanent`] tells whether retrying can help.
 pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
     let addr = format!("{}:{}", mb.host, mb.port);
-    let password = mb.password.read().map_err(|message| ImapError::Password {
-        mailbox: mb.name.clone(),
-        message,
-    })?;
+    let password = if mb.auth.is_oauth() {
+        String::new()
+    } else {
+        mb.password.read().map_err(|message| ImapError::Password {
+            mailbox: mb.name.clone(),
+            message,
+        })?
+    };
     // A literal may hold the largest message we fetch (plus slack); a line anything but a
     // literal: 32 MiB covers a SEARCH answer for millions of UIDs.
     let guard = || Guard::new(mb.max_message_bytes.saturating_add(1 << 20), 32 << 20);
@@ -290,6 +365,9 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
                     .authenticate("PLAIN", &auth)
                     .await
                     .map_err(|(e, _)| auth_err(e))
+            }
+            AuthMethod::Xoauth2 | AuthMethod::Oauthbearer => {
+                oauth_login(mb, client, auth_err).await
             }
         }
     };

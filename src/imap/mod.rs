@@ -69,6 +69,13 @@ pub enum ImapError {
     },
     #[error("password for mailbox {mailbox}: {message}")]
     Password { mailbox: String, message: String },
+    /// No OAuth2 access token (the command failed, the file is missing): retried with backoff,
+    /// since the tool that refreshes tokens may just be slow or its provider down.
+    #[error("OAuth2 token for mailbox {mailbox}: {source}")]
+    Token {
+        mailbox: String,
+        source: crate::oauth::TokenError,
+    },
 }
 
 impl ImapError {

@@ -99,6 +99,13 @@ pub struct MailboxState {
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_errors: u32,
+    /// When a pass last tracked something new (for the "nothing tracked for N hours" alert).
+    #[serde(default)]
+    pub last_tracked: Option<String>,
+    /// The first successful pass (the quiet-mailbox alert counts from here when nothing was
+    /// ever tracked).
+    #[serde(default)]
+    pub first_success: Option<String>,
     /// The latest outages (newest last, at most [`MAX_OUTAGES`]): when a failure began, when the
     /// next success ended it, and the first error. `status` shows them.
     #[serde(default)]
@@ -122,11 +129,17 @@ impl MailboxState {
         let t = now();
         self.last_attempt.get_or_insert_with(|| t.clone());
         self.last_success = Some(t.clone());
+        self.first_success.get_or_insert_with(|| t.clone());
         self.last_error = None;
         self.consecutive_errors = 0;
         if let Some(o) = self.outages.last_mut().filter(|o| o.to.is_none()) {
             o.to = Some(t);
         }
+    }
+
+    /// A pass tracked new mail.
+    pub fn tracked(&mut self) {
+        self.last_tracked = Some(now());
     }
 
     /// A pass failed: opens an outage unless one is open.
@@ -576,6 +589,38 @@ impl Store {
             .activity_by_msgid
             .get(keys::msgid(&a.dedup_key, other))?
             .map(|v| keys::u64_of(&v)))
+    }
+
+    /// Bytes on disk of the sled store plus the attachment pack files (for metrics).
+    pub fn disk_usage(&self) -> u64 {
+        let packs: u64 = std::fs::read_dir(self.dir.join("blobs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.db.size_on_disk().unwrap_or(0) + packs
+    }
+
+    /// Every activity in id (= tracking time) order, read one at a time: exports stream
+    /// through this without holding the store in memory.
+    pub fn activities_iter(&self) -> impl Iterator<Item = Result<Activity>> + '_ {
+        self.t.activities.iter().map(|kv| {
+            kv.map_err(StoreError::from)
+                .and_then(|(_, v)| dec("activities", &v))
+        })
+    }
+
+    /// Every record (of `rtype`, if given) in `type:key` order, read one at a time (see
+    /// [`Store::activities_iter`]).
+    pub fn records_iter(&self, rtype: Option<&str>) -> impl Iterator<Item = Result<Record>> + '_ {
+        let prefix = rtype.map(|t| format!("{t}:")).unwrap_or_default();
+        self.t.records.scan_prefix(prefix.as_bytes()).map(|kv| {
+            kv.map_err(StoreError::from)
+                .and_then(|(_, v)| dec("records", &v))
+        })
     }
 
     pub fn activity_count(&self) -> usize {
@@ -1324,8 +1369,9 @@ fn not_after(a: &Activity, b: &Activity) -> bool {
     }
 }
 
-/// RFC 3339 → seconds since the epoch, for comparing dates in different zones.
-fn parse_date(s: &str) -> i64 {
+/// RFC 3339 (or a bare `YYYY-MM-DD`, midnight UTC) → seconds since the epoch, for comparing
+/// dates in different zones. Malformed parts count as 0: callers check the shape first.
+pub fn parse_date(s: &str) -> i64 {
     let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
     let (y, mo, d, h, mi, se) = (n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19));
     let days = {

@@ -1,0 +1,270 @@
+//! `activities export` and `records export`: the store as JSON lines or CSV, so its data can go
+//! to a real CRM (or a spreadsheet).
+//!
+//! Rows are read from sled one at a time and written as they are read, so exporting a store of
+//! millions of activities needs no more memory than one activity. Records are written in
+//! exactly the shape `records import` reads (same JSON keys, same CSV header), so an export can
+//! be imported elsewhere as it is.
+
+use crate::model::{Activity, Party, RecordRef};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+
+/// Output format of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    #[default]
+    Jsonl,
+    /// RFC 4180 CSV with a header row; lists are joined with `;`.
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "jsonl" | "json" | "ndjson" => Ok(Format::Jsonl),
+            "csv" => Ok(Format::Csv),
+            o => Err(format!("unknown format `{o}`: use jsonl or csv")),
+        }
+    }
+}
+
+/// Which activities to export.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActivityFilter {
+    /// Only activities tracked at or after this time (`YYYY-MM-DD` or RFC 3339): an
+    /// incremental export picks up where the last one stopped.
+    pub since: Option<String>,
+    /// Only activities regarding this record (`type:key`).
+    pub regarding: Option<String>,
+}
+
+/// The CSV columns of `activities export --format csv`, in order.
+pub const ACTIVITY_COLUMNS: [&str; 19] = [
+    "id",
+    "tracked_at",
+    "date",
+    "direction",
+    "subject",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "regarding",
+    "message_id",
+    "in_reply_to",
+    "mailbox",
+    "folder",
+    "uidvalidity",
+    "uid",
+    "attachments",
+    "correlation",
+    "body_text",
+];
+
+/// The CSV header of `records export` (the long form `records import` reads).
+pub const RECORD_COLUMNS: [&str; 7] = ["type", "key", "name", "emails", "owner", "shared", "teams"];
+
+/// Checks `--since`: `YYYY-MM-DD`, or RFC 3339 with a time.
+pub fn check_since(s: &str) -> Result<i64, String> {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let date_ok = b.len() >= 10
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10);
+    let time_ok = b.len() == 10
+        || (b.len() >= 19
+            && (b[10] == b'T' || b[10] == b' ')
+            && digits(11..13)
+            && b[13] == b':'
+            && digits(14..16)
+            && b[16] == b':'
+            && digits(17..19));
+    if !(date_ok && time_ok) {
+        return Err(format!(
+            "--since `{s}`: write a date as 2026-11-28 or a time as 2026-11-28T09:30:00Z"
+        ));
+    }
+    Ok(crate::store::parse_date(s))
+}
+
+fn addresses(ps: &[Party]) -> String {
+    ps.iter()
+        .filter_map(|p| p.address.clone())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn activity_row(a: &Activity) -> Vec<String> {
+    vec![
+        a.id.to_string(),
+        a.tracked_at.clone(),
+        a.date.clone().unwrap_or_default(),
+        a.direction.as_str().to_string(),
+        a.subject.clone().unwrap_or_default(),
+        a.from
+            .as_ref()
+            .and_then(|p| p.address.clone())
+            .unwrap_or_default(),
+        addresses(&a.to),
+        addresses(&a.cc),
+        addresses(&a.bcc),
+        a.regarding.clone().unwrap_or_default(),
+        a.message_id.clone().unwrap_or_default(),
+        a.in_reply_to.clone().unwrap_or_default(),
+        a.source.mailbox.clone(),
+        a.source.folder.clone(),
+        a.source.uidvalidity.to_string(),
+        a.source.uid.to_string(),
+        a.attachments
+            .iter()
+            .map(|x| x.name.clone().unwrap_or_else(|| x.sha256.clone()))
+            .collect::<Vec<_>>()
+            .join(";"),
+        a.correlation
+            .as_ref()
+            .map(|c| format!("{}:{}", c.method, c.activity))
+            .unwrap_or_default(),
+        a.body_text.clone(),
+    ]
+}
+
+/// Where rows go: a CSV writer (which quotes and buffers), or JSON lines straight to `out`.
+enum Sink<'a> {
+    Csv(Box<csv::Writer<&'a mut dyn Write>>),
+    Jsonl(&'a mut dyn Write, Vec<u8>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(format: Format, out: &'a mut dyn Write, header: &[&str]) -> Result<Sink<'a>> {
+        Ok(match format {
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record(header)?;
+                Sink::Csv(Box::new(w))
+            }
+            Format::Jsonl => Sink::Jsonl(out, Vec::new()),
+        })
+    }
+
+    fn row<T: Serialize>(
+        &mut self,
+        value: &T,
+        csv_row: impl FnOnce() -> Vec<String>,
+    ) -> Result<()> {
+        match self {
+            Sink::Csv(w) => w.write_record(csv_row())?,
+            Sink::Jsonl(out, buf) => {
+                buf.clear();
+                serde_json::to_writer(&mut *buf, value)?;
+                buf.push(b'\n');
+                out.write_all(buf).context("writing the export")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Csv(mut w) => w.flush(),
+            Sink::Jsonl(out, _) => out.flush(),
+        }
+        .context("writing the export")
+    }
+}
+
+/// Writes the activities that pass `filter` to `out`, one at a time; returns how many.
+///
+/// # Errors
+/// A bad filter (a usage error), the store, or writing to `out` (e.g. a closed pipe).
+pub fn activities(
+    store: &Store,
+    filter: &ActivityFilter,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let since = filter
+        .since
+        .as_deref()
+        .map(check_since)
+        .transpose()
+        .map_err(crate::commands::UsageError)?;
+    let regarding = filter
+        .regarding
+        .as_deref()
+        .map(|r| r.parse::<RecordRef>().map_err(crate::commands::UsageError))
+        .transpose()?
+        .map(|r| r.to_string());
+    let mut sink = Sink::new(format, out, &ACTIVITY_COLUMNS)?;
+    let mut n = 0;
+    for a in store.activities_iter() {
+        let a = a?;
+        if since.is_some_and(|s| crate::store::parse_date(&a.tracked_at) < s) {
+            continue;
+        }
+        if regarding.is_some() && a.regarding != regarding {
+            continue;
+        }
+        sink.row(&a, || activity_row(&a))?;
+        n += 1;
+    }
+    sink.finish()?;
+    Ok(n)
+}
+
+/// Writes the records (of `rtype`, if given) to `out` in the shape `records import` reads;
+/// returns how many.
+///
+/// # Errors
+/// The store, or writing to `out`.
+pub fn records(
+    store: &Store,
+    rtype: Option<&str>,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let rtype = rtype.map(str::to_ascii_lowercase);
+    let mut sink = Sink::new(format, out, &RECORD_COLUMNS)?;
+    let mut n = 0;
+    for r in store.records_iter(rtype.as_deref()) {
+        let r = r?;
+        sink.row(&r, || {
+            vec![
+                r.rtype.clone(),
+                r.key.clone(),
+                r.name.clone(),
+                r.emails.join(";"),
+                r.owner.clone().unwrap_or_default(),
+                r.shared.to_string(),
+                r.teams.join(";"),
+            ]
+        })?;
+        n += 1;
+    }
+    sink.finish()?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_dates_and_times_only() {
+        assert!(check_since("2026-11-28").is_ok());
+        assert!(check_since("2026-11-28T09:30:00Z").is_ok());
+        assert!(check_since("2026-11-28T09:30:00+01:00").is_ok());
+        assert!(check_since("yesterday").is_err());
+        assert!(check_since("2026-11-28T9:30").is_err());
+        assert!(check_since("2026-11-28").unwrap() < check_since("2026-11-28T00:00:01Z").unwrap());
+    }
+}

@@ -1,0 +1,320 @@
+//! Prometheus metrics and the folder lag that `/healthz` judges.
+//!
+//! The counters live in one process-wide [`Metrics`] (the sync code records into it whether or
+//! not anyone scrapes; an atomic add costs nothing next to an IMAP round trip), and `run` serves
+//! them when `[metrics] listen` is set ([`crate::http`]). prometheus-client was chosen for its
+//! small dependency tree and its OpenMetrics text encoder.
+//!
+//! **Latency** (`foldertrack_tracking_latency_seconds`) is measured from the moment foldertrack
+//! *detected* new mail (the start of the pass that an IDLE/NOTIFY event, a poll or a wake-up
+//! began) to the commit of the message's activity. Not from INTERNALDATE: a MOVE or COPY keeps
+//! the message's original INTERNALDATE (RFC 3501/6851), so for a mail dragged into a tracked
+//! folder it measures the mail's age, not the drag. The server's own notification delay (about
+//! 0.5 s for Dovecot's IDLE) comes on top; `cargo bench --bench latency` measures the whole.
+//!
+//! **Lag** of a folder: the server's UIDNEXT (from STATUS or EXAMINE at each pass) beyond what
+//! the checkpoint covers. A folder is *lagging* when it has been behind for longer than
+//! `[health] lag_threshold`; mail that arrives and is tracked in the next pass never counts.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The watch modes `foldertrack_watch_mode` reports, one gauge per mode set to 1 for the
+/// current one.
+pub const MODES: [&str; 3] = ["idle_notify", "idle", "poll"];
+
+/// Every metric foldertrack exports.
+pub struct Metrics {
+    registry: Registry,
+    messages: Family<Labels, Counter>,
+    connections: Family<Labels, Counter>,
+    reconnects: Family<Labels, Counter>,
+    connected: Family<Labels, Gauge>,
+    mode: Family<Labels, Gauge>,
+    last_uid: Family<Labels, Gauge>,
+    lag: Family<Labels, Gauge>,
+    lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    latency: Family<Labels, Histogram>,
+    store_bytes: Gauge,
+    activities: Gauge,
+    quarantined: Gauge,
+    folders: Mutex<HashMap<(String, String), FolderLag>>,
+}
+
+/// Where a folder stands against the server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FolderLag {
+    /// The server's UIDNEXT, as last seen.
+    pub server_uid_next: u32,
+    /// The UIDNEXT the checkpoint covers (`last_uid + 1`, or the UIDNEXT of a completed pass).
+    pub covered_uid_next: u32,
+    /// When the folder first fell behind; `None` while caught up.
+    pub behind_since: Option<Instant>,
+}
+
+impl FolderLag {
+    /// Messages (by UID) on the server not yet processed: an upper bound, as UIDs may be gaps.
+    pub fn messages(&self) -> u32 {
+        self.server_uid_next.saturating_sub(self.covered_uid_next)
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms to about 80 s: IDLE tracking is ~5 ms after detection; a 10,000-message catch-up
+    // pass can take seconds.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+fn mb(mailbox: &str) -> Labels {
+    vec![("mailbox", mailbox.to_string())]
+}
+
+fn mf(mailbox: &str, folder: &str) -> Labels {
+    vec![
+        ("mailbox", mailbox.to_string()),
+        ("folder", folder.to_string()),
+    ]
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("foldertrack");
+        let m = Metrics {
+            messages: Family::default(),
+            connections: Family::default(),
+            reconnects: Family::default(),
+            connected: Family::default(),
+            mode: Family::default(),
+            last_uid: Family::default(),
+            lag: Family::default(),
+            lag_seconds: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            store_bytes: Gauge::default(),
+            activities: Gauge::default(),
+            quarantined: Gauge::default(),
+            folders: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages",
+            "Messages processed, by mailbox, folder and outcome (tracked: new activity; merged: copy of a tracked message; replayed: already tracked from this source; quarantined; skipped: left out by track_other_mail; failed: in a batch whose commit failed, retried at the next pass)",
+            m.messages.clone(),
+        );
+        registry.register(
+            "connections",
+            "IMAP logins that succeeded",
+            m.connections.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Reconnections after a dropped or failed connection",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "connected",
+            "1 while the mailbox's IMAP connection is up",
+            m.connected.clone(),
+        );
+        registry.register(
+            "watch_mode",
+            "1 for the way the mailbox waits for new mail now: idle_notify, idle or poll",
+            m.mode.clone(),
+        );
+        registry.register(
+            "folder_last_uid",
+            "Highest UID processed (the checkpoint)",
+            m.last_uid.clone(),
+        );
+        registry.register(
+            "folder_lag_messages",
+            "Messages (by UID) the server has beyond the checkpoint, at the last look",
+            m.lag.clone(),
+        );
+        registry.register(
+            "folder_lag_seconds",
+            "How long the folder has been behind the server (0 when caught up)",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "tracking_latency_seconds",
+            "From detecting new mail (start of the pass it triggered) to its activity's commit",
+            m.latency.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Disk used by the data dir's store and attachment blobs",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "activities",
+            "Activities in the store",
+            m.activities.clone(),
+        );
+        registry.register(
+            "quarantine_messages",
+            "Messages in quarantine",
+            m.quarantined.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts `n` messages of a folder with `outcome`.
+    pub fn messages(&self, mailbox: &str, folder: &str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            let mut l = mf(mailbox, folder);
+            l.push(("outcome", outcome.to_string()));
+            self.messages.get_or_create(&l).inc_by(n);
+        }
+    }
+
+    pub fn connected(&self, mailbox: &str, up: bool) {
+        if up {
+            self.connections.get_or_create(&mb(mailbox)).inc();
+        }
+        self.connected.get_or_create(&mb(mailbox)).set(up as i64);
+    }
+
+    pub fn reconnect(&self, mailbox: &str) {
+        self.reconnects.get_or_create(&mb(mailbox)).inc();
+    }
+
+    /// Sets the mailbox's watch mode (one of [`MODES`]); `None` when it waits for nothing
+    /// (stopped, disabled).
+    pub fn mode(&self, mailbox: &str, mode: Option<&str>) {
+        for m in MODES {
+            let mut l = mb(mailbox);
+            l.push(("mode", m.to_string()));
+            self.mode.get_or_create(&l).set((Some(m) == mode) as i64);
+        }
+    }
+
+    pub fn latency(&self, mailbox: &str, secs: f64, n: u32) {
+        let h = self.latency.get_or_create(&mb(mailbox));
+        for _ in 0..n {
+            h.observe(secs);
+        }
+    }
+
+    /// The server's UIDNEXT for a folder, as STATUS or EXAMINE gave it.
+    pub fn server_uid_next(&self, mailbox: &str, folder: &str, uid_next: u32) {
+        self.update(mailbox, folder, |f| f.server_uid_next = uid_next);
+    }
+
+    /// What the folder's checkpoint now covers.
+    pub fn checkpoint(&self, mailbox: &str, folder: &str, last_uid: u32, synced_uid_next: u32) {
+        self.last_uid
+            .get_or_create(&mf(mailbox, folder))
+            .set(last_uid as i64);
+        self.update(mailbox, folder, |f| {
+            f.covered_uid_next = (last_uid.saturating_add(1)).max(synced_uid_next)
+        });
+    }
+
+    fn update(&self, mailbox: &str, folder: &str, change: impl FnOnce(&mut FolderLag)) {
+        let Ok(mut m) = self.folders.lock() else {
+            return;
+        };
+        let f = m
+            .entry((mailbox.to_string(), folder.to_string()))
+            .or_default();
+        change(f);
+        if f.messages() == 0 {
+            f.behind_since = None;
+        } else if f.behind_since.is_none() {
+            f.behind_since = Some(Instant::now());
+        }
+        self.lag
+            .get_or_create(&mf(mailbox, folder))
+            .set(f.messages() as i64);
+    }
+
+    /// Every folder's lag, keyed by (mailbox, folder).
+    pub fn folder_lags(&self) -> HashMap<(String, String), FolderLag> {
+        self.folders.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Folders behind for longer than `threshold`: `(mailbox, folder, messages, behind for)`.
+    pub fn lagging(&self, threshold: Duration) -> Vec<(String, String, u32, Duration)> {
+        let mut out: Vec<_> = self
+            .folder_lags()
+            .into_iter()
+            .filter_map(|((m, f), l)| {
+                let d = l.behind_since?.elapsed();
+                (d > threshold).then_some((m, f, l.messages(), d))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The text exposition, with the store gauges read now.
+    pub fn encode(&self, store: Option<&crate::store::Store>) -> String {
+        if let Some(s) = store {
+            self.store_bytes.set(s.disk_usage() as i64);
+            self.activities.set(s.activity_count() as i64);
+            self.quarantined.set(s.quarantine_count() as i64);
+        }
+        for ((m, f), l) in self.folder_lags() {
+            self.lag_seconds
+                .get_or_create(&mf(&m, &f))
+                .set(l.behind_since.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_starts_when_behind_and_clears_when_caught_up() {
+        let m = Metrics::new();
+        m.checkpoint("a", "INBOX", 10, 11);
+        m.server_uid_next("a", "INBOX", 11);
+        assert_eq!(m.folder_lags()[&("a".into(), "INBOX".into())].messages(), 0);
+        m.server_uid_next("a", "INBOX", 14);
+        let l = m.folder_lags()[&("a".into(), "INBOX".into())];
+        assert_eq!(l.messages(), 3);
+        assert!(l.behind_since.is_some());
+        assert_eq!(m.lagging(Duration::from_secs(3600)).len(), 0);
+        assert_eq!(m.lagging(Duration::ZERO).len(), 1);
+        // A pass that found the last UIDs expunged covers UIDNEXT without a higher last UID.
+        m.checkpoint("a", "INBOX", 12, 14);
+        assert!(m.folder_lags()[&("a".into(), "INBOX".into())]
+            .behind_since
+            .is_none());
+        m.messages("a", "INBOX", "tracked", 2);
+        m.mode("a", Some("idle"));
+        m.latency("a", 0.01, 2);
+        let text = m.encode(None);
+        assert!(
+            text.contains(
+                "foldertrack_messages_total{mailbox=\"a\",folder=\"INBOX\",outcome=\"tracked\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("foldertrack_watch_mode{mailbox=\"a\",mode=\"idle\"} 1"));
+        assert!(text.contains("foldertrack_tracking_latency_seconds_count{mailbox=\"a\"} 2"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
