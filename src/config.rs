@@ -551,7 +551,6 @@ fn check_mailbox(
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<MailboxConfig, ConfigError> {
     let k = |f: &str| format!("mailbox[{i}].{f}");
-    let smtp = smtp::check(loc, &format!("mailbox[{i}]"), m.smtp, global_smtp, resolve)?;
     let name = m.name.get_ref().trim().to_string();
     if name.is_empty() || name.contains(['\0', '/']) {
         return Err(loc.err(
@@ -640,6 +639,18 @@ fn check_mailbox(
             ))
         }
     };
+    let smtp = smtp::check(
+        loc,
+        &format!("mailbox[{i}]"),
+        m.smtp.clone(),
+        global_smtp,
+        smtp::MailboxAuth {
+            name: m.name.get_ref().trim(),
+            user: m.user.get_ref(),
+            oauth: oauth.as_ref(),
+        },
+        resolve,
+    )?;
     let password = match (&m.password_env, &m.password_file) {
         _ if oauth.is_some() => {
             if let Some(p) = m.password_env.as_ref().or(m.password_file.as_ref()) {
@@ -992,6 +1003,28 @@ password_env = "ALICE_PW"
         ))
         .unwrap_err();
         assert_eq!(e.key, "mailbox[0].smtp.retry_max");
+        // XOAUTH2 on SMTP borrows the mailbox's token source, so the mailbox needs one.
+        let e = parse(&format!(
+            "{GOOD}  [mailbox.smtp]\n  host = \"h\"\n  auth = \"xoauth2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "mailbox[0].smtp.auth");
+        assert!(e.message.contains("token_file or token_command"), "{e}");
+        let oauth = GOOD.replace(
+            "password_env = \"ALICE_PW\"",
+            "auth = \"xoauth2\"\ntoken_file = \"tok\"",
+        );
+        let c = parse(&format!(
+            "{oauth}  [mailbox.smtp]\n  host = \"h\"\n  auth = \"xoauth2\"\n"
+        ))
+        .unwrap();
+        let s = c.mailboxes[0].smtp.as_ref().unwrap();
+        assert_eq!(
+            s.user.as_deref(),
+            Some("alice@example.com"),
+            "the mailbox's user"
+        );
+        assert_eq!(s.oauth.as_ref().map(|o| o.0.as_str()), Some("alice"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::config::{SmtpConfig, TlsMode};
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
@@ -46,8 +46,9 @@ pub fn addr(cfg: &SmtpConfig) -> String {
     format!("{}:{}", cfg.host, cfg.port)
 }
 
-/// Builds the transport. Reads the password (never logged, never in an error).
-pub fn transport(cfg: &SmtpConfig) -> Result<Transport, SmtpError> {
+/// Builds the transport. Reads the password or fetches the OAuth2 token (`refresh`: not the
+/// cached one); neither is ever logged or put in an error.
+pub async fn transport(cfg: &SmtpConfig, refresh: bool) -> Result<Transport, SmtpError> {
     let addr = addr(cfg);
     let config_err = |message: String| SmtpError::Config {
         addr: addr.clone(),
@@ -83,52 +84,77 @@ pub fn transport(cfg: &SmtpConfig) -> Result<Transport, SmtpError> {
         .port(cfg.port)
         .tls(tls)
         .timeout(Some(cfg.timeout));
-    if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password) {
-        let password = pw
-            .read()
-            .map_err(|m| config_err(format!("password: {m}")))?;
-        b = b.credentials(Credentials::new(user.clone(), password));
+    match (&cfg.user, &cfg.password, &cfg.oauth) {
+        (Some(user), _, Some((key, source))) => {
+            let token = crate::oauth::access_token(key, source, refresh)
+                .await
+                .map_err(|e| config_err(format!("OAuth2 token: {e}")))?;
+            b = b
+                .credentials(Credentials::new(user.clone(), token))
+                .authentication(vec![Mechanism::Xoauth2]);
+        }
+        (Some(user), Some(pw), None) => {
+            let password = pw
+                .read()
+                .map_err(|m| config_err(format!("password: {m}")))?;
+            b = b.credentials(Credentials::new(user.clone(), password));
+        }
+        _ => {}
     }
     Ok(b.build())
 }
 
+/// Runs `op` with a transport; with OAuth2, a refused login is tried once more with a fresh
+/// token (the cached one may have been revoked early), as the IMAP login does.
+async fn with_transport<T, F, Fut>(cfg: &SmtpConfig, op: F) -> Result<T, SmtpError>
+where
+    F: Fn(Transport) -> Fut,
+    Fut: std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+{
+    let first = op(transport(cfg, false).await?)
+        .await
+        .map_err(|e| classify(cfg, &e));
+    match first {
+        Err(SmtpError::Auth { .. }) if cfg.oauth.is_some() => op(transport(cfg, true).await?)
+            .await
+            .map_err(|e| classify(cfg, &e)),
+        r => r,
+    }
+}
+
 /// Sends `raw` to the envelope's recipients. `Ok` holds the server's answer.
 pub async fn send(cfg: &SmtpConfig, envelope: &Envelope, raw: &[u8]) -> Result<String, SmtpError> {
-    let t = transport(cfg)?;
-    match t.send_raw(envelope, raw).await {
-        Ok(resp) => Ok(format!(
-            "{} {}",
-            resp.code(),
-            resp.message().collect::<Vec<_>>().join(" ")
-        )),
-        Err(e) => Err(classify(cfg, &e)),
-    }
+    let resp = with_transport(cfg, |t| async move { t.send_raw(envelope, raw).await }).await?;
+    Ok(format!(
+        "{} {}",
+        resp.code(),
+        resp.message().collect::<Vec<_>>().join(" ")
+    ))
 }
 
 /// Connects, secures, greets and logs in, as `check` does for the outgoing side. Returns a
 /// line saying what worked.
 pub async fn test(cfg: &SmtpConfig) -> Result<String, SmtpError> {
-    let t = transport(cfg)?;
-    match t.test_connection().await {
-        Ok(true) => Ok(format!(
-            "{} ({}{})",
-            addr(cfg),
-            match cfg.tls {
-                TlsMode::Implicit => "implicit TLS",
-                TlsMode::Starttls => "STARTTLS",
-                TlsMode::None => "plaintext",
-            },
-            match &cfg.user {
-                Some(u) => format!(", logged in as {u}"),
-                None => ", no AUTH".to_string(),
-            }
-        )),
-        Ok(false) => Err(SmtpError::Deferred {
+    if !with_transport(cfg, |t| async move { t.test_connection().await }).await? {
+        return Err(SmtpError::Deferred {
             addr: addr(cfg),
             message: "the server did not answer NOOP after the login".into(),
-        }),
-        Err(e) => Err(classify(cfg, &e)),
+        });
     }
+    Ok(format!(
+        "{} ({}{})",
+        addr(cfg),
+        match cfg.tls {
+            TlsMode::Implicit => "implicit TLS",
+            TlsMode::Starttls => "STARTTLS",
+            TlsMode::None => "plaintext",
+        },
+        match (&cfg.user, &cfg.oauth) {
+            (Some(u), Some(_)) => format!(", logged in as {u} with XOAUTH2"),
+            (Some(u), None) => format!(", logged in as {u}"),
+            (None, _) => ", no AUTH".to_string(),
+        }
+    ))
 }
 
 /// Sorts a lettre error. The message keeps lettre's text and the server's reply (which may

@@ -222,9 +222,14 @@ fn server_down_queues_then_the_agent_sends_exactly_once() {
         tempfail: 1,
         ..Default::default()
     });
-    wait_for("the queued send to go out", 60, || {
-        outbox(&e)[0]["state"] == "sent"
-    });
+    wait_for(
+        "the queued send to go out and its copy into Sent",
+        60,
+        || {
+            let q = outbox(&e);
+            q[0]["state"] == "sent" && q[0]["sent_copy"] == "Sent"
+        },
+    );
     let q = outbox(&e);
     assert!(q[0]["attempts"].as_u64().unwrap() >= 3, "{q:#?}");
     assert_eq!(q[0]["sent_copy"], "Sent");
@@ -355,4 +360,60 @@ fn killed_right_after_data_is_never_sent_twice() {
     e.ok(&["outbox", "cancel", &id]);
     assert!(agent.stop().success());
     assert_eq!(smtp.accepted().len(), 2);
+}
+
+/// XOAUTH2 on the SMTP side (Exchange Online and Gmail): the mailbox's own token source, the
+/// token never shown, and a refused token refreshed once from `token_command`.
+#[test]
+fn smtp_xoauth2_uses_the_mailbox_token_and_refreshes_a_refused_one_once() {
+    let e = env_with(lmtp_options());
+    let mut smtp = Smtp::new(&e);
+    smtp.start(&Quirks {
+        oauth_tokens: vec!["tok-good".into()],
+        ..Default::default()
+    });
+    // The command's first token is stale (tok-1, refused), every later one good; it counts its runs.
+    let counter = e.work.join("n");
+    let command = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; if [ $n = 0 ]; then echo tok-1; else echo tok-good; fi",
+        c = counter.display()
+    );
+    let smtp_table = smtp
+        .config_table()
+        .replace("password_file = \"password\"\n", "auth = \"xoauth2\"\n");
+    let cfg = format!(
+        "[[mailbox]]\nname = \"alice\"\nowner = \"systemuser:alice\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nallow_plaintext = true\nuser = \"alice\"\naddress = \"alice@example.com\"\nauth = \"xoauth2\"\ntoken_command = {command:?}\n{smtp_table}",
+        e.dovecot.port
+    );
+    std::fs::write(
+        e.work.join("foldertrack.toml"),
+        format!("data_dir = \"data\"\n{cfg}"),
+    )
+    .unwrap();
+    e.import_records(RECORDS);
+    let o = e.run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "[ok] outgoing: SMTP 127.0.0.1:{} (STARTTLS, logged in as alice with XOAUTH2)",
+            smtp.port
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("tok-"), "tokens are never shown: {out}");
+    // The IMAP side of this Dovecot has no OAuth2 passdb: its login fails, and says so.
+    assert!(out.contains("[FAIL] connect and login"), "{out}");
+    let n: u32 = std::fs::read_to_string(&counter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SMTP first: tok-1 refused, one refresh gave tok-good (accepted); then IMAP: the cached
+    // token refused by Dovecot, one refresh, refused too: one refresh per login, no loop.
+    assert_eq!(n, 3);
+
+    let out = e.ok(&send_args("carol@globex.com", "Over OAuth"));
+    assert!(out.contains("sent to carol@globex.com"), "{out}");
+    assert_eq!(smtp.accepted().len(), 1);
+    assert_eq!(count(&e, "carol", "INBOX"), 1);
 }

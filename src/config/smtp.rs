@@ -28,6 +28,26 @@ pub(super) struct RawSmtp {
     retry_initial: Option<Spanned<i64>>,
     retry_max: Option<Spanned<i64>>,
     give_up_after: Option<Spanned<i64>>,
+    auth: Option<Spanned<SmtpAuth>>,
+}
+
+/// How foldertrack logs in to the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpAuth {
+    /// AUTH PLAIN or LOGIN with `user` and its password (none at all without `user`).
+    #[default]
+    Password,
+    /// AUTH XOAUTH2 with the mailbox's own access token (`token_file` / `token_command`): the
+    /// one token Exchange Online and Gmail accept for IMAP and SMTP alike.
+    Xoauth2,
+}
+
+/// What the SMTP side may borrow from its mailbox: the login name and the OAuth2 token source.
+pub(super) struct MailboxAuth<'a> {
+    pub name: &'a str,
+    pub user: &'a str,
+    pub oauth: Option<&'a crate::oauth::TokenSource>,
 }
 
 impl RawSmtp {
@@ -58,6 +78,7 @@ impl RawSmtp {
             retry_initial: own.retry_initial.or(g.retry_initial),
             retry_max: own.retry_max.or(g.retry_max),
             give_up_after: own.give_up_after.or(g.give_up_after),
+            auth: own.auth.or(g.auth),
         }
     }
 }
@@ -91,6 +112,9 @@ pub struct SmtpConfig {
     /// No AUTH when `None`.
     pub user: Option<String>,
     pub password: Option<PasswordSource>,
+    /// With [`SmtpAuth::Xoauth2`]: the mailbox's token source and the key of its token cache
+    /// (the mailbox name, shared with the IMAP login).
+    pub oauth: Option<(String, crate::oauth::TokenSource)>,
     /// Per SMTP command (connect, each reply).
     pub timeout: Duration,
     pub retry: RetryPolicy,
@@ -103,6 +127,7 @@ pub(super) fn check(
     mailbox_key: &str,
     own: Option<RawSmtp>,
     global: Option<&RawSmtp>,
+    mailbox: MailboxAuth<'_>,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<Option<SmtpConfig>, ConfigError> {
     let prefix = if own.is_some() {
@@ -163,8 +188,32 @@ pub(super) fn check(
         }
         (None, None) => None,
     };
-    let user = raw.user.as_ref().map(|u| u.get_ref().clone());
+    let mut user = raw.user.as_ref().map(|u| u.get_ref().clone());
+    let auth = raw.auth.as_ref().map(|a| *a.get_ref()).unwrap_or_default();
+    let oauth = match auth {
+        SmtpAuth::Password => None,
+        SmtpAuth::Xoauth2 => {
+            let span = raw.auth.as_ref().map(|a| a.span());
+            let Some(src) = mailbox.oauth else {
+                return Err(loc.err(
+                    span,
+                    &k("auth"),
+                    "auth = \"xoauth2\" uses the mailbox's OAuth2 token: give the mailbox auth = \"xoauth2\" and token_file or token_command",
+                ));
+            };
+            if password.is_some() {
+                return Err(loc.err(
+                    span,
+                    &k("auth"),
+                    "auth = \"xoauth2\" logs in with the token: remove password_env / password_file from this [smtp] table",
+                ));
+            }
+            user.get_or_insert_with(|| mailbox.user.to_string());
+            Some((mailbox.name.to_string(), src.clone()))
+        }
+    };
     match (&user, &password) {
+        (Some(_), None) if oauth.is_some() => {}
         (Some(_), None) => {
             return Err(loc.err(
                 raw.user.as_ref().map(|u| u.span()),
@@ -220,6 +269,7 @@ pub(super) fn check(
         ca_file: raw.ca_file.as_ref().map(|c| resolve(c.get_ref())),
         user,
         password,
+        oauth,
         timeout: secs(&raw.timeout, "timeout", Duration::from_secs(60), 3600)?,
         retry,
     }))

@@ -28,6 +28,8 @@ pub struct Quirks {
     pub reject: Option<String>,
     /// The first N DATA get 451.
     pub tempfail: u32,
+    /// Offer AUTH XOAUTH2 and accept these access tokens.
+    pub oauth_tokens: Vec<String>,
 }
 
 /// The server's address and files; it is started (and restarted) on the same port.
@@ -101,6 +103,9 @@ impl Smtp {
         .stderr(Stdio::inherit());
         if let Some(r) = &q.reject {
             cmd.args(["--reject", r]);
+        }
+        if !q.oauth_tokens.is_empty() {
+            cmd.args(["--oauth-tokens", &q.oauth_tokens.join(",")]);
         }
         self.child = Some(cmd.spawn().expect("start the SMTP test server"));
         let deadline = Instant::now() + Duration::from_secs(15);

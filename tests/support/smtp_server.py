@@ -8,12 +8,14 @@ recipient's mailbox. Knobs make it misbehave on purpose:
   --reject TEXT     RCPT TO addresses containing TEXT get 550 5.1.1 (permanent failure)
   --tempfail N      the first N DATA commands get 451 4.3.0 (transient failure)
   --log FILE        one line per accepted message: its Message-ID (to count sends exactly)
+  --oauth-tokens T  also offer AUTH XOAUTH2, accepting these comma-separated access tokens
 
 Usage: smtp_server.py --port P --lmtp /path/to/dovecot/run/lmtp --cert C --key K \
                       --users alice:pass,carol:pass [--log F] [--reject T] [--tempfail N]
 """
 
 import argparse
+import base64
 import asyncio
 import email.parser
 import signal
@@ -29,6 +31,23 @@ class Handler:
     def __init__(self, args):
         self.args = args
         self.tempfail_left = args.tempfail
+        self.tokens = set(filter(None, (args.oauth_tokens or "").split(",")))
+
+    async def auth_XOAUTH2(self, server, args):
+        # RFC-less but documented by Google/Microsoft: base64("user=U\x01auth=Bearer T\x01\x01")
+        if not self.tokens or len(args) < 2:
+            return AuthResult(success=False, handled=False)
+        try:
+            fields = dict(
+                f.split("=", 1)
+                for f in base64.b64decode(args[1]).decode().split("\x01")
+                if "=" in f
+            )
+        except Exception:  # noqa: BLE001
+            return AuthResult(success=False, handled=False)
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        ok = token in self.tokens and fields.get("user") in self.args.users_map
+        return AuthResult(success=ok, handled=False, auth_data=fields.get("user"))
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.args.reject and self.args.reject in address:
@@ -67,8 +86,10 @@ def main():
     p.add_argument("--log")
     p.add_argument("--reject")
     p.add_argument("--tempfail", type=int, default=0)
+    p.add_argument("--oauth-tokens")
     args = p.parse_args()
     users = dict(u.split(":", 1) for u in args.users.split(","))
+    args.users_map = users
 
     def authenticator(server, session, envelope, mechanism, auth_data):
         ok = (
