@@ -341,19 +341,8 @@ fn auth_failure_disables_that_mailbox_and_the_others_go_on() {
     }
     let rule =
         "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n";
-    let cfg = e.write_config(&[("alice", "alice", rule), ("bob", "bob", rule)], "");
-    std::fs::write(e.work.join("bad-password"), "nope").unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let i = text.rfind("password_file = \"password\"").unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}password_file = \"bad-password\"{}",
-            &text[..i],
-            &text[i + "password_file = \"password\"".len()..]
-        ),
-    )
-    .unwrap();
+    e.write_config(&[("alice", "alice", rule), ("bob", "bob", rule)], "");
+    e.break_last_password();
     e.import_records(RECORDS);
     let _agent = e.start_agent();
     wait_for("bob's mailbox to be disabled", 30, || {

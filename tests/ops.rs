@@ -276,22 +276,11 @@ fn metrics_endpoint_is_scraped_and_parsed_while_run_tracks_mail_and_healthz_says
 fn healthz_is_503_with_the_reason_when_a_mailbox_is_disabled() {
     let e = env();
     let port = free_port();
-    let cfg = e.write_config(
+    e.write_config(
         &[("alice", "alice", ACME), ("bob", "bob", "")],
         &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let i = text.rfind("password_file = \"password\"").unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}password_file = \"bad-password\"{}",
-            &text[..i],
-            &text[i + "password_file = \"password\"".len()..]
-        ),
-    )
-    .unwrap();
-    std::fs::write(e.work.join("bad-password"), "wrong").unwrap();
+    e.break_last_password();
     e.imap("alice").create("INBOX/Tracked/Acme");
     let _agent = e.start_agent();
     wait_for("bob to be disabled", 30, || {

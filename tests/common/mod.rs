@@ -104,6 +104,21 @@ impl Env {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
 
+    /// Gives the config's last mailbox a wrong password (from the file `bad-password`).
+    pub fn break_last_password(&self) {
+        let cfg = self.work.join("foldertrack.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let key = "password_file = \"password\"";
+        let i = text.rfind(key).unwrap();
+        let text = format!(
+            "{}password_file = \"bad-password\"{}",
+            &text[..i],
+            &text[i + key.len()..]
+        );
+        std::fs::write(&cfg, text).unwrap();
+        std::fs::write(self.work.join("bad-password"), "wrong").unwrap();
+    }
+
     pub fn import_records(&self, jsonl: &str) {
         let p = self.work.join("records.jsonl");
         std::fs::write(&p, jsonl).unwrap();
