@@ -48,6 +48,7 @@ pub struct Metrics {
     store_bytes: Gauge,
     activities: Gauge,
     quarantined: Gauge,
+    outbox: Family<Labels, Gauge>,
     folders: Mutex<HashMap<(String, String), FolderLag>>,
 }
 
@@ -108,6 +109,7 @@ impl Metrics {
             store_bytes: Gauge::default(),
             activities: Gauge::default(),
             quarantined: Gauge::default(),
+            outbox: Family::default(),
             folders: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -170,6 +172,11 @@ impl Metrics {
             "quarantine_messages",
             "Messages in quarantine",
             m.quarantined.clone(),
+        );
+        registry.register(
+            "outbox_messages",
+            "Outgoing email activities by mailbox and send state (queued, sending, sent, failed, unknown, cancelled)",
+            m.outbox.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -269,6 +276,21 @@ impl Metrics {
             self.store_bytes.set(s.disk_usage() as i64);
             self.activities.set(s.activity_count() as i64);
             self.quarantined.set(s.quarantine_count() as i64);
+            // Every state of every mailbox seen, so a state that empties goes back to 0.
+            let mut counts: HashMap<(String, &'static str), i64> = HashMap::new();
+            for e in s.outbox_entries().unwrap_or_default() {
+                *counts.entry((e.mailbox, e.state.as_str())).or_default() += 1;
+            }
+            let mailboxes: std::collections::BTreeSet<String> =
+                counts.keys().map(|(m, _)| m.clone()).collect();
+            for m in mailboxes {
+                for st in crate::store::SendState::ALL {
+                    let n = counts.get(&(m.clone(), st.as_str())).copied().unwrap_or(0);
+                    let mut l = mb(&m);
+                    l.push(("state", st.as_str().to_string()));
+                    self.outbox.get_or_create(&l).set(n);
+                }
+            }
         }
         for ((m, f), l) in self.folder_lags() {
             self.lag_seconds

@@ -30,6 +30,10 @@ fn count(e: &Env, user: &str, folder: &str) -> usize {
 
 /// alice's mailbox: INBOX and Sent tracked for replies, SMTP through `smtp`.
 fn setup(smtp: &Smtp, e: &Env) {
+    setup_with(smtp, e, "");
+}
+
+fn setup_with(smtp: &Smtp, e: &Env, extra_top: &str) {
     e.write_config(
         &[(
             "alice",
@@ -39,7 +43,7 @@ fn setup(smtp: &Smtp, e: &Env) {
                 smtp.config_table()
             ),
         )],
-        "",
+        extra_top,
     );
     e.import_records(RECORDS);
 }
@@ -200,7 +204,16 @@ fn send_lands_in_the_recipients_mailbox_and_replies_correlate_by_header_and_by_t
 fn server_down_queues_then_the_agent_sends_exactly_once() {
     let e = env_with(lmtp_options());
     let mut smtp = Smtp::new(&e); // not started: connection refused
-    setup(&smtp, &e);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    setup_with(
+        &smtp,
+        &e,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
     let agent = e.start_agent();
 
     // Through the running agent (control socket): queued, not lost.
@@ -238,6 +251,23 @@ fn server_down_queues_then_the_agent_sends_exactly_once() {
     assert_eq!(smtp.accepted().len(), 1, "{:?}", smtp.accepted());
     assert_eq!(count(&e, "carol", "INBOX"), 1);
     assert_eq!(count(&e, "alice", "Sent"), 1);
+    // The outbox is on the metrics endpoint too.
+    let scrape = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let line = |state: &str| {
+        format!("foldertrack_outbox_messages{{mailbox=\"alice\",state=\"{state}\"}} ")
+    };
+    assert!(scrape.contains(&format!("{}1\n", line("sent"))), "{scrape}");
+    assert!(
+        scrape.contains(&format!("{}0\n", line("queued"))),
+        "{scrape}"
+    );
     assert!(agent.stop().success());
 }
 

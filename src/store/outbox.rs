@@ -39,6 +39,15 @@ pub enum SendState {
 }
 
 impl SendState {
+    pub const ALL: [SendState; 6] = [
+        SendState::Queued,
+        SendState::Sending,
+        SendState::Sent,
+        SendState::Failed,
+        SendState::Unknown,
+        SendState::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SendState::Queued => "queued",
