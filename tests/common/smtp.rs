@@ -30,6 +30,8 @@ pub struct Quirks {
     pub tempfail: u32,
     /// Offer AUTH XOAUTH2 and accept these access tokens.
     pub oauth_tokens: Vec<String>,
+    /// TLS from the first byte (port 465 style) instead of STARTTLS.
+    pub implicit_tls: bool,
 }
 
 /// The server's address and files; it is started (and restarted) on the same port.
@@ -103,6 +105,9 @@ impl Smtp {
         .stderr(Stdio::inherit());
         if let Some(r) = &q.reject {
             cmd.args(["--reject", r]);
+        }
+        if q.implicit_tls {
+            cmd.arg("--implicit-tls");
         }
         if !q.oauth_tokens.is_empty() {
             cmd.args(["--oauth-tokens", &q.oauth_tokens.join(",")]);

@@ -60,15 +60,16 @@ class Handler:
             self.tempfail_left -= 1
             return "451 4.3.0 temporary failure, try again later"
         data = envelope.original_content or envelope.content
-        try:
-            with smtplib.LMTP(self.args.lmtp) as lmtp:
-                refused = lmtp.sendmail(envelope.mail_from, envelope.rcpt_tos, data)
-        except smtplib.SMTPRecipientsRefused as e:
-            return "550 5.1.1 LMTP refused every recipient: %r" % (e.recipients,)
-        except Exception as e:  # noqa: BLE001 - report any hand-off failure as transient
-            return "451 4.3.0 LMTP hand-off failed: %s" % e
-        if refused:
-            return "550 5.1.1 LMTP refused %r" % (refused,)
+        # One LMTP transaction per recipient: LMTP answers DATA once per recipient, which
+        # smtplib.LMTP.sendmail does not read.
+        for rcpt in envelope.rcpt_tos:
+            try:
+                with smtplib.LMTP(self.args.lmtp) as lmtp:
+                    lmtp.sendmail(envelope.mail_from, [rcpt], data)
+            except smtplib.SMTPRecipientsRefused as e:
+                return "550 5.1.1 LMTP refused %r" % (e.recipients,)
+            except Exception as e:  # noqa: BLE001 - report any hand-off failure as transient
+                return "451 4.3.0 LMTP hand-off failed: %s" % e
         msg = email.parser.BytesHeaderParser().parsebytes(data)
         if self.args.log:
             with open(self.args.log, "a") as f:
@@ -87,6 +88,7 @@ def main():
     p.add_argument("--reject")
     p.add_argument("--tempfail", type=int, default=0)
     p.add_argument("--oauth-tokens")
+    p.add_argument("--implicit-tls", action="store_true")
     args = p.parse_args()
     users = dict(u.split(":", 1) for u in args.users.split(","))
     args.users_map = users
@@ -100,16 +102,20 @@ def main():
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(args.cert, args.key)
+    # Implicit TLS (port 465 style): the whole connection is TLS from the first byte.
+    tls = (
+        dict(ssl_context=ctx, auth_require_tls=False)
+        if args.implicit_tls
+        else dict(tls_context=ctx, require_starttls=True, auth_require_tls=True)
+    )
     controller = Controller(
         Handler(args),
         hostname="127.0.0.1",
         port=args.port,
-        tls_context=ctx,
-        require_starttls=True,
         authenticator=authenticator,
         auth_required=True,
-        auth_require_tls=True,
         server_hostname="smtp.test",
+        **tls,
     )
     controller.start()
     print("ready", flush=True)
