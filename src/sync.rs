@@ -551,22 +551,15 @@ pub async fn sync_folder(
         let mut total = BatchOutcome::default();
         let mut tracked_uids = Vec::new();
         let mut created_ids = Vec::new();
-        while let Some((batch, msgs)) = rx.recv().await {
-            let last = batch.last_uid().max(start_after);
-            let cp = checkpoint(last);
-            let (mb, store2, t2) = (mb.clone(), store.clone(), t.clone());
-            let uidvalidity = sel.uidvalidity;
-            let out = tokio::task::spawn_blocking(move || {
-                let items = process_batch(&mb, &t2, uidvalidity, &batch, msgs, &store2);
-                store2.commit_batch(&items, &cp, &mb.name)
-            })
-            .await
-            .map_err(|e| SyncError::Worker(e.to_string()))??;
+        // Batch n is committed (one thread, sled) while batch n+1 is parsed (every core):
+        // commits stay in order, one at a time, and parsing only reads the store.
+        let mut committing: Option<tokio::task::JoinHandle<_>> = None;
+        let mut finish = |done: Result<crate::store::Committed, StoreError>, last: u32| {
             let crate::store::Committed {
                 outcome: out,
                 tracked_uids: uids,
                 created,
-            } = out;
+            } = done?;
             tracked_uids.extend(uids);
             created_ids.extend(created);
             tracing::debug!(
@@ -577,7 +570,33 @@ pub async fn sync_folder(
                 "batch committed"
             );
             total += out;
+            Ok::<_, SyncError>(())
+        };
+        let worker = |e: tokio::task::JoinError| SyncError::Worker(e.to_string());
+        while let Some((batch, msgs)) = rx.recv().await {
+            let last = batch.last_uid().max(start_after);
+            let cp = checkpoint(last);
+            let (mb2, store2, t2) = (mb.clone(), store.clone(), t.clone());
+            let uidvalidity = sel.uidvalidity;
+            let items = tokio::task::spawn_blocking(move || {
+                process_batch(&mb2, &t2, uidvalidity, &batch, msgs, &store2)
+            })
+            .await
+            .map_err(worker)?;
+            if let Some(h) = committing.take() {
+                let (done, l) = h.await.map_err(worker)?;
+                finish(done, l)?;
+            }
+            let (mb2, store2) = (mb.clone(), store.clone());
+            committing = Some(tokio::task::spawn_blocking(move || {
+                (store2.commit_batch(&items, &cp, &mb2.name), last)
+            }));
         }
+        if let Some(h) = committing.take() {
+            let (done, l) = h.await.map_err(worker)?;
+            finish(done, l)?;
+        }
+        drop(finish);
         Ok::<_, SyncError>((total, tracked_uids, created_ids))
     };
     let ((), (total, tracked_uids, created_ids)) = tokio::try_join!(producer, consumer)?;
