@@ -24,6 +24,7 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -331,9 +332,14 @@ pub async fn pass_planned(
         if cancel.is_some_and(|c| c.is_cancelled()) {
             break;
         }
+        // Instrumented, not entered: a span entered across an `.await` labels whatever else
+        // runs on that thread meanwhile (with 1,000 mailboxes, other mailboxes' lines).
         let span = tracing::info_span!("folder", mailbox = %mb.name, folder = %t.folder.name);
+        let synced = sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel)
+            .instrument(span.clone())
+            .await?;
         let _e = span.enter();
-        match sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel).await? {
+        match synced {
             Some(r) => {
                 if r.new_messages > 0 || r.relinked_by_rule > 0 {
                     tracing::info!(
@@ -563,6 +569,7 @@ pub async fn sync_folder(
             tracked_uids.extend(uids);
             created_ids.extend(created);
             tracing::debug!(
+                mailbox = %mb.name,
                 last_uid = last,
                 created = out.created,
                 merged = out.merged,
