@@ -294,8 +294,26 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// One IMAP connection per mailbox: 1,000 mailboxes need more descriptors than the usual soft
+/// limit of 1,024. Raise the soft limit to the hard one (no privilege needed).
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    raise_fd_limit();
     let cli = Cli::parse();
     init_logs(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()

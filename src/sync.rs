@@ -53,9 +53,10 @@ pub struct FolderReport {
     pub outcome: BatchOutcome,
     /// Activities moved to the folder's (changed) regarding, or reset after a manual link.
     pub relinked_by_rule: u32,
-    /// New activities, for late correlation at the end of the pass.
+    /// Ids of the new activities, for late correlation at the end of the pass (ids only: a
+    /// 50,000-message pass kept every activity in memory, and peak RSS grew with the folder).
     #[serde(skip)]
-    pub created: Vec<crate::model::Activity>,
+    pub created: Vec<u64>,
 }
 
 /// What one mailbox's pass did.
@@ -357,7 +358,7 @@ pub async fn pass_planned(
     }
     // Folders are read one after another: a reply may have been tracked before the message it
     // answers. Correlate what this pass created against everything now committed.
-    let created: Vec<crate::model::Activity> = report
+    let created: Vec<u64> = report
         .folders
         .iter_mut()
         .flat_map(|f| std::mem::take(&mut f.created))
@@ -367,7 +368,7 @@ pub async fn pass_planned(
         let writer = track::writer_of(mb, &**store);
         let smart = mb.crm.smart_matching.then(|| mb.crm.token.clone());
         let n = tokio::task::spawn_blocking(move || {
-            store2.recorrelate(&created, &writer, smart.as_ref())
+            store2.recorrelate_ids(&created, &writer, smart.as_ref())
         })
         .await
         .map_err(|e| SyncError::Worker(e.to_string()))??;
@@ -567,7 +568,7 @@ pub async fn sync_folder(
                 created,
             } = done?;
             tracked_uids.extend(uids);
-            created_ids.extend(created);
+            created_ids.extend(created.iter().map(|a| a.id));
             tracing::debug!(
                 mailbox = %mb.name,
                 last_uid = last,
@@ -683,7 +684,10 @@ fn track_one(m: &RawMessage, ctx: &FolderContext<'_>, source: Source, store: &St
             // not take the worker (and its batch) down.
             let src = source.clone();
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| track::build(p, ctx, src, m.size, store, store))) {
-                Ok(d) => BatchItem::Tracked(Box::new(d)),
+                Ok(mut d) => {
+                    store.keep_body_out(&mut d.activity);
+                    BatchItem::Tracked(Box::new(d))
+                }
                 Err(_) => BatchItem::Quarantined {
                     source,
                     reason: "tracking crashed on this message (a bug: please report it with the raw message)".into(),
