@@ -274,7 +274,7 @@ fn decode_base64_lines(body: &[u8]) -> Option<Vec<u8>> {
         if line.is_empty() {
             continue;
         }
-        if padded || line.len() % 4 != 0 {
+        if padded || !line.len().is_multiple_of(4) {
             return None;
         }
         padded = line.ends_with(b"=");

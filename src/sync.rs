@@ -604,7 +604,6 @@ pub async fn sync_folder(
             let (done, l) = h.await.map_err(worker)?;
             finish(done, l)?;
         }
-        drop(finish);
         Ok::<_, SyncError>((total, tracked_uids, created_ids))
     };
     let ((), (total, tracked_uids, created_ids)) = tokio::try_join!(producer, consumer)?;
