@@ -45,6 +45,7 @@ fn timed(cmd: &mut Command) -> Measure {
         String::from_utf8_lossy(&o.stderr)
     );
     let t = std::fs::read_to_string(&out_file).unwrap();
+    let _ = std::fs::remove_file(&out_file);
     let v: Vec<f64> = t
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
