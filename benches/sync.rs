@@ -4,7 +4,8 @@
 //! `/usr/bin/time`; the table gives each row's ratio to the raw pump.
 //!
 //! Run: `scripts/bench.sh` (installs Dovecot and `time`, then `cargo bench --bench sync`).
-//! Knobs: BENCH_COUNT (10000), BENCH_RUNS (3), BENCH_NAIVE (0), BENCH_SHARED (path of the
+//! Knobs: BENCH_SIZES (10000; e.g. 1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (0; 1 runs it
+//! at BENCH_NAIVE_SIZE, 10000), BENCH_SHARED (path of the
 //! baseline scripts; default `../shared/bench` beside the repo). Without the baseline scripts
 //! the mail is generated here (APPEND) and the raw pump is a built-in socket client.
 
@@ -44,6 +45,7 @@ fn timed(cmd: &mut Command) -> Measure {
         String::from_utf8_lossy(&o.stderr)
     );
     let t = std::fs::read_to_string(&out_file).unwrap();
+    let _ = std::fs::remove_file(&out_file);
     let v: Vec<f64> = t
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
@@ -74,12 +76,23 @@ impl Rng {
     }
 }
 
-/// Built-in generator, shaped like the baseline's: ~90 % text 2–20 KB, ~10 % with a 50–500 KB
-/// base64 attachment, ~40 % replies.
+/// Built-in generator, a port of `../shared/bench/populate.py`'s message mix (not byte-identical):
+/// ~90 % text 2–20 KB (half of them multipart/alternative with an HTML part, a fifth
+/// quoted-printable), ~10 % multipart/mixed with one base64 attachment of 50–500 KB (15 % of
+/// them two), ~40 % replies (In-Reply-To + References), ~12 % RFC 2047 UTF-8 subjects, Cc.
 fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| -> String {
+        let e = base64::engine::general_purpose::STANDARD.encode(bytes);
+        e.as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
     let words = [
         "order", "widget", "meeting", "quote", "invoice", "renewal", "project", "call", "thanks",
-        "schedule", "the", "and", "for", "we",
+        "schedule", "the", "and", "for", "we", "Grüße", "café", "budget", "review", "deadline",
     ];
     let mut text = String::new();
     let len = rng.range(2_000, 20_000) as usize;
@@ -93,31 +106,53 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
     }
     let text = text.replace('\n', "\r\n");
     let reply = if i > 0 && rng.next() % 10 < 4 {
-        format!(
-            "In-Reply-To: <bench-{}@example.com>\r\n",
-            rng.next() % i as u64
-        )
+        let p = rng.next() % i as u64;
+        format!("In-Reply-To: <bench-{p}@example.com>\r\nReferences: <bench-{}@example.com> <bench-{p}@example.com>\r\n", rng.next() % (p + 1))
     } else {
         String::new()
     };
-    let head = format!(
-        "Received: from mx.example.com by imap.example.com; Mon, 2 Sep 2024 10:00:00 +0000\r\nFrom: Sender {n} <sender{n}@acme.com>\r\nTo: alice@example.com\r\nSubject: {w} {i}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMessage-ID: <bench-{i}@example.com>\r\n{reply}MIME-Version: 1.0\r\n",
-        n = rng.next() % 500,
-        w = words[i % words.len()]
-    );
-    if rng.next().is_multiple_of(10) {
-        let size = rng.range(50_000, 500_000) as usize;
-        let bytes: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-        let wrapped: Vec<&str> = b64
-            .as_bytes()
-            .chunks(76)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!("{head}Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n--b{i}\r\nContent-Type: application/pdf; name=\"doc{i}.pdf\"\r\nContent-Disposition: attachment; filename=\"doc{i}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b{i}--\r\n", wrapped.join("\r\n")).into_bytes()
+    let subject = if rng.next() % 100 < 12 {
+        format!(
+            "=?utf-8?b?{}?=",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("Angebot für Bestellung {i} – Rückfrage"))
+        )
     } else {
-        format!("{head}Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n").into_bytes()
+        format!("{} {i}", words[i % words.len()])
+    };
+    let head = format!(
+        "Received: from mx.example.com by imap.example.com; Mon, 2 Sep 2024 10:00:00 +0000\r\nFrom: Sender {n} <sender{n}@acme.com>\r\nTo: alice@example.com\r\nCc: Carol <carol{c}@globex.example>, dave@initech.example\r\nSubject: {subject}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMessage-ID: <bench-{i}@example.com>\r\n{reply}MIME-Version: 1.0\r\n",
+        n = rng.next() % 500,
+        c = rng.next() % 50,
+    );
+    let qp = rng.next().is_multiple_of(5);
+    let text_part = if qp {
+        let q: String = text
+            .replace('ü', "=C3=BC")
+            .replace('ß', "=C3=9F")
+            .replace('é', "=C3=A9");
+        format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{q}")
+    } else {
+        format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}")
+    };
+    if rng.next().is_multiple_of(10) {
+        let mut m = format!("{head}Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n{text_part}\r\n");
+        let files = if rng.next() % 100 < 15 { 2 } else { 1 };
+        for f in 0..files {
+            let size = rng.range(50_000, 500_000) as usize;
+            let bytes: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+            m.push_str(&format!("--b{i}\r\nContent-Type: application/pdf; name=\"doc{i}-{f}.pdf\"\r\nContent-Disposition: attachment; filename=\"doc{i}-{f}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n", b64(&bytes)));
+        }
+        m.push_str(&format!("--b{i}--\r\n"));
+        m.into_bytes()
+    } else if rng.next().is_multiple_of(2) {
+        let html = format!(
+            "<html><body><p>{}</p></body></html>",
+            text.replace("\r\n", "</p>\r\n<p>")
+        );
+        format!("{head}Content-Type: multipart/alternative; boundary=\"a{i}\"\r\n\r\n--a{i}\r\n{text_part}\r\n--a{i}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--a{i}--\r\n").into_bytes()
+    } else {
+        format!("{head}{text_part}\r\n").into_bytes()
     }
 }
 
@@ -160,21 +195,25 @@ fn populate_builtin(port: u16, count: usize) {
     imap_cmds(port, &cmds);
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` / listing: nothing to test here
-    }
-    let count: usize = std::env::var("BENCH_COUNT")
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let shared = std::env::var("BENCH_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench"));
+        .unwrap_or(default)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One size: a fresh Dovecot and folder of `count` messages; raw pump, `foldertrack sync` and
+/// (when asked) the naive ingest, measured back to back. Rows: (name, median measure).
+fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(String, Measure)> {
     let have_shared = shared.join("populate.py").exists();
     let tmp = tempfile::Builder::new()
         .prefix("ft-bench-")
@@ -206,6 +245,7 @@ fn main() {
                 "--sandbox-dir",
             ])
             .arg(&dovecot.dir)
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(st.success(), "populate.py failed");
@@ -213,44 +253,41 @@ fn main() {
         populate_builtin(port, count);
     }
     let folder = "INBOX.Tracked.Acme";
-    let bytes = imap_cmds(
-        port,
-        &[
-            format!("a LOGIN user1 pass\r\nb STATUS {folder} (MESSAGES)\r\nc LOGOUT\r\n")
-                .into_bytes(),
-        ],
+    let fetch_all = format!(
+        "a LOGIN user1 pass\r\nb EXAMINE {folder}\r\nc UID FETCH 1:* (BODY.PEEK[])\r\nd LOGOUT\r\n"
     );
-    assert!(bytes > 0);
-
-    let mut rows: Vec<(String, Measure)> = Vec::new();
     // Warm the page cache and Dovecot's indexes once.
-    imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb EXAMINE {folder}\r\nc UID FETCH 1:* (BODY.PEEK[])\r\nd LOGOUT\r\n").into_bytes()]);
-    let raw_name = if shared.join("fetch_cat.sh").exists() {
-        "raw pump (shared fetch_cat.sh)"
-    } else {
-        "raw pump (built-in)"
-    };
+    imap_cmds(port, &[fetch_all.clone().into_bytes()]);
+    let cat = shared.join("fetch_cat.sh");
+    let mut rows: Vec<(String, Measure)> = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..runs.max(3) {
-        let m = if shared.join("fetch_cat.sh").exists() {
+        raw.push(if cat.exists() {
             timed(
                 Command::new("bash")
-                    .arg(shared.join("fetch_cat.sh"))
+                    .arg(&cat)
                     .arg(port.to_string())
                     .arg(folder),
             )
         } else {
             let t = std::time::Instant::now();
-            imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb EXAMINE {folder}\r\nc UID FETCH 1:* (BODY.PEEK[])\r\nd LOGOUT\r\n").into_bytes()]);
+            imap_cmds(port, &[fetch_all.clone().into_bytes()]);
             Measure {
                 wall: t.elapsed().as_secs_f64(),
                 rss_mb: f64::NAN,
                 cpu: f64::NAN,
             }
-        };
-        raw.push(m);
+        });
     }
-    rows.push((raw_name.into(), med(raw)));
+    rows.push((
+        if cat.exists() {
+            "raw pump (shared fetch_cat.sh: bash + dd, no parsing)"
+        } else {
+            "raw pump (built-in socket reader, no parsing)"
+        }
+        .into(),
+        med(raw),
+    ));
 
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -262,8 +299,12 @@ fn main() {
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_foldertrack");
     let mut ft = Vec::new();
-    for _ in 0..runs {
+    for run in 0..runs {
         let _ = std::fs::remove_dir_all(work.join("data"));
+        if run > 0 {
+            // Every run pays the `$Tracked` write-back (Dovecot renames each maildir file).
+            imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
+        }
         ft.push(timed(Command::new(bin).current_dir(&work).args([
             "--config",
             "foldertrack.toml",
@@ -281,11 +322,12 @@ fn main() {
             "every message tracked or quarantined"
         );
     }
-    rows.push(("foldertrack sync (empty store)".into(), med(ft)));
+    rows.push((
+        "foldertrack sync (empty store, $Tracked written back)".into(),
+        med(ft),
+    ));
 
-    if std::env::var("BENCH_NAIVE").is_ok_and(|v| v == "1")
-        && shared.join("naive_ingest.py").exists()
-    {
+    if naive && shared.join("naive_ingest.py").exists() {
         let db = tmp.path().join("naive.db");
         let m = timed(
             Command::new("python3")
@@ -293,26 +335,80 @@ fn main() {
                 .args(["--port", &port.to_string(), "--db"])
                 .arg(&db),
         );
-        rows.push(("naive Python ingest (shared, 1 run)".into(), m));
-    }
-
-    let raw_wall = rows[0].1.wall;
-    println!(
-        "\n{count} messages, {runs} runs each (median), {} ",
-        std::env::consts::ARCH
-    );
-    println!("| what | wall s | × raw pump | peak RSS MB | CPU s |");
-    println!("|---|---|---|---|---|");
-    for (name, m) in &rows {
-        println!(
-            "| {name} | {:.3} | {:.2} | {:.1} | {:.2} |",
-            m.wall,
-            m.wall / raw_wall,
-            m.rss_mb,
-            m.cpu
-        );
+        rows.push((
+            "naive Python ingest (shared naive_ingest.py, 1 run)".into(),
+            m,
+        ));
     }
     drop(dovecot);
+    rows
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` / listing: nothing to test here
+    }
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .ok()
+        .or_else(|| std::env::var("BENCH_COUNT").ok())
+        .unwrap_or_else(|| "10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runs = knob("BENCH_RUNS", 3);
+    let naive_at = knob("BENCH_NAIVE_SIZE", 10_000);
+    let naive = std::env::var("BENCH_NAIVE").is_ok_and(|v| v == "1");
+    let shared = std::env::var("BENCH_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench"));
+    let mut summary = Vec::new();
+    for &count in &sizes {
+        let load = loadavg();
+        let rows = bench_size(
+            count,
+            runs,
+            naive && (count == naive_at || sizes.len() == 1),
+            &shared,
+        );
+        let load_after = loadavg();
+        let raw_wall = rows[0].1.wall;
+        let naive_wall = rows.get(2).map(|r| r.1.wall);
+        println!(
+            "\n{count} messages, median of {runs} runs (raw pump: of {}), load average before {load}, after {load_after}",
+            runs.max(3)
+        );
+        println!("| what | wall s | × raw pump | naive ÷ this | peak RSS MB | CPU s |");
+        println!("|---|---|---|---|---|---|");
+        for (name, m) in &rows {
+            println!(
+                "| {name} | {:.3} | {:.2} | {} | {:.1} | {:.2} |",
+                m.wall,
+                m.wall / raw_wall,
+                naive_wall.map_or("–".into(), |n| format!("{:.1}", n / m.wall)),
+                m.rss_mb,
+                m.cpu
+            );
+        }
+        summary.push((count, rows, load, load_after));
+    }
+    if summary.len() > 1 {
+        println!("\n| messages | raw pump s | sync s | sync × raw | sync CPU s | sync peak RSS MB | naive s | naive ÷ sync | load before → after |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (count, rows, l0, l1) in &summary {
+            let (raw, ft) = (&rows[0].1, &rows[1].1);
+            let naive = rows.get(2).map(|r| r.1.wall);
+            println!(
+                "| {count} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} | {} | {} | {l0} → {l1} |",
+                raw.wall,
+                ft.wall,
+                ft.wall / raw.wall,
+                ft.cpu,
+                ft.rss_mb,
+                naive.map_or("–".into(), |n| format!("{n:.2}")),
+                naive.map_or("–".into(), |n| format!("{:.1}", n / ft.wall)),
+            );
+        }
+    }
 }
 
 fn med(v: Vec<Measure>) -> Measure {

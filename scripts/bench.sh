@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# Benchmark: foldertrack sync of 10,000 messages vs the raw-fetch ceiling, same run, same Dovecot.
-# Env knobs: BENCH_COUNT, BENCH_RUNS, BENCH_NAIVE=1 (adds the naive Python baseline), BENCH_SHARED.
+# The benchmarks, in one command (results are printed as Markdown tables):
+#  1. sync: raw pump, naive Python ingest (when ../shared/bench is there) and `foldertrack sync`
+#     of 1,000, 10,000 and 50,000 messages, same run, same Dovecot (benches/sync.rs);
+#  2. scale: 1,000 mailboxes on one agent, 10,000 messages delivered while it runs, latency
+#     under that load (benches/scale.rs).
+# Knobs: BENCH_SIZES (1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (1), BENCH_NAIVE_SIZE
+# (10000), BENCH_SHARED (../shared/bench), BENCH_SCALE (1; 0 skips it), SCALE_MAILBOXES (1000),
+# SCALE_MESSAGES (10000), SCALE_TRIALS (100), BENCH_LATENCY (0; 1 adds benches/latency.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 command -v /usr/bin/time >/dev/null || { SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo; $SUDO apt-get install -y time; }
+export BENCH_SIZES=${BENCH_SIZES:-1000,10000,50000} BENCH_NAIVE=${BENCH_NAIVE:-1}
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(dovecot --version 2>/dev/null | cut -d' ' -f1)"
 cargo bench --bench sync
+if [ "${BENCH_SCALE:-1}" = 1 ]; then
+  # one connection per mailbox: the agent needs more file descriptors than mailboxes
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  cargo bench --bench scale
+fi
+if [ "${BENCH_LATENCY:-0}" = 1 ]; then cargo bench --bench latency; fi

@@ -193,6 +193,12 @@ pub struct Activity {
     pub references: Vec<String>,
     pub thread_index: Option<String>,
     pub body_text: String,
+    /// sha256 of the body text when it is kept in the blob packs instead of in the activity:
+    /// bodies are most of an activity's bytes, and in sled they made every commit rewrite
+    /// large tree nodes (a third of a sync's CPU) and the store's memory grow with its size.
+    /// The store's readers put the text back into `body_text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_blob: Option<String>,
     pub attachments: Vec<AttachmentMeta>,
     /// First source is where it was first tracked; later copies add theirs.
     pub source: Source,

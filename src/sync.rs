@@ -24,6 +24,7 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -52,9 +53,10 @@ pub struct FolderReport {
     pub outcome: BatchOutcome,
     /// Activities moved to the folder's (changed) regarding, or reset after a manual link.
     pub relinked_by_rule: u32,
-    /// New activities, for late correlation at the end of the pass.
+    /// Ids of the new activities, for late correlation at the end of the pass (ids only: a
+    /// 50,000-message pass kept every activity in memory, and peak RSS grew with the folder).
     #[serde(skip)]
-    pub created: Vec<crate::model::Activity>,
+    pub created: Vec<u64>,
 }
 
 /// What one mailbox's pass did.
@@ -378,14 +380,18 @@ pub async fn pass_planned(
         if cancel.is_some_and(|c| c.is_cancelled()) {
             break;
         }
+        // Instrumented, not entered: a span entered across an `.await` labels whatever else
+        // runs on that thread meanwhile (with 1,000 mailboxes, other mailboxes' lines).
         let span = tracing::info_span!("folder", mailbox = %mb.name, folder = %t.folder.name);
-        let _e = span.enter();
         let run = FolderRun { detected, progress };
-        let r = sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel, &run).await;
+        let synced = sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel, &run)
+            .instrument(span.clone())
+            .await;
         if let Some(p) = progress {
             p.folder_done(&mb.name, &t.folder.name);
         }
-        match r? {
+        let _e = span.enter();
+        match synced? {
             Some(r) => {
                 if r.new_messages > 0 || r.relinked_by_rule > 0 {
                     tracing::info!(
@@ -403,7 +409,7 @@ pub async fn pass_planned(
     }
     // Folders are read one after another: a reply may have been tracked before the message it
     // answers. Correlate what this pass created against everything now committed.
-    let created: Vec<crate::model::Activity> = report
+    let created: Vec<u64> = report
         .folders
         .iter_mut()
         .flat_map(|f| std::mem::take(&mut f.created))
@@ -413,7 +419,7 @@ pub async fn pass_planned(
         let writer = track::writer_of(mb, &**store);
         let smart = mb.crm.smart_matching.then(|| mb.crm.token.clone());
         let n = tokio::task::spawn_blocking(move || {
-            store2.recorrelate(&created, &writer, smart.as_ref())
+            store2.recorrelate_ids(&created, &writer, smart.as_ref())
         })
         .await
         .map_err(|e| SyncError::Worker(e.to_string()))??;
@@ -625,34 +631,21 @@ pub async fn sync_folder(
         let mut total = BatchOutcome::default();
         let mut tracked_uids = Vec::new();
         let mut created_ids = Vec::new();
-        while let Some((batch, msgs)) = rx.recv().await {
-            let last = batch.last_uid().max(start_after);
-            let cp = checkpoint(last);
-            let (mb2, store2, t2) = (mb.clone(), store.clone(), t.clone());
-            let uidvalidity = sel.uidvalidity;
-            let n = msgs.len() as u64;
-            let out = tokio::task::spawn_blocking(move || {
-                let items = process_batch(&mb2, &t2, uidvalidity, &batch, msgs, &store2);
-                store2.commit_batch(&items, &cp, &mb2.name)
-            })
-            .await
-            .map_err(|e| SyncError::Worker(e.to_string()))
-            .and_then(|r| r.map_err(SyncError::from));
-            let out = match out {
-                Ok(o) => o,
-                Err(e) => {
-                    metrics.messages(&mb.name, &folder.name, "failed", n);
-                    return Err(e);
-                }
-            };
+        // Batch n is committed (one thread, sled) while batch n+1 is parsed (every core):
+        // commits stay in order, one at a time, and parsing only reads the store.
+        let mut committing: Option<tokio::task::JoinHandle<_>> = None;
+        let (m, f) = (&mb.name, &folder.name);
+        let mut finish = |done: Result<crate::store::Committed, StoreError>, last: u32, n: u64| {
+            if done.is_err() {
+                metrics.messages(m, f, "failed", n);
+            }
             let crate::store::Committed {
                 outcome: out,
                 tracked_uids: uids,
                 created,
-            } = out;
+            } = done?;
             tracked_uids.extend(uids);
-            created_ids.extend(created);
-            let (m, f) = (&mb.name, &folder.name);
+            created_ids.extend(created.iter().map(|a| a.id));
             metrics.messages(m, f, "tracked", out.created.into());
             metrics.messages(m, f, "merged", out.merged.into());
             metrics.messages(m, f, "replayed", out.replayed.into());
@@ -668,6 +661,7 @@ pub async fn sync_folder(
                 p.advanced(m, f, n);
             }
             tracing::debug!(
+                mailbox = %mb.name,
                 last_uid = last,
                 created = out.created,
                 merged = out.merged,
@@ -675,6 +669,32 @@ pub async fn sync_folder(
                 "batch committed"
             );
             total += out;
+            Ok::<_, SyncError>(())
+        };
+        let worker = |e: tokio::task::JoinError| SyncError::Worker(e.to_string());
+        while let Some((batch, msgs)) = rx.recv().await {
+            let last = batch.last_uid().max(start_after);
+            let cp = checkpoint(last);
+            let (mb2, store2, t2) = (mb.clone(), store.clone(), t.clone());
+            let uidvalidity = sel.uidvalidity;
+            let n = msgs.len() as u64;
+            let items = tokio::task::spawn_blocking(move || {
+                process_batch(&mb2, &t2, uidvalidity, &batch, msgs, &store2)
+            })
+            .await
+            .map_err(worker)?;
+            if let Some(h) = committing.take() {
+                let (done, l, k) = h.await.map_err(worker)?;
+                finish(done, l, k)?;
+            }
+            let (mb2, store2) = (mb.clone(), store.clone());
+            committing = Some(tokio::task::spawn_blocking(move || {
+                (store2.commit_batch(&items, &cp, &mb2.name), last, n)
+            }));
+        }
+        if let Some(h) = committing.take() {
+            let (done, l, k) = h.await.map_err(worker)?;
+            finish(done, l, k)?;
         }
         Ok::<_, SyncError>((total, tracked_uids, created_ids))
     };
@@ -761,7 +781,10 @@ pub(crate) fn track_one(
             // not take the worker (and its batch) down.
             let src = source.clone();
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| track::build(p, ctx, src, m.size, store, store))) {
-                Ok(d) => BatchItem::Tracked(Box::new(d)),
+                Ok(mut d) => {
+                    store.keep_body_out(&mut d.activity);
+                    BatchItem::Tracked(Box::new(d))
+                }
                 Err(_) => BatchItem::Quarantined {
                     source,
                     reason: "tracking crashed on this message (a bug: please report it with the raw message)".into(),

@@ -489,6 +489,9 @@ fn activities_show(store: &Store, id: u64, json: bool) -> Result<String> {
     let counterpart = store.counterpart(&a)?;
     if json {
         let mut v = serde_json::to_value(&a)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("body_blob");
+        }
         v["counterpart"] = serde_json::json!(counterpart);
         if let Some(e) = store.outbox_entry(id)? {
             v["send"] = serde_json::to_value(&e)?;

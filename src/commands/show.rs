@@ -104,6 +104,7 @@ pub fn activity_json_brief(a: &Activity) -> serde_json::Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("body_text");
+        o.remove("body_blob");
     }
     v
 }

@@ -336,6 +336,17 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// An activity as stored: without its body text when that is in the blob packs.
+fn enc_activity(a: &mut Activity) -> Vec<u8> {
+    if a.body_blob.is_none() || a.body_text.is_empty() {
+        return enc(a);
+    }
+    let body = std::mem::take(&mut a.body_text);
+    let v = enc(a);
+    a.body_text = body;
+    v
+}
+
 fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
         tree,
@@ -547,8 +558,34 @@ impl Store {
         self.t
             .activities
             .get(id.to_be_bytes())?
-            .map(|v| dec("activities", &v))
+            .map(|v| self.dec_activity(&v))
             .transpose()
+    }
+
+    /// Decodes a stored activity, its body text read back from the packs.
+    fn dec_activity(&self, v: &[u8]) -> Result<Activity> {
+        let mut a: Activity = dec("activities", v)?;
+        if let (Some(sha), true) = (&a.body_blob, a.body_text.is_empty()) {
+            let body = self.blob(sha)?.ok_or_else(|| StoreError::Corrupt {
+                tree: "activities",
+                message: format!("activity {}: body {sha} missing from the blob packs", a.id),
+            })?;
+            a.body_text = String::from_utf8_lossy(&body).into_owned();
+        }
+        Ok(a)
+    }
+
+    /// Keeps a new activity's body text in the blob packs (sha256-addressed, so two copies of
+    /// one mail share it), unless it is short. On failure (a full disk) it stays inline.
+    pub fn keep_body_out(&self, a: &mut Activity) {
+        if a.body_text.len() < 512 || a.body_blob.is_some() {
+            return;
+        }
+        use sha2::Digest as _;
+        let sha = hex::encode(sha2::Sha256::digest(a.body_text.as_bytes()));
+        if self.put_blob(&sha, a.body_text.as_bytes()).is_ok() {
+            a.body_blob = Some(sha);
+        }
     }
 
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
@@ -560,7 +597,7 @@ impl Store {
                 .iter()
                 .map(|kv| {
                     let (_, v) = kv?;
-                    dec("activities", &v)
+                    self.dec_activity(&v)
                 })
                 .collect(),
             Some(r) => {
@@ -781,7 +818,7 @@ impl Store {
                     return Ok(true);
                 }
                 set_regarding(by_reg, &mut a, id, regarding.map(str::to_string))?;
-                acts.insert(&id.to_be_bytes(), enc(&a))?;
+                acts.insert(&id.to_be_bytes(), enc_activity(&mut a))?;
                 Ok(true)
             })
             .map_err(tx_err)?;
@@ -863,6 +900,37 @@ impl Store {
     /// A late-correlated activity inherits the regarding like an early one, if `writer` may
     /// write it. Returns how many activities were correlated.
     /// With `smart` (the mailbox's token format), smart matching runs too.
+    /// [`Store::recorrelate`] for activities given by id, read back a few hundred at a time
+    /// (without their bodies), so memory does not grow with the pass.
+    pub fn recorrelate_ids(
+        &self,
+        ids: &[u64],
+        writer: &crate::model::Writer,
+        smart: Option<&crate::track::token::TokenFormat>,
+    ) -> Result<u32> {
+        let mut n = 0;
+        for chunk in ids.chunks(256) {
+            let mut acts = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                if let Some(a) = self.activity_meta(*id)? {
+                    acts.push(a);
+                }
+            }
+            n += self.recorrelate(&acts, writer, smart)?;
+        }
+        Ok(n)
+    }
+
+    /// An activity without its body text (when that is in the packs) and attachments list:
+    /// what correlation looks at.
+    fn activity_meta(&self, id: u64) -> Result<Option<Activity>> {
+        self.t
+            .activities
+            .get(id.to_be_bytes())?
+            .map(|v| dec("activities", &v))
+            .transpose()
+    }
+
     pub fn recorrelate(
         &self,
         created: &[Activity],
@@ -902,7 +970,7 @@ impl Store {
                 }
             }
             for (child, method) in children {
-                let Some(c) = self.activity(child)? else {
+                let Some(c) = self.activity_meta(child)? else {
                     continue;
                 };
                 if c.correlation.is_some() || child == id || !not_after(x, &c) {
@@ -989,7 +1057,9 @@ impl Store {
                 }
             }
         }
-        self.t.activities.insert(id.to_be_bytes(), enc(&a))?;
+        self.t
+            .activities
+            .insert(id.to_be_bytes(), enc_activity(&mut a))?;
         if let Some(r) = relink {
             self.relink(id, Some(&r))?;
         }
@@ -1508,7 +1578,7 @@ fn apply_activity(
             out.relinked += 1;
         }
         tx.by_source.insert(skey, &id.to_be_bytes())?;
-        tx.acts.insert(&id.to_be_bytes(), enc(&cur))?;
+        tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut cur))?;
         out.merged += 1;
         return Ok(true);
     }
@@ -1561,7 +1631,7 @@ fn apply_activity(
             enc(&StoredAlert::raise(prev.as_deref(), alerts_mailbox, al, at)),
         )?;
     }
-    tx.acts.insert(&id.to_be_bytes(), enc(&a))?;
+    tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut a))?;
     tx.by_msgid.insert(mkey, &id.to_be_bytes())?;
     tx.by_source.insert(skey, &id.to_be_bytes())?;
     if let Some(r) = &a.regarding {

@@ -244,6 +244,7 @@ pub fn build(
         references: parsed.references,
         thread_index: parsed.thread_index,
         body_text: parsed.body_text,
+        body_blob: None,
         attachments: parsed
             .attachments
             .into_iter()
