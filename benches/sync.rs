@@ -4,7 +4,8 @@
 //! `/usr/bin/time`; the table gives each row's ratio to the raw pump.
 //!
 //! Run: `scripts/bench.sh` (installs Dovecot and `time`, then `cargo bench --bench sync`).
-//! Knobs: BENCH_SIZES (10000; e.g. 1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (0; 1 runs it
+//! Knobs: BENCH_CONFIG (top-level config lines for foldertrack, `\n`-separated, e.g.
+//! `batch_bytes = 16777216`), BENCH_SIZES (10000; e.g. 1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (0; 1 runs it
 //! at BENCH_NAIVE_SIZE, 10000), BENCH_SHARED (path of the
 //! baseline scripts; default `../shared/bench` beside the repo). Without the baseline scripts
 //! the mail is generated here (APPEND) and the raw pump is a built-in socket client.
@@ -294,7 +295,7 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
     std::fs::write(work.join("password"), "pass").unwrap();
     std::fs::write(
         work.join("foldertrack.toml"),
-        format!("data_dir = \"data\"\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n"),
+        format!("data_dir = \"data\"\n{}\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n", std::env::var("BENCH_CONFIG").unwrap_or_default().replace("\\n", "\n")),
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_foldertrack");
