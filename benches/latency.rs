@@ -7,92 +7,43 @@
 //! stderr as it is written; the commit is flushed before the line). Knobs: LAT_TRIALS (200).
 //! Run: `cargo bench --bench latency`.
 
+mod common;
+
+use common::{knob, pct, Conn};
 use foldertrack::sandbox::{Sandbox, SandboxOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    n: u32,
-}
-
-impl Conn {
-    fn login(port: u16) -> Conn {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut c = Conn {
-            w: s.try_clone().unwrap(),
-            r: BufReader::new(s),
-            n: 0,
-        };
-        c.line();
-        c.cmd("LOGIN user1 pass");
-        c
-    }
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        assert!(self.r.read_line(&mut l).unwrap() > 0, "connection closed");
-        l
-    }
-    fn cmd(&mut self, c: &str) {
-        self.n += 1;
-        let tag = format!("x{}", self.n);
-        write!(self.w, "{tag} {c}\r\n").unwrap();
-        loop {
-            let l = self.line();
-            if l.starts_with(&tag) {
-                assert!(l[tag.len()..].trim_start().starts_with("OK"), "{c}: {l}");
-                return;
-            }
-        }
-    }
-    fn append(&mut self, folder: &str, i: usize) {
-        let m = format!("From: bob@acme.com\r\nTo: user1@example.com\r\nSubject: latency {i}\r\nMessage-ID: <lat-{i}-{}@bench>\r\n\r\nping\r\n", std::process::id());
-        self.n += 1;
-        let tag = format!("x{}", self.n);
-        write!(self.w, "{tag} APPEND {folder} {{{}+}}\r\n{m}\r\n", m.len()).unwrap();
-        loop {
-            let l = self.line();
-            if l.starts_with(&tag) {
-                return;
-            }
-        }
-    }
-}
-
-fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.9), p(0.99))
+/// One latency probe message, unique per process and trial.
+fn probe(i: usize) -> String {
+    format!("From: bob@acme.com\r\nTo: user1@example.com\r\nSubject: latency {i}\r\nMessage-ID: <lat-{i}-{}@bench>\r\n\r\nping\r\n", std::process::id())
 }
 
 /// Dovecot's own floor: APPEND sent on B → `* N EXISTS` read on A (IDLE, cycle mode: DONE and a
 /// new IDLE after each notification, as a client that fetches each message does).
 fn dovecot_floor(port: u16, trials: usize) -> Vec<f64> {
     let mut out = Vec::new();
-    let mut b = Conn::login(port);
-    let mut a = Conn::login(port);
+    let mut b = Conn::login(port, "user1");
+    let mut a = Conn::login(port, "user1");
     a.cmd("SELECT INBOX.Floor");
     for i in 0..trials {
         if i > 0 && i % 100 == 0 {
-            a = Conn::login(port); // Dovecot drops a session after ~150 deliveries (bench README, finding 6)
+            a = Conn::login(port, "user1"); // Dovecot drops a session after ~150 deliveries (bench README, finding 6)
             a.cmd("SELECT INBOX.Floor");
         }
-        write!(a.w, "i{i} IDLE\r\n").unwrap();
+        a.send(&format!("i{i} IDLE\r\n"));
         while !a.line().starts_with('+') {}
         let t = Instant::now();
-        b.append("INBOX.Floor", i);
+        b.append("INBOX.Floor", &probe(i));
         loop {
             if a.line().contains("EXISTS") {
                 break;
             }
         }
         out.push(t.elapsed().as_secs_f64() * 1000.0);
-        write!(a.w, "DONE\r\n").unwrap();
+        a.send("DONE\r\n");
         while !a.line().starts_with(&format!("i{i} ")) {}
     }
     out
@@ -136,12 +87,12 @@ fn agent_latency(port: u16, work: &std::path::Path, watch: &str, trials: usize) 
         .contains("agent running")
     {}
     std::thread::sleep(Duration::from_millis(500));
-    let mut b = Conn::login(port);
+    let mut b = Conn::login(port, "user1");
     let mut out = Vec::new();
     for i in 0..trials {
         while rx.try_recv().is_ok() {}
         let t = Instant::now();
-        b.append("INBOX.Tracked", i);
+        b.append("INBOX.Tracked", &probe(i));
         loop {
             let (at, line) = rx
                 .recv_timeout(Duration::from_secs(30))
@@ -164,17 +115,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let trials: usize = std::env::var("LAT_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let trials = knob("LAT_TRIALS", 200);
     let tmp = tempfile::Builder::new()
         .prefix("ft-lat-")
         .tempdir_in("/tmp")
         .unwrap();
     let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &SandboxOptions::default()).unwrap();
     let port = dovecot.port;
-    let mut c = Conn::login(port);
+    let mut c = Conn::login(port, "user1");
     c.cmd("CREATE INBOX.Tracked");
     c.cmd("CREATE INBOX.Floor");
     let work = tmp.path().join("work");

@@ -25,75 +25,15 @@
 //! connection per mailbox (IDLE+NOTIFY on its one tracked folder), logging in at most
 //! `LOGIN_CONCURRENCY` (16) at a time.
 
+mod common;
+
+use common::{knob, pct, Conn};
 use foldertrack::sandbox::{Sandbox, SandboxOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    n: u32,
-}
-
-impl Conn {
-    fn login(port: u16, user: &str) -> Conn {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut c = Conn {
-            w: s.try_clone().unwrap(),
-            r: BufReader::new(s),
-            n: 0,
-        };
-        c.line();
-        c.cmd(&format!("LOGIN {user} pass"));
-        c
-    }
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        assert!(self.r.read_line(&mut l).unwrap() > 0, "connection closed");
-        l
-    }
-    fn cmd(&mut self, c: &str) {
-        self.n += 1;
-        let tag = format!("x{}", self.n);
-        write!(self.w, "{tag} {c}\r\n").unwrap();
-        loop {
-            let l = self.line();
-            if l.starts_with(&tag) {
-                assert!(l[tag.len()..].trim_start().starts_with("OK"), "{c}: {l}");
-                return;
-            }
-        }
-    }
-    fn append(&mut self, folder: &str, msg: &str) {
-        self.n += 1;
-        let tag = format!("x{}", self.n);
-        write!(
-            self.w,
-            "{tag} APPEND {folder} {{{}+}}\r\n{msg}\r\n",
-            msg.len()
-        )
-        .unwrap();
-        loop {
-            let l = self.line();
-            if l.starts_with(&tag) {
-                assert!(l[tag.len()..].trim_start().starts_with("OK"), "APPEND: {l}");
-                return;
-            }
-        }
-    }
-}
 
 fn message(user: &str, i: usize) -> String {
     format!(
@@ -199,19 +139,13 @@ fn wait_idle(work: &Path, n: usize, limit: Duration) -> Duration {
     }
 }
 
-fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.9), p(0.99))
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let users = env("SCALE_MAILBOXES", 1000).max(2);
-    let messages = env("SCALE_MESSAGES", 10_000);
-    let trials = env("SCALE_TRIALS", 100);
+    let users = knob("SCALE_MAILBOXES", 1000).max(2);
+    let messages = knob("SCALE_MESSAGES", 10_000);
+    let trials = knob("SCALE_TRIALS", 100);
     let tmp = tempfile::Builder::new()
         .prefix("ft-scale-")
         .tempdir_in("/tmp")

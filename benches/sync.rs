@@ -10,6 +10,9 @@
 //! baseline scripts; default `../shared/bench` beside the repo). Without the baseline scripts
 //! the mail is generated here (APPEND) and the raw pump is a built-in socket client.
 
+mod common;
+
+use common::knob;
 use foldertrack::sandbox::{Sandbox, SandboxOptions};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -194,13 +197,6 @@ fn populate_builtin(port: u16, count: usize) {
     }
     cmds.push(b"z LOGOUT\r\n".to_vec());
     imap_cmds(port, &cmds);
-}
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn loadavg() -> String {
