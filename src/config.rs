@@ -654,25 +654,24 @@ fn check_mailbox(
         },
         resolve,
     )?;
-    let password = match (&m.password_env, &m.password_file) {
-        _ if oauth.is_some() => {
-            if let Some(p) = m.password_env.as_ref().or(m.password_file.as_ref()) {
-                return Err(loc.err(Some(p.span()), &k("password_env"), "an OAuth2 mailbox logs in with its token: remove password_env / password_file"));
-            }
-            PasswordSource::None
-        }
-        (Some(e), None) => PasswordSource::Env(e.get_ref().clone()),
-        (None, Some(f)) => PasswordSource::File(resolve(f.get_ref())),
-        (Some(e), Some(_)) => {
-            return Err(loc.err(Some(e.span()), &k("password_env"), "set password_env or password_file, not both"))
-        }
-        (None, None) => {
+    let password = if oauth.is_some() {
+        if let Some(p) = m.password_env.as_ref().or(m.password_file.as_ref()) {
             return Err(loc.err(
-                Some(m.user.span()),
+                Some(p.span()),
                 &k("password_env"),
-                "no password source: add password_env = \"VAR\" (an environment variable) or password_file = \"path\"",
-            ))
+                "an OAuth2 mailbox logs in with its token: remove password_env / password_file",
+            ));
         }
+        PasswordSource::None
+    } else {
+        password_source(loc, &m.password_env, &m.password_file, &k("password_env"), resolve)?
+            .ok_or_else(|| {
+                loc.err(
+                    Some(m.user.span()),
+                    &k("password_env"),
+                    "no password source: add password_env = \"VAR\" (an environment variable) or password_file = \"path\"",
+                )
+            })?
     };
     let sent_folder = m
         .sent_folder
@@ -847,6 +846,27 @@ fn check_mailbox(
         max_message_bytes: FetchLimits::default().max_message_bytes,
         smtp,
     })
+}
+
+/// `password_env` or `password_file` (not both; `key` names the first in errors), or `None`
+/// when neither is set. Shared by the IMAP and SMTP sides.
+fn password_source(
+    loc: &Locator<'_>,
+    env: &Option<Spanned<String>>,
+    file: &Option<Spanned<String>>,
+    key: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Option<PasswordSource>, ConfigError> {
+    match (env, file) {
+        (Some(e), None) => Ok(Some(PasswordSource::Env(e.get_ref().clone()))),
+        (None, Some(f)) => Ok(Some(PasswordSource::File(resolve(f.get_ref())))),
+        (Some(e), Some(_)) => Err(loc.err(
+            Some(e.span()),
+            key,
+            "set password_env or password_file, not both",
+        )),
+        (None, None) => Ok(None),
+    }
 }
 
 impl PasswordSource {

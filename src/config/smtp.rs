@@ -176,18 +176,13 @@ pub(super) fn check(
             .filter(|p| *p > 0)
             .ok_or_else(|| loc.err(Some(p.span()), &k("port"), "must be a TCP port, 1-65535"))?,
     };
-    let password = match (&raw.password_env, &raw.password_file) {
-        (Some(e), None) => Some(PasswordSource::Env(e.get_ref().clone())),
-        (None, Some(f)) => Some(PasswordSource::File(resolve(f.get_ref()))),
-        (Some(e), Some(_)) => {
-            return Err(loc.err(
-                Some(e.span()),
-                &k("password_env"),
-                "set password_env or password_file, not both",
-            ))
-        }
-        (None, None) => None,
-    };
+    let password = super::password_source(
+        loc,
+        &raw.password_env,
+        &raw.password_file,
+        &k("password_env"),
+        resolve,
+    )?;
     let mut user = raw.user.as_ref().map(|u| u.get_ref().clone());
     let auth = raw.auth.as_ref().map(|a| *a.get_ref()).unwrap_or_default();
     let oauth = match auth {
