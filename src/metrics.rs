@@ -277,18 +277,12 @@ impl Metrics {
             self.activities.set(s.activity_count() as i64);
             self.quarantined.set(s.quarantine_count() as i64);
             // Every state of every mailbox seen, so a state that empties goes back to 0.
-            let mut counts: HashMap<(String, &'static str), i64> = HashMap::new();
-            for e in s.outbox_entries().unwrap_or_default() {
-                *counts.entry((e.mailbox, e.state.as_str())).or_default() += 1;
-            }
-            let mailboxes: std::collections::BTreeSet<String> =
-                counts.keys().map(|(m, _)| m.clone()).collect();
-            for m in mailboxes {
+            for (m, summary) in s.outbox_summary().unwrap_or_default() {
                 for st in crate::store::SendState::ALL {
-                    let n = counts.get(&(m.clone(), st.as_str())).copied().unwrap_or(0);
+                    let n = summary.counts.get(&st).copied().unwrap_or(0);
                     let mut l = mb(&m);
                     l.push(("state", st.as_str().to_string()));
-                    self.outbox.get_or_create(&l).set(n);
+                    self.outbox.get_or_create(&l).set(n as i64);
                 }
             }
         }

@@ -197,7 +197,7 @@ pub fn enqueue(config: &Config, store: &Store, req: &Outgoing) -> Result<OutboxE
         sent_copy: None,
         copy_error: None,
     };
-    entry.activity = store.enqueue_outgoing(&draft, entry.clone())?;
+    entry.activity = store.enqueue_outgoing(&draft, &entry)?;
     tracing::info!(mailbox = %mb.name, activity = entry.activity, %message_id, "outgoing email queued");
     Ok(entry)
 }
@@ -486,80 +486,78 @@ async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<Str
     Ok((!found.is_empty()).then_some(sent.name))
 }
 
-/// Settles entries left `sending` by a process that died mid-send (see the module doc).
-/// Call with no attempt running in this process; [`run_due`] does.
-async fn recover_locked(config: &Config, store: &Store) -> Result<(), OutboxError> {
-    for mut e in store.outbox_entries()? {
-        if e.state != SendState::Sending {
-            continue;
-        }
-        let Some(mb) = config.mailbox(&e.mailbox) else {
-            continue;
-        };
-        match find_in_sent(mb, &e.message_id).await {
-            Ok(Some(folder)) => {
-                e.state = SendState::Sent;
-                e.sent_copy = Some(folder.clone());
-                e.server_reply = Some(format!("found in {folder} after a restart"));
-                e.sent_at.get_or_insert_with(crate::store::humantime_now);
-                tracing::info!(activity = e.activity, %folder, "interrupted send found in Sent: marked sent");
-            }
-            Ok(None) => {
-                e.state = SendState::Unknown;
-                e.last_error = Some(
-                    "foldertrack stopped while the SMTP server was taking this message and its \
-                     Message-ID is not in the Sent folder: it may have been delivered. It is not \
-                     sent again automatically; check with the recipient, then `outbox retry` \
-                     or `outbox cancel`"
-                        .into(),
-                );
-                store.add_alert(
-                    &e.mailbox,
-                    Alert {
-                        level: "warning".into(),
-                        message: format!(
-                            "email activity {} may or may not have been sent (interrupted); see `outbox list`",
-                            e.activity
-                        ),
-                    },
-                )?;
-                tracing::warn!(
-                    activity = e.activity,
-                    "interrupted send not found in Sent: state unknown, not re-sent"
-                );
-            }
-            Err(err) => {
-                // Cannot look now (IMAP down): leave it `sending`, look again next round.
-                tracing::warn!(activity = e.activity, error = %err, "cannot check the Sent folder for an interrupted send yet");
-                continue;
-            }
-        }
-        store.put_outbox_entry(&e)?;
+/// Settles an entry left `sending` by a process that died mid-send (see the module doc); any
+/// other entry comes back as it is. Call with no attempt running in this process; [`run_due`]
+/// does.
+async fn settle_interrupted(
+    config: &Config,
+    store: &Store,
+    mut e: OutboxEntry,
+) -> Result<OutboxEntry, OutboxError> {
+    if e.state != SendState::Sending {
+        return Ok(e);
     }
-    Ok(())
+    let Some(mb) = config.mailbox(&e.mailbox) else {
+        return Ok(e);
+    };
+    match find_in_sent(mb, &e.message_id).await {
+        Ok(Some(folder)) => {
+            e.state = SendState::Sent;
+            e.sent_copy = Some(folder.clone());
+            e.server_reply = Some(format!("found in {folder} after a restart"));
+            e.sent_at.get_or_insert_with(crate::store::humantime_now);
+            tracing::info!(activity = e.activity, %folder, "interrupted send found in Sent: marked sent");
+        }
+        Ok(None) => {
+            e.state = SendState::Unknown;
+            e.last_error = Some(
+                "foldertrack stopped while the SMTP server was taking this message and its \
+                 Message-ID is not in the Sent folder: it may have been delivered. It is not \
+                 sent again automatically; check with the recipient, then `outbox retry` \
+                 or `outbox cancel`"
+                    .into(),
+            );
+            store.add_alert(
+                &e.mailbox,
+                Alert {
+                    level: "warning".into(),
+                    message: format!(
+                        "email activity {} may or may not have been sent (interrupted); see `outbox list`",
+                        e.activity
+                    ),
+                },
+            )?;
+            tracing::warn!(
+                activity = e.activity,
+                "interrupted send not found in Sent: state unknown, not re-sent"
+            );
+        }
+        Err(err) => {
+            // Cannot look now (IMAP down): leave it `sending`, look again next round.
+            tracing::warn!(activity = e.activity, error = %err, "cannot check the Sent folder for an interrupted send yet");
+            return Ok(e);
+        }
+    }
+    store.put_outbox_entry(&e)?;
+    Ok(e)
 }
 
-/// One round of the queue: settle interrupted sends, then attempt every due entry. Returns
-/// when the next entry will be due (unix seconds), if any.
+/// One round of the queue, in one pass over the entries: settle interrupted sends, attempt
+/// every due entry. Returns when the next entry will be due (unix seconds), if any.
 pub async fn run_due(config: &Config, store: &Store) -> Result<Option<i64>, OutboxError> {
     let _one = SEND_LOCK.lock().await;
-    recover_locked(config, store).await?;
     let now = unix_now();
+    let mut next: Option<i64> = None;
     for e in store.outbox_entries()? {
+        let mut e = settle_interrupted(config, store, e).await?;
         if e.is_due(now) {
-            attempt_locked(config, store, e.activity).await?;
+            e = attempt_locked(config, store, e.activity).await?;
+        }
+        if e.is_pending() {
+            next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
         }
     }
-    Ok(store
-        .outbox_entries()?
-        .iter()
-        .filter(|e| {
-            e.state == SendState::Queued
-                || e.state == SendState::Sending
-                || (e.state == SendState::Sent && e.sent_copy.is_none())
-        })
-        .map(|e| e.next_attempt)
-        .min())
+    Ok(next)
 }
 
 /// `outbox retry ID`: queue a failed, unknown or waiting entry for an attempt now.

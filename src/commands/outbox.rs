@@ -4,7 +4,7 @@
 use super::{show, PartialFailure, UsageError};
 use crate::config::Config;
 use crate::outbox::{self, OutboxError, Outgoing};
-use crate::store::{OutboxEntry, SendState, Store};
+use crate::store::{OutboxEntry, OutboxSummary, SendState, Store};
 use anyhow::Result;
 
 fn map_err(e: OutboxError) -> anyhow::Error {
@@ -152,30 +152,30 @@ pub fn cancel(store: &Store, id: u64) -> Result<String> {
     ))
 }
 
-/// The outgoing side of one mailbox for `status`.
-pub fn outgoing_state(config: &Config, store: &Store, mailbox: &str) -> Result<show::Outgoing> {
+/// The outgoing side of one mailbox for `status`, from its outbox summary.
+pub fn outgoing_state(
+    config: &Config,
+    mailbox: &str,
+    outbox: Option<&OutboxSummary>,
+) -> show::Outgoing {
     let smtp = config.mailbox(mailbox).and_then(|m| m.smtp.as_ref());
-    let mut outbox = std::collections::BTreeMap::<String, usize>::new();
-    for e in store.outbox_entries()? {
-        if e.mailbox == mailbox {
-            *outbox.entry(e.state.as_str().to_string()).or_default() += 1;
-        }
-    }
-    let stuck = store.outbox_entries()?.iter().any(|e| {
-        e.mailbox == mailbox
-            && e.state == SendState::Queued
-            && e.last_error.as_deref().is_some_and(|m| m.contains("login"))
-    });
-    let attention = stuck || outbox.contains_key("failed") || outbox.contains_key("unknown");
-    Ok(show::Outgoing {
+    let counts = outbox.map(|o| &o.counts);
+    let has = |s: SendState| counts.is_some_and(|c| c.contains_key(&s));
+    let attention =
+        outbox.is_some_and(|o| o.login_stuck) || has(SendState::Failed) || has(SendState::Unknown);
+    show::Outgoing {
         state: match smtp {
             None => "not configured".into(),
             Some(_) if attention => "attention".into(),
             Some(_) => "enabled".into(),
         },
         server: smtp.map(|s| format!("{}:{} ({})", s.host, s.port, s.tls)),
-        outbox,
-    })
+        outbox: counts
+            .into_iter()
+            .flatten()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect(),
+    }
 }
 
 /// Lines for `activities show` of an activity created in the CRM.

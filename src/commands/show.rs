@@ -264,26 +264,23 @@ pub struct Outgoing {
 impl Outgoing {
     /// One line for the text status.
     pub fn to_text(&self) -> String {
-        let mut s = self.state.clone();
-        if let Some(server) = &self.server {
-            s.push_str(&format!(" via {server}"));
-        }
-        if self.server.is_some() {
-            let counts: Vec<String> = self
-                .outbox
-                .iter()
-                .map(|(k, n)| format!("{n} {k}"))
-                .collect();
-            s.push_str(&format!(
-                "; outbox: {}",
-                if counts.is_empty() {
-                    "empty".to_string()
-                } else {
-                    counts.join(", ")
-                }
-            ));
-        }
-        s
+        let Some(server) = &self.server else {
+            return self.state.clone();
+        };
+        let counts: Vec<String> = self
+            .outbox
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        format!(
+            "{} via {server}; outbox: {}",
+            self.state,
+            if counts.is_empty() {
+                "empty".to_string()
+            } else {
+                counts.join(", ")
+            }
+        )
     }
 }
 
@@ -364,6 +361,7 @@ impl Status {
         agent: Option<&crate::supervisor::AgentHandle>,
     ) -> Result<Status> {
         let folders = store.folder_states()?;
+        let outboxes = store.outbox_summary()?;
         let stored_alerts = store.alerts(1000)?;
         let lags = crate::metrics::metrics().folder_lags();
         let now = crate::store::humantime_now();
@@ -440,7 +438,7 @@ impl Status {
                 server: format!("{}:{} ({})", mb.host, mb.port, mb.tls),
                 state,
                 incoming,
-                outgoing: super::outbox::outgoing_state(config, store, &mb.name)?,
+                outgoing: super::outbox::outgoing_state(config, &mb.name, outboxes.get(&mb.name)),
                 lag: folders.iter().map(|f| f.lag).sum(),
                 health,
                 live,

@@ -10,7 +10,7 @@
 mod keys;
 pub mod outbox;
 
-pub use outbox::{OutboxEntry, SendState, OUTBOX_FOLDER};
+pub use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
 
 use crate::model::{Activity, Alert, Correlation, Direction, Draft, Record, RecordRef, Source};
 use crate::track::{ActivityLookup, RecordLookup};
@@ -1191,25 +1191,7 @@ impl Store {
         checkpoint: &FolderState,
         alerts_mailbox: &str,
     ) -> Result<Committed> {
-        let trees = [
-            &self.t.activities,
-            &self.t.activity_by_msgid,
-            &self.t.activity_by_source,
-            &self.t.activity_by_regarding,
-            &self.t.folders,
-            &self.t.quarantine,
-            &self.t.quarantine_raw,
-            &self.t.quarantine_by_source,
-            &self.t.alerts,
-            &self.t.meta,
-            &self.t.activity_by_token,
-            &self.t.activity_by_thread,
-            &self.t.activity_by_subject,
-            &self.t.records,
-            &self.t.record_by_email,
-            &self.t.record_by_name,
-            &self.t.activity_by_parent,
-        ];
+        let trees = self.tx_trees();
         let bytes: u64 = items
             .iter()
             .map(|i| match i {
@@ -1298,6 +1280,35 @@ struct Tx<'a> {
     record_by_email: &'a TransactionalTree,
     record_by_name: &'a TransactionalTree,
     by_parent: &'a TransactionalTree,
+}
+
+/// How many trees [`Tx`] holds. A transaction may put more trees after them (the outbox does).
+const TX_TREES: usize = 17;
+
+impl Store {
+    /// The trees of the batch transaction, in the order [`Tx::new`] names them.
+    fn tx_trees(&self) -> [&sled::Tree; TX_TREES] {
+        let t = &self.t;
+        [
+            &t.activities,
+            &t.activity_by_msgid,
+            &t.activity_by_source,
+            &t.activity_by_regarding,
+            &t.folders,
+            &t.quarantine,
+            &t.quarantine_raw,
+            &t.quarantine_by_source,
+            &t.alerts,
+            &t.meta,
+            &t.activity_by_token,
+            &t.activity_by_thread,
+            &t.activity_by_subject,
+            &t.records,
+            &t.record_by_email,
+            &t.record_by_name,
+            &t.activity_by_parent,
+        ]
+    }
 }
 
 impl<'a> Tx<'a> {

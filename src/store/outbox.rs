@@ -9,18 +9,19 @@
 
 use super::{
     apply_activity, dec, enc, keys, next_id, now, tx_err, BatchOutcome, Result, Store, StoreError,
-    Tx,
+    Tx, TX_TREES,
 };
 use crate::model::{Draft, Source};
 use serde::{Deserialize, Serialize};
 use sled::transaction::Transactional;
+use std::collections::BTreeMap;
 
 /// Folder name of the pseudo source of an activity created in the CRM (it has no IMAP copy
 /// until the Sent copy is appended and tracked). Not a valid IMAP folder name in config form.
 pub const OUTBOX_FOLDER: &str = "@outbox";
 
 /// Where a send stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SendState {
     /// Waiting for its (next) attempt at `next_attempt`.
@@ -90,8 +91,25 @@ pub struct OutboxEntry {
     pub copy_error: Option<String>,
 }
 
+/// One mailbox's outbox: entries by state, and whether a queued one waits on a refused login.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OutboxSummary {
+    pub counts: BTreeMap<SendState, usize>,
+    pub login_stuck: bool,
+}
+
 impl OutboxEntry {
-    /// Whether the queue still has something to do for it.
+    /// Whether the queue has something left to do for it, now or later: a send, an interrupted
+    /// send to settle, or the Sent copy.
+    pub fn is_pending(&self) -> bool {
+        match self.state {
+            SendState::Queued | SendState::Sending => true,
+            SendState::Sent => self.sent_copy.is_none(),
+            _ => false,
+        }
+    }
+
+    /// Whether the queue has something to do for it now.
     pub fn is_due(&self, now: i64) -> bool {
         match self.state {
             SendState::Queued => self.next_attempt <= now,
@@ -104,35 +122,19 @@ impl OutboxEntry {
 impl Store {
     /// Writes a new outgoing activity and its outbox entry in one transaction, then flushes.
     /// The activity gets a pseudo source in [`OUTBOX_FOLDER`]; the Sent copy, once tracked,
-    /// merges into it by Message-ID like any other copy. Returns the activity id.
-    pub fn enqueue_outgoing(&self, draft: &Draft, mut entry: OutboxEntry) -> Result<u64> {
+    /// merges into it by Message-ID like any other copy. Returns the activity id, which the
+    /// stored entry's `activity` holds.
+    pub fn enqueue_outgoing(&self, draft: &Draft, entry: &OutboxEntry) -> Result<u64> {
         self.ensure_space(draft.activity.body_text.len() as u64 + 8192)?;
         self.sync_pack()?;
-        let t = &self.t;
-        let trees = [
-            &t.activities,
-            &t.activity_by_msgid,
-            &t.activity_by_source,
-            &t.activity_by_regarding,
-            &t.folders,
-            &t.quarantine,
-            &t.quarantine_raw,
-            &t.quarantine_by_source,
-            &t.alerts,
-            &t.meta,
-            &t.activity_by_token,
-            &t.activity_by_thread,
-            &t.activity_by_subject,
-            &t.records,
-            &t.record_by_email,
-            &t.record_by_name,
-            &t.activity_by_parent,
-            &t.outbox,
-        ];
+        // The batch transaction's trees, then the outbox.
+        let mut trees = self.tx_trees().to_vec();
+        trees.push(&self.t.outbox);
         let at = now();
         let id = trees
+            .as_slice()
             .transaction(|tx| {
-                let outbox = &tx[17];
+                let outbox = &tx[TX_TREES];
                 let txs = Tx::new(tx);
                 let mut out = BatchOutcome::default();
                 let mut created = Vec::new();
@@ -149,7 +151,6 @@ impl Store {
                 Ok(a.id)
             })
             .map_err(tx_err)?;
-        entry.activity = id;
         self.flush()?;
         Ok(id)
     }
@@ -217,6 +218,20 @@ impl Store {
                 dec("outbox", &v)
             })
             .collect()
+    }
+
+    /// Each mailbox's outbox at a glance, in one pass over the entries (for `status` and the
+    /// metrics).
+    pub fn outbox_summary(&self) -> Result<BTreeMap<String, OutboxSummary>> {
+        let mut out: BTreeMap<String, OutboxSummary> = BTreeMap::new();
+        for e in self.outbox_entries()? {
+            let s = out.entry(e.mailbox.clone()).or_default();
+            *s.counts.entry(e.state).or_default() += 1;
+            // Authentication failures keep a message queued (smtp::SmtpError::Auth).
+            s.login_stuck |= e.state == SendState::Queued
+                && e.last_error.as_deref().is_some_and(|m| m.contains("login"));
+        }
+        Ok(out)
     }
 
     /// Replaces an entry (it must exist) and flushes: every state change is durable before the
