@@ -20,7 +20,8 @@ use foldertrack::model::{Direction, Draft, Record, RecordRef, Source};
 use foldertrack::parse::{
     parse_message, parse_message_with, ParseError, ParsedAttachment, ParsedMessage, MAX_BODY_CHARS,
 };
-use foldertrack::track::{self, rules::RuleMatch, ActivityLookup, FolderContext, RecordLookup};
+use foldertrack::track::testing::MemRecords;
+use foldertrack::track::{self, rules::RuleMatch, ActivityLookup, FolderContext};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
@@ -153,55 +154,28 @@ fn rec(rtype: &str, key: &str, email: &str, owner: Option<&str>, teams: &[&str])
     }
 }
 
-/// A tiny in-memory CRM (the crate's own `MemRecords` is test-only, so not visible here).
-struct Records(Vec<Record>);
-
-impl Records {
-    fn standard() -> Self {
-        Records(vec![
-            rec("systemuser", "alice", "alice@example.com", None, &["sales"]),
-            rec(
-                "contact",
-                "bob",
-                "bob@acme.com",
-                Some("systemuser:alice"),
-                &[],
-            ),
-            rec(
-                "account",
-                "Acme",
-                "info@acme.com",
-                Some("systemuser:alice"),
-                &[],
-            ),
-            // Owned by someone else and not shared: the "may not write" path.
-            rec("account", "Initech", "", Some("systemuser:zed"), &[]),
-            rec("lead", "dave", "dave@initech.com", None, &[]),
-        ])
-    }
-}
-
-impl RecordLookup for Records {
-    fn get(&self, r: &RecordRef) -> Option<Record> {
-        self.0
-            .iter()
-            .find(|x| x.rtype == r.rtype && x.key == r.key)
-            .cloned()
-    }
-    fn by_email(&self, email: &str) -> Vec<Record> {
-        self.0
-            .iter()
-            .filter(|x| x.emails.iter().any(|e| e.eq_ignore_ascii_case(email)))
-            .cloned()
-            .collect()
-    }
-    fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
-        self.0
-            .iter()
-            .filter(|x| x.rtype == rtype && x.name.eq_ignore_ascii_case(name))
-            .cloned()
-            .collect()
-    }
+/// The fuzz tests' tiny in-memory CRM.
+fn standard_records() -> MemRecords {
+    MemRecords(vec![
+        rec("systemuser", "alice", "alice@example.com", None, &["sales"]),
+        rec(
+            "contact",
+            "bob",
+            "bob@acme.com",
+            Some("systemuser:alice"),
+            &[],
+        ),
+        rec(
+            "account",
+            "Acme",
+            "info@acme.com",
+            Some("systemuser:alice"),
+            &[],
+        ),
+        // Owned by someone else and not shared: the "may not write" path.
+        rec("account", "Initech", "", Some("systemuser:zed"), &[]),
+        rec("lead", "dave", "dave@initech.com", None, &[]),
+    ])
 }
 
 /// Every subject correlates with one earlier activity between Bob and Alice.
@@ -273,7 +247,7 @@ fn mailbox(variant: u8) -> MailboxConfig {
 /// Tracks `parsed` the way `sync::track_one` does, in one of four folder situations.
 fn track_it(parsed: ParsedMessage, variant: u8, size: u64) -> Draft {
     let mb = mailbox(variant);
-    let records = Records::standard();
+    let records = standard_records();
     let (folder, is_sent, other) = match variant % 4 {
         0 => ("INBOX/Acme", false, None),
         1 => ("INBOX/Customers/Initech", false, None),

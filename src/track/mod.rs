@@ -295,9 +295,9 @@ pub fn warning(message: impl Into<String>) -> Alert {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
-    //! An in-memory [`RecordLookup`] for unit tests.
+pub mod testing {
+    //! An in-memory [`RecordLookup`] for tests (unit, integration and fuzz) that track messages
+    //! without a store.
     use super::*;
 
     #[derive(Default)]
