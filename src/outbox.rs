@@ -244,18 +244,23 @@ fn compose(
     for c in &req.cc {
         b = b.cc(mailbox(c, "--cc")?);
     }
-    let body = match &req.html {
-        Some(html) => MultiPart::alternative_plain_html(req.text.clone(), html.clone()),
-        None => MultiPart::mixed().singlepart(SinglePart::plain(req.text.clone())),
-    };
+    // The text alone, or text and HTML as alternatives; with attachments, that first in a mixed.
+    let text = SinglePart::plain(req.text.clone());
+    let alternative = req
+        .html
+        .as_ref()
+        .map(|html| MultiPart::alternative_plain_html(req.text.clone(), html.clone()));
     let mut total = req.text.len() + req.html.as_ref().map_or(0, String::len);
     let msg = if req.attachments.is_empty() {
-        match &req.html {
-            Some(_) => b.multipart(body),
-            None => b.singlepart(SinglePart::plain(req.text.clone())),
+        match alternative {
+            Some(alt) => b.multipart(alt),
+            None => b.singlepart(text),
         }
     } else {
-        let mut mixed = MultiPart::mixed().multipart(body);
+        let mut mixed = match alternative {
+            Some(alt) => MultiPart::mixed().multipart(alt),
+            None => MultiPart::mixed().singlepart(text),
+        };
         for a in &req.attachments {
             use base64::Engine;
             let data = base64::engine::general_purpose::STANDARD
@@ -619,6 +624,40 @@ mod tests {
         assert!((8.0..=12.0).contains(&d1), "{d1}");
         assert!((32.0..=48.0).contains(&d3), "{d3}");
         assert!((48.0..=72.0).contains(&d9), "{d9}");
+    }
+
+    #[test]
+    fn composed_messages_parse_back_to_their_text_html_and_files() {
+        use base64::Engine;
+        for html in [None, Some("<p>Hello</p>".to_string())] {
+            let req = Outgoing {
+                mailbox: "alice".into(),
+                to: vec!["carol@globex.com".into()],
+                cc: vec![],
+                subject: "Quote".into(),
+                text: "Hello Carol".into(),
+                html: html.clone(),
+                attachments: vec![OutgoingAttachment {
+                    name: "quote.pdf".into(),
+                    content_type: "application/pdf".into(),
+                    data: base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4 q"),
+                }],
+                regarding: "account:globex".into(),
+            };
+            let msg = compose(
+                &req,
+                Some("Alice".into()),
+                "alice@example.com",
+                "Quote CRM:0001001",
+                "<x@example.com>",
+            )
+            .unwrap();
+            let p = crate::parse::parse_message(&msg.formatted()).unwrap();
+            assert_eq!(p.body_text.trim(), "Hello Carol", "{html:?}");
+            assert_eq!(p.attachments.len(), 1, "{html:?}");
+            assert_eq!(p.attachments[0].name.as_deref(), Some("quote.pdf"));
+            assert_eq!(p.attachments[0].size, 10);
+        }
     }
 
     #[test]
