@@ -9,11 +9,9 @@
 
 mod common;
 
-use common::{knob, pct, Conn};
+use common::{knob, pct, start_agent, Conn};
 use foldertrack::sandbox::{Sandbox, SandboxOptions};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One latency probe message, unique per process and trial.
@@ -55,30 +53,11 @@ fn agent_latency(port: u16, work: &std::path::Path, watch: &str, trials: usize) 
         format!("data_dir = \"data\"\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n{watch}\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n"),
     )
     .unwrap();
-    let _ = std::fs::remove_dir_all(work.join("data"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-        .current_dir(work)
-        .args(["--config", "foldertrack.toml", "run"])
-        .env("RUST_LOG", "foldertrack=debug")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel::<(Instant, String)>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if std::env::var("LAT_DEBUG").is_ok() {
-                eprintln!("agent: {line}");
-            }
-            if line.contains("batch committed")
-                || line.contains("IDLE ended")
-                || line.contains("agent running")
-            {
-                let _ = tx.send((Instant::now(), line));
-            }
-        }
-    });
+    let (mut child, rx) = start_agent(
+        work,
+        "LAT_DEBUG",
+        &["batch committed", "IDLE ended", "agent running"],
+    );
     // Ready when the first wait begins (a little after "agent running").
     while !rx
         .recv_timeout(Duration::from_secs(30))

@@ -27,12 +27,10 @@
 
 mod common;
 
-use common::{knob, pct, Conn};
+use common::{knob, pct, start_agent, Conn};
 use foldertrack::sandbox::{Sandbox, SandboxOptions};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn message(user: &str, i: usize) -> String {
@@ -76,33 +74,6 @@ fn write_config(work: &Path, port: u16, users: usize) {
         c.push_str(&format!("[[mailbox]]\nname = \"user{i}\"\nowner = \"systemuser:user{i}\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user{i}\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n"));
     }
     std::fs::write(work.join("foldertrack.toml"), c).unwrap();
-}
-
-/// The agent, with its log lines (time-stamped as read) on a channel.
-fn start_agent(work: &Path) -> (Child, mpsc::Receiver<(Instant, String)>) {
-    let _ = std::fs::remove_dir_all(work.join("data"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-        .current_dir(work)
-        .args(["--config", "foldertrack.toml", "run"])
-        .env("RUST_LOG", "foldertrack=debug")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let debug = std::env::var("SCALE_DEBUG").is_ok();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if debug {
-                eprintln!("agent: {line}");
-            }
-            if line.contains("batch committed") || line.contains("ERROR") {
-                let _ = tx.send((Instant::now(), line));
-            }
-        }
-    });
-    (child, rx)
 }
 
 /// Kills the agent if the bench panics (a failed assertion must not leave it running).
@@ -202,7 +173,7 @@ fn main() {
 
     // Baseline: the agent with one mailbox, idle.
     write_config(&work, port, 1);
-    let (one, _) = start_agent(&work);
+    let (one, _) = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
     let mut one = Guard(one);
     wait_idle(&work, 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
@@ -213,7 +184,7 @@ fn main() {
     write_config(&work, port, users);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
-    let (agent, rx) = start_agent(&work);
+    let (agent, rx) = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
     let mut agent = Guard(agent);
     let agent_pid = agent.0.id();
     let startup = wait_idle(&work, users, Duration::from_secs(600));

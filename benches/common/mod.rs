@@ -5,6 +5,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
 
 /// A logged-in plaintext IMAP connection to the bench's Dovecot (loopback, password `pass`).
 pub struct Conn {
@@ -84,4 +88,37 @@ pub fn knob(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Starts `foldertrack run` in `work` (with a fresh data dir) and sends its log lines that hold
+/// any of `wanted`, time-stamped as read, on a channel. With the env variable `debug_var` set,
+/// every line is echoed.
+pub fn start_agent(
+    work: &Path,
+    debug_var: &str,
+    wanted: &'static [&'static str],
+) -> (Child, mpsc::Receiver<(Instant, String)>) {
+    let _ = std::fs::remove_dir_all(work.join("data"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+        .current_dir(work)
+        .args(["--config", "foldertrack.toml", "run"])
+        .env("RUST_LOG", "foldertrack=debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let debug = std::env::var(debug_var).is_ok();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if debug {
+                eprintln!("agent: {line}");
+            }
+            if wanted.iter().any(|w| line.contains(w)) {
+                let _ = tx.send((Instant::now(), line));
+            }
+        }
+    });
+    (child, rx)
 }
