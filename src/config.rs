@@ -123,6 +123,9 @@ pub struct MailboxConfig {
     pub crm: CrmSettings,
     /// The configuration's `max_message_size`: also the largest literal a server may send.
     pub max_message_bytes: u64,
+    /// The configuration's `command_timeout`: how long one IMAP command of this mailbox's
+    /// sessions may take.
+    pub command_timeout: std::time::Duration,
     /// Outgoing side (`activities send`): `None` when neither `[smtp]` nor `[mailbox.smtp]` exist.
     pub smtp: Option<SmtpConfig>,
 }
@@ -526,6 +529,7 @@ impl Config {
             }
             mailboxes.push(MailboxConfig {
                 max_message_bytes: fetch.max_message_bytes,
+                command_timeout,
                 ..mb
             });
         }
@@ -844,6 +848,7 @@ fn check_mailbox(
         watch,
         crm,
         max_message_bytes: FetchLimits::default().max_message_bytes,
+        command_timeout: crate::imap::COMMAND_TIMEOUT,
         smtp,
     })
 }

@@ -35,8 +35,8 @@ pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<Stri
     let mut out = Vec::new();
     for mb in &config.mailboxes {
         if let Some(l) = agent.live(&mb.name) {
-            if l.state == "disabled" {
-                out.push(format!("mailbox {}: {}", mb.name, l.detail));
+            if let crate::worker::WorkerState::Disabled { reason } = &l.state {
+                out.push(format!("mailbox {}: {reason}", mb.name));
                 continue;
             }
         }

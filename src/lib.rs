@@ -25,3 +25,4 @@ pub mod supervisor;
 pub mod sync;
 pub mod track;
 pub mod watch;
+pub mod worker;

@@ -317,7 +317,6 @@ async fn run(cli: Cli) -> Reply {
         Ok(c) => c,
         Err(e) => return fail(e.into()),
     };
-    foldertrack::imap::set_command_timeout(config.command_timeout);
     let req = match cli.command {
         Command::Run => {
             return match foldertrack::supervisor::run(cli.config.clone(), config, shutdown_signal())

@@ -449,14 +449,14 @@ async fn sent_copy(
 
 async fn append_to_sent(mb: &MailboxConfig, raw: &[u8]) -> Result<String, String> {
     let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
-    let folders = crate::imap::folders::list(&mut c.session, &c.addr)
+    let folders = crate::imap::folders::list(&mut c.session, &c.peer)
         .await
         .map_err(|e| e.to_string())?;
     let sent = crate::imap::folders::find_sent(&folders, mb.sent_folder.as_deref())
         .ok_or("the mailbox has no Sent folder (no SPECIAL-USE \\Sent, no folder called Sent; set sent_folder)")?
         .clone();
     crate::imap::timed(
-        &c.addr,
+        &c.peer,
         "APPEND to Sent",
         c.session
             .append(&sent.server_name, Some("(\\Seen)"), None, raw),
@@ -470,21 +470,21 @@ async fn append_to_sent(mb: &MailboxConfig, raw: &[u8]) -> Result<String, String
 /// Looks for `message_id` in the Sent folder: the folder's name when a copy is there.
 async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<String>, String> {
     let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
-    let folders = crate::imap::folders::list(&mut c.session, &c.addr)
+    let folders = crate::imap::folders::list(&mut c.session, &c.peer)
         .await
         .map_err(|e| e.to_string())?;
     let Some(sent) = crate::imap::folders::find_sent(&folders, mb.sent_folder.as_deref()).cloned()
     else {
         return Ok(None);
     };
-    crate::imap::fetch::examine(&mut c.session, &c.addr, &sent.server_name, &sent.name)
+    crate::imap::fetch::examine(&mut c.session, &c.peer, &sent.server_name, &sent.name)
         .await
         .map_err(|e| e.to_string())?;
     let query = format!(
         "HEADER Message-ID {}",
         crate::imap::quote(message_id.trim())
     );
-    let found = crate::imap::timed(&c.addr, "UID SEARCH", c.session.uid_search(&query))
+    let found = crate::imap::timed(&c.peer, "UID SEARCH", c.session.uid_search(&query))
         .await
         .map_err(|e| e.to_string())?;
     let _ = c.session.logout().await;

@@ -4,13 +4,15 @@
 
 use crate::config::Config;
 use crate::store::Store;
-use crate::watch::{self, Live, LiveState};
+use crate::watch;
+use crate::worker::{Live, LiveState, Runner, Signals, WorkError, Worker};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken as Cancel;
 use tokio_util::sync::CancellationToken;
 
 /// How many mailboxes may be logging in at once (1,000 mailboxes must not hit the server at the
@@ -53,7 +55,7 @@ impl AgentHandle {
     pub fn live(&self, mailbox: &str) -> Option<LiveState> {
         let m = self.inner.lock().ok()?;
         let (l, _) = m.get(mailbox)?;
-        l.lock().ok().map(|l| l.clone())
+        Some(l.get())
     }
 }
 
@@ -190,7 +192,7 @@ fn start(
     let mut handles = Vec::new();
     let mut map = BTreeMap::new();
     for mb in &config.mailboxes {
-        let live: Live = Arc::new(Mutex::new(LiveState::default()));
+        let live = Live::default();
         let wake = Arc::new(Notify::new());
         map.insert(mb.name.clone(), (live.clone(), wake.clone()));
         let task = watch::Task {
@@ -205,12 +207,19 @@ fn start(
         handles.push(tokio::spawn(watch::watch_mailbox(task)));
     }
     if config.mailboxes.iter().any(|m| m.smtp.is_some()) {
-        handles.push(tokio::spawn(run_outbox(
-            config.clone(),
-            store.clone(),
-            agent.outbox.clone(),
-            cancel.clone(),
-        )));
+        let runner = Runner {
+            live: Live::default(),
+            wake: agent.outbox.clone(),
+            cancel: cancel.clone(),
+            backoff_max: Duration::from_secs(60),
+            name: "outbox".into(),
+        };
+        let worker = OutboxWorker {
+            config: config.clone(),
+            store: store.clone(),
+            next: None,
+        };
+        handles.push(tokio::spawn(runner.run(worker)));
     }
     if let Ok(mut m) = agent.inner.lock() {
         *m = map;
@@ -218,38 +227,44 @@ fn start(
     handles
 }
 
-/// The outbox runner: settles interrupted sends, sends what is due, then sleeps until the next
-/// entry is due (at most a minute) or a command wakes it.
-async fn run_outbox(
+/// The outbox worker: a round settles interrupted sends and sends what is due; then it sleeps
+/// until the next entry is due (at most a minute) or a command wakes it. A failed round is
+/// retried by the runner with backoff.
+struct OutboxWorker {
     config: Config,
     store: Arc<Store>,
-    wake: Arc<Notify>,
-    cancel: CancellationToken,
-) {
-    loop {
-        // Not cancelled mid-round: an SMTP transaction cut short is a send in doubt.
-        let next = crate::outbox::run_due(&config, &store).await;
-        if cancel.is_cancelled() {
-            return;
-        }
-        let wait = match next {
-            Ok(Some(at)) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                Duration::from_secs(at.saturating_sub(now).clamp(1, 60) as u64)
+    /// When the next queued entry is due (Unix seconds), from the last round.
+    next: Option<i64>,
+}
+
+impl Worker for OutboxWorker {
+    /// Not cut off by shutdown: an SMTP transaction cut short is a send in doubt.
+    async fn work(&mut self, _: &Cancel) -> Result<(), WorkError> {
+        match crate::outbox::run_due(&self.config, &self.store).await {
+            Ok(next) => {
+                self.next = next;
+                Ok(())
             }
-            Ok(None) => Duration::from_secs(60),
             Err(e) => {
                 tracing::error!(error = %e, "outbox round failed");
-                Duration::from_secs(30)
+                Err(WorkError::transient(e))
             }
+        }
+    }
+
+    async fn wait_for_work(&mut self, s: Signals<'_>) -> Result<(), WorkError> {
+        let wait = match self.next {
+            Some(at) => {
+                Duration::from_secs(at.saturating_sub(crate::worker::unix_now()).clamp(1, 60) as u64)
+            }
+            None => Duration::from_secs(60),
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
-            _ = cancel.cancelled() => return,
+            _ = s.wake.notified() => {}
+            _ = s.cancel.cancelled() => {}
         }
+        Ok(())
     }
 }
 

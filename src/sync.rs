@@ -217,7 +217,7 @@ pub async fn plan(
     mb: &MailboxConfig,
     store: &Store,
 ) -> Result<Vec<Tracked>, SyncError> {
-    let addr = conn.addr.clone();
+    let addr = conn.peer.clone();
     let all = folders::list(&mut conn.session, &addr).await?;
     let sent = folders::find_sent(&all, mb.sent_folder.as_deref()).map(|f| f.name.clone());
     if let Some(name) = &mb.sent_folder {
@@ -368,7 +368,7 @@ pub async fn pass_planned(
     // The pass began because new mail was (or may have been) detected: the latency metric
     // runs from here to each commit (see `metrics`).
     let detected = std::time::Instant::now();
-    let addr = conn.addr.clone();
+    let addr = conn.peer.clone();
     // NOOP first: it syncs the selected folder, whose STATUS Dovecot would otherwise answer from
     // the session's stale view, and unlike async-imap's `noop()` it fails on a dead connection.
     timed(&addr, "NOOP", conn.session.run_command_and_check_ok("NOOP")).await?;
@@ -447,7 +447,7 @@ pub struct FolderRun<'a> {
 #[allow(clippy::too_many_arguments)]
 pub async fn sync_folder(
     session: &mut ImapSession,
-    addr: &str,
+    addr: &crate::imap::Peer,
     mb: &Arc<MailboxConfig>,
     t: &Tracked,
     limits: &FetchLimits,

@@ -1,86 +1,33 @@
-//! `run`'s per-mailbox task (DESIGN §3 steps 5–7): connect, pass, wait for new mail with IDLE
-//! (plus NOTIFY for the other folders where the server offers it) or by polling, and on any
-//! drop reconnect with exponential backoff and jitter, then resync from the checkpoints.
+//! `run`'s per-mailbox worker (DESIGN §3 steps 5–7): connect, catch up, then wait for new mail
+//! with IDLE (plus NOTIFY for the other folders where the server offers it) or by polling.
+//! The [`crate::worker::Runner`] around it owns backoff, shutdown and the published state.
 //!
-//! Disconnected state (backoff, counters, the persisted health) lives in the loop; the
-//! connected session is dropped on any error, never reused after one: async-imap can answer
-//! `Ok` on a dead connection (NOTES-crates.md), so only a clean tagged OK counts as alive.
+//! **No missed wake-ups** (DESIGN §3.7). NOTIFY is set *before* the first pass of a
+//! connection, and the worker only waits after a pass in which every tracked folder's STATUS
+//! matched its checkpoint and no new-mail event arrived meanwhile: a change before a folder's
+//! STATUS is seen by that STATUS, a change after it produces a NOTIFY event (or, for the IDLE
+//! folder, an EXISTS). Events that arrive between commands are not dropped: they are counted
+//! when the pass ends and again right after IDLE starts, and either one ends the wait at once.
+//!
+//! The connected session is dropped on any error, never reused after one: async-imap can
+//! answer `Ok` on a dead connection (NOTES-crates.md), so only a clean tagged OK counts.
 
 use crate::config::{FetchLimits, MailboxConfig, PollInterval};
-use crate::imap::connect::Connected;
-use crate::imap::{command_timeout, connect, ImapError};
+use crate::imap::{connect, Connected, ImapError};
 use crate::store::Store;
 use crate::sync::{self, SyncError, Tracked};
+use crate::worker::{Live, Runner, Signals, WatchMode, WorkError, Worker, WorkerState};
 use async_imap::extensions::idle::IdleResponse;
-use serde::Serialize;
-use std::sync::{Arc, Mutex};
+use async_imap::imap_proto::StatusAttribute;
+use async_imap::types::UnsolicitedResponse;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// What a mailbox's task is doing now, for `status` while `run` is going.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct LiveState {
-    /// `connecting`, `syncing`, `idle`, `polling`, `backing off`, `disabled`, `stopped`.
-    pub state: String,
-    /// A sentence for people: which folder it IDLEs on, the next poll, why it is disabled.
-    pub detail: String,
-    /// `IDLE+NOTIFY`, `IDLE`, `poll`.
-    pub mode: String,
-    pub reconnects: u32,
-    pub last_pass: Option<String>,
-    pub connected_since: Option<String>,
-    /// While `backing off`: when the next attempt is due (RFC 3339 UTC).
-    pub until: Option<String>,
-}
-
-pub type Live = Arc<Mutex<LiveState>>;
-
-fn set(live: &Live, state: &str, detail: String) {
-    if let Ok(mut l) = live.lock() {
-        if state != "backing off" {
-            l.until = None;
-        }
-        l.state = state.to_string();
-        l.detail = detail;
-    }
-}
-
-/// Exponential backoff with ±20 % jitter: 1 s doubling to `max`, reset after a good login.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
-        Backoff {
-            next: Duration::from_secs(1),
-            max,
-            seed,
-        }
-    }
-    pub fn reset(&mut self) {
-        self.next = Duration::from_secs(1);
-    }
-    /// The delay to wait now; the next one doubles.
-    pub fn delay(&mut self) -> Duration {
-        // xorshift: jitter so that many mailboxes dropped together do not reconnect in step
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let jitter = 0.8 + (self.seed % 401) as f64 / 1000.0;
-        let d = self.next.mul_f64(jitter);
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
+/// Passes in a row before the worker waits anyway (mail arriving faster than it is tracked);
+/// a pending event then ends the wait at once, so nothing is left behind.
+const MAX_ROUNDS: u32 = 50;
 
 /// The adaptive schedule of `poll_interval = "auto"`: 5 minutes, 2 while mail keeps arriving,
 /// 12 after three quiet polls in a row.
@@ -105,16 +52,6 @@ impl AutoPoll {
     }
 }
 
-/// Why an IDLE wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Woke {
-    NewData,
-    Renew,
-    Heartbeat,
-    Asked,
-    Shutdown,
-}
-
 /// Everything a mailbox task needs.
 pub struct Task {
     pub mb: Arc<MailboxConfig>,
@@ -131,227 +68,498 @@ pub struct Task {
 pub async fn watch_mailbox(t: Task) {
     use tracing::Instrument;
     let span = tracing::info_span!("mailbox", mailbox = %t.mb.name);
-    watch_mailbox_inner(t).instrument(span).await
+    let name = t.mb.name.clone();
+    let runner = Runner {
+        live: t.live.clone(),
+        wake: t.wake.clone(),
+        cancel: t.cancel.clone(),
+        backoff_max: Duration::from_secs(80),
+        name: name.clone(),
+    };
+    let worker = MailboxWorker {
+        mb: t.mb,
+        limits: t.limits,
+        store: t.store,
+        live: t.live,
+        logins: t.logins,
+        session: None,
+        auth_failures: 0,
+        connects: 0,
+        auto: AutoPoll::default(),
+        found: false,
+    };
+    runner.run(worker).instrument(span).await;
+    let m = crate::metrics::metrics();
+    m.connected(&name, false);
+    m.mode(&name, None);
 }
 
-async fn watch_mailbox_inner(t: Task) {
-    let m = crate::metrics::metrics();
-    let name = t.mb.name.clone();
-    let mut backoff = Backoff::new(Duration::from_secs(80));
-    let mut auth_failures = 0;
-    let mut first = true;
-    'outer: while !t.cancel.is_cancelled() {
-        set(
-            &t.live,
-            "connecting",
-            format!("{}:{}", t.mb.host, t.mb.port),
-        );
-        if !first {
-            if let Ok(mut l) = t.live.lock() {
-                l.reconnects += 1;
+/// The disconnected state of a mailbox (config, counters) and its session when connected.
+struct MailboxWorker {
+    mb: Arc<MailboxConfig>,
+    limits: FetchLimits,
+    store: Arc<Store>,
+    live: Live,
+    logins: Arc<Semaphore>,
+    session: Option<Session>,
+    /// Authentication failures in a row: the second disables the mailbox.
+    auth_failures: u32,
+    connects: u32,
+    auto: AutoPoll,
+    /// Whether the last catch-up tracked something (for `poll_interval = "auto"`).
+    found: bool,
+}
+
+/// What exists only while connected.
+struct Session {
+    conn: Connected,
+    tracked: Vec<Tracked>,
+    /// The server offers IDLE and the config allows it.
+    idle: bool,
+    /// The server offers NOTIFY and has not refused our NOTIFY SET.
+    notify: bool,
+    /// The folders NOTIFY is set for, when it is.
+    notify_for: Option<Vec<String>>,
+    /// The IDLE folder is selected and was checked after it was selected, with every other
+    /// folder: IDLE may start on it without another look.
+    ready: bool,
+}
+
+impl Worker for MailboxWorker {
+    /// Connects if needed, then passes until one finds every tracked folder unchanged.
+    async fn work(&mut self, cancel: &CancellationToken) -> Result<(), WorkError> {
+        if self.session.is_none() {
+            self.connect(cancel).await?;
+            if self.session.is_none() {
+                return Ok(()); // cancelled while connecting
             }
-            m.reconnect(&name);
         }
-        first = false;
+        let result = self.catch_up(cancel).await;
+        if let Err(e) = result {
+            self.disconnect();
+            return Err(WorkError::transient(e));
+        }
+        release_idle_memory(self.found);
+        Ok(())
+    }
+
+    async fn wait_for_work(&mut self, signals: Signals<'_>) -> Result<(), WorkError> {
+        let Some(s) = self.session.as_ref() else {
+            return Ok(());
+        };
+        if s.idle && !s.tracked.is_empty() {
+            return self.idle(signals).await.map_err(|e| {
+                // Routine: Dovecot drops busy selected sessions without BYE.
+                tracing::info!(error = %e, "connection lost while waiting; reconnecting");
+                self.disconnect();
+                let e = SyncError::Imap(e);
+                let w = WorkError::transient(&e);
+                record(&self.store, &self.mb, &Err::<(), _>(e));
+                w
+            });
+        }
+        self.poll(signals).await;
+        Ok(())
+    }
+}
+
+impl MailboxWorker {
+    async fn connect(&mut self, cancel: &CancellationToken) -> Result<(), WorkError> {
+        let m = crate::metrics::metrics();
+        self.live.set(WorkerState::Connecting {
+            server: format!("{}:{}", self.mb.host, self.mb.port),
+        });
+        if self.connects > 0 {
+            self.live.update(|l| l.reconnects += 1);
+            m.reconnect(&self.mb.name);
+        }
+        self.connects += 1;
         let connected = {
-            let _permit = t.logins.acquire().await;
+            let _permit = self.logins.acquire().await;
             tokio::select! {
-                r = connect(&t.mb) => r,
-                _ = t.cancel.cancelled() => break 'outer,
+                r = connect(&self.mb) => r,
+                _ = cancel.cancelled() => return Ok(()),
             }
         };
-        let mut conn = match connected {
+        let conn = match connected {
             Ok(c) => c,
-            Err(e) => {
-                if matches!(e, ImapError::Auth { .. }) {
-                    auth_failures += 1;
-                }
-                let disable = e.is_permanent()
-                    && (!matches!(e, ImapError::Auth { .. }) || auth_failures >= 2);
-                let err = SyncError::Imap(e);
-                record::<()>(&t, &Err(err), disable);
-                if disable {
-                    break 'outer;
-                }
-                if !backoff_wait(&t, &mut backoff).await {
-                    break 'outer;
-                }
-                continue;
-            }
+            Err(e) => return Err(self.login_failed(e)),
         };
-        auth_failures = 0;
-        backoff.reset();
-        m.connected(&name, true);
-        if let Ok(mut l) = t.live.lock() {
-            l.connected_since = Some(crate::store::humantime_now());
+        self.auth_failures = 0;
+        m.connected(&self.mb.name, true);
+        self.live
+            .update(|l| l.connected_since = Some(crate::store::humantime_now()));
+        let idle = conn.has("IDLE") && self.mb.watch.idle;
+        self.session = Some(Session {
+            notify: idle && conn.has("NOTIFY"),
+            idle,
+            conn,
+            tracked: Vec::new(),
+            notify_for: None,
+            ready: false,
+        });
+        Ok(())
+    }
+
+    /// A failed login: permanent errors disable the mailbox (a refused password only the
+    /// second time in a row: servers sometimes refuse a good one once).
+    fn login_failed(&mut self, e: ImapError) -> WorkError {
+        let auth = matches!(e, ImapError::Auth { .. });
+        if auth {
+            self.auth_failures += 1;
         }
-        let idle = conn.has("IDLE") && t.mb.watch.idle;
-        let mut notify = conn.has("NOTIFY");
-        let mut notify_for: Vec<String> = Vec::new();
-        let mut auto = AutoPoll::default();
-        loop {
-            set(&t.live, "syncing", String::new());
-            let tracked = match sync::plan(&mut conn, &t.mb, &t.store).await {
-                Ok(tr) => tr,
-                Err(e) => {
-                    record::<()>(&t, &Err(e), false);
-                    if !backoff_wait(&t, &mut backoff).await {
-                        break 'outer;
-                    }
-                    continue 'outer;
-                }
-            };
+        let permanent = e.is_permanent() && (!auth || self.auth_failures >= 2);
+        let e = SyncError::Imap(e);
+        let message = if permanent {
+            format!("incoming disabled: {e} (fix it, then restart or reload the agent with SIGHUP)")
+        } else {
+            e.to_string()
+        };
+        record(&self.store, &self.mb, &Err::<(), _>(e));
+        if !permanent {
+            return WorkError::transient(message);
+        }
+        let _ = self.store.add_alert(
+            &self.mb.name,
+            crate::model::Alert {
+                level: "error".into(),
+                message: message.clone(),
+            },
+        );
+        WorkError {
+            message,
+            permanent: true,
+        }
+    }
+
+    fn disconnect(&mut self) {
+        self.session = None;
+        crate::metrics::metrics().connected(&self.mb.name, false);
+    }
+
+    /// Plans the folders, then passes until nothing is left: with NOTIFY, until `NOTIFY SET
+    /// STATUS` (sent last, right before IDLE) reports every folder at its checkpoint; without
+    /// it, until a pass finds every folder's STATUS unchanged and no event came in meanwhile.
+    async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), SyncError> {
+        let s = self.session.as_mut().expect("connected");
+        self.live.set(WorkerState::Syncing);
+        s.tracked = sync::plan(&mut s.conn, &self.mb, &self.store).await?;
+        self.found = false;
+        s.ready = false;
+        let idle_folder = (s.idle && !s.tracked.is_empty()).then(|| s.tracked[0].folder.clone());
+        for round in 1..=MAX_ROUNDS {
+            // Without NOTIFY, the IDLE folder is selected *before* the others are checked, so
+            // that mail arriving in it after its check comes as EXISTS.
+            if let (Some(f), false) = (&idle_folder, s.notify) {
+                crate::imap::fetch::examine(
+                    &mut s.conn.session,
+                    &s.conn.peer,
+                    &f.server_name,
+                    &f.name,
+                )
+                .await?;
+            }
+            // Events from here on are news: the pass below reads every folder's STATUS after it.
+            pending_events(&s.conn);
             let result = sync::pass_planned(
-                &mut conn,
-                &t.mb,
-                &tracked,
-                &t.limits,
-                &t.store,
-                Some(&t.cancel),
+                &mut s.conn,
+                &self.mb,
+                &s.tracked,
+                &self.limits,
+                &self.store,
+                Some(cancel),
                 None,
             )
             .await;
-            let found = result.as_ref().is_ok_and(|r| r.created() > 0);
-            let failed = result.is_err();
-            record(&t, &result, false);
-            if failed {
-                if !backoff_wait(&t, &mut backoff).await {
-                    break 'outer;
-                }
-                continue 'outer;
+            record(&self.store, &self.mb, &result);
+            let report = result?;
+            self.found |= report.created() > 0;
+            self.live
+                .update(|l| l.last_pass = Some(crate::store::humantime_now()));
+            if cancel.is_cancelled() {
+                break;
             }
-            if let Ok(mut l) = t.live.lock() {
-                l.last_pass = Some(crate::store::humantime_now());
+            let caught_up = match &idle_folder {
+                Some(f) if s.notify => settle_with_notify(s, f, &self.mb, &self.store).await?,
+                _ => report.folders.is_empty() && pending_events(&s.conn) == 0,
+            };
+            if caught_up {
+                tracing::debug!(round, "caught up");
+                s.ready = idle_folder.is_some();
+                break;
             }
-            if t.cancel.is_cancelled() {
-                break 'outer;
-            }
-            if idle && !tracked.is_empty() {
-                let names: Vec<String> = tracked
-                    .iter()
-                    .map(|t| t.folder.server_name.clone())
-                    .collect();
-                if notify && names != notify_for {
-                    notify = set_notify(&mut conn, &names).await;
-                    notify_for = names;
-                }
-                match idle_once(conn, &t, &tracked, notify).await {
-                    Ok((c, woke)) => {
-                        conn = c;
-                        if woke == Woke::Shutdown {
-                            break 'outer;
-                        }
-                    }
-                    Err(e) => {
-                        // Routine: Dovecot drops busy selected sessions without BYE.
-                        tracing::info!(mailbox = %name, error = %e, "connection lost while waiting; reconnecting");
-                        record::<()>(&t, &Err(SyncError::Imap(e)), false);
-                        if !backoff_wait(&t, &mut backoff).await {
-                            break 'outer;
-                        }
-                        continue 'outer;
-                    }
-                }
-            } else {
-                let d = match t.mb.watch.poll {
-                    PollInterval::Every(d) => d,
-                    PollInterval::Auto => auto.next(found),
-                };
-                if let Ok(mut l) = t.live.lock() {
-                    l.mode = "poll".into();
-                }
-                m.mode(&name, Some("poll"));
-                set(
-                    &t.live,
-                    "polling",
-                    format!("next poll in {} s", d.as_secs()),
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    _ = t.wake.notified() => {}
-                    _ = t.cancel.cancelled() => break 'outer,
-                }
-            }
+            tracing::debug!(round, "more arrived during the pass; passing again");
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the next poll, a wake-up or shutdown.
+    async fn poll(&mut self, signals: Signals<'_>) {
+        let d = match self.mb.watch.poll {
+            PollInterval::Every(d) => d,
+            PollInterval::Auto => self.auto.next(self.found),
+        };
+        self.set_mode(WatchMode::Poll);
+        self.live.set(WorkerState::Polling {
+            next: crate::worker::unix_now() + d.as_secs() as i64,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = signals.wake.notified() => {}
+            _ = signals.cancel.cancelled() => {}
         }
     }
-    m.connected(&name, false);
-    m.mode(&name, None);
-    if let Ok(l) = t.live.lock() {
-        if l.state == "disabled" {
-            return;
-        }
+
+    fn set_mode(&self, mode: WatchMode) {
+        self.live.update(|l| l.mode = Some(mode));
+        crate::metrics::metrics().mode(&self.mb.name, Some(mode.metric_label()));
     }
-    set(&t.live, "stopped", String::new());
+
+    /// One IDLE on the first tracked folder, until new data, renewal, a wake-up or shutdown.
+    async fn idle(&mut self, signals: Signals<'_>) -> Result<(), ImapError> {
+        let mut s = self.session.take().expect("connected");
+        let notify = s.notify_for.is_some();
+        let f = s.tracked[0].folder.clone();
+        let others = s.tracked.len() - 1;
+        let mut behind = false;
+        if !s.ready {
+            // Catching up stopped early (MAX_ROUNDS): select and compare the IDLE folder now.
+            let sel = crate::imap::fetch::examine(
+                &mut s.conn.session,
+                &s.conn.peer,
+                &f.server_name,
+                &f.name,
+            )
+            .await?;
+            behind = self
+                .store
+                .folder_state(&self.mb.name, &f.name)
+                .ok()
+                .flatten()
+                .is_none_or(|st| {
+                    st.uidvalidity != sel.uidvalidity || st.synced_uid_next != sel.uid_next
+                });
+        }
+        s.ready = false;
+        if behind || pending_events(&s.conn) > 0 {
+            tracing::debug!(behind, "new mail before IDLE: no wait");
+            self.session = Some(s);
+            return Ok(());
+        }
+        let watch = &self.mb.watch;
+        // With NOTIFY too: a server may lose an event (Dovecot drops those of a folder that was
+        // selected when they happened), and the renewal's pass bounds how long that can last.
+        let renew = if others > 0 {
+            watch.idle_renew.min(watch.others_interval)
+        } else {
+            watch.idle_renew
+        };
+        let mode = if notify {
+            WatchMode::IdleNotify
+        } else {
+            WatchMode::Idle
+        };
+        self.set_mode(mode);
+        let detail = match (others, notify) {
+            (0, _) => format!("IDLE on {}", f.name),
+            (n, true) => format!(
+                "IDLE on {}, NOTIFY for {n} more (all checked every {} s)",
+                f.name,
+                renew.as_secs()
+            ),
+            (n, false) => format!(
+                "IDLE on {}, STATUS of {n} more every {} s",
+                f.name,
+                renew.as_secs()
+            ),
+        };
+        self.live.set(WorkerState::Idle { mode, detail });
+        let conn = idle_until(s.conn, &self.mb, renew, signals).await?;
+        s.conn = conn;
+        self.session = Some(s);
+        Ok(())
+    }
 }
 
-/// Records a pass's (or login's) outcome in the persisted health, and in the live state.
-fn record<T: sync::PassResult>(t: &Task, result: &Result<T, SyncError>, disable: bool) {
-    let mut state = match t.store.mailbox_state(&t.mb.name) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(mailbox = %t.mb.name, error = %e, "cannot read the mailbox state");
-            return;
-        }
+/// Why an IDLE ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    NewData,
+    /// Events were waiting when IDLE began.
+    Pending,
+    Renew,
+    Heartbeat,
+    Asked,
+    Shutdown,
+}
+
+/// IDLE on the selected folder until something happens; the connection comes back after DONE.
+async fn idle_until(
+    conn: Connected,
+    mb: &MailboxConfig,
+    renew: Duration,
+    signals: Signals<'_>,
+) -> Result<Connected, ImapError> {
+    let Connected {
+        session,
+        capabilities,
+        peer,
+        security,
+    } = conn;
+    // A second handle on the session's queue of untagged answers, read while IDLE holds it.
+    let queue = session.unsolicited_responses.clone();
+    let mut handle = session.idle();
+    let dead = |what: &str, message: String| ImapError::Protocol {
+        addr: peer.addr.clone(),
+        what: what.into(),
+        message,
     };
-    state.last_attempt = Some(crate::store::humantime_now());
-    if let Err(e) = sync::record_result(&t.store, &mut state, result) {
-        tracing::error!(mailbox = %t.mb.name, error = %e, "cannot record the mailbox state");
+    match tokio::time::timeout(peer.timeout, handle.init()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(dead("IDLE", e.to_string())),
+        Err(_) => return Err(dead("IDLE", "no answer".into())),
     }
-    if let Err(e) = result {
-        tracing::warn!(mailbox = %t.mb.name, error = %e, "pass failed");
-        if disable {
-            let msg = format!(
-                "incoming disabled: {e} (fix it, then restart or reload the agent with SIGHUP)"
-            );
-            let _ = t.store.add_alert(
-                &t.mb.name,
-                crate::model::Alert {
-                    level: "error".into(),
-                    message: msg.clone(),
+    let woke = {
+        let (fut, stop) = handle.wait_with_timeout(mb.watch.heartbeat_timeout);
+        tokio::pin!(fut);
+        // What arrived while IDLE was being started (a NOTIFY STATUS read with its `+`) is in
+        // the unsolicited queue, not in the stream IDLE waits on.
+        let pending = count_events(|| queue.try_recv().ok());
+        tracing::debug!(pending, "IDLE started");
+        let w = if pending > 0 {
+            Ok(Woke::Pending)
+        } else {
+            tokio::select! {
+                r = &mut fut => match r {
+                    Ok(IdleResponse::NewData(_)) => Ok(Woke::NewData),
+                    Ok(IdleResponse::Timeout) => Ok(Woke::Heartbeat),
+                    // We did not interrupt: the stream ended, the server closed the connection.
+                    Ok(IdleResponse::ManualInterrupt) => Err(dead("IDLE", "the server closed the connection".into())),
+                    Err(e) => Err(dead("IDLE", e.to_string())),
                 },
-            );
-            set(&t.live, "disabled", msg);
+                _ = tokio::time::sleep(renew) => Ok(Woke::Renew),
+                _ = signals.wake.notified() => Ok(Woke::Asked),
+                _ = signals.cancel.cancelled() => Ok(Woke::Shutdown),
+            }
+        };
+        drop(stop);
+        w?
+    };
+    let session = match tokio::time::timeout(Duration::from_secs(15), handle.done()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(dead("DONE", e.to_string())),
+        Err(_) => return Err(dead("DONE", "no answer within 15 s".into())),
+    };
+    tracing::debug!(mailbox = %mb.name, ?woke, "IDLE ended");
+    Ok(Connected {
+        session,
+        capabilities,
+        peer,
+        security,
+    })
+}
+
+/// The last step before IDLE with NOTIFY: select the IDLE folder and compare it with its
+/// checkpoint, then `NOTIFY SET STATUS`, which (RFC 5465 §5.1) reports every other folder's
+/// state at the moment notifications are armed. Caught up when all match: from then on every
+/// change is an event. Dovecot loses the notification of a change that happened while the
+/// session was busy with other commands, so our own STATUS sweep could not close the gap;
+/// the server's snapshot taken as it arms the notifications does.
+async fn settle_with_notify(
+    s: &mut Session,
+    idle_folder: &crate::imap::folders::Folder,
+    mb: &MailboxConfig,
+    store: &Store,
+) -> Result<bool, SyncError> {
+    let sel = crate::imap::fetch::examine(
+        &mut s.conn.session,
+        &s.conn.peer,
+        &idle_folder.server_name,
+        &idle_folder.name,
+    )
+    .await?;
+    let at_checkpoint = |folder: &str, uidvalidity: u32, uid_next: u32| {
+        store
+            .folder_state(&mb.name, folder)
+            .ok()
+            .flatten()
+            .is_some_and(|st| st.uidvalidity == uidvalidity && st.synced_uid_next == uid_next)
+    };
+    let mut behind = !at_checkpoint(&idle_folder.name, sel.uidvalidity, sel.uid_next);
+    pending_events(&s.conn); // the snapshot below supersedes them
+    let names: Vec<String> = s
+        .tracked
+        .iter()
+        .map(|t| t.folder.server_name.clone())
+        .collect();
+    s.notify = set_notify(&mut s.conn, &names, true).await;
+    if !s.notify {
+        s.notify_for = None;
+        return Ok(false); // the next round checks the folders itself
+    }
+    s.notify_for = Some(names);
+    while let Ok(r) = s.conn.session.unsolicited_responses.try_recv() {
+        match r {
+            UnsolicitedResponse::Status {
+                mailbox,
+                attributes,
+            } => {
+                let Some(t) = s.tracked.iter().find(|t| t.folder.server_name == mailbox) else {
+                    continue;
+                };
+                let (mut v, mut n) = (None, None);
+                for a in attributes {
+                    match a {
+                        StatusAttribute::UidValidity(x) => v = Some(x),
+                        StatusAttribute::UidNext(x) => n = Some(x),
+                        _ => {}
+                    }
+                }
+                if let (Some(v), Some(n)) = (v, n) {
+                    behind |= !at_checkpoint(&t.folder.name, v, n);
+                }
+            }
+            // New mail in the IDLE folder since it was selected.
+            UnsolicitedResponse::Exists(_) => behind = true,
+            _ => {}
         }
     }
+    Ok(!behind)
 }
 
-/// Waits out the next backoff delay; `false` when shutting down.
-async fn backoff_wait(t: &Task, backoff: &mut Backoff) -> bool {
-    crate::metrics::metrics().connected(&t.mb.name, false);
-    let d = backoff.delay();
-    let until = std::time::SystemTime::now() + d;
-    let secs = until
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |x| x.as_secs() as i64);
-    if let Ok(mut l) = t.live.lock() {
-        l.until = Some(crate::store::rfc3339_utc(secs));
-    }
-    set(
-        &t.live,
-        "backing off",
-        format!(
-            "next attempt at {} (in {:.1} s)",
-            crate::store::rfc3339_utc(secs),
-            d.as_secs_f64()
-        ),
-    );
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = t.wake.notified() => true,
-        _ = t.cancel.cancelled() => false,
-    }
+/// Takes the new-mail events (NOTIFY's STATUS of another folder, EXISTS of the selected one)
+/// queued since the last call, and says how many there were. The rest of the queue (flag
+/// changes, our own commands' side answers) is dropped with them: async-imap's queue is
+/// bounded and would drop *new* events once full.
+fn pending_events(conn: &Connected) -> usize {
+    count_events(|| conn.session.unsolicited_responses.try_recv().ok())
 }
 
-/// Asks the server to report new mail in every tracked folder during IDLE (RFC 5465), so one
-/// connection watches them all. `false` when the server refuses.
-async fn set_notify(conn: &mut Connected, names: &[String]) -> bool {
+fn count_events(mut next: impl FnMut() -> Option<UnsolicitedResponse>) -> usize {
+    let mut n = 0;
+    while let Some(r) = next() {
+        if matches!(
+            r,
+            UnsolicitedResponse::Status { .. } | UnsolicitedResponse::Exists(_)
+        ) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Asks the server to report new mail in every tracked folder (RFC 5465), so one connection
+/// watches them all; with `status`, to report their state now, too. `false` when the server
+/// refuses.
+async fn set_notify(conn: &mut Connected, names: &[String], status: bool) -> bool {
     let list: Vec<String> = names.iter().map(|n| crate::imap::quote(n)).collect();
     let cmd = format!(
-        "NOTIFY SET (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
+        "NOTIFY SET{} (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
+        if status { " STATUS" } else { "" },
         list.join(" ")
     );
     match tokio::time::timeout(
-        command_timeout(),
+        conn.peer.timeout,
         conn.session.run_command_and_check_ok(&cmd),
     )
     .await
@@ -367,126 +575,55 @@ async fn set_notify(conn: &mut Connected, names: &[String]) -> bool {
     }
 }
 
-/// One IDLE on the first tracked folder, until new data, renewal, a wake-up or shutdown.
-/// Returns the connection for the next pass, or an error when it died.
-async fn idle_once(
-    mut conn: Connected,
-    t: &Task,
-    tracked: &[Tracked],
-    notify: bool,
-) -> Result<(Connected, Woke), ImapError> {
-    let f = &tracked[0].folder;
-    let sel =
-        crate::imap::fetch::examine(&mut conn.session, &conn.addr, &f.server_name, &f.name).await?;
-    if let Ok(Some(st)) = t.store.folder_state(&t.mb.name, &f.name) {
-        if st.uidvalidity != sel.uidvalidity || st.uid_next != sel.uid_next {
-            return Ok((conn, Woke::NewData)); // arrived since the pass: no need to wait
+/// Records a pass's (or login's) outcome in the persisted health.
+fn record<T: sync::PassResult>(store: &Store, mb: &MailboxConfig, result: &Result<T, SyncError>) {
+    let mut state = match store.mailbox_state(&mb.name) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the mailbox state");
+            return;
+        }
+    };
+    state.last_attempt = Some(crate::store::humantime_now());
+    if let Err(e) = sync::record_result(store, &mut state, result) {
+        tracing::error!(error = %e, "cannot record the mailbox state");
+    }
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "pass failed");
+    }
+}
+
+/// After mail was fetched, gives freed memory back to the system (at most every 2 s for the
+/// whole process): glibc keeps what a session's large FETCH answers used in per-thread arenas,
+/// and with 1,000 mailboxes an idle agent's RSS doubled once each had fetched mail.
+fn release_idle_memory(fetched: bool) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        static LAST: AtomicI64 = AtomicI64::new(0);
+        if !fetched {
+            return;
+        }
+        let now = crate::worker::unix_now();
+        let last = LAST.load(Ordering::Relaxed);
+        if now - last >= 2
+            && LAST
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: malloc_trim only returns free pages to the kernel; it takes no pointers.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
-    let others = tracked.len() > 1 && !notify;
-    let total = if others {
-        t.mb.watch.idle_renew.min(t.mb.watch.others_interval)
-    } else {
-        t.mb.watch.idle_renew
-    };
-    let mode = if notify { "IDLE+NOTIFY" } else { "IDLE" };
-    if let Ok(mut l) = t.live.lock() {
-        l.mode = mode.into();
-    }
-    crate::metrics::metrics().mode(
-        &t.mb.name,
-        Some(if notify { "idle_notify" } else { "idle" }),
-    );
-    set(
-        &t.live,
-        "idle",
-        format!(
-            "IDLE on {}{}",
-            f.name,
-            if notify && tracked.len() > 1 {
-                format!(", NOTIFY for {} more", tracked.len() - 1)
-            } else if others {
-                format!(
-                    ", STATUS of {} more every {} s",
-                    tracked.len() - 1,
-                    total.as_secs()
-                )
-            } else {
-                String::new()
-            }
-        ),
-    );
-    let Connected {
-        session,
-        capabilities,
-        addr,
-        security,
-    } = conn;
-    let mut handle = session.idle();
-    let dead = |what: &str, message: String| ImapError::Protocol {
-        addr: addr.clone(),
-        what: what.into(),
-        message,
-    };
-    match tokio::time::timeout(command_timeout(), handle.init()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(dead("IDLE", e.to_string())),
-        Err(_) => return Err(dead("IDLE", "no answer".into())),
-    }
-    let woke = {
-        let (fut, stop) = handle.wait_with_timeout(t.mb.watch.heartbeat_timeout);
-        tokio::pin!(fut);
-        let w = tokio::select! {
-            r = &mut fut => match r {
-                Ok(IdleResponse::NewData(_)) => Ok(Woke::NewData),
-                Ok(IdleResponse::Timeout) => Ok(Woke::Heartbeat),
-                // We did not interrupt: the stream ended, the server closed the connection.
-                Ok(IdleResponse::ManualInterrupt) => Err(dead("IDLE", "the server closed the connection".into())),
-                Err(e) => Err(dead("IDLE", e.to_string())),
-            },
-            _ = tokio::time::sleep(total) => Ok(Woke::Renew),
-            _ = t.wake.notified() => Ok(Woke::Asked),
-            _ = t.cancel.cancelled() => Ok(Woke::Shutdown),
-        };
-        drop(stop);
-        w?
-    };
-    let session = match tokio::time::timeout(Duration::from_secs(15), handle.done()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(dead("DONE", e.to_string())),
-        Err(_) => return Err(dead("DONE", "no answer within 15 s".into())),
-    };
-    while session.unsolicited_responses.try_recv().is_ok() {}
-    tracing::debug!(mailbox = %t.mb.name, ?woke, "IDLE ended");
-    Ok((
-        Connected {
-            session,
-            capabilities,
-            addr,
-            security,
-        },
-        woke,
-    ))
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = fetched;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(80));
-        let ds: Vec<f64> = (0..10).map(|_| b.delay().as_secs_f64()).collect();
-        for (i, d) in ds.iter().enumerate() {
-            let base = (1u64 << i.min(7)).min(80) as f64;
-            assert!(
-                *d >= base * 0.8 - 1e-9 && *d <= base * 1.2 + 1e-9,
-                "delay {i} = {d}, base {base}"
-            );
-        }
-        b.reset();
-        assert!(b.delay() <= Duration::from_millis(1200));
-    }
 
     #[test]
     fn auto_poll_shortens_while_mail_arrives_and_lengthens_when_quiet() {

@@ -318,11 +318,13 @@ fn bursts_into_six_folders_while_passes_run_are_all_tracked_within_the_notify_de
         std::thread::sleep(Duration::from_millis(rng.next(600)));
     }
     let n = d.drops.len();
-    wait_for(&format!("{n} activities"), 10, || e.activities().len() >= n);
-    assert_each_once(&e.activities(), n);
-    // give the tail a moment to read the last lines
-    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    while e.activities().len() < n && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(50)); // the tail's last read
     check_latencies("bursts", &d.drops, &commits, floor, true);
+    assert_each_once(&e.activities(), n);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 

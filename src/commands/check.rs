@@ -100,7 +100,7 @@ async fn check_mailbox(mb: &MailboxConfig, store: &Store) -> (String, bool) {
         "folder identity: name + UIDVALIDITY (the server has no OBJECTID)"
     };
     line(true, identity.to_string());
-    let all = match folders::list(&mut conn.session, &conn.addr).await {
+    let all = match folders::list(&mut conn.session, &conn.peer).await {
         Ok(f) => f,
         Err(e) => {
             line(false, format!("LIST: {e}"));
@@ -207,7 +207,7 @@ async fn check_mailbox(mb: &MailboxConfig, store: &Store) -> (String, bool) {
             .find(|f| f.selectable && f.name.eq_ignore_ascii_case("INBOX"))
             .or_else(|| all.iter().find(|f| f.selectable));
         if let Some(f) = probe {
-            match crate::imap::fetch::open(&mut conn.session, &conn.addr, &f.server_name, &f.name, true).await {
+            match crate::imap::fetch::open(&mut conn.session, &conn.peer, &f.server_name, &f.name, true).await {
                 Ok(sel) if sel.keywords => line(true, format!("write-back: the server stores keywords; tracked mail gets {k}")),
                 Ok(_) => line(true, format!("write-back: the server does not store keywords (PERMANENTFLAGS lacks \\*); {k} is skipped")),
                 Err(e) => line(false, format!("write-back: cannot SELECT {}: {e}", f.name)),

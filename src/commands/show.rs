@@ -231,7 +231,7 @@ pub struct MailboxStatus {
     #[serde(flatten)]
     pub health: MailboxState,
     /// What the running agent's task for this mailbox is doing now (only while `run` is going).
-    pub live: Option<crate::watch::LiveState>,
+    pub live: Option<crate::worker::LiveState>,
     pub folders: Vec<FolderStatus>,
     /// This mailbox's alerts, newest first: stored ones, and the ones `status` works out now
     /// (a rule pointing at a missing record; nothing tracked for `quiet_hours`).
@@ -371,22 +371,23 @@ impl Status {
             health.name.clear(); // `name` is already the mailbox's
             let live = agent.and_then(|a| a.live(&mb.name));
             let state = match (&live, &health.last_attempt, &health.last_error) {
-                (Some(l), _, _) if l.state == "disabled" => "disabled",
+                (Some(l), _, _) if l.state.is_disabled() => "disabled",
                 (_, None, _) => "never synced",
                 (_, Some(_), None) => "ok",
                 (_, Some(_), Some(_)) => "failing",
             }
             .to_string();
-            let incoming = match &live {
-                Some(l) if l.state == "disabled" => Incoming {
+            use crate::worker::WorkerState;
+            let incoming = match live.as_ref().map(|l| &l.state) {
+                Some(WorkerState::Disabled { reason }) => Incoming {
                     state: "disabled".into(),
-                    reason: Some(l.detail.clone()),
+                    reason: Some(reason.clone()),
                     until: None,
                 },
-                Some(l) if l.state == "backing off" => Incoming {
+                Some(WorkerState::BackingOff { until, error }) => Incoming {
                     state: "backing off".into(),
-                    reason: health.last_error.clone(),
-                    until: l.until.clone(),
+                    reason: Some(error.clone()),
+                    until: Some(crate::store::rfc3339_utc(*until)),
                 },
                 Some(_) => Incoming {
                     state: "enabled".into(),
@@ -486,16 +487,13 @@ impl Status {
             if let Some(l) = &m.live {
                 s.push_str(&format!(
                     "  now: {}{}{} (reconnects {}, last pass {})\n",
-                    l.state,
-                    if l.mode.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" [{}]", l.mode)
-                    },
-                    if l.detail.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", l.detail)
+                    l.state.label(),
+                    l.mode
+                        .map(|m| format!(" [{}]", m.as_str()))
+                        .unwrap_or_default(),
+                    match l.state.detail() {
+                        d if d.is_empty() => d,
+                        d => format!(": {d}"),
                     },
                     l.reconnects,
                     l.last_pass.as_deref().unwrap_or("-")

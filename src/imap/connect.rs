@@ -86,7 +86,7 @@ pub type ImapSession = Session<Conn>;
 pub struct Connected {
     pub session: ImapSession,
     pub capabilities: Vec<String>,
-    pub addr: String,
+    pub peer: super::Peer,
     /// How the connection is secured, for `check`.
     pub security: String,
 }
@@ -378,7 +378,11 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
             what: "login".into(),
             secs: CONNECT_TIMEOUT.as_secs(),
         })??;
-    let caps = super::timed(&addr, "CAPABILITY", session.capabilities()).await?;
+    let peer = super::Peer {
+        addr,
+        timeout: mb.command_timeout,
+    };
+    let caps = super::timed(&peer, "CAPABILITY", session.capabilities()).await?;
     let capabilities = caps
         .iter()
         .map(|c| match c {
@@ -387,11 +391,11 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
             async_imap::types::Capability::Atom(a) => a.to_string(),
         })
         .collect();
-    tracing::debug!(mailbox = %mb.name, %addr, security, "logged in");
+    tracing::debug!(mailbox = %mb.name, addr = %peer, security, "logged in");
     Ok(Connected {
         session,
         capabilities,
-        addr,
+        peer,
         security: security.to_string(),
     })
 }

@@ -1,7 +1,7 @@
 //! Reading messages: SELECT/EXAMINE with UIDVALIDITY, the list of new UIDs with their sizes,
 //! batches bounded by count and bytes, and `UID FETCH … BODY.PEEK[]` so nothing is marked read.
 
-use super::{timed, ImapError, ImapSession};
+use super::{timed, ImapError, ImapSession, Peer};
 use crate::config::FetchLimits;
 use futures::TryStreamExt;
 
@@ -50,44 +50,52 @@ impl Batch {
 /// Opens `server_name` read-only (EXAMINE): tracking only reads.
 pub async fn examine(
     session: &mut ImapSession,
-    addr: &str,
+    peer: &Peer,
     server_name: &str,
     config_name: &str,
 ) -> Result<Selected, ImapError> {
-    open(session, addr, server_name, config_name, false).await
+    open(session, peer, server_name, config_name, false).await
 }
 
 /// Opens a folder, read-only (EXAMINE) or read-write (SELECT, for keyword write-back). Reading
 /// uses `BODY.PEEK[]` either way, so nothing is marked read.
 pub async fn open(
     session: &mut ImapSession,
-    addr: &str,
+    peer: &Peer,
     server_name: &str,
     config_name: &str,
     write: bool,
 ) -> Result<Selected, ImapError> {
     let verb = if write { "SELECT" } else { "EXAMINE" };
-    let r = if write {
-        session.select(server_name).await
-    } else {
-        session.examine(server_name).await
-    };
+    let r = tokio::time::timeout(peer.timeout, async {
+        if write {
+            session.select(server_name).await
+        } else {
+            session.examine(server_name).await
+        }
+    })
+    .await
+    .map_err(|_| ImapError::Timeout {
+        addr: peer.addr.clone(),
+        what: format!("{verb} {config_name}"),
+        secs: peer.timeout.as_secs(),
+    })?;
     let mb = r.map_err(|e| match e {
         async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => {
             ImapError::FolderMissing {
-                addr: addr.to_string(),
+                addr: peer.addr.clone(),
                 folder: config_name.to_string(),
                 message: m,
             }
         }
         other => ImapError::Protocol {
-            addr: addr.to_string(),
+            addr: peer.addr.clone(),
             what: format!("{verb} {config_name}"),
             message: other.to_string(),
         },
     })?;
     let uidvalidity = mb.uid_validity.ok_or_else(|| ImapError::Protocol {
-        addr: addr.to_string(),
+        addr: peer.addr.clone(),
         what: format!("{verb} {config_name}"),
         message: "the server sent no UIDVALIDITY, so UIDs cannot be trusted".into(),
     })?;
@@ -107,7 +115,7 @@ pub async fn open(
 /// tracked). Silent: the server sends no FETCH back.
 pub async fn store_keyword(
     session: &mut ImapSession,
-    addr: &str,
+    peer: &Peer,
     uids: &[u32],
     keyword: &str,
 ) -> Result<(), ImapError> {
@@ -116,7 +124,7 @@ pub async fn store_keyword(
             "UID STORE {} +FLAGS.SILENT ({keyword})",
             uid_set(chunk.iter().copied())
         );
-        timed(addr, "UID STORE", session.run_command_and_check_ok(&cmd)).await?;
+        timed(peer, "UID STORE", session.run_command_and_check_ok(&cmd)).await?;
     }
     Ok(())
 }
@@ -125,7 +133,7 @@ pub async fn store_keyword(
 /// even when its UID is below `n` (RFC 3501 §6.4.8), hence the filter.
 pub async fn new_uids(
     session: &mut ImapSession,
-    addr: &str,
+    peer: &Peer,
     after: u32,
     exists: u32,
 ) -> Result<Vec<(u32, u64)>, ImapError> {
@@ -136,7 +144,7 @@ pub async fn new_uids(
     // Streamed, not collected: every `Fetch` owns its response buffer (about 4 KB), so a
     // collected list of a 50,000-message folder held 200 MB at the start of the pass, and
     // with one malloc arena that stayed the process's RSS (found with heaptrack).
-    let mut out: Vec<(u32, u64)> = timed(addr, "UID FETCH (RFC822.SIZE)", async {
+    let mut out: Vec<(u32, u64)> = timed(peer, "UID FETCH (RFC822.SIZE)", async {
         let mut s = session.uid_fetch(&set, "(UID RFC822.SIZE)").await?;
         let mut out = Vec::new();
         while let Some(f) = s.try_next().await? {
@@ -209,7 +217,7 @@ pub fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
 /// missing from the result. The whole response stream is drained before returning.
 pub async fn fetch_batch(
     session: &mut ImapSession,
-    addr: &str,
+    peer: &Peer,
     batch: &Batch,
 ) -> Result<Vec<RawMessage>, ImapError> {
     if batch.fetch.is_empty() {
@@ -218,7 +226,7 @@ pub async fn fetch_batch(
     let set = uid_set(batch.fetch.iter().map(|(u, _)| *u));
     let first = batch.fetch[0].0;
     let last = batch.last_uid();
-    timed(addr, "UID FETCH (BODY.PEEK[])", async {
+    timed(peer, "UID FETCH (BODY.PEEK[])", async {
         let mut stream = session
             .uid_fetch(&set, "(UID RFC822.SIZE BODY.PEEK[])")
             .await?;

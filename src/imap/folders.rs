@@ -1,7 +1,7 @@
 //! Folder listing: every folder with its hierarchy separator and SPECIAL-USE flags, and the
 //! mapping between the server's names and the config form (`/` separated, decoded UTF-8).
 
-use super::{timed, ImapError, ImapSession};
+use super::{timed, ImapError, ImapSession, Peer};
 use async_imap::types::NameAttribute;
 use futures::TryStreamExt;
 
@@ -54,8 +54,8 @@ pub fn to_server_name(config_name: &str, sep: Option<char>) -> String {
 }
 
 /// Lists every folder (`LIST "" "*"`).
-pub async fn list(session: &mut ImapSession, addr: &str) -> Result<Vec<Folder>, ImapError> {
-    let names: Vec<_> = timed(addr, "LIST", async {
+pub async fn list(session: &mut ImapSession, peer: &Peer) -> Result<Vec<Folder>, ImapError> {
+    let names: Vec<_> = timed(peer, "LIST", async {
         let stream = session.list(Some(""), Some("\"*\"")).await?;
         stream.try_collect::<Vec<_>>().await
     })

@@ -11,22 +11,26 @@ pub mod utf7;
 
 use std::time::Duration;
 
-pub use connect::{connect, Conn, ImapSession};
+pub use connect::{connect, Conn, Connected, ImapSession};
 
-/// How long one command may take before the connection is considered dead (default; the
-/// `command_timeout` setting changes it for the whole process).
+/// How long one command may take before the connection is considered dead, unless the
+/// configuration's `command_timeout` says otherwise.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-static COMMAND_TIMEOUT_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120);
-
-/// Sets the command timeout (from the configuration's `command_timeout`).
-pub fn set_command_timeout(d: Duration) {
-    COMMAND_TIMEOUT_SECS.store(d.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
+/// The server a session talks to, and how long each of its commands may take. It travels with
+/// the session (not a process-wide setting), so mailboxes and tests can each have their own.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `host:port`, for error messages.
+    pub addr: String,
+    /// Limit of one command (IDLE's wait has its own limits).
+    pub timeout: Duration,
 }
 
-/// The command timeout in force.
-pub fn command_timeout() -> Duration {
-    Duration::from_secs(COMMAND_TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed))
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
 }
 /// How long establishing TCP + TLS + greeting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,21 +95,21 @@ impl ImapError {
     }
 }
 
-/// Runs an IMAP future under [`command_timeout`], mapping both failure kinds.
-pub(crate) async fn timed<T, F>(addr: &str, what: &str, f: F) -> Result<T, ImapError>
+/// Runs an IMAP future under the session's command timeout, mapping both failure kinds.
+pub(crate) async fn timed<T, F>(peer: &Peer, what: &str, f: F) -> Result<T, ImapError>
 where
     F: std::future::Future<Output = async_imap::error::Result<T>>,
 {
-    let limit = command_timeout();
+    let limit = peer.timeout;
     match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ImapError::Protocol {
-            addr: addr.to_string(),
+            addr: peer.addr.clone(),
             what: what.to_string(),
             message: e.to_string(),
         }),
         Err(_) => Err(ImapError::Timeout {
-            addr: addr.to_string(),
+            addr: peer.addr.clone(),
             what: what.to_string(),
             secs: limit.as_secs(),
         }),
