@@ -91,6 +91,9 @@ pub async fn run(
         let l = crate::http::bind(addr).await.with_context(|| {
             format!("cannot serve metrics on {addr} ([metrics] listen in the config): is another process using it?")
         })?;
+        // The bound address, not the configured one: `listen = "127.0.0.1:0"` takes a free port,
+        // and this line is how an operator (or a test) learns which.
+        let addr = l.local_addr().unwrap_or(addr);
         tracing::info!(%addr, "serving /metrics and /healthz");
         tokio::spawn(crate::http::serve(
             l,
@@ -229,6 +232,8 @@ async fn run_outbox(
     loop {
         // Not cancelled mid-round: an SMTP transaction cut short is a send in doubt.
         let next = crate::outbox::run_due(&config, &store).await;
+        // `pending = false`: nothing left to send or retry (tests wait for this, not a time).
+        tracing::debug!(pending = matches!(next, Ok(Some(_))), "outbox round done");
         if cancel.is_cancelled() {
             return;
         }
