@@ -13,11 +13,12 @@
 mod common;
 
 use common::knob;
-use foldertrack::sandbox::{Sandbox, SandboxOptions};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::sandbox::{Sandbox, SandboxOptions};
+use testkit::{Config, Mailbox, Rule};
 
 struct Measure {
     wall: f64,
@@ -289,12 +290,15 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("password"), "pass").unwrap();
-    std::fs::write(
-        work.join("foldertrack.toml"),
-        format!("data_dir = \"data\"\n{}\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n", std::env::var("BENCH_CONFIG").unwrap_or_default().replace("\\n", "\n")),
-    )
-    .unwrap();
-    let bin = env!("CARGO_BIN_EXE_foldertrack");
+    Config::new()
+        .top(
+            &std::env::var("BENCH_CONFIG")
+                .unwrap_or_default()
+                .replace("\\n", "\n"),
+        )
+        .mailbox(Mailbox::new("user1", port).rule(Rule::unlinked("INBOX/Tracked/Acme")))
+        .write(&work);
+    let bin = testkit::env::foldertrack_bin();
     let mut ft = Vec::new();
     for run in 0..runs {
         let _ = std::fs::remove_dir_all(work.join("data"));
@@ -302,12 +306,12 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
             // Every run pays the `$Tracked` write-back (Dovecot renames each maildir file).
             imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
         }
-        ft.push(timed(Command::new(bin).current_dir(&work).args([
+        ft.push(timed(Command::new(&bin).current_dir(&work).args([
             "--config",
             "foldertrack.toml",
             "sync",
         ])));
-        let out = Command::new(bin)
+        let out = Command::new(&bin)
             .current_dir(&work)
             .args(["--config", "foldertrack.toml", "status", "--json"])
             .output()

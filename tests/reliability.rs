@@ -4,39 +4,30 @@
 //! one data dir exits 2.
 //!
 //! The fail point exists only in `--features failpoints` builds (the README's test command
-//! builds with it); without the feature this file has no tests.
-#![cfg(feature = "failpoints")]
+//! builds with it); without the feature the quarantine test is left out, the others run.
 
-mod common;
-use common::*;
 use serde_json::Value;
 use std::process::Command;
-
-const RULE: &str =
-    "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n";
+use testkit::*;
 
 fn setup() -> Env {
     let e = env();
-    let mut c = e.imap("alice");
-    c.create("INBOX/Tracked");
-    c.create("INBOX/Tracked/Acme");
-    e.write_config(&[("alice", "alice", RULE)], "");
-    e.import_records(RECORDS);
+    e.setup(
+        &["INBOX/Tracked", "INBOX/Tracked/Acme"],
+        &Config::new().mailbox(e.mailbox("alice").rule(acme())),
+    );
     e
 }
 
 fn run_env(e: &Env, envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_foldertrack"));
-    c.current_dir(&e.work)
-        .arg("--config")
-        .arg(e.work.join("foldertrack.toml"))
-        .args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    e.command()
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap()
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn quarantine_injected_failure_keeps_the_folder_going_and_replay_after_the_fix_tracks_it() {
     let e = setup();
@@ -178,8 +169,10 @@ fn folder_names_with_quotes_backslashes_and_non_ascii_are_quoted_and_encoded() {
         "Ärger",
         &message("bob@acme.com", "alice@example.com", "umlaut", Some("<u@x>")),
     );
-    let rules = "  [[mailbox.rule]]\n  folder = 'Say \"hi\" \\ there'\n  regarding = \"account:acme\"\n  [[mailbox.rule]]\n  folder = \"Ärger\"\n  regarding = \"account:globex\"\n";
-    e.write_config(&[("alice", "alice", rules)], "");
+    e.write_config(&Config::new().mailbox(e.mailbox("alice").rules([
+        Rule::record("Say \"hi\" \\ there", "account:acme"),
+        Rule::record("Ärger", "account:globex"),
+    ])));
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     let acts = e.activities();
@@ -223,8 +216,7 @@ fn a_full_disk_stops_tracking_with_a_clear_error_and_loses_nothing_once_there_is
         .arg(&data)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run");
+    if !require(mounted, "cannot mount a tmpfs here (needs root)") {
         return;
     }
     struct Unmount(std::path::PathBuf);

@@ -1,46 +1,32 @@
 //! Tracking semantics (DESIGN §4) against a real Dovecot: each test is named after the rule it
 //! proves, sets up folders and mail over IMAP, runs the real binary, and checks the store.
 
-mod common;
-use common::*;
 use serde_json::Value;
+use testkit::sandbox::SandboxOptions;
+use testkit::*;
 
-const RULES: &str = r#"
-  [[mailbox.rule]]
-  folder = "INBOX/Tracked/Acme"
-  regarding = "account:acme"
-  [[mailbox.rule]]
-  folder = "INBOX/Customers/*"
-  regarding = { type = "account", by = "name" }
-  [[mailbox.rule]]
-  folder = "INBOX/Projects"
-  [[mailbox.rule]]
-  folder = "Archive/Deals/*"
-  regarding = { type = "account", by = "key" }
-  [[mailbox.rule]]
-  folder = "Sent"
-"#;
-
-/// Alice's mailbox with the standard folders and records.
+/// Alice's mailbox with the standard folders, rules and records.
 fn alice() -> Env {
     let e = env();
-    let mut c = e.imap("alice");
-    for f in [
-        "INBOX/Tracked",
-        "INBOX/Tracked/Acme",
-        "INBOX/Customers",
-        "INBOX/Customers/Globex",
-        "INBOX/Customers/Nobody Inc",
-        "INBOX/Projects",
-        "INBOX/Personal",
-        "Archive",
-        "Archive/Deals",
-        "Archive/Deals/acme",
-    ] {
-        c.create(f);
-    }
-    e.write_config(&[("alice", "alice", RULES)], "");
-    e.import_records(RECORDS);
+    let alice = e
+        .mailbox("alice")
+        .rules(standard_rules())
+        .rules([Rule::by_key("Archive/Deals/*"), Rule::unlinked("Sent")]);
+    e.setup(
+        &[
+            "INBOX/Tracked",
+            "INBOX/Tracked/Acme",
+            "INBOX/Customers",
+            "INBOX/Customers/Globex",
+            "INBOX/Customers/Nobody Inc",
+            "INBOX/Projects",
+            "INBOX/Personal",
+            "Archive",
+            "Archive/Deals",
+            "Archive/Deals/acme",
+        ],
+        &Config::new().mailbox(alice),
+    );
     e
 }
 
@@ -375,9 +361,11 @@ fn dedup_across_mailboxes_is_one_activity() {
             ),
         );
     }
-    let rule =
-        "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n";
-    e.write_config(&[("alice", "alice", rule), ("bob", "bob", rule)], "");
+    e.write_config(
+        &Config::new()
+            .mailbox(e.mailbox("alice").rule(acme()))
+            .mailbox(e.mailbox("bob").rule(acme())),
+    );
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     let acts = e.activities();
@@ -502,7 +490,12 @@ fn non_ascii_folder_names_are_encoded_and_tracked() {
         "Kunden/Müller & Söhne",
         &message("bob@acme.com", "alice@example.com", "umlaut", Some("<u@x>")),
     );
-    e.write_config(&[("alice", "alice", "  [[mailbox.rule]]\n  folder = \"Kunden/Müller & Söhne\"\n  regarding = \"account:acme\"\n")], "");
+    e.write_config(
+        &Config::new().mailbox(
+            e.mailbox("alice")
+                .rule(Rule::record("Kunden/Müller & Söhne", "account:acme")),
+        ),
+    );
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     let acts = e.activities();
@@ -514,9 +507,9 @@ fn non_ascii_folder_names_are_encoded_and_tracked() {
 
 #[test]
 fn slash_separator_server_maps_config_folders() {
-    let e = env_with(foldertrack::sandbox::SandboxOptions {
+    let e = env_with(SandboxOptions {
         separator: '/',
-        ..Default::default()
+        ..cast()
     });
     let mut c = e.imap("alice");
     assert_eq!(c.sep, '/');
@@ -526,7 +519,7 @@ fn slash_separator_server_maps_config_folders() {
         "INBOX/Tracked/Acme",
         &message("bob@acme.com", "alice@example.com", "slash", Some("<s@x>")),
     );
-    e.write_config(&[("alice", "alice", "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n")], "");
+    e.write_config(&Config::new().mailbox(e.mailbox("alice").rule(acme())));
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     assert_eq!(one(&e.activities(), "slash")["regarding"], "account:acme");
