@@ -212,6 +212,44 @@ fn activities_json_has_the_documented_fields() {
     for k in ["mailbox", "folder", "uidvalidity", "uid"] {
         assert!(a["source"].get(k).is_some(), "source.{k}");
     }
+    // And the values: fixture 006 (see fixtures/mail/expected.json), filed in Acme's folder.
+    assert_eq!(a["subject"], "Quotation Q-2024-031");
+    assert_eq!(a["message_id"], "<fixture-006@example.com>");
+    assert_eq!(a["direction"], "incoming");
+    assert_eq!(a["regarding"], "account:acme");
+    assert_eq!(
+        a["from"],
+        serde_json::json!({"address": "bob@acme.com", "name": "Bob Builder", "record": "contact:bob-builder"})
+    );
+    assert_eq!(a["to"][0]["address"], "alice@example.com");
+    assert_eq!(a["to"][0]["record"], "systemuser:alice");
+    assert_eq!(a["to"].as_array().unwrap().len(), 1);
+    assert_eq!(a["cc"], serde_json::json!([]));
+    assert_eq!(
+        a["date"], "2024-03-06T09:20:00+01:00",
+        "Wed, 06 Mar 2024 09:20:00 +0100"
+    );
+    let att = &a["attachments"][0];
+    assert_eq!(att["name"], "Quote-Q-2024-031.pdf");
+    assert_eq!(att["mime_type"], "application/pdf");
+    assert_eq!(att["size"], 5019);
+    let sha = att["sha256"].as_str().unwrap();
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{sha}"
+    );
+    assert_eq!(a["attachments"].as_array().unwrap().len(), 1);
+    let folder = e.status()["mailboxes"][0]["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["folder"] == ACME)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        a["source"],
+        serde_json::json!({"mailbox": "alice", "folder": ACME, "uidvalidity": folder["uidvalidity"], "uid": 1})
+    );
     let id = a["id"].as_u64().unwrap().to_string();
     let shown: Value = serde_json::from_str(&e.ok(&["activities", "show", &id, "--json"])).unwrap();
     assert_eq!(shown["id"], a["id"]);
