@@ -44,12 +44,7 @@ fn deliver_one_by_one(e: &Env, folder: &str, from: usize, to: usize) {
         let _ = &mut c;
         e.imap("alice").append(
             folder,
-            &message(
-                "bob@acme.com",
-                "alice@example.com",
-                &format!("live {i}"),
-                Some(&format!("<live{i}@acme.com>")),
-            ),
+            &mail(&format!("live {i}"), &format!("<live{i}@acme.com>")),
         );
     }
 }
@@ -119,15 +114,8 @@ fn dovecot_restart_loses_nothing_and_status_shows_the_outage_and_the_recovery() 
 fn cli_answers_through_the_control_socket_while_run_holds_the_store() {
     let e = setup("");
     let _agent = e.start_agent();
-    e.imap("alice").append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "via socket",
-            Some("<sock@x>"),
-        ),
-    );
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("via socket", "<sock@x>"));
     wait_count(&e, 1, 30);
     let st = e.status();
     assert!(
@@ -202,15 +190,7 @@ fn move_to_tracked_folder_with_regarding_relinks_without_keeps_out_of_tracking_l
     c.cmd("EXPUNGE");
     e.ok(&["sync"]);
     // A pass that began after the move and the expunge: the one that tracks this later mail.
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "later",
-            Some("<later@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("later", "<later@x>"));
     wait_count(&e, 2, 30);
     assert_eq!(
         by_subject(&e.activities(), "moving").len(),
@@ -225,14 +205,8 @@ fn rule_change_on_sighup_relinks_messages_still_in_the_folder() {
     let e = setup("");
     let agent = e.start_agent();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Projects",
-        &message("bob@acme.com", "alice@example.com", "p1", Some("<p1@x>")),
-    );
-    c.append(
-        "INBOX/Projects",
-        &message("bob@acme.com", "alice@example.com", "p2", Some("<p2@x>")),
-    );
+    c.append("INBOX/Projects", &mail("p1", "<p1@x>"));
+    c.append("INBOX/Projects", &mail("p2", "<p2@x>"));
     wait_count(&e, 2, 30);
     assert!(e.activities().iter().all(|a| a["regarding"].is_null()));
     e.write_config(&Config::new().mailbox(e.mailbox("alice").rules([
@@ -252,15 +226,8 @@ fn rule_change_on_sighup_relinks_messages_still_in_the_folder() {
 fn manual_link_is_reset_to_the_folder_rule_at_the_next_pass() {
     let e = setup("");
     let _agent = e.start_agent();
-    e.imap("alice").append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "by hand",
-            Some("<h@x>"),
-        ),
-    );
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("by hand", "<h@x>"));
     wait_count(&e, 1, 30);
     let id = one_by_subject(&e, "by hand")["id"].to_string();
     e.ok(&["activities", "link", &id, "contact:carol"]);
@@ -276,30 +243,14 @@ fn rename_keeps_tracking_and_a_recreated_folder_is_new() {
     let e = setup("");
     let _agent = e.start_agent();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "before rename",
-            Some("<r1@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("before rename", "<r1@x>"));
     wait_count(&e, 1, 30);
     let (old, new) = (
         c.name("INBOX/Tracked/Acme"),
         c.name("INBOX/Tracked/Acme Corp"),
     );
     c.cmd(&format!("RENAME \"{old}\" \"{new}\""));
-    c.append(
-        "INBOX/Tracked/Acme Corp",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "after rename",
-            Some("<r2@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme Corp", &mail("after rename", "<r2@x>"));
     e.ok(&["sync"]);
     wait_count(&e, 2, 30);
     let a = one_by_subject(&e, "after rename");
@@ -316,15 +267,7 @@ fn rename_keeps_tracking_and_a_recreated_folder_is_new() {
     // Deleted and re-created under the rule's name: a new folder, tracked by the rule again.
     c.cmd(&format!("DELETE \"{new}\""));
     c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "recreated",
-            Some("<r3@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("recreated", "<r3@x>"));
     e.ok(&["sync"]);
     wait_count(&e, 3, 30);
     assert_eq!(one_by_subject(&e, "recreated")["regarding"], "account:acme");

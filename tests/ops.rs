@@ -147,30 +147,21 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn metrics_endpoint_is_scraped_and_parsed_while_run_tracks_mail_and_healthz_says_ok() {
     let e = env();
-    e.write_config(&alice(&e, "max_message_size = 4000").metrics());
-    e.import_records(RECORDS);
+    e.setup(
+        &["INBOX/Tracked/Acme"],
+        &alice(&e, "max_message_size = 4000").metrics(),
+    );
     let mut c = e.imap("alice");
-    c.create("INBOX/Tracked/Acme");
     let agent = e.start_agent();
     let port = agent.metrics_addr();
     for i in 0..3 {
         c.append(
             "INBOX/Tracked/Acme",
-            &message(
-                "bob@acme.com",
-                "alice@example.com",
-                &format!("metered {i}"),
-                Some(&format!("<m{i}@x>")),
-            ),
+            &mail(&format!("metered {i}"), &format!("<m{i}@x>")),
         );
     }
     // Over max_message_size: quarantined with the reason.
-    let mut big = message(
-        "bob@acme.com",
-        "alice@example.com",
-        "too big",
-        Some("<big@x>"),
-    );
+    let mut big = mail("too big", "<big@x>");
     big.extend(std::iter::repeat_n(b'x', 8000));
     c.append("INBOX/Tracked/Acme", &big);
     wait_for("4 messages processed", 30, || {
@@ -313,10 +304,7 @@ fn status_shows_incoming_outgoing_lag_and_alerts_with_level_for_a_rule_pointing_
     e.import_records(RECORDS);
     let mut c = e.imap("alice");
     c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "s", Some("<s@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("s", "<s@x>"));
     let st = e.status();
     assert_eq!(st["status_version"], 1);
     assert_eq!(st["mailboxes"][0]["incoming"]["state"], "never synced");
@@ -356,10 +344,8 @@ fn json_logs_at_trace_level_have_mailbox_and_folder_spans_and_never_the_password
     let secret = "Tr4ce-S3cret-pw";
     e.write_config(&alice(&e, ""));
     e.imap("alice").create("INBOX/Tracked/Acme");
-    e.imap("alice").append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "j", Some("<j@x>")),
-    );
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("j", "<j@x>"));
     let run = |pw: &str| {
         std::fs::write(e.work.join("password"), pw).unwrap();
         e.command()
@@ -408,19 +394,12 @@ fn json_logs_at_trace_level_have_mailbox_and_folder_spans_and_never_the_password
 #[test]
 fn export_activities_and_records_as_jsonl_and_csv_round_trips_through_import() {
     let e = env();
-    e.write_config(&alice(&e, ""));
-    e.import_records(RECORDS);
+    e.setup(&["INBOX/Tracked/Acme"], &alice(&e, ""));
     let mut c = e.imap("alice");
-    c.create("INBOX/Tracked/Acme");
     for i in 0..3 {
         c.append(
             "INBOX/Tracked/Acme",
-            &message(
-                "bob@acme.com",
-                "alice@example.com",
-                &format!("export, \"quoted\" {i}"),
-                Some(&format!("<x{i}@x>")),
-            ),
+            &mail(&format!("export, \"quoted\" {i}"), &format!("<x{i}@x>")),
         );
     }
     e.ok(&["sync"]);
@@ -678,10 +657,7 @@ fn xoauth2_login_against_dovecot_refreshes_a_refused_token_once_and_never_logs_i
     e.import_records(RECORDS);
     let mut c = e.imap("alice");
     c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "oauth", Some("<o@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("oauth", "<o@x>"));
     let o = e
         .command()
         .args(["-vv", "sync"])
@@ -734,10 +710,7 @@ fn oauthbearer_login_with_a_token_file_and_a_refused_token_is_a_clear_error() {
     e.import_records(RECORDS);
     let mut c = e.imap("alice");
     c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "bearer", Some("<b@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("bearer", "<b@x>"));
     e.ok(&["sync"]);
     assert_eq!(e.activities().len(), 1);
     let check = e.ok(&["check"]);
@@ -767,19 +740,10 @@ fn oauthbearer_login_with_a_token_file_and_a_refused_token_is_a_clear_error() {
 #[test]
 fn sync_draws_progress_bars_on_a_terminal_and_plain_lines_otherwise() {
     let e = env();
-    e.write_config(&alice(&e, ""));
-    e.import_records(RECORDS);
+    e.setup(&["INBOX/Tracked/Acme"], &alice(&e, ""));
     let mut c = e.imap("alice");
-    c.create("INBOX/Tracked/Acme");
     let msgs: Vec<Vec<u8>> = (0..400)
-        .map(|i| {
-            message(
-                "bob@acme.com",
-                "alice@example.com",
-                &format!("bar {i}"),
-                Some(&format!("<bar{i}@x>")),
-            )
-        })
+        .map(|i| mail(&format!("bar {i}"), &format!("<bar{i}@x>")))
         .collect();
     c.append_many("INBOX/Tracked/Acme", &msgs, "");
     if require_tool("script") {
@@ -788,15 +752,7 @@ fn sync_draws_progress_bars_on_a_terminal_and_plain_lines_otherwise() {
         e.ok(&["sync"]); // the same 400, without the terminal
     }
     // Not a terminal: no bar, no escape codes, the lines scripts parse.
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "plain",
-            Some("<plain@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("plain", "<plain@x>"));
     let o = e.run(&["sync"]);
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -32,33 +32,9 @@ fn run_env(e: &Env, envs: &[(&str, &str)], args: &[&str]) -> std::process::Outpu
 fn quarantine_injected_failure_keeps_the_folder_going_and_replay_after_the_fix_tracks_it() {
     let e = setup();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "good 1",
-            Some("<g1@x>"),
-        ),
-    );
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "POISON pill",
-            Some("<p@x>"),
-        ),
-    );
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "good 2",
-            Some("<g2@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("good 1", "<g1@x>"));
+    c.append("INBOX/Tracked/Acme", &mail("POISON pill", "<p@x>"));
+    c.append("INBOX/Tracked/Acme", &mail("good 2", "<g2@x>"));
     let fail = [("FOLDERTRACK_FAIL_TRACKING", "POISON")];
     let o = run_env(&e, &fail, &["sync"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -100,15 +76,7 @@ fn quarantine_injected_failure_keeps_the_folder_going_and_replay_after_the_fix_t
     e.ok(&["sync"]);
     assert_eq!(e.activities().len(), 3, "a later sync doubles nothing");
     // Drop forgets one for good.
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "POISON again",
-            Some("<p2@x>"),
-        ),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("POISON again", "<p2@x>"));
     run_env(&e, &fail, &["sync"]);
     let q: Vec<Value> = serde_json::from_str(&e.ok(&["quarantine", "list", "--json"])).unwrap();
     e.ok(&["quarantine", "drop", &q[0]["id"].to_string()]);
@@ -121,10 +89,8 @@ fn secrets_never_appear_in_logs_at_any_level() {
     let secret = "s3cr3t-Pa55-Zz9";
     // A working login with a password only Dovecot and the file know…
     std::fs::write(e.work.join("password"), PASSWORD).unwrap();
-    e.imap("alice").append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "logged", Some("<l@x>")),
-    );
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("logged", "<l@x>"));
     let o = run_env(&e, &[("RUST_LOG", "trace")], &["-vv", "sync"]);
     assert!(o.status.success());
     let all = format!(
@@ -161,14 +127,8 @@ fn folder_names_with_quotes_backslashes_and_non_ascii_are_quoted_and_encoded() {
     // On the wire: a quoted string with escapes, and modified UTF-7 for "Ärger".
     c.cmd("CREATE \"Say \\\"hi\\\" \\\\ there\"");
     c.cmd("CREATE \"&AMQ-rger\"");
-    c.append(
-        "Say \"hi\" \\ there",
-        &message("bob@acme.com", "alice@example.com", "quoted", Some("<q@x>")),
-    );
-    c.append(
-        "Ärger",
-        &message("bob@acme.com", "alice@example.com", "umlaut", Some("<u@x>")),
-    );
+    c.append("Say \"hi\" \\ there", &mail("quoted", "<q@x>"));
+    c.append("Ärger", &mail("umlaut", "<u@x>"));
     e.write_config(&Config::new().mailbox(e.mailbox("alice").rules([
         Rule::record("Say \"hi\" \\ there", "account:acme"),
         Rule::record("Ärger", "account:globex"),

@@ -21,15 +21,8 @@ fn tls_env() -> (Env, std::path::PathBuf) {
         ..cast()
     });
     e.create_folders("alice", &["INBOX/Tracked", "INBOX/Tracked/Acme"]);
-    e.imap("alice").append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "over tls",
-            Some("<tls@x>"),
-        ),
-    );
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("over tls", "<tls@x>"));
     e.write_config(&Config::new());
     e.import_records(RECORDS);
     (e, ca)

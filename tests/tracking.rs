@@ -96,15 +96,8 @@ fn rule_exact_folder_links_every_message_to_its_record() {
 #[test]
 fn rule_without_regarding_tracks_unlinked() {
     let e = alice();
-    e.imap("alice").append(
-        "INBOX/Projects",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "project x",
-            Some("<p@x>"),
-        ),
-    );
+    e.imap("alice")
+        .append("INBOX/Projects", &mail("project x", "<p@x>"));
     e.ok(&["sync"]);
     let acts = e.activities();
     let a = one(&acts, "project x");
@@ -166,10 +159,8 @@ fn rule_pattern_captures_record_by_name_and_unmatched_capture_alerts() {
 #[test]
 fn rule_pattern_by_key_and_any_folder_can_be_tracked_not_only_under_inbox() {
     let e = alice();
-    e.imap("alice").append(
-        "Archive/Deals/acme",
-        &message("bob@acme.com", "alice@example.com", "deal", Some("<d@x>")),
-    );
+    e.imap("alice")
+        .append("Archive/Deals/acme", &mail("deal", "<d@x>"));
     e.ok(&["sync"]);
     assert_eq!(one(&e.activities(), "deal")["regarding"], "account:acme");
 }
@@ -187,15 +178,7 @@ fn untracked_folders_are_left_alone() {
             Some("<m@x>"),
         ),
     );
-    c.append(
-        "INBOX",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "inbox mail",
-            Some("<i@x>"),
-        ),
-    );
+    c.append("INBOX", &mail("inbox mail", "<i@x>"));
     e.ok(&["sync"]);
     assert!(e.activities().is_empty());
 }
@@ -255,12 +238,7 @@ fn parties_from_resolves_one_record_recipients_all_unresolved_kept_as_address() 
 #[test]
 fn dedup_same_message_in_two_folders_of_a_mailbox_is_one_activity_latest_folder_rule_wins() {
     let e = alice();
-    let m = message(
-        "bob@acme.com",
-        "alice@example.com",
-        "twice",
-        Some("<twice@acme.com>"),
-    );
+    let m = mail("twice", "<twice@acme.com>");
     let mut c = e.imap("alice");
     c.append("INBOX/Customers/Globex", &m);
     c.append("INBOX/Tracked/Acme", &m);
@@ -318,15 +296,7 @@ fn dedup_sent_copy_and_received_copy_are_two_activities() {
     );
     let mut c = e.imap("alice");
     c.append("Sent", &m);
-    c.append(
-        "INBOX/Projects",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "both ways",
-            Some("<bw@example.com>"),
-        ),
-    );
+    c.append("INBOX/Projects", &mail("both ways", "<bw@example.com>"));
     e.ok(&["sync"]);
     let acts = e.activities();
     let both = by_subject(&acts, "both ways");
@@ -378,15 +348,9 @@ fn dedup_across_mailboxes_is_one_activity() {
 fn quarantine_unparseable_message_does_not_block_the_folder() {
     let e = alice();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "before", Some("<b@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("before", "<b@x>"));
     c.append("INBOX/Tracked/Acme", b"\r\n\r\n   \r\n");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "after", Some("<a@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("after", "<a@x>"));
     e.ok(&["sync"]);
     let acts = e.activities();
     assert_eq!(acts.len(), 2);
@@ -411,10 +375,7 @@ fn quarantine_unparseable_message_does_not_block_the_folder() {
 fn body_peek_never_marks_mail_read() {
     let e = alice();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "unread", Some("<u@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("unread", "<u@x>"));
     e.ok(&["sync"]);
     assert_eq!(e.activities().len(), 1);
     let flags = c.flags("INBOX/Tracked/Acme");
@@ -429,12 +390,7 @@ fn uidvalidity_reset_rereads_folder_without_duplicates() {
     for i in 0..3 {
         c.append(
             "INBOX/Tracked/Acme",
-            &message(
-                "bob@acme.com",
-                "alice@example.com",
-                &format!("m{i}"),
-                Some(&format!("<m{i}@x>")),
-            ),
+            &mail(&format!("m{i}"), &format!("<m{i}@x>")),
         );
     }
     e.ok(&["sync"]);
@@ -458,10 +414,7 @@ fn uidvalidity_reset_rereads_folder_without_duplicates() {
             &server,
         ])
         .expect("doveadm");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "m3", Some("<m3@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("m3", "<m3@x>"));
     let out = e.ok(&["sync"]);
     assert!(out.contains("UIDVALIDITY changed"), "{out}");
     let acts = e.activities();
@@ -486,10 +439,7 @@ fn non_ascii_folder_names_are_encoded_and_tracked() {
     let mut c = e.imap("alice");
     c.create("Kunden");
     c.create("Kunden/Müller & Söhne");
-    c.append(
-        "Kunden/Müller & Söhne",
-        &message("bob@acme.com", "alice@example.com", "umlaut", Some("<u@x>")),
-    );
+    c.append("Kunden/Müller & Söhne", &mail("umlaut", "<u@x>"));
     e.write_config(
         &Config::new().mailbox(
             e.mailbox("alice")
@@ -515,10 +465,7 @@ fn slash_separator_server_maps_config_folders() {
     assert_eq!(c.sep, '/');
     c.create("INBOX/Tracked");
     c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "slash", Some("<s@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("slash", "<s@x>"));
     e.write_config(&Config::new().mailbox(e.mailbox("alice").rule(acme())));
     e.import_records(RECORDS);
     e.ok(&["sync"]);

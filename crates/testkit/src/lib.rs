@@ -98,6 +98,36 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// xorshift64*: enough randomness for timings, choices and generated mail, reproducible from
+/// its state (tests print their seed so that a failure can be replayed).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator for `seed` (any value: it is mixed, and never left 0).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// True one time in `n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.next().is_multiple_of(n)
+    }
+}
+
 /// A simple, valid message.
 pub fn message(from: &str, to: &str, subject: &str, message_id: Option<&str>) -> Vec<u8> {
     let mut m = format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\n");
@@ -107,6 +137,17 @@ pub fn message(from: &str, to: &str, subject: &str, message_id: Option<&str>) ->
     m.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
     m.push_str(&format!("Body of {subject}.\r\n"));
     m.into_bytes()
+}
+
+/// The usual test message: from bob@acme.com (Bob Builder's contact) to alice, with a subject
+/// and a Message-ID.
+pub fn mail(subject: &str, message_id: &str) -> Vec<u8> {
+    message(
+        "bob@acme.com",
+        "alice@example.com",
+        subject,
+        Some(message_id),
+    )
 }
 
 /// The mail fixtures (`fixtures/mail/` of the repository).
