@@ -88,21 +88,21 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
     let mut text = String::new();
     let len = rng.range(2_000, 19_999) as usize;
     while text.len() < len {
-        text.push_str(words[(rng.next() % words.len() as u64) as usize]);
-        text.push(if rng.next().is_multiple_of(12) {
+        text.push_str(words[(rng.next_u64() % words.len() as u64) as usize]);
+        text.push(if rng.next_u64().is_multiple_of(12) {
             '\n'
         } else {
             ' '
         });
     }
     let text = text.replace('\n', "\r\n");
-    let reply = if i > 0 && rng.next() % 10 < 4 {
-        let p = rng.next() % i as u64;
-        format!("In-Reply-To: <bench-{p}@example.com>\r\nReferences: <bench-{}@example.com> <bench-{p}@example.com>\r\n", rng.next() % (p + 1))
+    let reply = if i > 0 && rng.next_u64() % 10 < 4 {
+        let p = rng.next_u64() % i as u64;
+        format!("In-Reply-To: <bench-{p}@example.com>\r\nReferences: <bench-{}@example.com> <bench-{p}@example.com>\r\n", rng.next_u64() % (p + 1))
     } else {
         String::new()
     };
-    let subject = if rng.next() % 100 < 12 {
+    let subject = if rng.next_u64() % 100 < 12 {
         format!(
             "=?utf-8?b?{}?=",
             base64::engine::general_purpose::STANDARD
@@ -113,10 +113,10 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
     };
     let head = format!(
         "Received: from mx.example.com by imap.example.com; Mon, 2 Sep 2024 10:00:00 +0000\r\nFrom: Sender {n} <sender{n}@acme.com>\r\nTo: alice@example.com\r\nCc: Carol <carol{c}@globex.example>, dave@initech.example\r\nSubject: {subject}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMessage-ID: <bench-{i}@example.com>\r\n{reply}MIME-Version: 1.0\r\n",
-        n = rng.next() % 500,
-        c = rng.next() % 50,
+        n = rng.next_u64() % 500,
+        c = rng.next_u64() % 50,
     );
-    let qp = rng.next().is_multiple_of(5);
+    let qp = rng.next_u64().is_multiple_of(5);
     let text_part = if qp {
         let q: String = text
             .replace('ü', "=C3=BC")
@@ -126,17 +126,17 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
     } else {
         format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}")
     };
-    if rng.next().is_multiple_of(10) {
+    if rng.next_u64().is_multiple_of(10) {
         let mut m = format!("{head}Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n{text_part}\r\n");
-        let files = if rng.next() % 100 < 15 { 2 } else { 1 };
+        let files = if rng.next_u64() % 100 < 15 { 2 } else { 1 };
         for f in 0..files {
             let size = rng.range(50_000, 499_999) as usize;
-            let bytes: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
             m.push_str(&format!("--b{i}\r\nContent-Type: application/pdf; name=\"doc{i}-{f}.pdf\"\r\nContent-Disposition: attachment; filename=\"doc{i}-{f}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n", b64(&bytes)));
         }
         m.push_str(&format!("--b{i}--\r\n"));
         m.into_bytes()
-    } else if rng.next().is_multiple_of(2) {
+    } else if rng.next_u64().is_multiple_of(2) {
         let html = format!(
             "<html><body><p>{}</p></body></html>",
             text.replace("\r\n", "</p>\r\n<p>")
