@@ -8,7 +8,7 @@ use testkit::{Agent, AgentSpec};
 
 /// p50, p90 and p99 of `v`.
 pub fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     (p(0.5), p(0.9), p(0.99))
 }
