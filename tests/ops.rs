@@ -473,7 +473,9 @@ fn export_activities_and_records_as_jsonl_and_csv_round_trips_through_import() {
         );
         std::fs::write(e.work.join(file), &out).unwrap();
         let other = e.work.join(format!("other-{fmt}.toml"));
-        std::fs::write(&other, format!("data_dir = \"data-{fmt}\"\n")).unwrap();
+        Config::new()
+            .data_dir(&format!("data-{fmt}"))
+            .write_to(&other);
         let o = with_config(&e, &other, &["records", "import", file]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let o = with_config(&e, &other, &["records", "list", "--json"]);

@@ -219,6 +219,7 @@ impl Mailbox {
 /// A whole `foldertrack.toml`: `data_dir = "data"`, top-level settings, `[metrics]`, mailboxes.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
+    data_dir: Option<String>,
     top: String,
     metrics: bool,
     mailboxes: Vec<Mailbox>,
@@ -228,6 +229,12 @@ impl Config {
     /// An empty config: a data dir, no mailbox.
     pub fn new() -> Config {
         Config::default()
+    }
+
+    /// Another data dir than `data` (relative to the config file's directory).
+    pub fn data_dir(mut self, dir: &str) -> Config {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     /// Top-level settings, as TOML lines (`batch_messages = 3`, …).
@@ -254,7 +261,8 @@ impl Config {
 
     /// The file's text.
     pub fn render(&self) -> String {
-        let mut out = format!("data_dir = \"data\"\n{}", self.top);
+        let dir = self.data_dir.as_deref().unwrap_or("data");
+        let mut out = format!("data_dir = {}\n{}", toml_str(dir), self.top);
         if self.metrics {
             out.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
         }
@@ -267,9 +275,14 @@ impl Config {
     /// Writes `dir/foldertrack.toml`; returns its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
         let p = dir.join("foldertrack.toml");
-        std::fs::write(&p, self.render())
-            .unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+        self.write_to(&p);
         p
+    }
+
+    /// Writes the config to `path`.
+    pub fn write_to(&self, path: &Path) {
+        std::fs::write(path, self.render())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 }
 
