@@ -1,7 +1,9 @@
 //! Crash loop: `foldertrack run` as a real process while mail arrives continuously from another
 //! IMAP connection (and some is moved between tracked folders), killed with SIGKILL at random
-//! moments (during start-up and during work) and restarted. At the end every delivered message
-//! is exactly one activity, none twice, regarding the record of the folder it ended up in.
+//! moments (during start-up and during work; every fourth kill right after the agent logs a batch
+//! commit, inside a pass, and the test asserts from the log that at least one landed there) and
+//! restarted. At the end every delivered message is exactly one activity, none twice, regarding
+//! the record of the folder it ended up in.
 //!
 //! 20 cycles in CI; the ignored soak test runs 200 (`cargo test --test crashloop -- --ignored`).
 //! The random choices come from a seed printed in the summary line; `CRASHLOOP_SEED=n` replays
