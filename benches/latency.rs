@@ -9,10 +9,10 @@
 
 mod common;
 
-use common::{knob, pct, start_agent, Conn};
-use foldertrack::sandbox::{Sandbox, SandboxOptions};
-use std::process::Command;
+use common::{knob, pct, start_agent};
 use std::time::{Duration, Instant};
+use testkit::sandbox::{Sandbox, SandboxOptions};
+use testkit::{Config, Imap, Mailbox, Rule};
 
 /// One latency probe message, unique per process and trial.
 fn probe(i: usize) -> String {
@@ -23,18 +23,18 @@ fn probe(i: usize) -> String {
 /// new IDLE after each notification, as a client that fetches each message does).
 fn dovecot_floor(port: u16, trials: usize) -> Vec<f64> {
     let mut out = Vec::new();
-    let mut b = Conn::login(port, "user1");
-    let mut a = Conn::login(port, "user1");
+    let mut b = Imap::login(port, "user1");
+    let mut a = Imap::login(port, "user1");
     a.cmd("SELECT INBOX.Floor");
     for i in 0..trials {
         if i > 0 && i % 100 == 0 {
-            a = Conn::login(port, "user1"); // Dovecot drops a session after ~150 deliveries (bench README, finding 6)
+            a = Imap::login(port, "user1"); // Dovecot drops a session after ~150 deliveries (bench README, finding 6)
             a.cmd("SELECT INBOX.Floor");
         }
         a.send(&format!("i{i} IDLE\r\n"));
         while !a.line().starts_with('+') {}
         let t = Instant::now();
-        b.append("INBOX.Floor", &probe(i));
+        b.append("INBOX/Floor", probe(i).as_bytes());
         loop {
             if a.line().contains("EXISTS") {
                 break;
@@ -48,30 +48,23 @@ fn dovecot_floor(port: u16, trials: usize) -> Vec<f64> {
 }
 
 fn agent_latency(port: u16, work: &std::path::Path, watch: &str, trials: usize) -> Vec<f64> {
-    std::fs::write(
-        work.join("foldertrack.toml"),
-        format!("data_dir = \"data\"\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n{watch}\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n"),
-    )
-    .unwrap();
-    let (mut child, rx) = start_agent(
-        work,
-        "LAT_DEBUG",
-        &["batch committed", "IDLE ended", "agent running"],
-    );
+    Config::new()
+        .mailbox(
+            Mailbox::new("user1", port)
+                .keys(watch)
+                .rule(Rule::unlinked("INBOX/Tracked")),
+        )
+        .write(work);
+    let agent = start_agent(work, "LAT_DEBUG", &["batch committed", "IDLE ended"]);
+    let rx = agent.lines();
     // Ready when the first wait begins (a little after "agent running").
-    while !rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap()
-        .1
-        .contains("agent running")
-    {}
     std::thread::sleep(Duration::from_millis(500));
-    let mut b = Conn::login(port, "user1");
+    let mut b = Imap::login(port, "user1");
     let mut out = Vec::new();
     for i in 0..trials {
         while rx.try_recv().is_ok() {}
         let t = Instant::now();
-        b.append("INBOX.Tracked", &probe(i));
+        b.append("INBOX/Tracked", probe(i).as_bytes());
         loop {
             let (at, line) = rx
                 .recv_timeout(Duration::from_secs(30))
@@ -83,10 +76,7 @@ fn agent_latency(port: u16, work: &std::path::Path, watch: &str, trials: usize) 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    agent.stop();
     out
 }
 
@@ -101,7 +91,7 @@ fn main() {
         .unwrap();
     let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &SandboxOptions::default()).unwrap();
     let port = dovecot.port;
-    let mut c = Conn::login(port, "user1");
+    let mut c = Imap::login(port, "user1");
     c.cmd("CREATE INBOX.Tracked");
     c.cmd("CREATE INBOX.Floor");
     let work = tmp.path().join("work");

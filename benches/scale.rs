@@ -27,11 +27,12 @@
 
 mod common;
 
-use common::{knob, pct, start_agent, Conn};
-use foldertrack::sandbox::{Sandbox, SandboxOptions};
+use common::{knob, pct, start_agent};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::sandbox::{Sandbox, SandboxOptions};
+use testkit::{Config, Imap, Mailbox, Rule};
 
 fn message(user: &str, i: usize) -> String {
     format!(
@@ -52,7 +53,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 fn status(work: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+    let out = Command::new(testkit::env::foldertrack_bin())
         .current_dir(work)
         .args(["--config", "foldertrack.toml", "status", "--json"])
         .output()
@@ -69,28 +70,12 @@ fn idle_count(st: &serde_json::Value) -> usize {
 }
 
 fn write_config(work: &Path, port: u16, users: usize) {
-    let mut c = String::from("data_dir = \"data\"\n");
+    let mut c = Config::new();
     for i in 1..=users {
-        c.push_str(&format!("[[mailbox]]\nname = \"user{i}\"\nowner = \"systemuser:user{i}\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user{i}\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n"));
+        c = c
+            .mailbox(Mailbox::new(&format!("user{i}"), port).rule(Rule::unlinked("INBOX/Tracked")));
     }
-    std::fs::write(work.join("foldertrack.toml"), c).unwrap();
-}
-
-/// Kills the agent if the bench panics (a failed assertion must not leave it running).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    c.write(work);
 }
 
 /// Waits until `n` mailboxes are idle; the time it took.
@@ -156,7 +141,7 @@ fn main() {
         for k in 0..4 {
             s.spawn(move || {
                 for i in (1..=users).filter(|i| i % 4 == k) {
-                    let mut c = Conn::login(port, &format!("user{i}"));
+                    let mut c = Imap::login(port, &format!("user{i}"));
                     c.cmd("CREATE INBOX.Tracked");
                     c.cmd("LOGOUT");
                 }
@@ -173,20 +158,19 @@ fn main() {
 
     // Baseline: the agent with one mailbox, idle.
     write_config(&work, port, 1);
-    let (one, _) = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
-    let mut one = Guard(one);
+    let one = start_agent(&work, "SCALE_DEBUG", &[]);
     wait_idle(&work, 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
-    let rss_one = rss_kb(one.0.id());
-    stop(&mut one.0);
+    let rss_one = rss_kb(one.pid());
+    one.stop();
 
     // All mailboxes.
     write_config(&work, port, users);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
-    let (agent, rx) = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
-    let mut agent = Guard(agent);
-    let agent_pid = agent.0.id();
+    let agent = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
+    let rx = agent.lines();
+    let agent_pid = agent.pid();
     let startup = wait_idle(&work, users, Duration::from_secs(600));
     let startup_s = started
         .elapsed()
@@ -210,11 +194,11 @@ fn main() {
                 let mut n = 0;
                 for i in (1..=users).filter(|i| i % 4 == k) {
                     let user = format!("user{i}");
-                    let mut c = Conn::login(port, &user);
+                    let mut c = Imap::login(port, &user);
                     for j in 0..per_user {
                         let idx = (i - 1) * per_user + j;
                         if idx < messages {
-                            c.append("INBOX.Tracked", &message(&user, idx));
+                            c.append("INBOX/Tracked", message(&user, idx).as_bytes());
                             n += 1;
                         }
                     }
@@ -252,17 +236,17 @@ fn main() {
 
     // Latency while all mailboxes are live: APPEND to one mailbox → that mailbox's commit.
     let mut lat = Vec::new();
-    let mut conns: Vec<(String, Conn)> = Vec::new();
+    let mut conns: Vec<(String, Imap)> = Vec::new();
     for k in 0..trials {
         let i = 1 + (k * 7919) % users;
         let user = format!("user{i}");
         if !conns.iter().any(|(u, _)| *u == user) {
-            conns.push((user.clone(), Conn::login(port, &user)));
+            conns.push((user.clone(), Imap::login(port, &user)));
         }
         let c = &mut conns.iter_mut().find(|(u, _)| *u == user).unwrap().1;
         while rx.try_recv().is_ok() {}
         let t = Instant::now();
-        c.append("INBOX.Tracked", &message(&user, messages + k));
+        c.append("INBOX/Tracked", message(&user, messages + k).as_bytes());
         let needle = format!("mailbox={user} ");
         loop {
             let (at, line) = rx
@@ -277,10 +261,10 @@ fn main() {
     }
     let rss_end = rss_kb(agent_pid);
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    stop(&mut agent.0);
+    agent.stop();
 
     // None doubled: one activity per delivered Message-ID, each from one source.
-    let out = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+    let out = Command::new(testkit::env::foldertrack_bin())
         .current_dir(&work)
         .args([
             "--config",

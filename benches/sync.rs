@@ -13,11 +13,12 @@
 mod common;
 
 use common::knob;
-use foldertrack::sandbox::{Sandbox, SandboxOptions};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::sandbox::{Sandbox, SandboxOptions};
+use testkit::{Config, Mailbox, Rng, Rule};
 
 struct Measure {
     wall: f64,
@@ -62,22 +63,8 @@ fn timed(cmd: &mut Command) -> Measure {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// Tiny deterministic PRNG (xorshift64*), so the built-in data set is the same every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
 }
 
 /// Built-in generator, a port of `../shared/bench/populate.py`'s message mix (not byte-identical):
@@ -99,23 +86,23 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
         "schedule", "the", "and", "for", "we", "Grüße", "café", "budget", "review", "deadline",
     ];
     let mut text = String::new();
-    let len = rng.range(2_000, 20_000) as usize;
+    let len = rng.range(2_000, 19_999) as usize;
     while text.len() < len {
-        text.push_str(words[(rng.next() % words.len() as u64) as usize]);
-        text.push(if rng.next().is_multiple_of(12) {
+        text.push_str(words[(rng.next_u64() % words.len() as u64) as usize]);
+        text.push(if rng.next_u64().is_multiple_of(12) {
             '\n'
         } else {
             ' '
         });
     }
     let text = text.replace('\n', "\r\n");
-    let reply = if i > 0 && rng.next() % 10 < 4 {
-        let p = rng.next() % i as u64;
-        format!("In-Reply-To: <bench-{p}@example.com>\r\nReferences: <bench-{}@example.com> <bench-{p}@example.com>\r\n", rng.next() % (p + 1))
+    let reply = if i > 0 && rng.next_u64() % 10 < 4 {
+        let p = rng.next_u64() % i as u64;
+        format!("In-Reply-To: <bench-{p}@example.com>\r\nReferences: <bench-{}@example.com> <bench-{p}@example.com>\r\n", rng.next_u64() % (p + 1))
     } else {
         String::new()
     };
-    let subject = if rng.next() % 100 < 12 {
+    let subject = if rng.next_u64() % 100 < 12 {
         format!(
             "=?utf-8?b?{}?=",
             base64::engine::general_purpose::STANDARD
@@ -126,10 +113,10 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
     };
     let head = format!(
         "Received: from mx.example.com by imap.example.com; Mon, 2 Sep 2024 10:00:00 +0000\r\nFrom: Sender {n} <sender{n}@acme.com>\r\nTo: alice@example.com\r\nCc: Carol <carol{c}@globex.example>, dave@initech.example\r\nSubject: {subject}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMessage-ID: <bench-{i}@example.com>\r\n{reply}MIME-Version: 1.0\r\n",
-        n = rng.next() % 500,
-        c = rng.next() % 50,
+        n = rng.next_u64() % 500,
+        c = rng.next_u64() % 50,
     );
-    let qp = rng.next().is_multiple_of(5);
+    let qp = rng.next_u64().is_multiple_of(5);
     let text_part = if qp {
         let q: String = text
             .replace('ü', "=C3=BC")
@@ -139,17 +126,17 @@ fn generate(i: usize, rng: &mut Rng) -> Vec<u8> {
     } else {
         format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}")
     };
-    if rng.next().is_multiple_of(10) {
+    if rng.next_u64().is_multiple_of(10) {
         let mut m = format!("{head}Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n{text_part}\r\n");
-        let files = if rng.next() % 100 < 15 { 2 } else { 1 };
+        let files = if rng.next_u64() % 100 < 15 { 2 } else { 1 };
         for f in 0..files {
-            let size = rng.range(50_000, 500_000) as usize;
-            let bytes: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+            let size = rng.range(50_000, 499_999) as usize;
+            let bytes: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
             m.push_str(&format!("--b{i}\r\nContent-Type: application/pdf; name=\"doc{i}-{f}.pdf\"\r\nContent-Disposition: attachment; filename=\"doc{i}-{f}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n", b64(&bytes)));
         }
         m.push_str(&format!("--b{i}--\r\n"));
         m.into_bytes()
-    } else if rng.next().is_multiple_of(2) {
+    } else if rng.next_u64().is_multiple_of(2) {
         let html = format!(
             "<html><body><p>{}</p></body></html>",
             text.replace("\r\n", "</p>\r\n<p>")
@@ -187,6 +174,7 @@ fn populate_builtin(port: u16, count: usize) {
         b"b CREATE INBOX.Tracked\r\n".to_vec(),
         b"c CREATE INBOX.Tracked.Acme\r\n".to_vec(),
     ];
+    // A fixed state: the built-in data set is the same every run.
     let mut rng = Rng(0x5eed);
     for i in 0..count {
         let m = generate(i, &mut rng);
@@ -289,12 +277,15 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("password"), "pass").unwrap();
-    std::fs::write(
-        work.join("foldertrack.toml"),
-        format!("data_dir = \"data\"\n{}\n[[mailbox]]\nname = \"user1\"\nowner = \"systemuser:user1\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user1\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n", std::env::var("BENCH_CONFIG").unwrap_or_default().replace("\\n", "\n")),
-    )
-    .unwrap();
-    let bin = env!("CARGO_BIN_EXE_foldertrack");
+    Config::new()
+        .top(
+            &std::env::var("BENCH_CONFIG")
+                .unwrap_or_default()
+                .replace("\\n", "\n"),
+        )
+        .mailbox(Mailbox::new("user1", port).rule(Rule::unlinked("INBOX/Tracked/Acme")))
+        .write(&work);
+    let bin = testkit::env::foldertrack_bin();
     let mut ft = Vec::new();
     for run in 0..runs {
         let _ = std::fs::remove_dir_all(work.join("data"));
@@ -302,12 +293,12 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
             // Every run pays the `$Tracked` write-back (Dovecot renames each maildir file).
             imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
         }
-        ft.push(timed(Command::new(bin).current_dir(&work).args([
+        ft.push(timed(Command::new(&bin).current_dir(&work).args([
             "--config",
             "foldertrack.toml",
             "sync",
         ])));
-        let out = Command::new(bin)
+        let out = Command::new(&bin)
             .current_dir(&work)
             .args(["--config", "foldertrack.toml", "status", "--json"])
             .output()

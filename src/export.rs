@@ -260,9 +260,21 @@ mod tests {
 
     #[test]
     fn since_accepts_dates_and_times_only() {
-        assert!(check_since("2026-11-28").is_ok());
-        assert!(check_since("2026-11-28T09:30:00Z").is_ok());
-        assert!(check_since("2026-11-28T09:30:00+01:00").is_ok());
+        // 2026-11-28T00:00:00Z is 1795824000 s after the epoch (`date -u -d 2026-11-28 +%s`).
+        assert_eq!(check_since("2026-11-28"), Ok(1_795_824_000));
+        assert_eq!(
+            check_since("2026-11-28T09:30:00Z"),
+            Ok(1_795_824_000 + 34_200)
+        );
+        // An offset is the same instant in UTC: 09:30 at +01:00 is 08:30Z, at -05:00 14:30Z.
+        assert_eq!(
+            check_since("2026-11-28T09:30:00+01:00"),
+            Ok(1_795_824_000 + 30_600)
+        );
+        assert_eq!(
+            check_since("2026-11-28T09:30:00-05:00"),
+            Ok(1_795_824_000 + 52_200)
+        );
         assert!(check_since("yesterday").is_err());
         assert!(check_since("2026-11-28T9:30").is_err());
         assert!(check_since("2026-11-28").unwrap() < check_since("2026-11-28T00:00:01Z").unwrap());

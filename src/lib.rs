@@ -18,7 +18,6 @@ pub mod oauth;
 pub mod outbox;
 pub mod parse;
 pub mod records_io;
-pub mod sandbox;
 pub mod smtp;
 pub mod store;
 pub mod supervisor;

@@ -108,6 +108,7 @@ enum Command {
         json: bool,
     },
     /// Start a private Dovecot with sample mail, folders and rules, and track it.
+    #[cfg(feature = "demo")]
     Demo {
         /// Where the demo keeps its config and store.
         #[arg(long, default_value = "foldertrack-demo")]
@@ -307,6 +308,7 @@ async fn run(cli: Cli) -> Reply {
         clap_complete::generate(*shell, &mut Cli::command(), "foldertrack", &mut out);
         return Reply::ok(String::from_utf8_lossy(&out).into_owned());
     }
+    #[cfg(feature = "demo")]
     if let Command::Demo { dir, keep } = &cli.command {
         return match commands::demo::run(dir, *keep).await {
             Ok(out) => Reply::ok(out),
@@ -392,7 +394,9 @@ async fn run(cli: Cli) -> Reply {
             OutboxCmd::Cancel { id } => Request::OutboxCancel { id },
         },
         Command::Status { json } => Request::Status { json },
-        Command::Demo { .. } | Command::Completions { .. } => unreachable!("handled above"),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Completions { .. } => unreachable!("handled above"),
     };
     commands::dispatch(req, &config).await
 }

@@ -93,6 +93,9 @@ pub async fn run(
         let l = crate::http::bind(addr).await.with_context(|| {
             format!("cannot serve metrics on {addr} ([metrics] listen in the config): is another process using it?")
         })?;
+        // The bound address, not the configured one: `listen = "127.0.0.1:0"` takes a free port,
+        // and this line is how an operator (or a test) learns which.
+        let addr = l.local_addr().unwrap_or(addr);
         tracing::info!(%addr, "serving /metrics and /healthz");
         tokio::spawn(crate::http::serve(
             l,
@@ -240,7 +243,10 @@ struct OutboxWorker {
 impl Worker for OutboxWorker {
     /// Not cut off by shutdown: an SMTP transaction cut short is a send in doubt.
     async fn work(&mut self, _: &Cancel) -> Result<(), WorkError> {
-        match crate::outbox::run_due(&self.config, &self.store).await {
+        let next = crate::outbox::run_due(&self.config, &self.store).await;
+        // `pending = false`: nothing left to send or retry (tests wait for this, not a time).
+        tracing::debug!(pending = matches!(next, Ok(Some(_))), "outbox round done");
+        match next {
             Ok(next) => {
                 self.next = next;
                 Ok(())

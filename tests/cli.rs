@@ -1,11 +1,17 @@
 //! The CLI contract: exit codes (0 ok, 1 runtime failure, 2 usage/config), error messages a
 //! person can act on, records import all-or-nothing, the store lock, `check` and the JSON shape.
 
-mod common;
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
-const RULES: &str = "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Missing\"\n  regarding = \"account:nope\"\n";
+/// Alice tracking Acme, and a folder that does not exist for a record that does not either.
+fn config(e: &Env) -> Config {
+    Config::new().mailbox(
+        e.mailbox("alice")
+            .rule(acme())
+            .rule(Rule::record("INBOX/Missing", "account:nope")),
+    )
+}
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -14,16 +20,20 @@ fn stderr(o: &std::process::Output) -> String {
 #[test]
 fn config_error_exits_2_naming_file_line_and_key() {
     let e = env();
-    let cfg = e.write_config(&[("alice", "alice", RULES)], "");
+    let cfg = e.write_config(&config(&e));
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("allow_plaintext = true\n", "");
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, text.as_bytes()).unwrap();
+    let tls_line = 1 + text
+        .lines()
+        .position(|l| l == "tls = \"none\"")
+        .expect("a tls line");
     let o = e.run(&["sync"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
-        err.contains(&format!("{}:8: mailbox[0].tls:", cfg.display())),
+        err.contains(&format!("{}:{tls_line}: mailbox[0].tls:", cfg.display())),
         "{err}"
     );
     assert!(
@@ -40,7 +50,7 @@ fn config_error_exits_2_naming_file_line_and_key() {
 #[test]
 fn records_import_bad_line_exits_2_and_changes_nothing() {
     let e = env();
-    e.write_config(&[("alice", "alice", RULES)], "");
+    e.write_config(&config(&e));
     e.import_records(RECORDS);
     let before = e.ok(&["records", "list", "--json"]);
     let bad = e.work.join("bad.jsonl");
@@ -88,7 +98,7 @@ fn records_import_bad_line_exits_2_and_changes_nothing() {
 #[test]
 fn second_process_on_the_same_data_dir_exits_2() {
     let e = env();
-    e.write_config(&[("alice", "alice", RULES)], "");
+    e.write_config(&config(&e));
     let held = foldertrack::store::Store::open(&e.work.join("data"), 1 << 20).unwrap();
     let o = e.run(&["status"]);
     assert_eq!(o.status.code(), Some(2));
@@ -104,7 +114,7 @@ fn second_process_on_the_same_data_dir_exits_2() {
 #[test]
 fn auth_failure_names_server_and_user_never_the_password() {
     let e = env();
-    e.write_config(&[("alice", "alice", RULES)], "");
+    e.write_config(&config(&e));
     std::fs::write(e.work.join("password"), "wrong-secret-7788").unwrap();
     let o = e.run(&["-vv", "sync"]);
     assert_eq!(o.status.code(), Some(1));
@@ -142,7 +152,7 @@ fn check_reports_capabilities_missing_folders_and_records() {
     let mut c = e.imap("alice");
     c.create("INBOX/Tracked");
     c.create("INBOX/Tracked/Acme");
-    e.write_config(&[("alice", "alice", RULES)], "");
+    e.write_config(&config(&e));
     e.import_records(RECORDS);
     let o = e.run(&["check"]);
     assert_eq!(o.status.code(), Some(1));
@@ -175,7 +185,7 @@ fn activities_json_has_the_documented_fields() {
     c.create("INBOX/Tracked/Acme");
     let raw = std::fs::read(fixtures_dir().join("006-attachment-pdf.eml")).unwrap();
     c.append("INBOX/Tracked/Acme", &raw);
-    e.write_config(&[("alice", "alice", RULES)], "");
+    e.write_config(&config(&e));
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     let list = e.activities();
@@ -202,6 +212,44 @@ fn activities_json_has_the_documented_fields() {
     for k in ["mailbox", "folder", "uidvalidity", "uid"] {
         assert!(a["source"].get(k).is_some(), "source.{k}");
     }
+    // And the values: fixture 006 (see fixtures/mail/expected.json), filed in Acme's folder.
+    assert_eq!(a["subject"], "Quotation Q-2024-031");
+    assert_eq!(a["message_id"], "<fixture-006@example.com>");
+    assert_eq!(a["direction"], "incoming");
+    assert_eq!(a["regarding"], "account:acme");
+    assert_eq!(
+        a["from"],
+        serde_json::json!({"address": "bob@acme.com", "name": "Bob Builder", "record": "contact:bob-builder"})
+    );
+    assert_eq!(a["to"][0]["address"], "alice@example.com");
+    assert_eq!(a["to"][0]["record"], "systemuser:alice");
+    assert_eq!(a["to"].as_array().unwrap().len(), 1);
+    assert_eq!(a["cc"], serde_json::json!([]));
+    assert_eq!(
+        a["date"], "2024-03-06T09:20:00+01:00",
+        "Wed, 06 Mar 2024 09:20:00 +0100"
+    );
+    let att = &a["attachments"][0];
+    assert_eq!(att["name"], "Quote-Q-2024-031.pdf");
+    assert_eq!(att["mime_type"], "application/pdf");
+    assert_eq!(att["size"], 5019);
+    let sha = att["sha256"].as_str().unwrap();
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{sha}"
+    );
+    assert_eq!(a["attachments"].as_array().unwrap().len(), 1);
+    let folder = e.status()["mailboxes"][0]["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["folder"] == ACME)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        a["source"],
+        serde_json::json!({"mailbox": "alice", "folder": ACME, "uidvalidity": folder["uidvalidity"], "uid": 1})
+    );
     let id = a["id"].as_u64().unwrap().to_string();
     let shown: Value = serde_json::from_str(&e.ok(&["activities", "show", &id, "--json"])).unwrap();
     assert_eq!(shown["id"], a["id"]);

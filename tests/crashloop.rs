@@ -1,35 +1,26 @@
 //! Crash loop: `foldertrack run` as a real process while mail arrives continuously from another
 //! IMAP connection (and some is moved between tracked folders), killed with SIGKILL at random
-//! moments (during start-up and during work) and restarted. At the end every delivered message
-//! is exactly one activity, none twice, regarding the record of the folder it ended up in.
+//! moments (during start-up and during work; every fourth kill right after the agent logs a batch
+//! commit, inside a pass, and the test asserts from the log that at least one landed there) and
+//! restarted. At the end every delivered message is exactly one activity, none twice, regarding
+//! the record of the folder it ended up in.
 //!
 //! 20 cycles in CI; the ignored soak test runs 200 (`cargo test --test crashloop -- --ignored`).
 //! The random choices come from a seed printed in the summary line; `CRASHLOOP_SEED=n` replays
 //! them (the timing of the agent itself is, of course, not replayed).
 
-mod common;
-use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::*;
 
-const ACME: &str = "INBOX/Tracked/Acme";
 const GLOBEX: &str = "INBOX/Customers/Globex";
-
-/// Acme by an exact rule, Globex through the pattern rule (account looked up by name).
-const RULES: &str = r#"
-  [[mailbox.rule]]
-  folder = "INBOX/Tracked/Acme"
-  regarding = "account:acme"
-  [[mailbox.rule]]
-  folder = "INBOX/Customers/*"
-  regarding = { type = "account", by = "name" }
-"#;
+/// The log line of a committed batch (debug level).
+const COMMITTED: &str = "batch committed";
 
 /// The regarding a message must end with, from the folder it is in at the end (DESIGN §4.5: the
 /// latest tracked folder with a regarding wins).
@@ -38,29 +29,6 @@ fn regarding_of(folder: &str) -> &'static str {
         "account:globex"
     } else {
         "account:acme"
-    }
-}
-
-/// xorshift64*: enough randomness for timings and choices, reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    /// True one time in `n`.
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
     }
 }
 
@@ -136,19 +104,38 @@ fn deliver(port: u16, seed: u64, stop: Arc<AtomicBool>) -> Ledger {
 }
 
 /// Starts `foldertrack run` without waiting for anything (so that a kill may land in its
-/// start-up), its debug log appended to `work/agent.log` after a line naming the cycle.
+/// start-up), its debug log appended to `work/agent.log` after a line naming the cycle; its
+/// "batch committed" lines also come on [`Agent::lines`].
 fn spawn_agent(e: &Env, label: &str) -> Agent {
-    let log = note(e, &format!("start: {label}"));
-    let f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-        .current_dir(&e.work)
-        .args(["--config", "foldertrack.toml", "run"])
-        .env("RUST_LOG", "foldertrack=debug")
-        .stdout(Stdio::null())
-        .stderr(f)
-        .spawn()
-        .expect("start foldertrack run");
-    Agent { child, log }
+    note(e, &format!("start: {label}"));
+    e.agent().watch(&[COMMITTED]).spawn()
+}
+
+/// Whether the last line the agent of the last cycle logged (after the last note) is a commit:
+/// the kill came right after a batch was committed, inside a pass.
+fn killed_after_a_commit(e: &Env) -> bool {
+    let text = std::fs::read_to_string(e.work.join("agent.log")).unwrap_or_default();
+    text.lines()
+        .rev()
+        .take_while(|l| !l.starts_with("===== crashloop"))
+        .next()
+        .is_some_and(|l| l.contains(COMMITTED))
+}
+
+/// Waits (at most `limit`) for the agent's first pass, then for the next batch it commits.
+fn await_a_commit(e: &Env, agent: &Agent, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !finished_first_pass(e) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while agent.lines().try_recv().is_ok() {}
+    agent
+        .lines()
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .is_ok()
 }
 
 /// Appends a line of the test's own to `work/agent.log`, with the time; returns the log's path.
@@ -265,18 +252,21 @@ fn crash_loop(cycles: usize) {
     let mut rng = Rng::new(seed ^ 0x5EED);
     let e = env();
     let mut c = e.imap("alice");
-    for f in ["INBOX/Tracked", ACME, "INBOX/Customers", GLOBEX] {
-        c.create(f);
-    }
     // Small batches: a pass commits several transactions, and a kill can land between them.
-    e.write_config(&[("alice", "alice", RULES)], "batch_messages = 3\n");
+    // Acme by an exact rule, Globex through the pattern rule (account looked up by name).
+    e.setup(
+        &["INBOX/Tracked", ACME, "INBOX/Customers", GLOBEX],
+        &Config::new().top("batch_messages = 3").mailbox(
+            e.mailbox("alice")
+                .rules([acme(), Rule::by_name("INBOX/Customers/*")]),
+        ),
+    );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
         e.work.join("password"),
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    e.import_records(RECORDS);
 
     let stop = Arc::new(AtomicBool::new(false));
     let delivery = {
@@ -284,17 +274,25 @@ fn crash_loop(cycles: usize) {
         std::thread::spawn(move || deliver(port, seed, stop))
     };
     let started = Instant::now();
-    let (mut in_start_up, mut in_work) = (0, 0);
+    let (mut in_start_up, mut in_work, mut after_commit) = (0, 0, 0);
     for cycle in 1..=cycles {
         let mut agent = spawn_agent(&e, &format!("cycle {cycle} of {cycles}"));
-        // A third of the kills aim at the start-up: opening the store, logging in and the first
-        // pass take some 100–200 ms here (debug build). The others land at any moment of the work.
-        let ms = if rng.one_in(3) {
-            rng.range(0, 200)
+        let spawned = Instant::now();
+        // Every fourth kill aims at a pass that is committing: right after a batch commit
+        // (delivery bursts make passes of several batches). Of the others a third aim at the
+        // start-up (opening the store, logging in and the first pass take some 100–200 ms here,
+        // debug build), the rest land at any moment of the work.
+        if cycle % 4 == 2 {
+            await_a_commit(&e, &agent, Duration::from_secs(10));
         } else {
-            rng.range(50, 1500)
-        };
-        std::thread::sleep(Duration::from_millis(ms));
+            let ms = if rng.one_in(3) {
+                rng.range(0, 200)
+            } else {
+                rng.range(50, 1500)
+            };
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let ms = spawned.elapsed().as_millis();
         if delivery.is_finished() {
             break; // it panicked: reported below
         }
@@ -311,15 +309,25 @@ fn crash_loop(cycles: usize) {
             in_start_up += 1;
             "during start-up"
         };
-        agent.child.kill().unwrap(); // SIGKILL
-        agent.child.wait().unwrap();
+        agent.kill(); // SIGKILL
+        let phase = if killed_after_a_commit(&e) {
+            after_commit += 1;
+            "during work, right after a batch commit"
+        } else {
+            phase
+        };
         note(&e, &format!("SIGKILL after {ms} ms, {phase}"));
     }
     stop.store(true, Ordering::SeqCst);
-    let l = match delivery.join() {
+    let mut l = match delivery.join() {
         Ok(l) => l,
         Err(p) => std::panic::resume_unwind(p),
     };
+    assert!(
+        after_commit > 0,
+        "seed {seed}: no kill landed while a pass was committing (none right after a batch commit); log:\n{}",
+        log_tail(&e, 80)
+    );
     let loop_secs = started.elapsed().as_secs_f64();
 
     // The server holds what the ledger says (the test's own bookkeeping is right).
@@ -356,8 +364,24 @@ fn crash_loop(cycles: usize) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let catch_up_secs = caught_up.elapsed().as_secs_f64();
-    // And it stays right: nothing late doubles a message.
-    std::thread::sleep(Duration::from_millis(1000));
+    // And it stays right: nothing late doubles a message. "Late" is bounded by an event: a pass
+    // that began after the catch-up, the one that tracks one more message.
+    let id = format!("final.{seed}@acme.com");
+    c.append(
+        ACME,
+        &message(
+            "Bob Builder <bob@acme.com>",
+            "alice@example.com",
+            "final",
+            Some(&format!("<{id}>")),
+        ),
+    );
+    l.folder_of.insert(id.clone(), ACME);
+    let want = format!("<{id}>");
+    l.order.push(id);
+    wait_for("the final message to be tracked", 60, || {
+        activities(&e).is_some_and(|a| a.iter().any(|a| a["message_id"] == want.as_str()))
+    });
     let acts = activities(&e).or(last).unwrap_or_else(|| {
         panic!(
             "the CLI never answered after the last start; log:\n{}",
@@ -381,7 +405,7 @@ fn crash_loop(cycles: usize) {
         "SIGTERM ends the last run cleanly"
     );
     println!(
-        "crashloop: {cycles} cycles in {loop_secs:.1} s (seed {seed}): {} delivered ({in_globex} end in Globex), {} moved; kills {in_start_up} during start-up, {in_work} during work; final catch-up {catch_up_secs:.1} s; all {} activities exactly once, regarding right",
+        "crashloop: {cycles} cycles in {loop_secs:.1} s (seed {seed}): {} delivered ({in_globex} end in Globex), {} moved; kills {in_start_up} during start-up, {in_work} during work ({after_commit} right after a batch commit); final catch-up {catch_up_secs:.1} s; all {} activities exactly once, regarding right",
         l.order.len(),
         l.moves,
         acts.len()

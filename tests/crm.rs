@@ -2,26 +2,22 @@
 //! regarding, tracking tokens, parties and auto-created senders, write permissions, attachment
 //! blobs, other mail, and `$Tracked` write-back. Each test is named after the rule it proves.
 
-mod common;
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
-const RULES: &str = r#"
-  [[mailbox.rule]]
-  folder = "INBOX/Tracked/Acme"
-  regarding = "account:acme"
-  [[mailbox.rule]]
-  folder = "INBOX/Projects"
-"#;
+/// Alice with `keys`, tracking Acme (linked) and Projects (unlinked).
+fn alice(e: &Env, keys: &str) -> Mailbox {
+    e.mailbox("alice")
+        .keys(keys)
+        .rules([acme(), Rule::unlinked("INBOX/Projects")])
+}
 
-fn setup(extra: &str) -> Env {
+fn setup(keys: &str) -> Env {
     let e = env();
-    let mut c = e.imap("alice");
-    for f in ["INBOX/Tracked", "INBOX/Tracked/Acme", "INBOX/Projects"] {
-        c.create(f);
-    }
-    e.write_config(&[("alice", "alice", &format!("{extra}\n{RULES}"))], "");
-    e.import_records(RECORDS);
+    e.setup(
+        &["INBOX/Tracked", "INBOX/Tracked/Acme", "INBOX/Projects"],
+        &Config::new().mailbox(alice(&e, keys)),
+    );
     e
 }
 
@@ -72,10 +68,10 @@ fn correlation_by_references_when_in_reply_to_is_unknown() {
     );
     c.append("INBOX/Projects", &msg("Message-ID: <r2@acme.com>\r\nIn-Reply-To: <unknown@x>\r\nReferences: <root@acme.com> <unknown@x>\r\n", "deep reply"));
     e.ok(&["sync"]);
-    assert_eq!(
-        one(&e.activities(), "deep reply")["correlation"]["method"],
-        "references"
-    );
+    let acts = e.activities();
+    let reply = one(&acts, "deep reply");
+    assert_eq!(reply["correlation"]["method"], "references");
+    assert_eq!(reply["correlation"]["activity"], one(&acts, "root")["id"]);
 }
 
 #[test]
@@ -84,9 +80,10 @@ fn correlation_folder_rule_wins_over_the_correlated_regarding() {
     let mut c = e.imap("alice");
     c.create("INBOX/Customers");
     c.create("INBOX/Customers/Globex");
-    let cfg = e.work.join("foldertrack.toml");
-    let t = std::fs::read_to_string(&cfg).unwrap() + "  [[mailbox.rule]]\n  folder = \"INBOX/Customers/Globex\"\n  regarding = \"account:globex\"\n";
-    std::fs::write(&cfg, t).unwrap();
+    e.write_config(
+        &Config::new()
+            .mailbox(alice(&e, "").rule(Rule::record("INBOX/Customers/Globex", "account:globex"))),
+    );
     c.append(
         "INBOX/Tracked/Acme",
         &msg("Message-ID: <a1@acme.com>\r\n", "acme thread"),
@@ -99,8 +96,13 @@ fn correlation_folder_rule_wins_over_the_correlated_regarding() {
         ),
     );
     e.ok(&["sync"]);
-    let r = one(&e.activities(), "globex reply");
+    let acts = e.activities();
+    let r = one(&acts, "globex reply");
     assert_eq!(r["correlation"]["method"], "in-reply-to");
+    assert_eq!(
+        r["correlation"]["activity"],
+        one(&acts, "acme thread")["id"]
+    );
     assert_eq!(r["regarding"], "account:globex");
 }
 
@@ -152,6 +154,11 @@ fn correlation_by_outlook_thread_index_extending_a_tracked_one() {
     let acts = e.activities();
     let r = one(&acts, "RE: Globex renewal pricing");
     assert_eq!(r["correlation"]["method"], "thread-index", "{r}");
+    let original = acts
+        .iter()
+        .find(|a| a["id"] != r["id"])
+        .expect("the original");
+    assert_eq!(r["correlation"]["activity"], original["id"], "{r}");
     assert_eq!(r["regarding"], "account:acme");
 }
 
@@ -175,11 +182,17 @@ fn correlation_smart_matching_is_off_by_default_and_needs_two_shared_addresses()
         c.append("INBOX/Projects", b"From: x@other.org\r\nTo: alice@example.com\r\nSubject: Re: Widget delivery schedule\r\nMessage-ID: <s3@o>\r\n\r\nhi\r\n");
         e.ok(&["sync"]);
         let acts = e.activities();
+        let reply = one(&acts, "AW: Widget delivery schedule");
         assert_eq!(
-            one(&acts, "AW: Widget delivery schedule")["correlation"]["method"],
-            expect,
+            reply["correlation"]["method"], expect,
             "smart_matching = {smart}"
         );
+        if smart {
+            assert_eq!(
+                reply["correlation"]["activity"],
+                one(&acts, "Widget delivery schedule")["id"]
+            );
+        }
         assert!(one(&acts, "Re: Widget delivery schedule")["correlation"].is_null());
     }
 }
@@ -226,8 +239,11 @@ fn security_record_the_owner_cannot_write_is_tracked_unlinked_with_an_alert() {
     for f in ["Deals", "Deals/Private", "Deals/Shared", "Deals/Team"] {
         c.create(f);
     }
-    let rules = "  [[mailbox.rule]]\n  folder = \"Deals/Private\"\n  regarding = \"account:private\"\n  [[mailbox.rule]]\n  folder = \"Deals/Shared\"\n  regarding = \"account:open\"\n  [[mailbox.rule]]\n  folder = \"Deals/Team\"\n  regarding = \"account:team\"\n";
-    e.write_config(&[("alice", "alice", rules)], "");
+    e.write_config(&Config::new().mailbox(e.mailbox("alice").rules([
+        Rule::record("Deals/Private", "account:private"),
+        Rule::record("Deals/Shared", "account:open"),
+        Rule::record("Deals/Team", "account:team"),
+    ])));
     e.import_records(
         r#"{"type":"systemuser","key":"alice","name":"Alice","emails":["alice@example.com"],"teams":["sales"]}
 {"type":"systemuser","key":"bob","name":"Bob","emails":["bob@example.com"]}

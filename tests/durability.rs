@@ -1,13 +1,16 @@
 //! Nothing lost, nothing doubled: 1,000 messages synced once, a second sync adds none, and a
 //! sync killed with SIGKILL half-way then run again ends with exactly 1,000 activities.
 
-mod common;
-use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use testkit::*;
 
-const RULE: &str =
-    "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n";
+/// Alice tracking Acme with batches of `batch` messages.
+fn config(e: &Env, batch: usize) -> Config {
+    Config::new()
+        .top(&format!("batch_messages = {batch}"))
+        .mailbox(e.mailbox("alice").rule(acme()))
+}
 
 fn thousand(e: &Env) {
     let mut c = e.imap("alice");
@@ -30,7 +33,7 @@ fn thousand(e: &Env) {
 fn sync_of_1000_messages_tracks_each_once_and_second_sync_adds_none() {
     let e = env();
     thousand(&e);
-    e.write_config(&[("alice", "alice", RULE)], "batch_messages = 100\n");
+    e.write_config(&config(&e, 100));
     e.import_records(RECORDS);
     let out = e.ok(&["sync"]);
     assert!(out.contains("1000 new, 1000 tracked"), "{out}");
@@ -49,11 +52,11 @@ fn sync_killed_with_sigkill_half_way_resumes_to_exactly_1000() {
     let e = env();
     thousand(&e);
     // Small batches so the kill lands between commits, not after the last one.
-    e.write_config(&[("alice", "alice", RULE)], "batch_messages = 20\n");
+    e.write_config(&config(&e, 20));
     e.import_records(RECORDS);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-        .current_dir(&e.work)
-        .args(["--config", "foldertrack.toml", "sync"])
+    let mut child = e
+        .command()
+        .arg("sync")
         .env("RUST_LOG", "foldertrack=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::env::foldertrack_bin;
+use testkit::{AgentSpec, Config, Mailbox, Rule};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -117,21 +119,30 @@ fn serve(s: TcpStream, mode: Mode, stop: Arc<AtomicBool>, logins: Arc<AtomicU32>
 fn work(port: u16) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("password"), "x").unwrap();
-    std::fs::write(
-        d.path().join("foldertrack.toml"),
-        format!("data_dir = \"data\"\ncommand_timeout = 2\n[[mailbox]]\nname = \"m\"\nowner = \"systemuser:m\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"m\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"Tracked\"\n"),
-    )
-    .unwrap();
+    Config::new()
+        .top("command_timeout = 2")
+        .mailbox(Mailbox::new("m", port).rule(Rule::unlinked("Tracked")))
+        .write(d.path());
     d
 }
 
-/// Runs `foldertrack sync`, watching its peak RSS; returns (exit code, stderr, peak RSS kB, time).
-fn sync_against(mode: Mode) -> (Option<i32>, String, u64, Duration) {
+/// What `foldertrack sync` against the fake server did.
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    /// Peak RSS in kB, and how many times it was read (a bound checked on no sample is none).
+    peak_kb: u64,
+    samples: usize,
+    took: Duration,
+}
+
+/// Runs `foldertrack sync`, watching its peak RSS.
+fn sync_against(mode: Mode) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let port = fake_server(mode, stop.clone(), Arc::new(AtomicU32::new(0)));
     let d = work(port);
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+    let mut child = Command::new(foldertrack_bin())
         .current_dir(d.path())
         .args(["--config", "foldertrack.toml", "sync"])
         .stdout(Stdio::null())
@@ -139,6 +150,7 @@ fn sync_against(mode: Mode) -> (Option<i32>, String, u64, Duration) {
         .spawn()
         .unwrap();
     let mut peak = 0;
+    let mut samples = 0;
     let status = loop {
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
             if let Some(kb) = s
@@ -148,6 +160,7 @@ fn sync_against(mode: Mode) -> (Option<i32>, String, u64, Duration) {
                 .and_then(|v| v.parse::<u64>().ok())
             {
                 peak = peak.max(kb);
+                samples += 1;
             }
         }
         if let Some(st) = child.try_wait().unwrap() {
@@ -162,60 +175,74 @@ fn sync_against(mode: Mode) -> (Option<i32>, String, u64, Duration) {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     stop.store(true, Ordering::Relaxed);
-    (status.code(), err, peak, t.elapsed())
+    Outcome {
+        code: status.code(),
+        stderr: err,
+        peak_kb: peak,
+        samples,
+        took: t.elapsed(),
+    }
 }
 
 /// async-imap alone would reserve 512 MiB for the literal or the line; `limit_mb` leaves room
 /// for the 32 MiB line limit plus the buffer async-imap grows on the way.
-fn assert_bounded(mode: &str, peak_kb: u64, limit_mb: u64) {
+fn assert_bounded(mode: &str, o: &Outcome, limit_mb: u64) {
     assert!(
-        peak_kb < limit_mb * 1024,
-        "{mode}: peak RSS {peak_kb} kB is not bounded by {limit_mb} MB"
+        o.samples > 0,
+        "{mode}: the memory of the sync was never sampled"
+    );
+    assert!(
+        o.peak_kb < limit_mb * 1024,
+        "{mode}: peak RSS {} kB is not bounded by {limit_mb} MB",
+        o.peak_kb
     );
 }
 
 #[test]
 fn huge_literal_is_refused_before_memory_is_reserved() {
-    let (code, err, peak, _) = sync_against(Mode::HugeLiteral);
-    assert_eq!(code, Some(1));
+    let o = sync_against(Mode::HugeLiteral);
+    assert_eq!(o.code, Some(1));
+    let err = &o.stderr;
     assert!(
         err.contains("announced a literal of 3000000000 bytes"),
         "{err}"
     );
-    assert_bounded("huge literal", peak, 100);
+    assert_bounded("huge literal", &o, 100);
 }
 
 #[test]
 fn a_line_that_never_ends_is_cut_off() {
-    let (code, err, peak, _) = sync_against(Mode::EndlessLine);
-    assert_eq!(code, Some(1));
+    let o = sync_against(Mode::EndlessLine);
+    assert_eq!(o.code, Some(1));
+    let err = &o.stderr;
     // Cut by the line limit, or by the command timeout first (async-imap re-parses the growing
     // line on every read, so a slow machine may not reach 32 MiB in 2 s): bounded either way.
     assert!(
         err.contains("line longer than") || err.contains("timed out after 2 s"),
         "{err}"
     );
-    assert_bounded("endless line", peak, 160);
+    assert_bounded("endless line", &o, 160);
 }
 
 #[test]
 fn garbage_gives_a_clear_error() {
-    let (code, err, peak, t) = sync_against(Mode::Garbage);
-    assert_eq!(code, Some(1));
+    let o = sync_against(Mode::Garbage);
+    assert_eq!(o.code, Some(1));
+    let err = &o.stderr;
     assert!(
         err.contains("127.0.0.1") && err.contains("UID FETCH"),
         "names the server and the command: {err}"
     );
-    assert!(t < Duration::from_secs(30));
-    assert_bounded("garbage", peak, 100);
+    assert!(o.took < Duration::from_secs(30));
+    assert_bounded("garbage", &o, 100);
 }
 
 #[test]
 fn a_server_that_stops_answering_mid_fetch_times_out() {
-    let (code, err, _, t) = sync_against(Mode::Stall);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("timed out after 2 s"), "{err}");
-    assert!(t < Duration::from_secs(20), "took {t:?}");
+    let o = sync_against(Mode::Stall);
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("timed out after 2 s"), "{}", o.stderr);
+    assert!(o.took < Duration::from_secs(20), "took {:?}", o.took);
 }
 
 #[test]
@@ -224,25 +251,18 @@ fn run_reconnects_after_a_stalled_fetch() {
     let logins = Arc::new(AtomicU32::new(0));
     let port = fake_server(Mode::Stall, stop.clone(), logins.clone());
     let d = work(port);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-        .current_dir(d.path())
-        .args(["--config", "foldertrack.toml", "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = AgentSpec::new(&foldertrack_bin(), d.path()).spawn();
     let t = Instant::now();
     while logins.load(Ordering::Relaxed) < 2 && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let n = logins.load(Ordering::Relaxed);
-    let status = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
+    let status = Command::new(foldertrack_bin())
         .current_dir(d.path())
         .args(["--config", "foldertrack.toml", "status", "--json"])
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
     stop.store(true, Ordering::Relaxed);
     assert!(
         n >= 2,

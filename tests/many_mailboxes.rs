@@ -3,55 +3,32 @@
 //! mail delivered to all of them while it runs is tracked, each message once, each under its
 //! own mailbox. Runs in about 10 s, so it is part of every test run.
 
-mod common;
-use common::*;
-use foldertrack::sandbox::{Sandbox, SandboxOptions};
-use std::process::Command;
+use testkit::sandbox::SandboxOptions;
+use testkit::*;
 
 const MAILBOXES: usize = 100;
 const PER_MAILBOX: usize = 5;
 
 #[test]
 fn one_agent_tracks_100_mailboxes_each_message_once_under_its_mailbox() {
-    assert!(foldertrack::sandbox::dovecot_available(), "needs Dovecot");
-    let tmp = tempfile::Builder::new()
-        .prefix("ft-test-many-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let opts = SandboxOptions {
+    let e = env_with(SandboxOptions {
         users: (1..=MAILBOXES)
             .map(|i| (format!("user{i}"), PASSWORD.to_string()))
             .collect(),
-        ..SandboxOptions::default()
-    };
-    let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &opts).unwrap();
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("password"), PASSWORD).unwrap();
-    let mut config = String::from("data_dir = \"data\"\n");
+        ..cast()
+    });
+    let mut config = Config::new();
     for i in 1..=MAILBOXES {
-        config.push_str(&format!("[[mailbox]]\nname = \"user{i}\"\nowner = \"systemuser:user{i}\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nallow_plaintext = true\nuser = \"user{i}\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n", dovecot.port));
-        Imap::login(dovecot.port, &format!("user{i}")).create("INBOX/Tracked");
+        let user = format!("user{i}");
+        config = config.mailbox(e.mailbox(&user).rule(Rule::unlinked("INBOX/Tracked")));
+        e.create_folders(&user, &["INBOX/Tracked"]);
     }
-    std::fs::write(work.join("foldertrack.toml"), config).unwrap();
+    e.write_config(&config);
     let cli = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-            .current_dir(&work)
-            .args(["--config", "foldertrack.toml"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
+        let o = e.run(args);
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
     };
-    let log = work.join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-        .current_dir(&work)
-        .args(["--config", "foldertrack.toml", "run"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let agent = e.agent().start();
     let idle = |st: &serde_json::Value| {
         st["mailboxes"].as_array().map_or(0, |m| {
             m.iter().filter(|m| m["live"]["state"] == "idle").count()
@@ -63,7 +40,7 @@ fn one_agent_tracks_100_mailboxes_each_message_once_under_its_mailbox() {
     let mut n = 0;
     for i in 1..=MAILBOXES {
         let user = format!("user{i}");
-        let mut c = Imap::login(dovecot.port, &user);
+        let mut c = e.imap(&user);
         for j in 0..PER_MAILBOX {
             let mid = format!("<many-{i}-{j}@test>");
             c.append(
@@ -83,12 +60,9 @@ fn one_agent_tracks_100_mailboxes_each_message_once_under_its_mailbox() {
     });
     let st = cli(&["status", "--json"]);
     assert_eq!(idle(&st), MAILBOXES, "every mailbox went back to idle");
-    Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status()
-        .unwrap();
+    let log = agent.log.clone();
     assert!(
-        agent.wait().unwrap().success(),
+        agent.stop().success(),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );

@@ -3,49 +3,47 @@
 //! Dovecot: what foldertrack sends really lands in the recipient's mailbox, and the replies
 //! really come back through SMTP.
 
-mod common;
-use common::smtp::{lmtp_options, Quirks, Smtp};
-use common::*;
-use std::time::Duration;
+use testkit::smtp::{lmtp_options, Quirks, Smtp};
+use testkit::*;
 
 /// Messages in `folder` of `user`'s mailbox.
 fn count(e: &Env, user: &str, folder: &str) -> usize {
-    let mut c = e.imap(user);
-    let n = c.name(folder);
-    let lines = c.cmd(&format!(
-        "STATUS {} (MESSAGES)",
-        foldertrack::imap::quote(&n)
-    ));
-    lines
-        .iter()
-        .find_map(|l| {
-            l.split("MESSAGES ")
-                .nth(1)?
-                .trim_end_matches(')')
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no MESSAGES in {lines:?}"))
+    e.imap(user).count(folder)
 }
 
-/// alice's mailbox: INBOX and Sent tracked for replies, SMTP through `smtp`.
+/// alice's mailbox: INBOX and Sent tracked for replies, SMTP with `smtp_table`.
+fn config(e: &Env, smtp_table: String) -> Config {
+    Config::new().mailbox(
+        e.mailbox("alice")
+            .keys("track_other_mail = \"replies\"")
+            .rule(acme())
+            .smtp(smtp_table),
+    )
+}
+
+/// [`config`] through `smtp` (STARTTLS, our CA, alice's password), and the records.
 fn setup(smtp: &Smtp, e: &Env) {
-    setup_with(smtp, e, "");
+    e.write_config(&config(e, smtp.config_table()));
+    e.import_records(RECORDS);
 }
 
-fn setup_with(smtp: &Smtp, e: &Env, extra_top: &str) {
-    e.write_config(
-        &[(
-            "alice",
-            "alice",
-            &format!(
-                "track_other_mail = \"replies\"\n[[mailbox.rule]]\nfolder = \"INBOX/Tracked/Acme\"\nregarding = \"account:acme\"\n{}",
-                smtp.config_table()
-            ),
-        )],
-        extra_top,
-    );
-    e.import_records(RECORDS);
+/// Waits until the agent's outbox runner has finished a round with nothing left to send or
+/// retry, after (when `after_pending`) a round that still had something: the retry schedule
+/// has run out.
+fn wait_queue_done(agent: &Agent, after_pending: bool) {
+    let mut pending_seen = !after_pending;
+    wait_for("an outbox round with nothing left to retry", 60, || {
+        let mut done = false;
+        while let Ok((_, line)) = agent.lines().try_recv() {
+            if line.contains("pending=true") {
+                pending_seen = true;
+                done = false;
+            } else if line.contains("pending=false") {
+                done = pending_seen;
+            }
+        }
+        done
+    });
 }
 
 fn send_args<'a>(to: &'a str, subject: &'a str) -> Vec<&'a str> {
@@ -218,18 +216,16 @@ fn send_lands_in_the_recipients_mailbox_and_replies_correlate_by_header_and_by_t
 #[test]
 fn server_down_queues_then_the_agent_sends_exactly_once() {
     let e = env_with(lmtp_options());
-    let mut smtp = Smtp::new(&e); // not started: connection refused
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    setup_with(
-        &smtp,
-        &e,
-        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
-    );
-    let agent = e.start_agent();
+    let mut smtp = Smtp::new(&e);
+    // Down: its port is bound but not listening (connection refused). When it comes back it
+    // answers the first DATA with 451.
+    smtp.start_down(&Quirks {
+        tempfail: 1,
+        ..Default::default()
+    });
+    e.write_config(&config(&e, smtp.config_table()).metrics());
+    e.import_records(RECORDS);
+    let agent = e.start_agent_with(&e.agent().watch(&["outbox round done"]));
 
     // Through the running agent (control socket): queued, not lost.
     let out = e.ok(&send_args("carol@globex.com", "Contract draft"));
@@ -244,12 +240,13 @@ fn server_down_queues_then_the_agent_sends_exactly_once() {
     let status = e.ok(&["status"]);
     assert!(status.contains("outbox: 1 queued"), "{status}");
 
-    // The server comes back, answering the first DATA with 451: one more retry, then sent.
-    std::thread::sleep(Duration::from_millis(2500));
-    smtp.start(&Quirks {
-        tempfail: 1,
-        ..Default::default()
+    // The agent retries while the server is down (the send above was the first attempt)…
+    wait_for("a retry while the server is down", 30, || {
+        outbox(&e)[0]["attempts"].as_u64().unwrap() >= 2
     });
+    assert_eq!(outbox(&e)[0]["state"], "queued");
+    // …then the server comes back, answering the first DATA with 451: one more retry, then sent.
+    smtp.come_up();
     wait_for(
         "the queued send to go out and its copy into Sent",
         60,
@@ -261,15 +258,15 @@ fn server_down_queues_then_the_agent_sends_exactly_once() {
     let q = outbox(&e);
     assert!(q[0]["attempts"].as_u64().unwrap() >= 3, "{q:#?}");
     assert_eq!(q[0]["sent_copy"], "Sent");
-    // Exactly once, also after a few more rounds of the queue.
-    std::thread::sleep(Duration::from_secs(3));
+    // Exactly once, once the queue has nothing left to retry.
+    wait_queue_done(&agent, true);
     assert_eq!(smtp.accepted().len(), 1, "{:?}", smtp.accepted());
     assert_eq!(count(&e, "carol", "INBOX"), 1);
     assert_eq!(count(&e, "alice", "Sent"), 1);
     // The outbox is on the metrics endpoint too.
     let scrape = {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        let mut s = std::net::TcpStream::connect(agent.metrics_addr()).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
@@ -326,25 +323,14 @@ fn implicit_tls_sends_and_an_unknown_ca_is_refused() {
         implicit_tls: true,
         ..Default::default()
     });
-    setup(&smtp, &e);
-    let toml = e.work.join("foldertrack.toml");
-    let cfg = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(
-        &toml,
-        cfg.replace("tls = \"starttls\"", "tls = \"implicit\""),
-    )
-    .unwrap();
+    let password = "password_file = \"password\"";
+    e.write_config(&config(&e, smtp.table("implicit", true, password)));
+    e.import_records(RECORDS);
     let out = e.ok(&send_args("carol@globex.com", "Over implicit TLS"));
     assert!(out.contains("sent to carol@globex.com"), "{out}");
     assert_eq!(smtp.accepted().len(), 1);
     // Without our CA the server's certificate is refused: queued, never sent in the clear.
-    let cfg = std::fs::read_to_string(&toml).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.starts_with("ca_file"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&toml, cfg).unwrap();
+    e.write_config(&config(&e, smtp.table("implicit", false, password)));
     let o = e.run(&["check"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("[FAIL] outgoing: SMTP 127.0.0.1"), "{out}");
@@ -358,15 +344,10 @@ fn wrong_smtp_password_fails_check_and_keeps_the_message_queued() {
     let e = env_with(lmtp_options());
     let mut smtp = Smtp::new(&e);
     smtp.start(&Quirks::default());
-    setup(&smtp, &e);
-    std::fs::write(e.work.join("smtp-password"), "wrong").unwrap();
-    let cfg = std::fs::read_to_string(e.work.join("foldertrack.toml"))
-        .unwrap()
-        .replace(
-            "user = \"alice\"\npassword_file = \"password\"\nretry_initial",
-            "user = \"alice\"\npassword_file = \"smtp-password\"\nretry_initial",
-        );
-    std::fs::write(e.work.join("foldertrack.toml"), cfg).unwrap();
+    // The IMAP side logs in; the SMTP side has the file with the wrong password.
+    let wrong = format!("password_file = \"{}\"", testkit::env::WRONG_PASSWORD_FILE);
+    e.write_config(&config(&e, smtp.table("starttls", true, &wrong)));
+    e.import_records(RECORDS);
     let o = e.run(&["check"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
@@ -396,9 +377,8 @@ fn killed_right_after_data_is_never_sent_twice() {
     smtp.start(&Quirks::default());
     setup(&smtp, &e);
     let crash = |subject: &str| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_foldertrack"))
-            .current_dir(&e.work)
-            .args(["--config", "foldertrack.toml"])
+        let o = e
+            .command()
             .args(send_args("carol@globex.com", subject))
             .env("FOLDERTRACK_FAIL_AFTER_DATA", "1")
             .output()
@@ -422,15 +402,16 @@ fn killed_right_after_data_is_never_sent_twice() {
         ),
     );
 
-    let agent = e.start_agent();
+    let agent = e.start_agent_with(&e.agent().watch(&["outbox round done"]));
     wait_for("the interrupted sends to be settled", 30, || {
         outbox(&e).iter().all(|x| x["state"] != "sending")
     });
     let q = outbox(&e);
     assert_eq!(q[0]["state"], "sent", "found in Sent: {q:#?}");
     assert_eq!(q[1]["state"], "unknown", "in doubt: {q:#?}");
-    // Several retry periods later: nothing was sent again.
-    std::thread::sleep(Duration::from_secs(4));
+    // The queue has nothing left to retry (a send in doubt is not retried): nothing was sent
+    // again.
+    wait_queue_done(&agent, false);
     assert_eq!(smtp.accepted().len(), 2, "{:?}", smtp.accepted());
     assert_eq!(count(&e, "carol", "INBOX"), 2);
     let st = e.ok(&["status"]);
@@ -460,18 +441,14 @@ fn smtp_xoauth2_uses_the_mailbox_token_and_refreshes_a_refused_one_once() {
         "n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; if [ $n = 0 ]; then echo tok-1; else echo tok-good; fi",
         c = counter.display()
     );
-    let smtp_table = smtp
-        .config_table()
-        .replace("password_file = \"password\"\n", "auth = \"xoauth2\"\n");
-    let cfg = format!(
-        "[[mailbox]]\nname = \"alice\"\nowner = \"systemuser:alice\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nallow_plaintext = true\nuser = \"alice\"\naddress = \"alice@example.com\"\nauth = \"xoauth2\"\ntoken_command = {command:?}\n{smtp_table}",
-        e.dovecot.port
+    e.write_config(
+        &Config::new().mailbox(
+            e.mailbox("alice")
+                .password_file(None)
+                .keys(&format!("auth = \"xoauth2\"\ntoken_command = {command:?}"))
+                .smtp(smtp.table("starttls", true, "auth = \"xoauth2\"")),
+        ),
     );
-    std::fs::write(
-        e.work.join("foldertrack.toml"),
-        format!("data_dir = \"data\"\n{cfg}"),
-    )
-    .unwrap();
     e.import_records(RECORDS);
     let o = e.run(&["check"]);
     let out = String::from_utf8_lossy(&o.stdout);

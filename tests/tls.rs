@@ -2,11 +2,13 @@
 //! refused, the admin's `ca_file` makes it trusted, STARTTLS upgrades, and a server that does
 //! not offer STARTTLS is an error, never a plaintext fallback.
 
-mod common;
-use common::pki::pki;
-use common::*;
-use foldertrack::sandbox::SandboxOptions;
+use std::path::Path;
+use testkit::pki::{pki, unrelated_ca};
+use testkit::sandbox::SandboxOptions;
+use testkit::*;
 
+/// A Dovecot with TLS (a certificate from a private CA), alice's tracked folder with one
+/// message, the records; returns the CA's path.
 fn tls_env() -> (Env, std::path::PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("ft-pki-")
@@ -16,49 +18,24 @@ fn tls_env() -> (Env, std::path::PathBuf) {
     let (ca, files) = pki(&dir);
     let e = env_with(SandboxOptions {
         tls: Some(files),
-        ..Default::default()
+        ..cast()
     });
-    let mut c = e.imap("alice");
-    c.create("INBOX/Tracked");
-    c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "over tls",
-            Some("<tls@x>"),
-        ),
-    );
-    e.import_records_via_config();
+    e.create_folders("alice", &["INBOX/Tracked", "INBOX/Tracked/Acme"]);
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("over tls", "<tls@x>"));
+    e.write_config(&Config::new());
+    e.import_records(RECORDS);
     (e, ca)
 }
 
-trait ConfigTls {
-    fn import_records_via_config(&self);
-    fn config_tls(&self, tls: &str, port: u16, ca: Option<&std::path::Path>);
+/// Alice over TLS `mode` on `port`, trusting `ca` when given.
+fn config_tls(e: &Env, mode: &str, port: u16, ca: Option<&Path>) {
+    e.write_config(&Config::new().mailbox(e.mailbox("alice").tls(mode, port, ca).rule(acme())));
 }
 
-impl ConfigTls for Env {
-    fn import_records_via_config(&self) {
-        self.write_config(&[], "");
-        self.import_records(RECORDS);
-    }
-    fn config_tls(&self, tls: &str, port: u16, ca: Option<&std::path::Path>) {
-        let ca_line = ca
-            .map(|p| format!("ca_file = \"{}\"\n", p.display()))
-            .unwrap_or_default();
-        let t = format!(
-            "data_dir = \"data\"\n[[mailbox]]\nname = \"alice\"\nowner = \"systemuser:alice\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\n{ca_line}user = \"alice\"\npassword_file = \"password\"\n  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n"
-        );
-        std::fs::write(self.work.join("foldertrack.toml"), t).unwrap();
-    }
-}
-
-#[test]
-fn tls_certificate_from_unknown_ca_is_rejected_by_default() {
-    let (e, _ca) = tls_env();
-    e.config_tls("implicit", e.dovecot.tls_port.unwrap(), None);
+/// `sync` fails on the server's certificate: exit 1, a TLS error naming the certificate,
+/// nothing tracked.
+fn assert_certificate_refused(e: &Env) {
     let o = e.run(&["sync"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -70,9 +47,31 @@ fn tls_certificate_from_unknown_ca_is_rejected_by_default() {
 }
 
 #[test]
+fn tls_certificate_from_unknown_ca_is_rejected_by_default() {
+    let (e, _ca) = tls_env();
+    config_tls(&e, "implicit", e.dovecot.tls_port.unwrap(), None);
+    assert_certificate_refused(&e);
+}
+
+#[test]
+fn starttls_refuses_a_certificate_from_an_unknown_ca() {
+    let (e, _ca) = tls_env();
+    // Neither the public roots nor a private CA that did not sign the server's certificate.
+    config_tls(&e, "starttls", e.dovecot.port, None);
+    assert_certificate_refused(&e);
+    let other = unrelated_ca(&e.work);
+    config_tls(&e, "starttls", e.dovecot.port, Some(&other));
+    assert_certificate_refused(&e);
+    let o = e.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("[FAIL]"), "{out}");
+}
+
+#[test]
 fn tls_private_ca_is_accepted_with_ca_file_implicit_and_starttls() {
     let (e, ca) = tls_env();
-    e.config_tls("implicit", e.dovecot.tls_port.unwrap(), Some(&ca));
+    config_tls(&e, "implicit", e.dovecot.tls_port.unwrap(), Some(&ca));
     e.ok(&["sync"]);
     assert_eq!(e.activities().len(), 1);
     let check = e.ok(&["check"]);
@@ -80,7 +79,7 @@ fn tls_private_ca_is_accepted_with_ca_file_implicit_and_starttls() {
         check.contains("implicit TLS (certificate verified)"),
         "{check}"
     );
-    e.config_tls("starttls", e.dovecot.port, Some(&ca));
+    config_tls(&e, "starttls", e.dovecot.port, Some(&ca));
     let check = e.ok(&["check"]);
     assert!(check.contains("STARTTLS (certificate verified)"), "{check}");
 }
@@ -88,8 +87,9 @@ fn tls_private_ca_is_accepted_with_ca_file_implicit_and_starttls() {
 #[test]
 fn starttls_not_offered_is_an_error_never_a_plaintext_fallback() {
     let e = env(); // ssl = no: no STARTTLS
-    e.import_records_via_config();
-    e.config_tls("starttls", e.dovecot.port, None);
+    e.write_config(&Config::new());
+    e.import_records(RECORDS);
+    config_tls(&e, "starttls", e.dovecot.port, None);
     let o = e.run(&["sync"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

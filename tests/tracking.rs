@@ -1,46 +1,32 @@
 //! Tracking semantics (DESIGN §4) against a real Dovecot: each test is named after the rule it
 //! proves, sets up folders and mail over IMAP, runs the real binary, and checks the store.
 
-mod common;
-use common::*;
 use serde_json::Value;
+use testkit::sandbox::SandboxOptions;
+use testkit::*;
 
-const RULES: &str = r#"
-  [[mailbox.rule]]
-  folder = "INBOX/Tracked/Acme"
-  regarding = "account:acme"
-  [[mailbox.rule]]
-  folder = "INBOX/Customers/*"
-  regarding = { type = "account", by = "name" }
-  [[mailbox.rule]]
-  folder = "INBOX/Projects"
-  [[mailbox.rule]]
-  folder = "Archive/Deals/*"
-  regarding = { type = "account", by = "key" }
-  [[mailbox.rule]]
-  folder = "Sent"
-"#;
-
-/// Alice's mailbox with the standard folders and records.
+/// Alice's mailbox with the standard folders, rules and records.
 fn alice() -> Env {
     let e = env();
-    let mut c = e.imap("alice");
-    for f in [
-        "INBOX/Tracked",
-        "INBOX/Tracked/Acme",
-        "INBOX/Customers",
-        "INBOX/Customers/Globex",
-        "INBOX/Customers/Nobody Inc",
-        "INBOX/Projects",
-        "INBOX/Personal",
-        "Archive",
-        "Archive/Deals",
-        "Archive/Deals/acme",
-    ] {
-        c.create(f);
-    }
-    e.write_config(&[("alice", "alice", RULES)], "");
-    e.import_records(RECORDS);
+    let alice = e
+        .mailbox("alice")
+        .rules(standard_rules())
+        .rules([Rule::by_key("Archive/Deals/*"), Rule::unlinked("Sent")]);
+    e.setup(
+        &[
+            "INBOX/Tracked",
+            "INBOX/Tracked/Acme",
+            "INBOX/Customers",
+            "INBOX/Customers/Globex",
+            "INBOX/Customers/Nobody Inc",
+            "INBOX/Projects",
+            "INBOX/Personal",
+            "Archive",
+            "Archive/Deals",
+            "Archive/Deals/acme",
+        ],
+        &Config::new().mailbox(alice),
+    );
     e
 }
 
@@ -110,15 +96,8 @@ fn rule_exact_folder_links_every_message_to_its_record() {
 #[test]
 fn rule_without_regarding_tracks_unlinked() {
     let e = alice();
-    e.imap("alice").append(
-        "INBOX/Projects",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "project x",
-            Some("<p@x>"),
-        ),
-    );
+    e.imap("alice")
+        .append("INBOX/Projects", &mail("project x", "<p@x>"));
     e.ok(&["sync"]);
     let acts = e.activities();
     let a = one(&acts, "project x");
@@ -180,10 +159,8 @@ fn rule_pattern_captures_record_by_name_and_unmatched_capture_alerts() {
 #[test]
 fn rule_pattern_by_key_and_any_folder_can_be_tracked_not_only_under_inbox() {
     let e = alice();
-    e.imap("alice").append(
-        "Archive/Deals/acme",
-        &message("bob@acme.com", "alice@example.com", "deal", Some("<d@x>")),
-    );
+    e.imap("alice")
+        .append("Archive/Deals/acme", &mail("deal", "<d@x>"));
     e.ok(&["sync"]);
     assert_eq!(one(&e.activities(), "deal")["regarding"], "account:acme");
 }
@@ -201,15 +178,7 @@ fn untracked_folders_are_left_alone() {
             Some("<m@x>"),
         ),
     );
-    c.append(
-        "INBOX",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "inbox mail",
-            Some("<i@x>"),
-        ),
-    );
+    c.append("INBOX", &mail("inbox mail", "<i@x>"));
     e.ok(&["sync"]);
     assert!(e.activities().is_empty());
 }
@@ -269,12 +238,7 @@ fn parties_from_resolves_one_record_recipients_all_unresolved_kept_as_address() 
 #[test]
 fn dedup_same_message_in_two_folders_of_a_mailbox_is_one_activity_latest_folder_rule_wins() {
     let e = alice();
-    let m = message(
-        "bob@acme.com",
-        "alice@example.com",
-        "twice",
-        Some("<twice@acme.com>"),
-    );
+    let m = mail("twice", "<twice@acme.com>");
     let mut c = e.imap("alice");
     c.append("INBOX/Customers/Globex", &m);
     c.append("INBOX/Tracked/Acme", &m);
@@ -332,15 +296,7 @@ fn dedup_sent_copy_and_received_copy_are_two_activities() {
     );
     let mut c = e.imap("alice");
     c.append("Sent", &m);
-    c.append(
-        "INBOX/Projects",
-        &message(
-            "bob@acme.com",
-            "alice@example.com",
-            "both ways",
-            Some("<bw@example.com>"),
-        ),
-    );
+    c.append("INBOX/Projects", &mail("both ways", "<bw@example.com>"));
     e.ok(&["sync"]);
     let acts = e.activities();
     let both = by_subject(&acts, "both ways");
@@ -375,9 +331,11 @@ fn dedup_across_mailboxes_is_one_activity() {
             ),
         );
     }
-    let rule =
-        "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n";
-    e.write_config(&[("alice", "alice", rule), ("bob", "bob", rule)], "");
+    e.write_config(
+        &Config::new()
+            .mailbox(e.mailbox("alice").rule(acme()))
+            .mailbox(e.mailbox("bob").rule(acme())),
+    );
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     let acts = e.activities();
@@ -390,15 +348,9 @@ fn dedup_across_mailboxes_is_one_activity() {
 fn quarantine_unparseable_message_does_not_block_the_folder() {
     let e = alice();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "before", Some("<b@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("before", "<b@x>"));
     c.append("INBOX/Tracked/Acme", b"\r\n\r\n   \r\n");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "after", Some("<a@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("after", "<a@x>"));
     e.ok(&["sync"]);
     let acts = e.activities();
     assert_eq!(acts.len(), 2);
@@ -423,10 +375,7 @@ fn quarantine_unparseable_message_does_not_block_the_folder() {
 fn body_peek_never_marks_mail_read() {
     let e = alice();
     let mut c = e.imap("alice");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "unread", Some("<u@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("unread", "<u@x>"));
     e.ok(&["sync"]);
     assert_eq!(e.activities().len(), 1);
     let flags = c.flags("INBOX/Tracked/Acme");
@@ -441,12 +390,7 @@ fn uidvalidity_reset_rereads_folder_without_duplicates() {
     for i in 0..3 {
         c.append(
             "INBOX/Tracked/Acme",
-            &message(
-                "bob@acme.com",
-                "alice@example.com",
-                &format!("m{i}"),
-                Some(&format!("<m{i}@x>")),
-            ),
+            &mail(&format!("m{i}"), &format!("<m{i}@x>")),
         );
     }
     e.ok(&["sync"]);
@@ -470,10 +414,7 @@ fn uidvalidity_reset_rereads_folder_without_duplicates() {
             &server,
         ])
         .expect("doveadm");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "m3", Some("<m3@x>")),
-    );
+    c.append("INBOX/Tracked/Acme", &mail("m3", "<m3@x>"));
     let out = e.ok(&["sync"]);
     assert!(out.contains("UIDVALIDITY changed"), "{out}");
     let acts = e.activities();
@@ -498,11 +439,13 @@ fn non_ascii_folder_names_are_encoded_and_tracked() {
     let mut c = e.imap("alice");
     c.create("Kunden");
     c.create("Kunden/Müller & Söhne");
-    c.append(
-        "Kunden/Müller & Söhne",
-        &message("bob@acme.com", "alice@example.com", "umlaut", Some("<u@x>")),
+    c.append("Kunden/Müller & Söhne", &mail("umlaut", "<u@x>"));
+    e.write_config(
+        &Config::new().mailbox(
+            e.mailbox("alice")
+                .rule(Rule::record("Kunden/Müller & Söhne", "account:acme")),
+        ),
     );
-    e.write_config(&[("alice", "alice", "  [[mailbox.rule]]\n  folder = \"Kunden/Müller & Söhne\"\n  regarding = \"account:acme\"\n")], "");
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     let acts = e.activities();
@@ -514,19 +457,16 @@ fn non_ascii_folder_names_are_encoded_and_tracked() {
 
 #[test]
 fn slash_separator_server_maps_config_folders() {
-    let e = env_with(foldertrack::sandbox::SandboxOptions {
+    let e = env_with(SandboxOptions {
         separator: '/',
-        ..Default::default()
+        ..cast()
     });
     let mut c = e.imap("alice");
     assert_eq!(c.sep, '/');
     c.create("INBOX/Tracked");
     c.create("INBOX/Tracked/Acme");
-    c.append(
-        "INBOX/Tracked/Acme",
-        &message("bob@acme.com", "alice@example.com", "slash", Some("<s@x>")),
-    );
-    e.write_config(&[("alice", "alice", "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked/Acme\"\n  regarding = \"account:acme\"\n")], "");
+    c.append("INBOX/Tracked/Acme", &mail("slash", "<s@x>"));
+    e.write_config(&Config::new().mailbox(e.mailbox("alice").rule(acme())));
     e.import_records(RECORDS);
     e.ok(&["sync"]);
     assert_eq!(one(&e.activities(), "slash")["regarding"], "account:acme");

@@ -4,15 +4,13 @@
 //! tracked within the server's notification delay, never left for the IDLE renewal (9 min).
 //!
 //! Latency is measured per message: from the moment the server answered our APPEND or MOVE
-//! to the moment the agent's log says the batch holding that UID was committed (the log is
-//! tailed every 10 ms; the agent's clock is not needed).
+//! to the moment the agent's log line saying the batch holding that UID was committed was read
+//! (the agent's clock is not needed).
 
-mod common;
-use common::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
+use testkit::*;
 
 const FOLDERS: [&str; 6] = [
     "INBOX/T/F1",
@@ -23,74 +21,35 @@ const FOLDERS: [&str; 6] = [
     "INBOX/T/F6",
 ];
 const STAGING: &str = "INBOX/Staging";
-const RULES: &str = "[[mailbox.rule]]\nfolder = \"INBOX/T/*\"\n";
 
-/// A deterministic xorshift, so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+/// The agent's "batch committed" lines, with the instant each was read: (folder, last_uid,
+/// when); and how many times it began re-reading a folder whose UIDVALIDITY changed.
+#[derive(Default)]
+struct Commits {
+    commits: Vec<(String, u32, Instant)>,
+    resets: usize,
 }
 
-/// The agent's "batch committed" lines, with the instant each was read: (folder, last_uid, when);
-/// and how many times it began re-reading a folder whose UIDVALIDITY changed.
-#[derive(Default, Clone)]
-struct Commits(
-    Arc<Mutex<Vec<(String, u32, Instant)>>>,
-    Arc<std::sync::atomic::AtomicUsize>,
-);
+/// What the agent must log for [`Commits`].
+const WATCHED: [&str; 2] = ["batch committed", "UIDVALIDITY changed"];
 
 impl Commits {
-    /// Tails `log` until `stop` is set.
-    fn tail(log: std::path::PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) -> Commits {
-        let c = Commits::default();
-        let out = c.clone();
-        std::thread::spawn(move || {
-            let mut pos = 0;
-            let mut partial = String::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(mut f) = std::fs::File::open(&log) {
-                    let _ = f.seek(SeekFrom::Start(pos));
-                    let mut r = BufReader::new(f);
-                    loop {
-                        let mut l = String::new();
-                        let n = r.read_line(&mut l).unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        pos += n as u64;
-                        partial.push_str(&l);
-                        if !partial.ends_with('\n') {
-                            continue;
-                        }
-                        let line = std::mem::take(&mut partial);
-                        if line.contains("UIDVALIDITY changed") {
-                            c.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        if let Some(x) = parse_commit(&line) {
-                            c.0.lock().unwrap().push((x.0, x.1, Instant::now()));
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
+    /// Takes the lines the agent logged since the last call.
+    fn read(&mut self, agent: &Agent) -> &mut Commits {
+        for (at, line) in agent.lines().try_iter() {
+            if line.contains("UIDVALIDITY changed") {
+                self.resets += 1;
             }
-        });
-        out
-    }
-
-    fn resets(&self) -> usize {
-        self.1.load(std::sync::atomic::Ordering::SeqCst)
+            if let Some((folder, uid)) = parse_commit(&line) {
+                self.commits.push((folder, uid, at));
+            }
+        }
+        self
     }
 
     /// When the message `uid` of `folder`, dropped at `at`, was committed.
     fn committed(&self, folder: &str, uid: u32, at: Instant) -> Option<Instant> {
-        self.0
-            .lock()
-            .unwrap()
+        self.commits
             .iter()
             .find(|(f, last, t)| f == folder && *last >= uid && *t >= at)
             .map(|x| x.2)
@@ -203,10 +162,11 @@ fn pass_order(e: &Env) -> Vec<&'static str> {
 
 fn setup(staged: u32) -> Env {
     let e = env();
-    let mut c = e.imap("alice");
-    for f in ["INBOX/T", STAGING].iter().chain(FOLDERS.iter()) {
-        c.create(f);
-    }
+    let folders: Vec<&str> = ["INBOX/T", STAGING].into_iter().chain(FOLDERS).collect();
+    e.setup(
+        &folders,
+        &Config::new().mailbox(e.mailbox("alice").rule(Rule::unlinked("INBOX/T/*"))),
+    );
     let msgs: Vec<Vec<u8>> = (0..staged)
         .map(|i| {
             message(
@@ -217,8 +177,7 @@ fn setup(staged: u32) -> Env {
             )
         })
         .collect();
-    c.append_many(STAGING, &msgs, "");
-    e.write_config(&[("alice", "alice", RULES)], "");
+    e.imap("alice").append_many(STAGING, &msgs, "");
     e
 }
 
@@ -304,28 +263,26 @@ fn check_latencies(
 fn bursts_into_six_folders_while_passes_run_are_all_tracked_within_the_notify_delay() {
     let e = setup(80);
     let floor = server_notify_delay(&e);
-    let agent = e.start_agent();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let commits = Commits::tail(agent.log.clone(), stop.clone());
+    let agent = e.start_agent_with(&e.agent().watch(&WATCHED));
+    let mut commits = Commits::default();
     let mut d = Dropper::new(&e, 80);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(13);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(18) {
-        for _ in 0..=rng.next(8) {
-            let f = FOLDERS[rng.next(FOLDERS.len() as u64) as usize];
-            d.drop_one(f, rng.next(2) == 0);
+        for _ in 0..rng.range(1, 8) {
+            let f = FOLDERS[rng.range(0, 5) as usize];
+            d.drop_one(f, rng.one_in(2));
         }
-        std::thread::sleep(Duration::from_millis(rng.next(600)));
+        std::thread::sleep(Duration::from_millis(rng.range(0, 600)));
     }
     let n = d.drops.len();
     let t = Instant::now();
     while e.activities().len() < n && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(50)); // the tail's last read
-    check_latencies("bursts", &d.drops, &commits, floor, true);
+    std::thread::sleep(Duration::from_millis(50)); // the log reader's last lines
+    check_latencies("bursts", &d.drops, commits.read(&agent), floor, true);
     assert_each_once(&e.activities(), n);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[test]
@@ -354,12 +311,11 @@ fn mail_arriving_while_the_agent_reconnects_and_rereads_a_reset_folder_is_tracke
     let order = pass_order(&e);
     let (first, last) = (order[0], order[5]);
     e.imap("alice").append_many(last, &big, "");
-    let agent = e.start_agent();
+    let agent = e.start_agent_with(&e.agent().watch(&WATCHED));
     assert_eq!(e.activities().len(), 400);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let commits = Commits::tail(agent.log.clone(), stop.clone());
+    let mut commits = Commits::default();
     let mut d = Dropper::new(&e, 40);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(17);
     for round in 0..4 {
         // Reset the last folder's UIDVALIDITY (its 400 messages must be re-read and matched by
         // Message-ID) and drop the agent's session, then deliver into every folder while it
@@ -381,16 +337,16 @@ fn mail_arriving_while_the_agent_reconnects_and_rereads_a_reset_folder_is_tracke
         (d.append, d.mover) = Dropper::connect(&e); // kicked too
                                                     // Mail while it reconnects…
         for f in &FOLDERS[..3] {
-            d.drop_one(f, rng.next(2) == 0);
+            d.drop_one(f, rng.one_in(2));
         }
         // …and while it re-reads the last folder, into it and the folders its pass has already
         // looked at, but not the IDLE folder (whose state is checked before IDLE). Then
         // nothing more: a message left behind is not rescued by a later delivery's wake-up.
         wait_for("the agent to re-read the reset folder", 20, || {
-            commits.resets() > round
+            commits.read(&agent).resets > round
         });
         for f in order.iter().filter(|f| **f != first) {
-            d.drop_one(f, rng.next(2) == 0);
+            d.drop_one(f, rng.one_in(2));
         }
         // Up to 6 s for this round's mail; what is still missing is named below.
         let n = 400 + d.drops.len();
@@ -402,7 +358,12 @@ fn mail_arriving_while_the_agent_reconnects_and_rereads_a_reset_folder_is_tracke
     }
     std::thread::sleep(Duration::from_millis(50));
     // Mail that arrived during the reconnect backoff waits for the login: bounded by 5 s.
-    check_latencies("reconnect window", &d.drops, &commits, floor, false);
+    check_latencies(
+        "reconnect window",
+        &d.drops,
+        commits.read(&agent),
+        floor,
+        false,
+    );
     assert_each_once(&e.activities(), 400 + d.drops.len());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }

@@ -1,13 +1,16 @@
 //! `demo`: the README's first command. Starts a private Dovecot with a sample mailbox, folders,
 //! rules and mail, writes a config and records, runs one sync and shows what was tracked, so a
 //! new user sees the whole pipeline work against a real server in a few seconds.
+//!
+//! Built only with the `demo` feature (`scripts/demo.sh`): the private Dovecot comes from the
+//! test kit (`testkit::sandbox`), which a production build does not carry.
 
 use crate::config::{AuthMethod, Config, MailboxConfig, PasswordSource, TlsMode};
 use crate::imap::folders::to_server_name;
 use crate::model::RecordRef;
-use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use anyhow::{Context, Result};
 use std::path::Path;
+use testkit::sandbox::{dovecot_available, Sandbox, SandboxError, SandboxOptions};
 
 const PASSWORD: &str = "demo-password";
 
@@ -150,7 +153,7 @@ fn raw(m: &Mail) -> Vec<u8> {
 
 /// Runs the demo in `dir`; with `keep` the demo Dovecot stays up afterwards.
 pub async fn run(dir: &Path, keep: bool) -> Result<String> {
-    if !crate::sandbox::dovecot_available() {
+    if !dovecot_available() {
         anyhow::bail!(super::UsageError(
             "the demo needs Dovecot: install it with `apt-get install -y dovecot-imapd` (the README's first command does)".into()
         ));

@@ -2,6 +2,7 @@
 //! `main.rs` only parses arguments and maps errors to exit codes, and tests can call them.
 
 pub mod check;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod outbox;
 pub mod progress;

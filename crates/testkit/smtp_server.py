@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A real SMTP submission server for foldertrack's integration tests.
+"""A real SMTP submission server for foldertrack's integration tests (started by testkit::smtp).
 
 aiosmtpd with STARTTLS (required before AUTH) and AUTH PLAIN/LOGIN, handing every accepted
 message over LMTP to the test's Dovecot, so a message sent by foldertrack really lands in the
@@ -9,9 +9,15 @@ recipient's mailbox. Knobs make it misbehave on purpose:
   --tempfail N      the first N DATA commands get 451 4.3.0 (transient failure)
   --log FILE        one line per accepted message: its Message-ID (to count sends exactly)
   --oauth-tokens T  also offer AUTH XOAUTH2, accepting these comma-separated access tokens
+  --down            bind the port but do not listen (connections are refused) until SIGUSR1:
+                    a server that is down, on a port nobody else can take meanwhile
 
-Usage: smtp_server.py --port P --lmtp /path/to/dovecot/run/lmtp --cert C --key K \
-                      --users alice:pass,carol:pass [--log F] [--reject T] [--tempfail N]
+It binds --port (default 0: a free port the kernel picks) itself and prints `port N` on stdout,
+then `ready` once it serves; the launcher reads both, so no port is guessed.
+
+Usage: smtp_server.py --lmtp /path/to/dovecot/run/lmtp --cert C --key K \
+                      --users alice:pass,carol:pass [--port P] [--down] [--log F] [--reject T]
+                      [--tempfail N]
 """
 
 import argparse
@@ -20,10 +26,24 @@ import asyncio
 import email.parser
 import signal
 import smtplib
+import socket
 import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+
+
+class BoundController(Controller):
+    """Serves on a socket bound beforehand (aiosmtpd would bind host:port itself)."""
+
+    def __init__(self, sock, *args, **kwargs):
+        self.sock = sock
+        super().__init__(*args, port=sock.getsockname()[1], **kwargs)
+
+    def _create_server(self):
+        return self.loop.create_server(
+            self._factory_invoker, sock=self.sock, ssl=self.ssl_context
+        )
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
@@ -79,7 +99,8 @@ class Handler:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--down", action="store_true")
     p.add_argument("--lmtp", required=True)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
@@ -108,10 +129,18 @@ def main():
         if args.implicit_tls
         else dict(tls_context=ctx, require_starttls=True, auth_require_tls=True)
     )
-    controller = Controller(
+    # Bound, not listening: a connection is refused (not queued) until the server is up.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", args.port))
+    if args.down:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    print("port %d" % sock.getsockname()[1], flush=True)
+    if args.down:
+        signal.sigwait({signal.SIGUSR1})
+    controller = BoundController(
+        sock,
         Handler(args),
         hostname="127.0.0.1",
-        port=args.port,
         authenticator=authenticator,
         auth_required=True,
         server_hostname="smtp.test",
