@@ -8,7 +8,9 @@
 //! and drag-to-activity latency (APPEND → the agent's commit of that mailbox's batch) while all
 //! mailboxes are live.
 //!
-//! Knobs: SCALE_MAILBOXES (1000), SCALE_MESSAGES (10000), SCALE_TRIALS (100), SCALE_DEBUG=1
+//! Knobs: SCALE_MAILBOXES (1000), SCALE_FOLDERS (1: tracked folders per mailbox; with more,
+//! `INBOX/Tracked/F1`… under one rule, IDLE on one and NOTIFY for the others, deliveries and
+//! latency trials spread over them), SCALE_MESSAGES (10000), SCALE_TRIALS (100), SCALE_DEBUG=1
 //! (echo the agent's log). Run: `./scripts/bench.sh` (or `cargo bench --bench scale`).
 //!
 //! IDLE needs inotify on the server: every `imap` process (all run as one mail uid) takes an
@@ -69,11 +71,23 @@ fn idle_count(st: &serde_json::Value) -> usize {
     })
 }
 
-fn write_config(work: &Path, port: u16, users: usize) {
+/// The tracked folders of each mailbox (config form).
+fn folders(n: usize) -> Vec<String> {
+    if n <= 1 {
+        return vec!["INBOX/Tracked".into()];
+    }
+    (1..=n).map(|k| format!("INBOX/Tracked/F{k}")).collect()
+}
+
+fn write_config(work: &Path, port: u16, users: usize, nfolders: usize) {
+    let rule = if nfolders <= 1 {
+        "INBOX/Tracked"
+    } else {
+        "INBOX/Tracked/*"
+    };
     let mut c = Config::new();
     for i in 1..=users {
-        c = c
-            .mailbox(Mailbox::new(&format!("user{i}"), port).rule(Rule::unlinked("INBOX/Tracked")));
+        c = c.mailbox(Mailbox::new(&format!("user{i}"), port).rule(Rule::unlinked(rule)));
     }
     c.write(work);
 }
@@ -100,6 +114,8 @@ fn main() {
         return;
     }
     let users = knob("SCALE_MAILBOXES", 1000).max(2);
+    let nfolders = knob("SCALE_FOLDERS", 1).max(1);
+    let tracked_folders = folders(nfolders);
     let messages = knob("SCALE_MESSAGES", 10_000);
     let trials = knob("SCALE_TRIALS", 100);
     let tmp = tempfile::Builder::new()
@@ -136,20 +152,23 @@ fn main() {
     let t0 = Instant::now();
     let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &opts).expect("start dovecot");
     let port = dovecot.port;
-    // Create each user's tracked folder (4 connections at a time).
+    // Create each user's tracked folders (4 connections at a time).
+    let tf = &tracked_folders;
     std::thread::scope(|s| {
         for k in 0..4 {
             s.spawn(move || {
                 for i in (1..=users).filter(|i| i % 4 == k) {
                     let mut c = Imap::login(port, &format!("user{i}"));
-                    c.cmd("CREATE INBOX.Tracked");
+                    for f in tf {
+                        c.create(f);
+                    }
                     c.cmd("LOGOUT");
                 }
             });
         }
     });
     eprintln!(
-        "dovecot on 127.0.0.1:{port}, {users} users with INBOX.Tracked ({:.1} s)",
+        "dovecot on 127.0.0.1:{port}, {users} users with {nfolders} tracked folder(s) ({:.1} s)",
         t0.elapsed().as_secs_f64()
     );
     let work = tmp.path().join("work");
@@ -157,7 +176,7 @@ fn main() {
     std::fs::write(work.join("password"), "pass").unwrap();
 
     // Baseline: the agent with one mailbox, idle.
-    write_config(&work, port, 1);
+    write_config(&work, port, 1, nfolders);
     let one = start_agent(&work, "SCALE_DEBUG", &[]);
     wait_idle(&work, 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
@@ -165,7 +184,7 @@ fn main() {
     one.stop();
 
     // All mailboxes.
-    write_config(&work, port, users);
+    write_config(&work, port, users, nfolders);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
     let agent = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
@@ -198,7 +217,8 @@ fn main() {
                     for j in 0..per_user {
                         let idx = (i - 1) * per_user + j;
                         if idx < messages {
-                            c.append("INBOX/Tracked", message(&user, idx).as_bytes());
+                            let f = &tf[idx % tf.len()];
+                            c.append(f, message(&user, idx).as_bytes());
                             n += 1;
                         }
                     }
@@ -246,7 +266,9 @@ fn main() {
         let c = &mut conns.iter_mut().find(|(u, _)| *u == user).unwrap().1;
         while rx.try_recv().is_ok() {}
         let t = Instant::now();
-        c.append("INBOX/Tracked", message(&user, messages + k).as_bytes());
+        // The folders other than the IDLE one are the ones NOTIFY must watch.
+        let f = &tracked_folders[(k + 1) % tracked_folders.len()];
+        c.append(f, message(&user, messages + k).as_bytes());
         let needle = format!("mailbox={user} ");
         loop {
             let (at, line) = rx
@@ -288,7 +310,7 @@ fn main() {
     assert_eq!(ids.len(), n, "no Message-ID twice");
 
     let (p50, p90, p99) = pct(lat);
-    println!("\n{users} mailboxes on one agent, {messages} messages delivered while running (load before: {}; after: {})", load_before.trim(), load_after.trim());
+    println!("\n{users} mailboxes ({nfolders} tracked folder(s) each) on one agent, {messages} messages delivered while running (load before: {}; after: {})", load_before.trim(), load_after.trim());
     println!("| what | value |");
     println!("|---|---|");
     println!("| start-up: agent start → all {users} mailboxes idle (IDLE, one connection each, ≤ 16 logins at a time) | {startup_s:.1} s |");
