@@ -70,31 +70,9 @@ pub const ACTIVITY_COLUMNS: [&str; 19] = [
 /// The CSV header of `records export` (the long form `records import` reads).
 pub const RECORD_COLUMNS: [&str; 7] = ["type", "key", "name", "emails", "owner", "shared", "teams"];
 
-/// Checks `--since`: `YYYY-MM-DD`, or RFC 3339 with a time.
+/// Checks `--since` (`YYYY-MM-DD`, or RFC 3339 with a time): seconds since the epoch.
 pub fn check_since(s: &str) -> Result<i64, String> {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
-    let date_ok = b.len() >= 10
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10);
-    let time_ok = b.len() == 10
-        || (b.len() >= 19
-            && (b[10] == b'T' || b[10] == b' ')
-            && digits(11..13)
-            && b[13] == b':'
-            && digits(14..16)
-            && b[16] == b':'
-            && digits(17..19));
-    if !(date_ok && time_ok) {
-        return Err(format!(
-            "--since `{s}`: write a date as 2026-11-28 or a time as 2026-11-28T09:30:00Z"
-        ));
-    }
-    Ok(crate::store::parse_date(s))
+    crate::time::try_parse_date(s).map_err(|e| format!("--since: {e}"))
 }
 
 fn addresses(ps: &[Party]) -> String {
@@ -208,7 +186,7 @@ pub fn activities(
     let mut n = 0;
     for a in store.activities_iter() {
         let a = a?;
-        if since.is_some_and(|s| crate::store::parse_date(&a.tracked_at) < s) {
+        if since.is_some_and(|s| crate::time::parse_date(&a.tracked_at) < s) {
             continue;
         }
         if regarding.is_some() && a.regarding != regarding {
@@ -266,5 +244,15 @@ mod tests {
         assert!(check_since("yesterday").is_err());
         assert!(check_since("2026-11-28T9:30").is_err());
         assert!(check_since("2026-11-28").unwrap() < check_since("2026-11-28T00:00:01Z").unwrap());
+        assert!(check_since("2026-02-30").is_err(), "not a real date");
+    }
+
+    /// The hand-written parser dropped the offset of a time with fractional seconds.
+    #[test]
+    fn since_with_fractional_seconds_keeps_its_offset() {
+        assert_eq!(
+            check_since("2026-11-28T10:00:00.5+01:00").unwrap(),
+            check_since("2026-11-28T09:00:00Z").unwrap()
+        );
     }
 }

@@ -29,9 +29,7 @@ pub struct Shared {
 /// outage), or a folder behind the server for longer than `lag_threshold`.
 pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<String> {
     let threshold = config.health.lag_threshold;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = crate::time::unix_now();
     let mut out = Vec::new();
     for mb in &config.mailboxes {
         if let Some(l) = agent.live(&mb.name) {
@@ -42,7 +40,7 @@ pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<Stri
         }
         if let Ok(st) = store.mailbox_state(&mb.name) {
             if let Some(o) = st.outages.last().filter(|o| o.to.is_none()) {
-                let since = now - crate::store::parse_date(&o.from);
+                let since = now - crate::time::parse_date(&o.from);
                 if since > threshold.as_secs() as i64 {
                     out.push(format!(
                         "mailbox {}: failing since {} ({} s, over lag_threshold {} s): {}",

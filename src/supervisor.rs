@@ -234,9 +234,7 @@ async fn run_outbox(
         }
         let wait = match next {
             Ok(Some(at)) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                let now = crate::time::unix_now();
                 Duration::from_secs(at.saturating_sub(now).clamp(1, 60) as u64)
             }
             Ok(None) => Duration::from_secs(60),

@@ -138,7 +138,7 @@ pub async fn sync_all(
                 continue;
             }
         };
-        state.last_attempt = Some(crate::store::humantime_now());
+        state.last_attempt = Some(crate::time::humantime_now());
         let span = tracing::info_span!("mailbox", mailbox = %mb.name);
         let result = tracing::Instrument::instrument(
             async {
@@ -586,7 +586,7 @@ pub async fn sync_folder(
         last_uid,
         uid_next: sel.uid_next,
         messages: sel.exists,
-        last_sync: Some(crate::store::humantime_now()),
+        last_sync: Some(crate::time::humantime_now()),
         rule: Some(t.rule.folder.clone()),
         regarding: regarding.clone(),
         synced_uid_next: prev

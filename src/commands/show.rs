@@ -339,7 +339,7 @@ fn derived_alerts(
             .as_ref()
             .or(health.first_success.as_ref());
         if let Some(t) = since {
-            let hours = (crate::store::parse_date(now) - crate::store::parse_date(t)) / 3600;
+            let hours = (crate::time::parse_date(now) - crate::time::parse_date(t)) / 3600;
             if hours * 3600 >= quiet {
                 out.push(alert(
                     "warning",
@@ -364,7 +364,7 @@ impl Status {
         let outboxes = store.outbox_summary()?;
         let stored_alerts = store.alerts(1000)?;
         let lags = crate::metrics::metrics().folder_lags();
-        let now = crate::store::humantime_now();
+        let now = crate::time::humantime_now();
         let mut mailboxes = Vec::new();
         for mb in &config.mailboxes {
             let mut health = store.mailbox_state(&mb.name)?;
