@@ -466,6 +466,16 @@ impl Status {
             "data dir {} (schema {}); agent {}\n",
             self.data_dir, self.schema_version, self.agent
         );
+        for a in self
+            .alerts
+            .iter()
+            .filter(|a| a.mailbox == crate::store::STORE_ALERTS)
+        {
+            s.push_str(&format!(
+                "  {:<7} {} {}\n",
+                a.alert.level, a.at, a.alert.message
+            ));
+        }
         for m in &self.mailboxes {
             let incoming = match (&m.incoming.until, &m.incoming.reason) {
                 (Some(u), _) => format!("{} until {u}", m.incoming.state),

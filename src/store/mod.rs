@@ -305,6 +305,68 @@ fn now() -> String {
 /// on another branch) names the new ones, then they go.
 pub use crate::time::{humantime_now, parse_date, rfc3339_utc};
 
+/// The "mailbox" of alerts about the store itself (the data dir's permissions): `status`
+/// shows them apart from any mailbox's.
+pub const STORE_ALERTS: &str = "";
+
+/// Creates `dir` (and missing parents) mode 0700 whatever the umask: the store holds every
+/// tracked mail, its attachments and the CRM records. An existing directory is left as the
+/// admin made it; its mode is returned when its group or others may read or enter it.
+fn private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o777;
+            Ok((mode & 0o077 != 0).then_some(mode))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            // DirBuilder's mode passes through the umask too; 0700 only loses bits to it, but a
+            // umask of 0077 and more must not leave the owner without access either.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Options for a store file: created 0600 whatever the umask.
+fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Takes group and other access away from every file and directory below `dir` (not `dir`
+/// itself: see [`private_dir`]), without following symlinks. A few dozen entries: sled's files,
+/// the blob packs, the lock and the control socket.
+fn close_files(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let md = entry.metadata()?; // of the entry itself: a symlink is not followed
+            if md.file_type().is_symlink() {
+                continue;
+            }
+            if md.is_dir() {
+                todo.push(entry.path());
+            }
+            let mode = md.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                let fixed = if md.is_dir() { 0o700 } else { mode & 0o700 };
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(fixed))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // Serialising our own plain structs to JSON cannot fail (no maps with non-string keys).
     serde_json::to_vec(v).unwrap_or_default()
@@ -352,9 +414,9 @@ impl Store {
             dir: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        let open_mode = private_dir(dir).map_err(io)?;
         let lock_path = dir.join("foldertrack.lock");
-        let mut lock = std::fs::OpenOptions::new()
+        let mut lock = private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -420,6 +482,24 @@ impl Store {
             _lock: lock,
         };
         store.migrate()?;
+        // sled creates its files with the process umask: a library caller (or a store left by
+        // an older foldertrack) may have them open to others.
+        close_files(dir).map_err(io)?;
+        if let Some(mode) = open_mode {
+            let message = format!(
+                "data dir {} is readable by its group or others (mode {mode:o}): it holds every tracked mail; chmod 700 {}",
+                dir.display(),
+                dir.display()
+            );
+            tracing::warn!("{message}");
+            store.add_alert(
+                STORE_ALERTS,
+                Alert {
+                    level: "warning".into(),
+                    message,
+                },
+            )?;
+        }
         Ok(store)
     }
 
@@ -1062,14 +1142,14 @@ impl Store {
         }
         if pack.file.is_none() || pack.len > PACK_LIMIT {
             let dir = self.dir.join("blobs");
-            std::fs::create_dir_all(&dir).map_err(io)?;
+            private_dir(&dir).map_err(io)?;
             let n = self
                 .t
                 .meta
                 .get("next_pack")?
                 .map(|v| keys::u64_of(&v))
                 .unwrap_or(0);
-            let f = std::fs::OpenOptions::new()
+            let f = private_file()
                 .create(true)
                 .append(true)
                 .read(true)

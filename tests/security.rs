@@ -1,0 +1,136 @@
+//! Hardening (issue 15): what a local user, a mail sender, an IMAP server, the network and a
+//! metrics scraper can do to a running foldertrack, each checked against the real binary.
+//! docs/SECURITY.md says what each position can and cannot do.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TRACKED: &str = "  [[mailbox.rule]]\n  folder = \"INBOX/Tracked\"\n";
+
+/// Runs the binary with this env's config under `umask`.
+fn run_umask(e: &Env, umask: u32, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_foldertrack"));
+    c.current_dir(&e.work)
+        .arg("--config")
+        .arg(e.work.join("foldertrack.toml"))
+        .args(args)
+        .env_remove("RUST_LOG");
+    // SAFETY: umask only sets the child's file creation mask, between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            libc::umask(umask as libc::mode_t);
+            Ok(())
+        });
+    }
+    c.output().expect("run foldertrack")
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every file and directory under `dir` (symlinks not followed), with its mode.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            out.push((p.clone(), md.permissions().mode() & 0o777));
+            if md.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn octal(v: &[&(PathBuf, u32)]) -> String {
+    v.iter()
+        .map(|(p, m)| format!("{} {m:o}\n", p.display()))
+        .collect()
+}
+
+/// A message whose body is long enough to go to the blob packs, with an attachment.
+fn big_message(subject: &str, id: &str) -> Vec<u8> {
+    let body = "A line of text that makes the body long enough for the blob packs.\r\n".repeat(20);
+    format!(
+        "From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: {subject}\r\nMessage-ID: {id}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n{body}\r\n--b\r\nContent-Type: application/pdf; name=q.pdf\r\nContent-Disposition: attachment; filename=q.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IKNSAwIG9iago=\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn data_dir_and_every_file_in_it_are_private_whatever_the_umask() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "");
+    let mut imap = e.imap("alice");
+    imap.create("INBOX/Tracked");
+    imap.append("INBOX/Tracked", &big_message("Quote", "<q1@acme.com>"));
+    let records = e.work.join("records.jsonl");
+    std::fs::write(&records, RECORDS).unwrap();
+    ok(run_umask(
+        &e,
+        0o022,
+        &["records", "import", records.to_str().unwrap()],
+    ));
+    ok(run_umask(&e, 0o022, &["sync"]));
+    assert_eq!(e.activities().len(), 1);
+    let data = e.work.join("data");
+    let dir_mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700, "data dir mode {dir_mode:o}");
+    let all = modes(&data);
+    assert!(
+        all.iter()
+            .any(|(p, _)| p.to_string_lossy().contains("pack-")),
+        "the test reaches the blob packs: {all:?}"
+    );
+    let open: Vec<_> = all.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {}", octal(&open));
+}
+
+#[test]
+fn an_existing_data_dir_open_to_others_is_warned_about_and_its_files_closed() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "");
+    e.imap("alice").create("INBOX/Tracked");
+    // An older foldertrack under umask 022 left this.
+    let data = e.work.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(run_umask(&e, 0o022, &["sync"]));
+    std::fs::set_permissions(
+        data.join("foldertrack.lock"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let stderr = ok(run_umask(&e, 0o022, &["sync"]));
+    assert!(
+        stderr.contains("WARN") && stderr.contains("chmod 700"),
+        "a warning names the fix: {stderr}"
+    );
+    let st = e.status();
+    let alerts = st["alerts"].as_array().unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["message"].as_str().unwrap().contains("readable by")),
+        "an alert: {alerts:?}"
+    );
+    assert!(e.ok(&["status"]).contains("readable by"), "status shows it");
+    let all = modes(&data);
+    let open: Vec<_> = all.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "files closed on open: {}", octal(&open));
+}
