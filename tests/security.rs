@@ -134,3 +134,57 @@ fn an_existing_data_dir_open_to_others_is_warned_about_and_its_files_closed() {
     let open: Vec<_> = all.iter().filter(|(_, m)| m & 0o077 != 0).collect();
     assert!(open.is_empty(), "files closed on open: {}", octal(&open));
 }
+
+/// `demo` as root used `$TMPDIR/foldertrack-demo-<pid>`, accepted it when it existed, and wrote
+/// Dovecot's files there following symlinks: a local user who planted that directory could
+/// have root overwrite and chmod any file. `exec` keeps the shell's pid, so the planted path is
+/// exactly the one the old code chose.
+#[test]
+fn demo_ignores_a_directory_planted_at_a_predictable_temp_path() {
+    let tmp = tempfile::Builder::new()
+        .prefix("ft-sec-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // As root, Dovecot's users must traverse every parent of its directory.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir(&tmpdir).unwrap();
+    std::fs::set_permissions(&tmpdir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let script = r#"d="$TMPDIR/foldertrack-demo-$$"
+mkdir "$d" && ln -s "$VICTIM" "$d/passwd" && ln -s "$VICTIM" "$d/dovecot.conf" || exit 99
+exec "$FT" demo --dir "$DEMO""#;
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("TMPDIR", &tmpdir)
+        .env("VICTIM", &victim)
+        .env("FT", env!("CARGO_BIN_EXE_foldertrack"))
+        .env("DEMO", tmp.path().join("demo"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_ne!(o.status.code(), Some(99), "planting failed: {out}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the planted symlink was followed: {out}"
+    );
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the victim was chmodded");
+    assert!(o.status.success(), "the demo still works: {out}");
+    assert!(out.contains("7 activities"), "{out}");
+    // The demo's own temp dir is gone; the planted one is left as it was.
+    let left: Vec<_> = std::fs::read_dir(&tmpdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
