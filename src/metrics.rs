@@ -3,7 +3,9 @@
 //! The counters live in one process-wide [`Metrics`] (the sync code records into it whether or
 //! not anyone scrapes; an atomic add costs nothing next to an IMAP round trip), and `run` serves
 //! them when `[metrics] listen` is set ([`crate::http`]). prometheus-client was chosen for its
-//! small dependency tree and its OpenMetrics text encoder.
+//! small dependency tree and its OpenMetrics text encoder. It must be 0.25.2 or later: before,
+//! label values were written as they were, and a folder named `Acme "Ltd"` (or one with a
+//! newline, which a hostile server can send) broke every scrape or forged series.
 //!
 //! **Latency** (`foldertrack_tracking_latency_seconds`) is measured from the moment foldertrack
 //! *detected* new mail (the start of the pass that an IDLE/NOTIFY event, a poll or a wake-up
@@ -332,5 +334,22 @@ mod tests {
         assert!(text.contains("foldertrack_watch_mode{mailbox=\"a\",mode=\"idle\"} 1"));
         assert!(text.contains("foldertrack_tracking_latency_seconds_count{mailbox=\"a\"} 2"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Label values are escaped as the exposition format says: a folder name cannot end its
+    /// label, nor start a line of its own (a forged series).
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        let folder = "x\"} 1\nfoldertrack_activities 999\n\\";
+        m.messages("a", folder, "tracked", 1);
+        let text = m.encode(None);
+        assert!(
+            text.contains(
+                r#"foldertrack_messages_total{mailbox="a",folder="x\"} 1\nfoldertrack_activities 999\n\\",outcome="tracked"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\nfoldertrack_activities 999"), "{text}");
     }
 }

@@ -4,6 +4,9 @@
 
 mod common;
 use common::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -187,4 +190,205 @@ exec "$FT" demo --dir "$DEMO""#;
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `request` as it is to 127.0.0.1:`port`: (status code, head, body).
+fn http_raw(port: u16, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, head.to_string(), body.to_string())
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (code, _, body) = http_raw(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+    );
+    (code, body)
+}
+
+/// One sample: metric name, labels in order, value.
+type Sample = (String, Vec<(String, String)>, String);
+
+/// A strict parser of the OpenMetrics text format (the subset foldertrack writes): `# HELP`,
+/// `# TYPE`, `# UNIT` lines, one `# EOF` at the end, and samples `name{l="v",...} value` whose
+/// label values may hold only the escapes `\\`, `\"` and `\n`. Anything else is an `Err`
+/// naming the line, so a scrape Prometheus would reject fails the test.
+fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    let body = text
+        .strip_suffix("# EOF\n")
+        .ok_or("no `# EOF` line at the end")?;
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut families = Vec::new();
+    let mut out = Vec::new();
+    for (i, line) in body.split('\n').enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if line.is_empty() {
+            if i + 1 == body.split('\n').count() {
+                continue; // after the last newline
+            }
+            return Err(bad("empty line"));
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let mut parts = rest.splitn(4, ' ');
+            let (_, kind, name) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or("");
+            match kind {
+                Some("HELP") | Some("UNIT") if name_ok(name) => {}
+                Some("TYPE") if name_ok(name) => {
+                    let t = parts.next().unwrap_or("");
+                    if !["counter", "gauge", "histogram", "info", "unknown"].contains(&t) {
+                        return Err(bad("unknown type"));
+                    }
+                    families.push(name.to_string());
+                }
+                _ => return Err(bad("unknown comment")),
+            }
+            continue;
+        }
+        let end = line.find(['{', ' ']).ok_or_else(|| bad("no value"))?;
+        let name = &line[..end];
+        if !name_ok(name) {
+            return Err(bad("bad metric name"));
+        }
+        if !families.iter().any(|f| name.starts_with(f.as_str())) {
+            return Err(bad("a sample outside any declared family"));
+        }
+        let mut rest = &line[end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            rest = r;
+            loop {
+                let eq = rest.find('=').ok_or_else(|| bad("label without ="))?;
+                let lname = &rest[..eq];
+                if !name_ok(lname) {
+                    return Err(bad("bad label name"));
+                }
+                rest = rest[eq + 1..]
+                    .strip_prefix('"')
+                    .ok_or_else(|| bad("label value not quoted"))?;
+                let mut value = String::new();
+                let mut chars = rest.char_indices();
+                let close = loop {
+                    match chars.next() {
+                        None => return Err(bad("unterminated label value")),
+                        Some((j, '"')) => break j,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => value.push('\\'),
+                            Some((_, '"')) => value.push('"'),
+                            Some((_, 'n')) => value.push('\n'),
+                            _ => return Err(bad("bad escape in a label value")),
+                        },
+                        Some((_, c)) => value.push(c),
+                    }
+                };
+                labels.push((lname.to_string(), value));
+                rest = &rest[close + 1..];
+                if let Some(r) = rest.strip_prefix(',') {
+                    rest = r;
+                } else if let Some(r) = rest.strip_prefix('}') {
+                    rest = r;
+                    break;
+                } else {
+                    return Err(bad("junk after a label value"));
+                }
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| bad("no space before the value"))?;
+        if value.split(' ').count() > 2
+            || !(value.split(' ').next().unwrap().parse::<f64>().is_ok())
+        {
+            return Err(bad("bad value"));
+        }
+        out.push((name.to_string(), labels, value.to_string()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (n, l, _) in &out {
+        if !seen.insert((n, l)) {
+            return Err(format!("series {n}{l:?} twice"));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn strict_parser_rejects_what_prometheus_rejects() {
+    let ok = "# TYPE a counter\na_total{f=\"x\\\"y\\\\z\\n\"} 1\n# EOF\n";
+    let s = parse_exposition(ok).unwrap();
+    assert_eq!(s[0].1[0].1, "x\"y\\z\n");
+    for bad in [
+        "# TYPE a counter\na_total{f=\"x\"y\"} 1\n# EOF\n",
+        "# TYPE a counter\na_total{f=\"x\n\"} 1\n# EOF\n",
+        "# TYPE a counter\na_total{f=\"x\\q\"} 1\n# EOF\n",
+        "# TYPE a counter\na_total 1\n",
+        "# TYPE a counter\na_total 1\na_total 2\n# EOF\n",
+    ] {
+        assert!(parse_exposition(bad).is_err(), "{bad}");
+    }
+}
+
+/// A folder name with quotes (legal on every server) broke every scrape: prometheus-client 0.24
+/// wrote label values as they were.
+#[test]
+fn metrics_stay_parseable_with_quotes_and_backslashes_in_folder_names() {
+    let e = env();
+    let port = free_port();
+    e.write_config(
+        &[(
+            "alice",
+            "alice",
+            "  [[mailbox.rule]]\n  folder = \"INBOX/Customers/*\"\n  regarding = { type = \"account\", by = \"name\" }\n",
+        )],
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let folder = r#"INBOX/Customers/Acme "Ltd" \ Co"#;
+    let mut imap = e.imap("alice");
+    imap.create("INBOX/Customers");
+    imap.create(folder);
+    imap.append(
+        folder,
+        &message("bob@acme.com", "alice@example.com", "hi", Some("<q@x>")),
+    );
+    let _agent = e.start_agent();
+    let mut samples = Vec::new();
+    wait_for("the message counted", 30, || {
+        let (code, body) = http_get(port, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        samples = parse_exposition(&body).unwrap_or_else(|err| panic!("{err}\n{body}"));
+        samples
+            .iter()
+            .any(|(n, _, _)| n == "foldertrack_messages_total")
+    });
+    let labels: HashMap<_, _> = samples
+        .iter()
+        .find(|(n, _, _)| n == "foldertrack_messages_total")
+        .unwrap()
+        .1
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(labels["folder"], folder, "the label reads back as the name");
 }
