@@ -2,8 +2,9 @@
 //! and `GET /healthz` (200 `ok`, or 503 with one reason per line).
 //!
 //! A minimal HTTP/1.1 responder on tokio rather than a web framework: two read-only routes,
-//! one request per connection (`Connection: close`), requests bounded in size and time.
-//! It never serves anything but these two documents.
+//! one request per connection (`Connection: close`), requests bounded in size and time, at
+//! most [`MAX_CONNECTIONS`] at once, and only for this endpoint's own host names (DNS
+//! rebinding). It never serves anything but these two documents.
 
 use crate::config::Config;
 use crate::store::Store;
@@ -72,8 +73,14 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// How many requests are served at once. A scraper needs one; the bound keeps a client that
+/// opens connections by the thousand from holding as many tasks and buffers.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Serves until `stop`.
 pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -86,8 +93,22 @@ pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToke
             },
             _ = stop.cancelled() => return,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the bound: a 503 from a task of its own, bounded in number and time too
+            // (past that, the connection is just closed). The request is read and dropped so
+            // that closing does not reset the connection before the client reads the answer.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _refusal = refusal;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), refuse(stream)).await;
+                });
+            }
+            tracing::debug!("metrics endpoint: over {MAX_CONNECTIONS} connections; refused one");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &shared))
                 .await
                 .unwrap_or_else(|_| Err(std::io::Error::other("timed out")))
@@ -96,6 +117,78 @@ pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToke
             }
         });
     }
+}
+
+/// Answers 503 to a connection over the bound.
+async fn refuse(mut stream: TcpStream) -> std::io::Result<()> {
+    let body = "too many connections; try again\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < 16 * 1024 {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok(())
+}
+
+/// The host part of a `Host` header value: without the port, brackets kept off IPv6.
+fn host_part(value: &str) -> &str {
+    let v = value.trim();
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match v.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => v,
+    }
+}
+
+/// This machine's host name, as `gethostname` gives it (lower case).
+fn own_hostname() -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+        let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if r != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        std::str::from_utf8(&buf[..end])
+            .ok()
+            .map(str::to_ascii_lowercase)
+            .filter(|n| !n.is_empty())
+    })
+    .as_deref()
+}
+
+/// Whether a request's `Host` may be answered. DNS rebinding gets a web page's own name
+/// (`evil.example`) to resolve to this endpoint, and the browser then sends that name: only
+/// names that really are this endpoint are answered. IP literals are (rebinding needs a name),
+/// and so are the loopback names, this machine's name and `[metrics] allowed_hosts`. A request
+/// without `Host` (HTTP/1.0) is not from a browser.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(value) = host else {
+        return true;
+    };
+    let h = host_part(value).trim_end_matches('.').to_ascii_lowercase();
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h == "ip6-localhost"
+        || own_hostname().is_some_and(|n| n == h || n.split('.').next() == Some(h.as_str()))
+        || allowed.iter().any(|a| *a == h)
 }
 
 async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
@@ -117,6 +210,25 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", "only GET\n").await;
+    }
+    let host = head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("host").then_some(v.trim())
+    });
+    let allowed = shared
+        .config
+        .read()
+        .map(|c| c.metrics.allowed_hosts.clone())
+        .unwrap_or_default();
+    if !host_allowed(host, &allowed) {
+        tracing::debug!(host = ?host, "metrics endpoint: refused a request for another host");
+        return respond(
+            &mut stream,
+            421,
+            "text/plain",
+            "this endpoint does not serve that host name (add it to [metrics] allowed_hosts)\n",
+        )
+        .await;
     }
     match path {
         "/metrics" => {
@@ -169,6 +281,7 @@ async fn respond(
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Internal Server Error",

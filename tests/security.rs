@@ -392,3 +392,76 @@ fn metrics_stay_parseable_with_quotes_and_backslashes_in_folder_names() {
         .collect();
     assert_eq!(labels["folder"], folder, "the label reads back as the name");
 }
+
+/// DNS rebinding: a web page from evil.example whose name then resolves to 127.0.0.1 makes the
+/// browser send `Host: evil.example` to the loopback endpoint. Only the listen address, IP
+/// literals, loopback names, this host's name and `[metrics] allowed_hosts` are answered.
+#[test]
+fn metrics_endpoint_answers_only_its_own_host_names() {
+    let e = env();
+    let port = free_port();
+    e.write_config(
+        &[("alice", "alice", TRACKED)],
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\nallowed_hosts = [\"metrics.example.org\"]\n"
+        ),
+    );
+    e.imap("alice").create("INBOX/Tracked");
+    let _agent = e.start_agent();
+    let get = |host: Option<&str>| {
+        let h = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        http_raw(port, &format!("GET /metrics HTTP/1.1\r\n{h}\r\n")).0
+    };
+    for evil in [
+        "evil.example",
+        "evil.example:80",
+        &format!("evil.example:{port}"),
+    ] {
+        assert_eq!(get(Some(evil)), 421, "Host: {evil}");
+    }
+    let (code, _, body) = http_raw(port, "GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert_eq!(code, 421, "{body}");
+    for good in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        format!("[::1]:{port}"),
+        "metrics.example.org:9898".to_string(),
+    ] {
+        assert_eq!(get(Some(&good)), 200, "Host: {good}");
+    }
+    assert_eq!(get(None), 200, "HTTP/1.0 clients send no Host");
+}
+
+/// Each connection held a task and a buffer with no bound: a client could open thousands.
+#[test]
+fn metrics_endpoint_bounds_concurrent_connections() {
+    let e = env();
+    let port = free_port();
+    e.write_config(
+        &[("alice", "alice", TRACKED)],
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    e.imap("alice").create("INBOX/Tracked");
+    let _agent = e.start_agent();
+    // Connections that send nothing hold their place until the request timeout.
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let (code, _, body) = http_raw(
+        port,
+        &format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+    );
+    assert_eq!(code, 503, "over the bound: {body}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "answered at once"
+    );
+    drop(idle);
+    wait_for("the endpoint to serve again", 10, || {
+        http_get(port, "/metrics").0 == 200
+    });
+}
