@@ -19,7 +19,8 @@ pub enum Format {
     /// One JSON object per line.
     #[default]
     Jsonl,
-    /// RFC 4180 CSV with a header row; lists are joined with `;`.
+    /// RFC 4180 CSV with a header row; lists are joined with `;`; cells a spreadsheet would run
+    /// as a formula get a `'` in front ([`neutralise`]).
     Csv,
 }
 
@@ -116,6 +117,32 @@ fn activity_row(a: &Activity) -> Vec<String> {
     ]
 }
 
+/// Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection"); tab
+/// and CR because some spreadsheets drop them and read what follows.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A CSV cell made safe to open in a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`,
+/// tab or CR, possibly after some `'`, gets one more `'` in front. Mail subjects, names and
+/// bodies come from anyone who can send mail; without this a subject `=HYPERLINK(...)` runs in
+/// the CRM admin's spreadsheet. [`restore`] is its exact inverse.
+pub fn neutralise(cell: &str) -> String {
+    if cell.trim_start_matches('\'').starts_with(FORMULA_START) {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
+/// Undoes [`neutralise`] (what `records import` does to a CSV cell): a cell of one or more `'`
+/// followed by `=`, `+`, `-`, `@`, tab or CR loses its first `'`. Any other cell is kept as it
+/// is, a lone `'plain` included, so only what export added is taken off.
+pub fn restore(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.trim_start_matches('\'').starts_with(FORMULA_START) => rest,
+        _ => cell,
+    }
+}
+
 /// Where rows go: a CSV writer (which quotes and buffers), or JSON lines straight to `out`.
 enum Sink<'a> {
     Csv(Box<csv::Writer<&'a mut dyn Write>>),
@@ -140,7 +167,7 @@ impl<'a> Sink<'a> {
         csv_row: impl FnOnce() -> Vec<String>,
     ) -> Result<()> {
         match self {
-            Sink::Csv(w) => w.write_record(csv_row())?,
+            Sink::Csv(w) => w.write_record(csv_row().iter().map(|c| neutralise(c)))?,
             Sink::Jsonl(out, buf) => {
                 buf.clear();
                 serde_json::to_writer(&mut *buf, value)?;
@@ -245,6 +272,64 @@ mod tests {
         assert!(check_since("2026-11-28T9:30").is_err());
         assert!(check_since("2026-11-28").unwrap() < check_since("2026-11-28T00:00:01Z").unwrap());
         assert!(check_since("2026-02-30").is_err(), "not a real date");
+    }
+
+    /// A spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (OWASP "CSV
+    /// injection"): such cells get a `'` in front, and `records import` takes exactly that `'`
+    /// off again, so records round-trip.
+    #[test]
+    fn csv_cells_that_spreadsheets_would_run_are_neutralised_and_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let rec = |key: &str, name: &str| crate::model::Record {
+            rtype: "account".into(),
+            key: key.into(),
+            name: name.into(),
+            emails: vec![],
+            owner: None,
+            shared: false,
+            teams: vec![],
+        };
+        let names = [
+            "=HYPERLINK(\"http://evil.example\",\"x\")",
+            "+1 555 0100",
+            "-5 %",
+            "@SUM(A1)",
+            "'=already quoted",
+            "''+twice",
+            "'plain quote",
+            "Acme",
+        ];
+        let recs: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| rec(&format!("k{i}"), n))
+            .collect();
+        store.put_records(&recs).unwrap();
+        let mut out = Vec::new();
+        records(&store, None, Format::Csv, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let cells: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
+        assert_eq!(
+            cells,
+            [
+                "'=HYPERLINK(\"http://evil.example\",\"x\")",
+                "'+1 555 0100",
+                "'-5 %",
+                "'@SUM(A1)",
+                "''=already quoted",
+                "'''+twice",
+                "'plain quote",
+                "Acme",
+            ]
+        );
+        let back = crate::records_io::parse_records("r.csv", &text, true).unwrap();
+        assert_eq!(back, recs, "records import reads back what was exported");
+        for (cell, safe) in [("\tx", "'\tx"), ("\rx", "'\rx"), ("", ""), ("a=b", "a=b")] {
+            assert_eq!(neutralise(cell), safe);
+            assert_eq!(restore(&neutralise(cell)), cell);
+        }
     }
 
     /// The hand-written parser dropped the offset of a time with fractional seconds.

@@ -83,7 +83,13 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
                 )
             })?;
             let line = row.position().map_or(0, |p| p.line() as usize);
-            let f = |i: usize| row.get(i).map(str::trim).unwrap_or_default().to_string();
+            // `records export` put a `'` before cells a spreadsheet would run: take it off.
+            let f = |i: usize| {
+                row.get(i)
+                    .map(|c| crate::export::restore(c).trim())
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let emails = f(3)
                 .split(';')
                 .map(str::trim)

