@@ -455,7 +455,14 @@ fn main() -> ExitCode {
         }
     };
     let reply = rt.block_on(run(cli));
-    print!("{}", reply.stdout);
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!(
+            "{}",
+            foldertrack::commands::show::escape_controls(&reply.stdout)
+        );
+    } else {
+        print!("{}", reply.stdout);
+    }
     if let Some(b64) = &reply.binary {
         use base64::Engine;
         use std::io::Write;

@@ -508,3 +508,63 @@ fn csv_export_of_hostile_mail_holds_no_formula() {
         );
     }
 }
+
+/// Runs the binary on a pseudo-terminal (util-linux `script`), as a person at a terminal
+/// would: its stdout is a tty. Returns what the terminal received.
+fn on_terminal(e: &Env, args: &str) -> String {
+    let cmd = format!(
+        "{} --config {} {args}",
+        env!("CARGO_BIN_EXE_foldertrack"),
+        e.work.join("foldertrack.toml").display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(&e.work)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("util-linux script runs the command on a pty");
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Mail is written by anyone: `activities show` and `quarantine show` put its subject, body
+/// and raw bytes on the admin's terminal, where an escape sequence could retitle the window,
+/// clear the screen or (on some terminals) type into the shell.
+#[test]
+fn show_escapes_terminal_control_sequences_from_mail_on_a_terminal() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "max_message_size = 2000\n");
+    let mut imap = e.imap("alice");
+    imap.create("INBOX/Tracked");
+    let evil = "\x1b]0;pwned\x07\x1b[2J";
+    let mut m = message(
+        "bob@acme.com",
+        "alice@example.com",
+        &format!("Hi {evil}"),
+        Some("<t1@x>"),
+    );
+    m.extend_from_slice(format!("body {evil} end\r\n\ttabbed\r\n").as_bytes());
+    imap.append("INBOX/Tracked", &m);
+    let mut big = message("bob@acme.com", "alice@example.com", "big", Some("<t2@x>"));
+    big.extend_from_slice(format!("{evil}\r\n").as_bytes());
+    big.extend(std::iter::repeat_n(b'x', 3000));
+    imap.append("INBOX/Tracked", &big);
+    e.ok(&["sync"]);
+    let shown = on_terminal(&e, "activities show 1");
+    assert!(shown.contains("Hi "), "{shown}");
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("\\x1b]0;pwned\\x07"),
+        "shown escaped: {shown:?}"
+    );
+    assert!(shown.contains("\ttabbed"), "tabs stay: {shown:?}");
+    let q = on_terminal(&e, "quarantine show 1");
+    assert!(q.contains("quarantined message 1"), "{q}");
+    assert!(!q.contains('\x1b') && !q.contains('\x07'), "{q:?}");
+    // Into a pipe or a file, the text is as it was.
+    let piped = e.ok(&["activities", "show", "1"]);
+    assert!(piped.contains(evil), "{piped:?}");
+}
