@@ -480,7 +480,7 @@ async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<Str
         .map_err(|e| e.to_string())?;
     let query = format!(
         "HEADER Message-ID {}",
-        crate::imap::quote(message_id.trim())
+        crate::imap::quote_checked(message_id.trim()).map_err(|e| e.to_string())?
     );
     let found = crate::imap::timed(&c.addr, "UID SEARCH", c.session.uid_search(&query))
         .await

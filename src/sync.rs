@@ -219,6 +219,17 @@ pub async fn plan(
 ) -> Result<Vec<Tracked>, SyncError> {
     let addr = conn.addr.clone();
     let all = folders::list(&mut conn.session, &addr).await?;
+    for f in &all {
+        if let Some(why) = &f.invalid {
+            store.add_alert(
+                &mb.name,
+                track::warning(format!(
+                    "folder `{}` on {addr} is not tracked: its name is {why}",
+                    f.name
+                )),
+            )?;
+        }
+    }
     let sent = folders::find_sent(&all, mb.sent_folder.as_deref()).map(|f| f.name.clone());
     if let Some(name) = &mb.sent_folder {
         if sent.is_none() {
