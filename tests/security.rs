@@ -568,3 +568,120 @@ fn show_escapes_terminal_control_sequences_from_mail_on_a_terminal() {
     let piped = e.ok(&["activities", "show", "1"]);
     assert!(piped.contains(evil), "{piped:?}");
 }
+
+/// One request line to the agent's control socket, as the agent's own user; the reply line
+/// (empty when the agent closed without one).
+fn control(e: &Env, request: &[u8]) -> String {
+    use std::io::BufRead;
+    let mut s = std::os::unix::net::UnixStream::connect(e.work.join("data/foldertrack.sock"))
+        .expect("connect to the control socket");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let _ = s.write_all(request);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    line
+}
+
+/// Another local user who can reach the socket (a data dir made 0755 by hand, or the instant
+/// before the old code's chmod) could read every activity and import records.
+#[test]
+fn control_socket_answers_only_the_agents_own_user() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "");
+    e.imap("alice").create("INBOX/Tracked");
+    let _agent = e.start_agent();
+    let data = e.work.join("data");
+    let sock = data.join("foldertrack.sock");
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Open the way on purpose: the check must not rest on file modes alone.
+    for p in [e.work.parent().unwrap(), &e.work, &data] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.settimeout(30)\ns.connect(sys.argv[1])\ns.sendall(b'{\"cmd\":\"status\",\"json\":true}\\n')\nprint(s.makefile().readline())";
+    let mut c = Command::new("python3");
+    c.args(["-c", script]).arg(&sock);
+    // SAFETY: setgid/setuid between fork and exec, to run the client as `nobody`.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!out.contains("mailboxes"), "nobody got the status: {out}");
+    let reply: serde_json::Value = serde_json::from_str(&out).expect("an answer");
+    assert!(reply["stderr"].as_str().unwrap().contains("uid"), "{reply}");
+    // The agent's own user still gets it.
+    let mine: serde_json::Value =
+        serde_json::from_str(&control(&e, b"{\"cmd\":\"status\",\"json\":true}\n")).unwrap();
+    assert_eq!(mine["code"], 0, "{mine}");
+}
+
+#[test]
+fn control_socket_bounds_requests_connections_and_idle_time() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "");
+    e.imap("alice").create("INBOX/Tracked");
+    let _agent = e.start_agent();
+    // 2 MiB of padding on a small command: refused, not buffered up to 256 MiB.
+    let mut big = b"{\"cmd\":\"records_list\",\"json\":true,\"pad\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 2 << 20));
+    big.extend_from_slice(b"\"}\n");
+    let r: serde_json::Value = serde_json::from_str(&control(&e, &big)).unwrap();
+    assert_eq!(r["code"], 2, "{r}");
+    assert!(r["stderr"].as_str().unwrap().contains("too large"), "{r}");
+    // A connection that sends nothing is closed.
+    let t = std::time::Instant::now();
+    assert_eq!(control(&e, b""), "", "closed without an answer");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "idle connection closed after {:?}",
+        t.elapsed()
+    );
+    // Idle connections past the bound: the next one is told the agent is busy.
+    let idle: Vec<_> = (0..8)
+        .map(|_| {
+            std::os::unix::net::UnixStream::connect(e.work.join("data/foldertrack.sock")).unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r: serde_json::Value =
+        serde_json::from_str(&control(&e, b"{\"cmd\":\"status\",\"json\":true}\n")).unwrap();
+    assert_eq!(r["code"], 1, "{r}");
+    assert!(r["stderr"].as_str().unwrap().contains("busy"), "{r}");
+    drop(idle);
+    wait_for("the socket to answer again", 10, || {
+        control(&e, b"{\"cmd\":\"status\",\"json\":true}\n").contains("\"code\":0")
+    });
+}
+
+/// `records add` and `records import` check every record; a request on the socket skipped
+/// those checks and stored whatever it carried.
+#[test]
+fn records_sent_to_the_agent_are_checked_like_records_add() {
+    let e = env();
+    e.write_config(&[("alice", "alice", TRACKED)], "");
+    e.imap("alice").create("INBOX/Tracked");
+    let _agent = e.start_agent();
+    let req = br#"{"cmd":"records_put","from":"x","records":[{"type":"account","key":"ok","name":"Ok","emails":["a@b.com"],"owner":null,"shared":false,"teams":[]},{"type":"Account","key":"bad key\n","name":"","emails":["not an email"],"owner":"team:x","shared":false,"teams":[]}]}
+"#;
+    let r: serde_json::Value = serde_json::from_str(&control(&e, req)).unwrap();
+    assert_eq!(r["code"], 2, "{r}");
+    assert!(
+        r["stderr"].as_str().unwrap().contains("not an email"),
+        "{r}"
+    );
+    assert!(
+        e.ok(&["records", "list"]).contains("no records"),
+        "all or nothing"
+    );
+}
