@@ -188,7 +188,7 @@ pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
         || h.ends_with(".localhost")
         || h == "ip6-localhost"
         || own_hostname().is_some_and(|n| n == h || n.split('.').next() == Some(h.as_str()))
-        || allowed.iter().any(|a| *a == h)
+        || allowed.contains(&h)
 }
 
 async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {

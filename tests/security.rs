@@ -318,8 +318,7 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         let value = rest
             .strip_prefix(' ')
             .ok_or_else(|| bad("no space before the value"))?;
-        if value.split(' ').count() > 2
-            || !(value.split(' ').next().unwrap().parse::<f64>().is_ok())
+        if value.split(' ').count() > 2 || value.split(' ').next().unwrap().parse::<f64>().is_err()
         {
             return Err(bad("bad value"));
         }
