@@ -112,6 +112,12 @@ pub struct MailboxState {
     pub outages: Vec<Outage>,
 }
 
+/// How many alerts a mailbox keeps (the most recently raised).
+pub const MAX_ALERTS: usize = 100;
+
+/// An alert not raised again for this many days is dropped.
+pub const ALERT_MAX_AGE_DAYS: i64 = 30;
+
 /// How many past outages a mailbox keeps.
 pub const MAX_OUTAGES: usize = 10;
 
@@ -781,6 +787,35 @@ impl Store {
         self.t.alerts.fetch_and_update(&key, |prev| {
             Some(enc(&StoredAlert::raise(prev, mailbox, &alert, &at)))
         })?;
+        self.prune_alerts(mailbox)
+    }
+
+    /// Alerts are keyed by their text, and much of that text comes from servers and senders
+    /// (an error message, a folder name): without a bound, a server that words each failure a
+    /// little differently grows the store for ever. A mailbox keeps its [`MAX_ALERTS`] most
+    /// recently raised alerts, none older than [`ALERT_MAX_AGE_DAYS`].
+    fn prune_alerts(&self, mailbox: &str) -> Result<()> {
+        let mut prefix = mailbox.as_bytes().to_vec();
+        prefix.push(0);
+        let oldest = crate::time::unix_now() - ALERT_MAX_AGE_DAYS * 86_400;
+        let mut kept = Vec::new();
+        for kv in self.t.alerts.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let at = serde_json::from_slice::<StoredAlert>(&v)
+                .map(|a| crate::time::parse_date(&a.at))
+                .unwrap_or(0);
+            if at < oldest {
+                self.t.alerts.remove(&k)?;
+            } else {
+                kept.push((at, k));
+            }
+        }
+        if kept.len() > MAX_ALERTS {
+            kept.sort();
+            for (_, k) in &kept[..kept.len() - MAX_ALERTS] {
+                self.t.alerts.remove(k)?;
+            }
+        }
         Ok(())
     }
 
@@ -1310,6 +1345,12 @@ impl Store {
                 })
             })
             .map_err(tx_err)?;
+        let raised_alerts = items
+            .iter()
+            .any(|i| matches!(i, BatchItem::Tracked(d) if !d.activity.alerts.is_empty()));
+        if raised_alerts {
+            self.prune_alerts(alerts_mailbox)?;
+        }
         self.flush()?;
         Ok(outcome)
     }
@@ -1743,5 +1784,70 @@ impl ActivityLookup for Store {
                 (a.id, addrs)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Alerts keyed by server text grew without bound.
+    #[test]
+    fn alerts_are_capped_per_mailbox_and_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let now = crate::time::unix_now();
+        let put = |mailbox: &str, message: String, secs_ago: i64| {
+            let at = crate::time::rfc3339_utc(now - secs_ago);
+            let a = StoredAlert {
+                at: at.clone(),
+                first_at: at,
+                count: 1,
+                mailbox: mailbox.into(),
+                alert: Alert {
+                    level: "warning".into(),
+                    message: message.clone(),
+                },
+            };
+            store
+                .t
+                .alerts
+                .insert(keys::alert(mailbox, &message), enc(&a))
+                .unwrap();
+        };
+        for i in 0..150 {
+            put("a", format!("server said {i}"), 60 * (i + 1));
+        }
+        put("a", "ancient".into(), 31 * 86_400);
+        for i in 0..5 {
+            put("b", format!("other {i}"), 31 * 86_400 + i);
+        }
+        store
+            .add_alert(
+                "a",
+                Alert {
+                    level: "error".into(),
+                    message: "newest".into(),
+                },
+            )
+            .unwrap();
+        let a: Vec<String> = store
+            .alerts(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.mailbox == "a")
+            .map(|x| x.alert.message)
+            .collect();
+        assert_eq!(a.len(), MAX_ALERTS);
+        assert_eq!(a[0], "newest");
+        assert!(a.contains(&"server said 0".to_string()));
+        assert!(!a.contains(&"server said 149".to_string()), "the oldest go");
+        assert!(!a.contains(&"ancient".to_string()), "over 30 days");
+        let b = store.alerts(1000).unwrap();
+        assert_eq!(
+            b.iter().filter(|x| x.mailbox == "b").count(),
+            5,
+            "other mailboxes untouched"
+        );
     }
 }
