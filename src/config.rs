@@ -250,6 +250,9 @@ pub struct MetricsSettings {
     /// carry in `Host`: a request naming any other host is a DNS-rebinding attempt from a web
     /// page, refused with 421. Lower case, without port.
     pub allowed_hosts: Vec<String>,
+    /// `/healthz` gives the server's error text and the IMAP user names in it (off: the reason
+    /// only; `status` always has the detail).
+    pub detail: bool,
 }
 
 /// When `/healthz` and `status` call a mailbox unhealthy.
@@ -312,6 +315,8 @@ struct RawMetrics {
     listen: Spanned<String>,
     #[serde(default)]
     allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    detail: bool,
 }
 
 #[derive(Deserialize)]
@@ -508,7 +513,10 @@ impl Config {
                 )
             })?),
         };
-        let mut metrics = MetricsSettings::default();
+        let mut metrics = MetricsSettings {
+            detail: raw.metrics.as_ref().is_some_and(|m| m.detail),
+            ..Default::default()
+        };
         for h in raw.metrics.iter().flat_map(|m| &m.allowed_hosts) {
             let name = h
                 .get_ref()

@@ -28,14 +28,22 @@ pub struct Shared {
 /// Unhealthy: a mailbox whose incoming side is disabled (permanent error, as Dynamics' mailbox
 /// status), a mailbox whose passes have failed for longer than `lag_threshold` (an open
 /// outage), or a folder behind the server for longer than `lag_threshold`.
+///
+/// The server's error text and the IMAP user names it holds are left out (a scraper needs the
+/// reason, not the detail) unless `[metrics] detail = true`; `status` always has them.
 pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<String> {
     let threshold = config.health.lag_threshold;
+    let detail = config.metrics.detail;
     let now = crate::time::unix_now();
     let mut out = Vec::new();
     for mb in &config.mailboxes {
         if let Some(l) = agent.live(&mb.name) {
             if l.state == "disabled" {
-                out.push(format!("mailbox {}: {}", mb.name, l.detail));
+                out.push(if detail {
+                    format!("mailbox {}: {}", mb.name, l.detail)
+                } else {
+                    format!("mailbox {}: incoming disabled after a permanent error (why: `foldertrack status`)", mb.name)
+                });
                 continue;
             }
         }
@@ -43,13 +51,17 @@ pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<Stri
             if let Some(o) = st.outages.last().filter(|o| o.to.is_none()) {
                 let since = now - crate::time::parse_date(&o.from);
                 if since > threshold.as_secs() as i64 {
+                    let why = if detail {
+                        format!(": {}", st.last_error.as_deref().unwrap_or(&o.error))
+                    } else {
+                        String::new()
+                    };
                     out.push(format!(
-                        "mailbox {}: failing since {} ({} s, over lag_threshold {} s): {}",
+                        "mailbox {}: failing since {} ({} s, over lag_threshold {} s){why}",
                         mb.name,
                         o.from,
                         since,
                         threshold.as_secs(),
-                        st.last_error.as_deref().unwrap_or(&o.error)
                     ));
                 }
             }
@@ -63,6 +75,14 @@ pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<Stri
         ));
     }
     out
+}
+
+/// A warning for a `[metrics] listen` address off loopback: the endpoint has no
+/// authentication, and anyone who reaches it learns the mailbox and folder names.
+pub fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!("[metrics] listen = \"{addr}\" is not a loopback address: /metrics and /healthz have no authentication, so anyone who can reach {addr} sees mailbox and folder names and health; keep it on 127.0.0.1 (or behind a firewall)")
+    })
 }
 
 /// Binds the endpoint.
@@ -293,4 +313,43 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_off_loopback_is_warned_about() {
+        assert!(exposure_warning("127.0.0.1:9898".parse().unwrap()).is_none());
+        assert!(exposure_warning("[::1]:9898".parse().unwrap()).is_none());
+        for a in ["0.0.0.0:9898", "[::]:9898", "192.0.2.7:9898"] {
+            let w = exposure_warning(a.parse().unwrap()).unwrap();
+            assert!(w.contains("no authentication"), "{w}");
+        }
+    }
+
+    #[test]
+    fn host_headers() {
+        let allowed = vec!["metrics.example.org".to_string()];
+        for ok in [
+            None,
+            Some("127.0.0.1:9898"),
+            Some("[::1]:9898"),
+            Some("[::1]"),
+            Some("localhost"),
+            Some("LocalHost.:9898"),
+            Some("metrics.example.org"),
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok:?}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9898",
+            "127.0.0.1.evil.example",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad), &allowed), "{bad}");
+        }
+    }
 }

@@ -92,6 +92,16 @@ pub async fn run(
             format!("cannot serve metrics on {addr} ([metrics] listen in the config): is another process using it?")
         })?;
         tracing::info!(%addr, "serving /metrics and /healthz");
+        if let Some(w) = crate::http::exposure_warning(addr) {
+            tracing::warn!("{w}");
+            let _ = store.add_alert(
+                crate::store::STORE_ALERTS,
+                crate::model::Alert {
+                    level: "warning".into(),
+                    message: w,
+                },
+            );
+        }
         tokio::spawn(crate::http::serve(
             l,
             crate::http::Shared {

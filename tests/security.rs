@@ -684,3 +684,42 @@ fn records_sent_to_the_agent_are_checked_like_records_add() {
         "all or nothing"
     );
 }
+
+/// `/healthz` is for a scraper, which need not learn IMAP user names or what the server said:
+/// the reason only, the detail with `[metrics] detail = true`.
+#[test]
+fn healthz_gives_reasons_without_user_names_or_server_text_unless_asked() {
+    let e = env();
+    let port = free_port();
+    e.write_config(
+        &[("sales", "alice", TRACKED)],
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    e.imap("alice").create("INBOX/Tracked");
+    e.break_last_password();
+    let agent = e.start_agent();
+    let mut body = String::new();
+    wait_for("the mailbox disabled", 30, || {
+        let (code, b) = http_get(port, "/healthz");
+        body = b;
+        code == 503 && body.contains("disabled")
+    });
+    assert!(body.contains("mailbox sales"), "{body}");
+    for secret in ["alice", "uthenticat", "127.0.0.1"] {
+        assert!(!body.contains(secret), "`{secret}` in /healthz: {body}");
+    }
+    let (_, metrics) = http_get(port, "/metrics");
+    assert!(!metrics.contains("alice"), "{metrics}");
+    // Asked for: the detail is there.
+    let cfg = e.work.join("foldertrack.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[metrics]\n", "[metrics]\ndetail = true\n");
+    std::fs::write(&cfg, text).unwrap();
+    agent.signal("HUP");
+    wait_for("the detail in /healthz", 30, || {
+        let (_, b) = http_get(port, "/healthz");
+        body = b;
+        body.contains("alice") && body.contains("uthenticat")
+    });
+}
