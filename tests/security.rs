@@ -723,3 +723,29 @@ fn healthz_gives_reasons_without_user_names_or_server_text_unless_asked() {
         body.contains("alice") && body.contains("uthenticat")
     });
 }
+
+/// The unit limits what a compromised agent can do: no core dumps (they would hold passwords
+/// and mail), bounded memory and tasks (a token_command fork bomb), no view of other
+/// processes, and TCP binds only on the metrics port. packaging.rs runs systemd-analyze verify.
+#[test]
+fn systemd_unit_confines_the_agent() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/foldertrack.service"),
+    )
+    .unwrap();
+    let has = |k: &str| unit.lines().any(|l| l.trim() == k);
+    for key in [
+        "LimitCORE=0",
+        "ProcSubset=pid",
+        "SocketBindAllow=tcp:9898",
+        "SocketBindDeny=any",
+    ] {
+        assert!(has(key), "the unit sets {key}");
+    }
+    for prefix in ["MemoryMax=", "TasksMax="] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(prefix) && l.len() > prefix.len()),
+            "the unit sets {prefix}"
+        );
+    }
+}
