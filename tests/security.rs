@@ -744,7 +744,8 @@ fn systemd_unit_confines_the_agent() {
     }
     for prefix in ["MemoryMax=", "TasksMax="] {
         assert!(
-            unit.lines().any(|l| l.starts_with(prefix) && l.len() > prefix.len()),
+            unit.lines()
+                .any(|l| l.starts_with(prefix) && l.len() > prefix.len()),
             "the unit sets {prefix}"
         );
     }
