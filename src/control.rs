@@ -152,6 +152,18 @@ async fn write_reply<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, reply: &Reply
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, wr.write_all(&out)).await;
 }
 
+/// Answers a connection that will not be served, after reading (and dropping) its request:
+/// a client writes its request before it reads, and closing first would give it a broken pipe
+/// instead of the reason.
+async fn refuse<R, W>(rd: &mut R, wr: &mut W, reply: Reply)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(IDLE_TIMEOUT, read_request(rd)).await;
+    write_reply(wr, &reply).await;
+}
+
 /// One connection: who, what, then the answer.
 async fn handle(
     stream: UnixStream,
@@ -162,7 +174,7 @@ async fn handle(
     let (mut rd, mut wr) = stream.into_split();
     if let Err(why) = peer_allowed(wr.as_ref()) {
         tracing::warn!("control socket: {why}");
-        write_reply(&mut wr, &refusal(2, why)).await;
+        refuse(&mut rd, &mut wr, refusal(2, why)).await;
         return;
     }
     let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut rd)).await {
@@ -196,6 +208,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -211,14 +224,17 @@ pub async fn serve(
             _ = cancel.cancelled() => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // One non-blocking write: an answer this small fits a fresh socket's buffer.
-            let mut out = serde_json::to_vec(&refusal(
-                1,
-                format!("the agent is busy ({MAX_CONNECTIONS} requests in progress); try again"),
-            ))
-            .unwrap_or_default();
-            out.push(b'\n');
-            let _ = stream.try_write(&out);
+            // Told so by a task of its own, itself bounded (past that, just closed).
+            if let Ok(busy) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _busy = busy;
+                    let (mut rd, mut wr) = stream.into_split();
+                    let why = format!(
+                        "the agent is busy ({MAX_CONNECTIONS} requests in progress); try again"
+                    );
+                    refuse(&mut rd, &mut wr, refusal(1, why)).await;
+                });
+            }
             continue;
         };
         let (config, store, agent) = (config.clone(), store.clone(), agent.clone());
