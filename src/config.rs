@@ -242,7 +242,20 @@ pub struct Config {
     pub command_timeout: std::time::Duration,
     /// Where `run` serves Prometheus `/metrics` and `/healthz` (`None`: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics: MetricsSettings,
     pub health: HealthSettings,
+}
+
+/// How the `/metrics` and `/healthz` endpoint answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSettings {
+    /// Host names (besides IP literals, `localhost` and this machine's name) that requests may
+    /// carry in `Host`: a request naming any other host is a DNS-rebinding attempt from a web
+    /// page, refused with 421. Lower case, without port.
+    pub allowed_hosts: Vec<String>,
+    /// `/healthz` gives the server's error text and the IMAP user names in it (off: the reason
+    /// only; `status` always has the detail).
+    pub detail: bool,
 }
 
 /// When `/healthz` and `status` call a mailbox unhealthy.
@@ -303,6 +316,10 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Spanned<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    detail: bool,
 }
 
 #[derive(Deserialize)]
@@ -499,6 +516,28 @@ impl Config {
                 )
             })?),
         };
+        let mut metrics = MetricsSettings {
+            detail: raw.metrics.as_ref().is_some_and(|m| m.detail),
+            ..Default::default()
+        };
+        for h in raw.metrics.iter().flat_map(|m| &m.allowed_hosts) {
+            let name = h
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if name.is_empty() || name.contains([':', '/', ' ', '[', ']']) {
+                return Err(loc.err(
+                    Some(h.span()),
+                    "metrics.allowed_hosts",
+                    format!(
+                        "`{}` is not a host name: write names only, without scheme or port (\"metrics.example.com\")",
+                        h.get_ref()
+                    ),
+                ));
+            }
+            metrics.allowed_hosts.push(name);
+        }
         let dh = HealthSettings::default();
         let health = match &raw.health {
             None => dh,
@@ -535,6 +574,7 @@ impl Config {
         }
         Ok(Config {
             metrics_listen,
+            metrics,
             health,
             command_timeout,
             path: path.to_path_buf(),

@@ -19,7 +19,8 @@ pub enum Format {
     /// One JSON object per line.
     #[default]
     Jsonl,
-    /// RFC 4180 CSV with a header row; lists are joined with `;`.
+    /// RFC 4180 CSV with a header row; lists are joined with `;`; cells a spreadsheet would run
+    /// as a formula get a `'` in front ([`neutralise`]).
     Csv,
 }
 
@@ -70,31 +71,9 @@ pub const ACTIVITY_COLUMNS: [&str; 19] = [
 /// The CSV header of `records export` (the long form `records import` reads).
 pub const RECORD_COLUMNS: [&str; 7] = ["type", "key", "name", "emails", "owner", "shared", "teams"];
 
-/// Checks `--since`: `YYYY-MM-DD`, or RFC 3339 with a time.
+/// Checks `--since` (`YYYY-MM-DD`, or RFC 3339 with a time): seconds since the epoch.
 pub fn check_since(s: &str) -> Result<i64, String> {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
-    let date_ok = b.len() >= 10
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10);
-    let time_ok = b.len() == 10
-        || (b.len() >= 19
-            && (b[10] == b'T' || b[10] == b' ')
-            && digits(11..13)
-            && b[13] == b':'
-            && digits(14..16)
-            && b[16] == b':'
-            && digits(17..19));
-    if !(date_ok && time_ok) {
-        return Err(format!(
-            "--since `{s}`: write a date as 2026-11-28 or a time as 2026-11-28T09:30:00Z"
-        ));
-    }
-    Ok(crate::store::parse_date(s))
+    crate::time::try_parse_date(s).map_err(|e| format!("--since: {e}"))
 }
 
 fn addresses(ps: &[Party]) -> String {
@@ -138,6 +117,32 @@ fn activity_row(a: &Activity) -> Vec<String> {
     ]
 }
 
+/// Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection"); tab
+/// and CR because some spreadsheets drop them and read what follows.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A CSV cell made safe to open in a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`,
+/// tab or CR, possibly after some `'`, gets one more `'` in front. Mail subjects, names and
+/// bodies come from anyone who can send mail; without this a subject `=HYPERLINK(...)` runs in
+/// the CRM admin's spreadsheet. [`restore`] is its exact inverse.
+pub fn neutralise(cell: &str) -> String {
+    if cell.trim_start_matches('\'').starts_with(FORMULA_START) {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
+/// Undoes [`neutralise`] (what `records import` does to a CSV cell): a cell of one or more `'`
+/// followed by `=`, `+`, `-`, `@`, tab or CR loses its first `'`. Any other cell is kept as it
+/// is, a lone `'plain` included, so only what export added is taken off.
+pub fn restore(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.trim_start_matches('\'').starts_with(FORMULA_START) => rest,
+        _ => cell,
+    }
+}
+
 /// Where rows go: a CSV writer (which quotes and buffers), or JSON lines straight to `out`.
 enum Sink<'a> {
     Csv(Box<csv::Writer<&'a mut dyn Write>>),
@@ -162,7 +167,7 @@ impl<'a> Sink<'a> {
         csv_row: impl FnOnce() -> Vec<String>,
     ) -> Result<()> {
         match self {
-            Sink::Csv(w) => w.write_record(csv_row())?,
+            Sink::Csv(w) => w.write_record(csv_row().iter().map(|c| neutralise(c)))?,
             Sink::Jsonl(out, buf) => {
                 buf.clear();
                 serde_json::to_writer(&mut *buf, value)?;
@@ -208,7 +213,7 @@ pub fn activities(
     let mut n = 0;
     for a in store.activities_iter() {
         let a = a?;
-        if since.is_some_and(|s| crate::store::parse_date(&a.tracked_at) < s) {
+        if since.is_some_and(|s| crate::time::parse_date(&a.tracked_at) < s) {
             continue;
         }
         if regarding.is_some() && a.regarding != regarding {
@@ -278,5 +283,73 @@ mod tests {
         assert!(check_since("yesterday").is_err());
         assert!(check_since("2026-11-28T9:30").is_err());
         assert!(check_since("2026-11-28").unwrap() < check_since("2026-11-28T00:00:01Z").unwrap());
+        assert!(check_since("2026-02-30").is_err(), "not a real date");
+    }
+
+    /// A spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (OWASP "CSV
+    /// injection"): such cells get a `'` in front, and `records import` takes exactly that `'`
+    /// off again, so records round-trip.
+    #[test]
+    fn csv_cells_that_spreadsheets_would_run_are_neutralised_and_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let rec = |key: &str, name: &str| crate::model::Record {
+            rtype: "account".into(),
+            key: key.into(),
+            name: name.into(),
+            emails: vec![],
+            owner: None,
+            shared: false,
+            teams: vec![],
+        };
+        let names = [
+            "=HYPERLINK(\"http://evil.example\",\"x\")",
+            "+1 555 0100",
+            "-5 %",
+            "@SUM(A1)",
+            "'=already quoted",
+            "''+twice",
+            "'plain quote",
+            "Acme",
+        ];
+        let recs: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| rec(&format!("k{i}"), n))
+            .collect();
+        store.put_records(&recs).unwrap();
+        let mut out = Vec::new();
+        records(&store, None, Format::Csv, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let cells: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
+        assert_eq!(
+            cells,
+            [
+                "'=HYPERLINK(\"http://evil.example\",\"x\")",
+                "'+1 555 0100",
+                "'-5 %",
+                "'@SUM(A1)",
+                "''=already quoted",
+                "'''+twice",
+                "'plain quote",
+                "Acme",
+            ]
+        );
+        let back = crate::records_io::parse_records("r.csv", &text, true).unwrap();
+        assert_eq!(back, recs, "records import reads back what was exported");
+        for (cell, safe) in [("\tx", "'\tx"), ("\rx", "'\rx"), ("", ""), ("a=b", "a=b")] {
+            assert_eq!(neutralise(cell), safe);
+            assert_eq!(restore(&neutralise(cell)), cell);
+        }
+    }
+
+    /// The hand-written parser dropped the offset of a time with fractional seconds.
+    #[test]
+    fn since_with_fractional_seconds_keeps_its_offset() {
+        assert_eq!(
+            check_since("2026-11-28T10:00:00.5+01:00").unwrap(),
+            check_since("2026-11-28T09:00:00Z").unwrap()
+        );
     }
 }

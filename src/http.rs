@@ -2,8 +2,9 @@
 //! and `GET /healthz` (200 `ok`, or 503 with one reason per line).
 //!
 //! A minimal HTTP/1.1 responder on tokio rather than a web framework: two read-only routes,
-//! one request per connection (`Connection: close`), requests bounded in size and time.
-//! It never serves anything but these two documents.
+//! one request per connection (`Connection: close`), requests bounded in size and time, at
+//! most [`MAX_CONNECTIONS`] at once, and only for this endpoint's own host names (DNS
+//! rebinding). It never serves anything but these two documents.
 
 use crate::config::Config;
 use crate::store::Store;
@@ -27,30 +28,40 @@ pub struct Shared {
 /// Unhealthy: a mailbox whose incoming side is disabled (permanent error, as Dynamics' mailbox
 /// status), a mailbox whose passes have failed for longer than `lag_threshold` (an open
 /// outage), or a folder behind the server for longer than `lag_threshold`.
+///
+/// The server's error text and the IMAP user names it holds are left out (a scraper needs the
+/// reason, not the detail) unless `[metrics] detail = true`; `status` always has them.
 pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<String> {
     let threshold = config.health.lag_threshold;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let detail = config.metrics.detail;
+    let now = crate::time::unix_now();
     let mut out = Vec::new();
     for mb in &config.mailboxes {
         if let Some(l) = agent.live(&mb.name) {
             if let crate::worker::WorkerState::Disabled { reason } = &l.state {
-                out.push(format!("mailbox {}: {reason}", mb.name));
+                out.push(if detail {
+                    format!("mailbox {}: {reason}", mb.name)
+                } else {
+                    format!("mailbox {}: incoming disabled after a permanent error (why: `foldertrack status`)", mb.name)
+                });
                 continue;
             }
         }
         if let Ok(st) = store.mailbox_state(&mb.name) {
             if let Some(o) = st.outages.last().filter(|o| o.to.is_none()) {
-                let since = now - crate::store::parse_date(&o.from);
+                let since = now - crate::time::parse_date(&o.from);
                 if since > threshold.as_secs() as i64 {
+                    let why = if detail {
+                        format!(": {}", st.last_error.as_deref().unwrap_or(&o.error))
+                    } else {
+                        String::new()
+                    };
                     out.push(format!(
-                        "mailbox {}: failing since {} ({} s, over lag_threshold {} s): {}",
+                        "mailbox {}: failing since {} ({} s, over lag_threshold {} s){why}",
                         mb.name,
                         o.from,
                         since,
                         threshold.as_secs(),
-                        st.last_error.as_deref().unwrap_or(&o.error)
                     ));
                 }
             }
@@ -66,6 +77,14 @@ pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<Stri
     out
 }
 
+/// A warning for a `[metrics] listen` address off loopback: the endpoint has no
+/// authentication, and anyone who reaches it learns the mailbox and folder names.
+pub fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!("[metrics] listen = \"{addr}\" is not a loopback address: /metrics and /healthz have no authentication, so anyone who can reach {addr} sees mailbox and folder names and health; keep it on 127.0.0.1 (or behind a firewall)")
+    })
+}
+
 /// Binds the endpoint.
 ///
 /// # Errors
@@ -74,8 +93,14 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// How many requests are served at once. A scraper needs one; the bound keeps a client that
+/// opens connections by the thousand from holding as many tasks and buffers.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Serves until `stop`.
 pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -88,8 +113,22 @@ pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToke
             },
             _ = stop.cancelled() => return,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the bound: a 503 from a task of its own, bounded in number and time too
+            // (past that, the connection is just closed). The request is read and dropped so
+            // that closing does not reset the connection before the client reads the answer.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _refusal = refusal;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), refuse(stream)).await;
+                });
+            }
+            tracing::debug!("metrics endpoint: over {MAX_CONNECTIONS} connections; refused one");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &shared))
                 .await
                 .unwrap_or_else(|_| Err(std::io::Error::other("timed out")))
@@ -98,6 +137,78 @@ pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToke
             }
         });
     }
+}
+
+/// Answers 503 to a connection over the bound.
+async fn refuse(mut stream: TcpStream) -> std::io::Result<()> {
+    let body = "too many connections; try again\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < 16 * 1024 {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok(())
+}
+
+/// The host part of a `Host` header value: without the port, brackets kept off IPv6.
+fn host_part(value: &str) -> &str {
+    let v = value.trim();
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match v.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => v,
+    }
+}
+
+/// This machine's host name, as `gethostname` gives it (lower case).
+fn own_hostname() -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+        let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if r != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        std::str::from_utf8(&buf[..end])
+            .ok()
+            .map(str::to_ascii_lowercase)
+            .filter(|n| !n.is_empty())
+    })
+    .as_deref()
+}
+
+/// Whether a request's `Host` may be answered. DNS rebinding gets a web page's own name
+/// (`evil.example`) to resolve to this endpoint, and the browser then sends that name: only
+/// names that really are this endpoint are answered. IP literals are (rebinding needs a name),
+/// and so are the loopback names, this machine's name and `[metrics] allowed_hosts`. A request
+/// without `Host` (HTTP/1.0) is not from a browser.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(value) = host else {
+        return true;
+    };
+    let h = host_part(value).trim_end_matches('.').to_ascii_lowercase();
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h == "ip6-localhost"
+        || own_hostname().is_some_and(|n| n == h || n.split('.').next() == Some(h.as_str()))
+        || allowed.contains(&h)
 }
 
 async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
@@ -119,6 +230,25 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", "only GET\n").await;
+    }
+    let host = head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("host").then_some(v.trim())
+    });
+    let allowed = shared
+        .config
+        .read()
+        .map(|c| c.metrics.allowed_hosts.clone())
+        .unwrap_or_default();
+    if !host_allowed(host, &allowed) {
+        tracing::debug!(host = ?host, "metrics endpoint: refused a request for another host");
+        return respond(
+            &mut stream,
+            421,
+            "text/plain",
+            "this endpoint does not serve that host name (add it to [metrics] allowed_hosts)\n",
+        )
+        .await;
     }
     match path {
         "/metrics" => {
@@ -171,6 +301,7 @@ async fn respond(
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
@@ -182,4 +313,43 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_off_loopback_is_warned_about() {
+        assert!(exposure_warning("127.0.0.1:9898".parse().unwrap()).is_none());
+        assert!(exposure_warning("[::1]:9898".parse().unwrap()).is_none());
+        for a in ["0.0.0.0:9898", "[::]:9898", "192.0.2.7:9898"] {
+            let w = exposure_warning(a.parse().unwrap()).unwrap();
+            assert!(w.contains("no authentication"), "{w}");
+        }
+    }
+
+    #[test]
+    fn host_headers() {
+        let allowed = vec!["metrics.example.org".to_string()];
+        for ok in [
+            None,
+            Some("127.0.0.1:9898"),
+            Some("[::1]:9898"),
+            Some("[::1]"),
+            Some("localhost"),
+            Some("LocalHost.:9898"),
+            Some("metrics.example.org"),
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok:?}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9898",
+            "127.0.0.1.evil.example",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad), &allowed), "{bad}");
+        }
+    }
 }

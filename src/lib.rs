@@ -22,6 +22,7 @@ pub mod smtp;
 pub mod store;
 pub mod supervisor;
 pub mod sync;
+pub mod time;
 pub mod track;
 pub mod watch;
 pub mod worker;

@@ -430,7 +430,19 @@ fn raise_fd_limit() {
     }
 }
 
+/// Everything foldertrack creates (the data dir, sled's files, blob packs, the control socket,
+/// the demo's files) is for its own user alone, whatever umask it was started with: the store
+/// holds every tracked mail. Set before any thread or file exists.
+fn private_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only sets this process's file creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() -> ExitCode {
+    private_umask();
     limit_malloc_arenas();
     raise_fd_limit();
     let cli = Cli::parse();
@@ -446,7 +458,14 @@ fn main() -> ExitCode {
         }
     };
     let reply = rt.block_on(run(cli));
-    print!("{}", reply.stdout);
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!(
+            "{}",
+            foldertrack::commands::show::escape_controls(&reply.stdout)
+        );
+    } else {
+        print!("{}", reply.stdout);
+    }
     if let Some(b64) = &reply.binary {
         use base64::Engine;
         use std::io::Write;

@@ -3,7 +3,9 @@
 //! The counters live in one process-wide [`Metrics`] (the sync code records into it whether or
 //! not anyone scrapes; an atomic add costs nothing next to an IMAP round trip), and `run` serves
 //! them when `[metrics] listen` is set ([`crate::http`]). prometheus-client was chosen for its
-//! small dependency tree and its OpenMetrics text encoder.
+//! small dependency tree and its OpenMetrics text encoder. It must be 0.25.2 or later: before,
+//! label values were written as they were, and a folder named `Acme "Ltd"` (or one with a
+//! newline, which a hostile server can send) broke every scrape or forged series.
 //!
 //! **Latency** (`foldertrack_tracking_latency_seconds`) is measured from the moment foldertrack
 //! *detected* new mail (the start of the pass that an IDLE/NOTIFY event, a poll or a wake-up
@@ -50,7 +52,13 @@ pub struct Metrics {
     quarantined: Gauge,
     outbox: Family<Labels, Gauge>,
     folders: Mutex<HashMap<(String, String), FolderLag>>,
+    /// When the store gauges were last read; held while they are read.
+    store_read_at: Mutex<Option<Instant>>,
 }
+
+/// How old the store gauges (`store_bytes`, `activities`, `quarantine_messages`,
+/// `outbox_messages`) may be when served: a scrape interval is usually 15 s or more.
+pub const STORE_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// Where a folder stands against the server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,6 +119,7 @@ impl Metrics {
             quarantined: Gauge::default(),
             outbox: Family::default(),
             folders: Mutex::new(HashMap::new()),
+            store_read_at: Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -270,19 +279,21 @@ impl Metrics {
         out
     }
 
-    /// The text exposition, with the store gauges read now.
+    /// The text exposition. The store gauges are read again when older than
+    /// [`STORE_MAX_AGE`].
     pub fn encode(&self, store: Option<&crate::store::Store>) -> String {
+        self.encode_within(store, STORE_MAX_AGE)
+    }
+
+    fn encode_within(&self, store: Option<&crate::store::Store>, max_age: Duration) -> String {
         if let Some(s) = store {
-            self.store_bytes.set(s.disk_usage() as i64);
-            self.activities.set(s.activity_count() as i64);
-            self.quarantined.set(s.quarantine_count() as i64);
-            // Every state of every mailbox seen, so a state that empties goes back to 0.
-            for (m, summary) in s.outbox_summary().unwrap_or_default() {
-                for st in crate::store::SendState::ALL {
-                    let n = summary.counts.get(&st).copied().unwrap_or(0);
-                    let mut l = mb(&m);
-                    l.push(("state", st.as_str().to_string()));
-                    self.outbox.get_or_create(&l).set(n as i64);
+            // One reader at a time: a scrape that finds another reading serves the values it
+            // has rather than queueing a second scan behind it (scrapes that time out do not
+            // cancel a scan in progress, so they must not start more).
+            if let Ok(mut read_at) = self.store_read_at.try_lock() {
+                if read_at.is_none_or(|t| t.elapsed() >= max_age) {
+                    self.read_store(s);
+                    *read_at = Some(Instant::now());
                 }
             }
         }
@@ -295,6 +306,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Reads the store gauges: counts of sled trees are full iterations, the outbox summary
+    /// decodes every entry.
+    fn read_store(&self, s: &crate::store::Store) {
+        self.store_bytes.set(s.disk_usage() as i64);
+        self.activities.set(s.activity_count() as i64);
+        self.quarantined.set(s.quarantine_count() as i64);
+        // Every state of every mailbox seen, so a state that empties goes back to 0.
+        for (m, summary) in s.outbox_summary().unwrap_or_default() {
+            for st in crate::store::SendState::ALL {
+                let n = summary.counts.get(&st).copied().unwrap_or(0);
+                let mut l = mb(&m);
+                l.push(("state", st.as_str().to_string()));
+                self.outbox.get_or_create(&l).set(n as i64);
+            }
+        }
     }
 }
 
@@ -332,5 +360,65 @@ mod tests {
         assert!(text.contains("foldertrack_watch_mode{mailbox=\"a\",mode=\"idle\"} 1"));
         assert!(text.contains("foldertrack_tracking_latency_seconds_count{mailbox=\"a\"} 2"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The store's counts are read at most once per [`STORE_MAX_AGE`], not at every scrape: a
+    /// count of a sled tree is a full iteration, and scrapes come from anyone on the network.
+    #[test]
+    fn store_counts_are_cached_between_scrapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1 << 20).unwrap();
+        let m = Metrics::new();
+        let quarantined = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("foldertrack_quarantine_messages "))
+                .map(str::to_string)
+        };
+        assert_eq!(quarantined(&m.encode(Some(&store))).as_deref(), Some("0"));
+        let source = crate::model::Source {
+            mailbox: "a".into(),
+            folder: "INBOX".into(),
+            uidvalidity: 1,
+            uid: 1,
+        };
+        let item = crate::store::BatchItem::Quarantined {
+            source,
+            reason: "test".into(),
+            raw: b"x".to_vec(),
+            size: 1,
+        };
+        let cp = crate::store::FolderState {
+            mailbox: "a".into(),
+            folder: "INBOX".into(),
+            ..Default::default()
+        };
+        store.commit_batch(&[item], &cp, "a").unwrap();
+        assert_eq!(
+            quarantined(&m.encode(Some(&store))).as_deref(),
+            Some("0"),
+            "read again within STORE_MAX_AGE"
+        );
+        assert_eq!(
+            quarantined(&m.encode_within(Some(&store), Duration::ZERO)).as_deref(),
+            Some("1"),
+            "read again once older"
+        );
+    }
+
+    /// Label values are escaped as the exposition format says: a folder name cannot end its
+    /// label, nor start a line of its own (a forged series).
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        let folder = "x\"} 1\nfoldertrack_activities 999\n\\";
+        m.messages("a", folder, "tracked", 1);
+        let text = m.encode(None);
+        assert!(
+            text.contains(
+                r#"foldertrack_messages_total{mailbox="a",folder="x\"} 1\nfoldertrack_activities 999\n\\",outcome="tracked"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\nfoldertrack_activities 999"), "{text}");
     }
 }

@@ -178,38 +178,123 @@ pub fn forget(key: &str) {
     }
 }
 
+/// Environment variables a token command keeps: what a shell and an OAuth2 tool need (locale,
+/// home and config dirs, systemd credentials, CA bundle, proxies). Everything else is dropped:
+/// the agent's environment holds every mailbox's `password_env`, which is not the command's
+/// business.
+const KEPT_ENV: [&str; 22] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_DATA_HOME",
+    "XDG_RUNTIME_DIR",
+    "CREDENTIALS_DIRECTORY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// Most a token command may print on stdout: a JWT access token is a few KiB.
+pub const MAX_OUTPUT: usize = 64 * 1024;
+
+/// Kills the command's whole process group (it leads one: `process_group(0)`), so a helper it
+/// started does not outlive it holding the pipe.
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+        // SAFETY: killpg only sends a signal; the group is the child's own (it is its leader).
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+}
+
 async fn run_command(
     command: &str,
     timeout: Duration,
 ) -> Result<(String, Option<Duration>), TokenError> {
+    use tokio::io::AsyncReadExt;
     let err = |message: String| TokenError::Command {
         command: command.to_string(),
         message,
     };
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(command)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| KEPT_ENV.contains(&k) || k.starts_with("LC_"))
+        }))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| err(format!("cannot start: {e}")))?;
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            err(format!(
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| err(format!("cannot start: {e}")))?;
+    let pid = child.id();
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        kill_group(pid);
+        return Err(err("cannot read its output".into()));
+    };
+    let work = async {
+        let out = async {
+            let mut buf = Vec::new();
+            (&mut stdout)
+                .take(MAX_OUTPUT as u64 + 1)
+                .read_to_end(&mut buf)
+                .await?;
+            if buf.len() > MAX_OUTPUT {
+                // Stop it now rather than read on until the timeout.
+                kill_group(pid);
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let errs = async {
+            // The first line is enough for the error message; the rest is drained.
+            let mut buf = Vec::new();
+            let _ = (&mut stderr).take(4096).read_to_end(&mut buf).await;
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+            buf
+        };
+        let (out, errs, status) = tokio::join!(out, errs, child.wait());
+        Ok::<_, std::io::Error>((out?, errs, status?))
+    };
+    let (out, errs, status) = match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r.map_err(|e| err(format!("failed: {e}")))?,
+        Err(_) => {
+            kill_group(pid);
+            return Err(err(format!(
                 "gave no token within {} s (token_timeout); it was killed",
                 timeout.as_secs()
-            ))
-        })?
-        .map_err(|e| err(format!("failed: {e}")))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+            )));
+        }
+    };
+    // Whatever it left behind goes with it.
+    kill_group(pid);
+    if out.len() > MAX_OUTPUT {
+        return Err(err(format!(
+            "printed more than {} KiB; a token is a few KiB (print only the token, or the JSON form)",
+            MAX_OUTPUT / 1024
+        )));
+    }
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&errs);
         let first = stderr.lines().next().unwrap_or("").trim();
         return Err(err(format!(
-            "exited with {}{}",
-            out.status,
+            "exited with {status}{}",
             if first.is_empty() {
                 String::new()
             } else {
@@ -217,8 +302,8 @@ async fn run_command(
             }
         )));
     }
-    let text = String::from_utf8(out.stdout)
-        .map_err(|_| err("printed something that is not UTF-8".into()))?;
+    let text =
+        String::from_utf8(out).map_err(|_| err("printed something that is not UTF-8".into()))?;
     parse_token(&text).map_err(err)
 }
 
@@ -293,5 +378,67 @@ mod tests {
         };
         let e = access_token("t3", &bad, false).await.unwrap_err();
         assert!(e.to_string().contains("oops"), "{e}");
+    }
+
+    /// The command ran with the agent's whole environment: every mailbox's `password_env`.
+    #[tokio::test]
+    async fn token_command_gets_a_clean_environment() {
+        std::env::set_var("FT_TEST_ALICE_IMAP_PASSWORD", "hunter2");
+        let src = TokenSource::Command {
+            command: r#"printf '%s.%s.%s' "${FT_TEST_ALICE_IMAP_PASSWORD:-none}" "${HOME:+home}" "${PATH:+path}""#.into(),
+            timeout: Duration::from_secs(10),
+        };
+        assert_eq!(
+            access_token("env", &src, true).await.unwrap(),
+            "none.home.path"
+        );
+    }
+
+    /// On timeout the whole process group goes, not only `sh`: a helper it started kept
+    /// running (and holding the pipe).
+    #[tokio::test]
+    async fn a_timed_out_command_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let src = TokenSource::Command {
+            command: format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
+            timeout: Duration::from_millis(500),
+        };
+        let e = access_token("pg", &src, true).await.unwrap_err();
+        assert!(e.to_string().contains("within"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = || {
+            // A zombie (no init to reap it in a container) is dead too.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone(), "the background sleep {pid} survived");
+    }
+
+    /// A command that prints without end is stopped at the bound, not read until the timeout.
+    #[tokio::test]
+    async fn token_command_output_is_bounded() {
+        let src = TokenSource::Command {
+            command: r#"yes "$(printf 'se%s' cret-out)""#.into(),
+            timeout: Duration::from_secs(20),
+        };
+        let t = Instant::now();
+        let e = access_token("big", &src, true).await.unwrap_err();
+        assert!(e.to_string().contains("64 KiB"), "{e}");
+        assert!(!e.to_string().contains("secret-out"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }

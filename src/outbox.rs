@@ -286,9 +286,7 @@ fn compose(
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::time::unix_now()
 }
 
 /// Backoff before attempt `attempts + 1`: `initial · 2^(attempts-1)` up to `max`, ±20 %.
@@ -352,7 +350,7 @@ async fn attempt_locked(
                 std::process::abort();
             }
             e.state = SendState::Sent;
-            e.sent_at = Some(crate::store::humantime_now());
+            e.sent_at = Some(crate::time::humantime_now());
             e.server_reply = Some(reply);
             e.last_error = None;
             store.put_outbox_entry(&e)?;
@@ -482,7 +480,7 @@ async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<Str
         .map_err(|e| e.to_string())?;
     let query = format!(
         "HEADER Message-ID {}",
-        crate::imap::quote(message_id.trim())
+        crate::imap::quote_checked(message_id.trim()).map_err(|e| e.to_string())?
     );
     let found = crate::imap::timed(&c.peer, "UID SEARCH", c.session.uid_search(&query))
         .await
@@ -510,7 +508,7 @@ async fn settle_interrupted(
             e.state = SendState::Sent;
             e.sent_copy = Some(folder.clone());
             e.server_reply = Some(format!("found in {folder} after a restart"));
-            e.sent_at.get_or_insert_with(crate::store::humantime_now);
+            e.sent_at.get_or_insert_with(crate::time::humantime_now);
             tracing::info!(activity = e.activity, %folder, "interrupted send found in Sent: marked sent");
         }
         Ok(None) => {

@@ -83,7 +83,13 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
                 )
             })?;
             let line = row.position().map_or(0, |p| p.line() as usize);
-            let f = |i: usize| row.get(i).map(str::trim).unwrap_or_default().to_string();
+            // `records export` put a `'` before cells a spreadsheet would run: take it off.
+            let f = |i: usize| {
+                row.get(i)
+                    .map(|c| crate::export::restore(c).trim())
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let emails = f(3)
                 .split(';')
                 .map(str::trim)
@@ -149,6 +155,32 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
         }
     }
     Ok(out.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Checks a record that arrived whole (over the control socket) as `records add` and
+/// `records import` check theirs: type and key, email addresses, owner; names and teams
+/// trimmed. The control socket is the agent's way in, so it trusts no more than the CLI does.
+///
+/// # Errors
+/// What is wrong with it, as `records import` would say.
+pub fn check_record(r: Record) -> Result<Record, String> {
+    let Record {
+        rtype,
+        key,
+        name,
+        emails,
+        owner,
+        shared,
+        teams,
+    } = r;
+    let mut rec = check(0, rtype, key, Some(name), emails, owner)?;
+    rec.shared = shared;
+    rec.teams = teams
+        .into_iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    Ok(rec)
 }
 
 fn check(

@@ -8,7 +8,7 @@
 use crate::config::{SmtpConfig, TlsMode};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
@@ -59,16 +59,32 @@ pub async fn transport(cfg: &SmtpConfig, refresh: bool) -> Result<Transport, Smt
         mode => {
             let mut params = TlsParameters::builder(cfg.host.clone());
             if let Some(path) = &cfg.ca_file {
+                // As on the IMAP side, ca_file *replaces* the public roots: a private CA is
+                // what the admin trusts for this server, and a public CA's certificate for the
+                // same name must not be taken instead. A file without a certificate is an
+                // error, not "no extra roots".
                 let pem = std::fs::read(path).map_err(|e| {
                     config_err(format!("cannot read ca_file {}: {e}", path.display()))
                 })?;
-                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                let n = rustls_pemfile::certs(&mut pem.as_slice())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| config_err(format!("ca_file {} is not PEM: {e}", path.display())))?
+                    .len();
+                if n == 0 {
+                    return Err(config_err(format!(
+                        "ca_file {} holds no certificate",
+                        path.display()
+                    )));
+                }
+                let certs = Certificate::from_pem(&pem).map_err(|e| {
                     config_err(format!(
                         "ca_file {} is not a PEM certificate: {e}",
                         path.display()
                     ))
                 })?;
-                params = params.add_root_certificate(cert);
+                params = params
+                    .certificate_store(CertificateStore::None)
+                    .add_root_certificate(certs);
             }
             let params = params
                 .build_rustls()
@@ -192,4 +208,38 @@ fn error_text(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(ca_file: &std::path::Path) -> SmtpConfig {
+        SmtpConfig {
+            host: "smtp.example.com".into(),
+            port: 465,
+            tls: TlsMode::Implicit,
+            ca_file: Some(ca_file.to_path_buf()),
+            user: None,
+            password: None,
+            oauth: None,
+            timeout: std::time::Duration::from_secs(5),
+            retry: Default::default(),
+        }
+    }
+
+    /// An empty (or certificate-less) ca_file was taken as "no extra roots": the public roots
+    /// alone, silently. The IMAP side refuses it; so does SMTP now.
+    #[tokio::test]
+    async fn a_ca_file_without_certificates_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [("empty.pem", ""), ("key.pem", "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n")] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let Err(e) = transport(&cfg(&p), false).await else {
+                panic!("{name} accepted")
+            };
+            assert!(e.to_string().contains("holds no certificate"), "{name}: {e}");
+        }
+    }
 }

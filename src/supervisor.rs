@@ -97,6 +97,16 @@ pub async fn run(
         // and this line is how an operator (or a test) learns which.
         let addr = l.local_addr().unwrap_or(addr);
         tracing::info!(%addr, "serving /metrics and /healthz");
+        if let Some(w) = crate::http::exposure_warning(addr) {
+            tracing::warn!("{w}");
+            let _ = store.add_alert(
+                crate::store::STORE_ALERTS,
+                crate::model::Alert {
+                    level: "warning".into(),
+                    message: w,
+                },
+            );
+        }
         tokio::spawn(crate::http::serve(
             l,
             crate::http::Shared {

@@ -138,7 +138,7 @@ pub async fn sync_all(
                 continue;
             }
         };
-        state.last_attempt = Some(crate::store::humantime_now());
+        state.last_attempt = Some(crate::time::humantime_now());
         let span = tracing::info_span!("mailbox", mailbox = %mb.name);
         let result = tracing::Instrument::instrument(
             async {
@@ -219,6 +219,17 @@ pub async fn plan(
 ) -> Result<Vec<Tracked>, SyncError> {
     let addr = conn.peer.clone();
     let all = folders::list(&mut conn.session, &addr).await?;
+    for f in &all {
+        if let Some(why) = &f.invalid {
+            store.add_alert(
+                &mb.name,
+                track::warning(format!(
+                    "folder `{}` on {addr} is not tracked: its name is {why}",
+                    f.name
+                )),
+            )?;
+        }
+    }
     let sent = folders::find_sent(&all, mb.sent_folder.as_deref()).map(|f| f.name.clone());
     if let Some(name) = &mb.sent_folder {
         if sent.is_none() {
@@ -586,7 +597,7 @@ pub async fn sync_folder(
         last_uid,
         uid_next: sel.uid_next,
         messages: sel.exists,
-        last_sync: Some(crate::store::humantime_now()),
+        last_sync: Some(crate::time::humantime_now()),
         rule: Some(t.rule.folder.clone()),
         regarding: regarding.clone(),
         synced_uid_next: prev

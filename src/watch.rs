@@ -188,7 +188,7 @@ impl MailboxWorker {
         self.auth_failures = 0;
         m.connected(&self.mb.name, true);
         self.live
-            .update(|l| l.connected_since = Some(crate::store::humantime_now()));
+            .update(|l| l.connected_since = Some(crate::time::humantime_now()));
         let idle = conn.has("IDLE") && self.mb.watch.idle;
         self.session = Some(Session {
             notify: idle && conn.has("NOTIFY"),
@@ -275,7 +275,7 @@ impl MailboxWorker {
             let report = result?;
             self.found |= report.created() > 0;
             self.live
-                .update(|l| l.last_pass = Some(crate::store::humantime_now()));
+                .update(|l| l.last_pass = Some(crate::time::humantime_now()));
             if cancel.is_cancelled() {
                 break;
             }
@@ -552,7 +552,18 @@ fn count_events(mut next: impl FnMut() -> Option<UnsolicitedResponse>) -> usize 
 /// watches them all; with `status`, to report their state now, too. `false` when the server
 /// refuses.
 async fn set_notify(conn: &mut Connected, names: &[String], status: bool) -> bool {
-    let list: Vec<String> = names.iter().map(|n| crate::imap::quote(n)).collect();
+    // A name with a control character cannot be sent quoted (and is never tracked: the folder
+    // listing refuses it); leave it out rather than send a broken command.
+    let list: Vec<String> = names
+        .iter()
+        .filter_map(|n| match crate::imap::quote_checked(n) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                tracing::warn!(error = %e, "folder left out of NOTIFY");
+                None
+            }
+        })
+        .collect();
     let cmd = format!(
         "NOTIFY SET{} (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
         if status { " STATUS" } else { "" },
@@ -584,7 +595,7 @@ fn record<T: sync::PassResult>(store: &Store, mb: &MailboxConfig, result: &Resul
             return;
         }
     };
-    state.last_attempt = Some(crate::store::humantime_now());
+    state.last_attempt = Some(crate::time::humantime_now());
     if let Err(e) = sync::record_result(store, &mut state, result) {
         tracing::error!(error = %e, "cannot record the mailbox state");
     }

@@ -97,12 +97,12 @@ impl WorkerState {
             WorkerState::Idle { detail, .. } => detail.clone(),
             WorkerState::Polling { next } => format!(
                 "next poll at {} (in {} s)",
-                crate::store::rfc3339_utc(*next),
+                crate::time::rfc3339_utc(*next),
                 (*next - unix_now()).max(0)
             ),
             WorkerState::BackingOff { until, error } => format!(
                 "next attempt at {} (in {} s) after: {error}",
-                crate::store::rfc3339_utc(*until),
+                crate::time::rfc3339_utc(*until),
                 (*until - unix_now()).max(0)
             ),
             WorkerState::Disabled { reason } => reason.clone(),
@@ -146,7 +146,7 @@ impl Serialize for LiveState {
             last_pass: &self.last_pass,
             connected_since: &self.connected_since,
             until: match &self.state {
-                WorkerState::BackingOff { until, .. } => Some(crate::store::rfc3339_utc(*until)),
+                WorkerState::BackingOff { until, .. } => Some(crate::time::rfc3339_utc(*until)),
                 _ => None,
             },
         }
@@ -278,12 +278,7 @@ impl Runner {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub use crate::time::unix_now;
 
 /// Exponential backoff with ±20 % jitter: 1 s doubling to `max`, reset after a success.
 #[derive(Debug, Clone)]

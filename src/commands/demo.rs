@@ -165,8 +165,16 @@ pub async fn run(dir: &Path, keep: bool) -> Result<String> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // The server lives under the temp dir: as root Dovecot's users must traverse every parent,
-    // which a home directory (mode 0700) does not allow.
-    let server_dir = std::env::temp_dir().join(format!("foldertrack-demo-{}", std::process::id()));
+    // which a home directory (mode 0700) does not allow. A fresh directory with a random name
+    // (mkdir, which fails on anything already there, mode 0700 until the sandbox opens it to
+    // Dovecot's users as 0755): a predictable name in a shared /tmp could be planted by
+    // another user, with symlinks that root would write through.
+    let server_tmp = tempfile::Builder::new()
+        .prefix("foldertrack-demo-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .context("creating the demo Dovecot's directory in the temp dir")?;
+    let server_dir = server_tmp.path().to_path_buf();
     let opts = SandboxOptions {
         users: vec![("alice".into(), PASSWORD.into())],
         ..Default::default()
@@ -185,9 +193,10 @@ pub async fn run(dir: &Path, keep: bool) -> Result<String> {
             server_dir.display()
         ));
         std::mem::forget(dovecot);
+        let _ = server_tmp.keep();
     } else {
         dovecot.stop().ok();
-        std::fs::remove_dir_all(&server_dir).ok();
+        drop(server_tmp);
         out.push_str("\nThe demo Dovecot was stopped (use --keep to leave it running and add mail yourself).\n");
     }
     Ok(out)

@@ -354,10 +354,27 @@ pub async fn execute(
             .into()),
             Err(e) => Err(e),
         },
-        Request::RecordsPut { records, from } => store
-            .put_records(&records)
-            .map(|()| format!("imported {} record(s) from {from}\n", records.len()))
-            .context("writing the records"),
+        Request::RecordsPut { records, from } => {
+            let mut checked = Vec::with_capacity(records.len());
+            for (i, r) in records.into_iter().enumerate() {
+                let which = format!("{}:{}", r.rtype, r.key);
+                match crate::records_io::check_record(r) {
+                    Ok(r) => checked.push(r),
+                    Err(m) => {
+                        return Reply::from_result(Err(UsageError(format!(
+                            "{from}: record {} ({}): {m}; nothing imported",
+                            i + 1,
+                            crate::imap::utf7::escape_raw(&which)
+                        ))
+                        .into()))
+                    }
+                }
+            }
+            store
+                .put_records(&checked)
+                .map(|()| format!("imported {} record(s) from {from}\n", checked.len()))
+                .context("writing the records")
+        }
         Request::RecordsList { rtype, json } => records_list(store, rtype.as_deref(), json),
         Request::RecordsShow { record, json } => records_show(store, &record, json),
         Request::ActivitiesList { regarding, json } => {

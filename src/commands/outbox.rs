@@ -62,7 +62,7 @@ fn describe(e: &OutboxEntry, agent: bool) -> String {
             "activity {} queued, not sent yet: {}; next attempt at {}{}\n",
             e.activity,
             e.last_error.as_deref().unwrap_or("waiting"),
-            crate::store::rfc3339_utc(e.next_attempt),
+            crate::time::rfc3339_utc(e.next_attempt),
             if agent {
                 " by the running agent"
             } else {
@@ -110,7 +110,7 @@ pub fn list(store: &Store, json: bool) -> Result<String> {
                         .unwrap_or_else(|| e.sent_at.clone().unwrap_or_default()),
                     SendState::Queued => format!(
                         "next {}{}",
-                        crate::store::rfc3339_utc(e.next_attempt),
+                        crate::time::rfc3339_utc(e.next_attempt),
                         e.last_error
                             .as_deref()
                             .map(|x| format!(" ({x})"))
@@ -197,7 +197,7 @@ pub fn show_lines(e: &OutboxEntry) -> String {
     if e.state == SendState::Queued {
         s.push_str(&format!(
             "  next try:   {}\n",
-            crate::store::rfc3339_utc(e.next_attempt)
+            crate::time::rfc3339_utc(e.next_attempt)
         ));
     }
     match (&e.sent_copy, &e.copy_error) {

@@ -6,6 +6,29 @@ use crate::store::{FolderState, MailboxState, Store, StoredAlert};
 use anyhow::Result;
 use serde::Serialize;
 
+/// Text for a terminal: mail is written by anyone, and an escape sequence in a subject or body
+/// (`ESC ]0;…BEL` retitles the window, `ESC [2J` clears the screen, some terminals answer
+/// queries into the shell's input) must reach the admin's terminal as visible text, not run.
+/// Every control character but newline and tab is shown as `\xNN` (C1 controls as `\u{NN}`);
+/// a CR right before a newline is dropped, as a terminal would show nothing of it anyway.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    let is_bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.contains(is_bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            c if is_bad(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn cut(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -339,7 +362,7 @@ fn derived_alerts(
             .as_ref()
             .or(health.first_success.as_ref());
         if let Some(t) = since {
-            let hours = (crate::store::parse_date(now) - crate::store::parse_date(t)) / 3600;
+            let hours = (crate::time::parse_date(now) - crate::time::parse_date(t)) / 3600;
             if hours * 3600 >= quiet {
                 out.push(alert(
                     "warning",
@@ -364,7 +387,7 @@ impl Status {
         let outboxes = store.outbox_summary()?;
         let stored_alerts = store.alerts(1000)?;
         let lags = crate::metrics::metrics().folder_lags();
-        let now = crate::store::humantime_now();
+        let now = crate::time::humantime_now();
         let mut mailboxes = Vec::new();
         for mb in &config.mailboxes {
             let mut health = store.mailbox_state(&mb.name)?;
@@ -387,7 +410,7 @@ impl Status {
                 Some(WorkerState::BackingOff { until, error }) => Incoming {
                     state: "backing off".into(),
                     reason: Some(error.clone()),
-                    until: Some(crate::store::rfc3339_utc(*until)),
+                    until: Some(crate::time::rfc3339_utc(*until)),
                 },
                 Some(_) => Incoming {
                     state: "enabled".into(),
@@ -467,6 +490,16 @@ impl Status {
             "data dir {} (schema {}); agent {}\n",
             self.data_dir, self.schema_version, self.agent
         );
+        for a in self
+            .alerts
+            .iter()
+            .filter(|a| a.mailbox == crate::store::STORE_ALERTS)
+        {
+            s.push_str(&format!(
+                "  {:<7} {} {}\n",
+                a.alert.level, a.at, a.alert.message
+            ));
+        }
         for m in &self.mailboxes {
             let incoming = match (&m.incoming.until, &m.incoming.reason) {
                 (Some(u), _) => format!("{} until {u}", m.incoming.state),
@@ -572,6 +605,15 @@ fn indent(t: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_run() {
+        assert_eq!(escape_controls("plain\n\ttab"), "plain\n\ttab");
+        assert_eq!(
+            escape_controls("a\x1b]0;t\x07b\r\nc\rd\0\u{9b}2J\x7f"),
+            "a\\x1b]0;t\\x07b\nc\\x0dd\\x00\\u{9b}2J\\x7f"
+        );
+    }
 
     #[test]
     fn quiet_mailbox_alert_after_quiet_hours_without_tracking() {

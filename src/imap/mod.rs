@@ -73,6 +73,9 @@ pub enum ImapError {
     },
     #[error("password for mailbox {mailbox}: {message}")]
     Password { mailbox: String, message: String },
+    /// A name or value with a control character, which an IMAP command cannot carry.
+    #[error("`{text}` holds the control character U+{char:04X}, which cannot be sent in an IMAP command; skipped")]
+    Unquotable { text: String, char: u32 },
     /// No OAuth2 access token (the command failed, the file is missing): retried with backoff,
     /// since the tool that refreshes tokens may just be slow or its provider down.
     #[error("OAuth2 token for mailbox {mailbox}: {source}")]
@@ -116,7 +119,44 @@ where
     }
 }
 
-/// Quotes an (already encoded) folder name as an IMAP quoted string.
+/// Quotes an (already encoded) folder name as an IMAP quoted string. It lets every character
+/// through: for text that came from a server or a sender, use [`quote_checked`].
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// [`quote`] for text foldertrack did not write itself (folder names from LIST, Message-IDs):
+/// an IMAP quoted string cannot hold CR, LF or NUL (RFC 3501 §4.3), and a server-sent name
+/// with CR LF in it would end the command and start one of the server's choosing. Every
+/// control character is refused; the caller skips that name with a warning.
+///
+/// # Errors
+/// [`ImapError::Unquotable`] when `text` holds a control character.
+pub fn quote_checked(text: &str) -> Result<String, ImapError> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(ImapError::Unquotable {
+            text: utf7::escape_raw(text),
+            char: c as u32,
+        }),
+        None => Ok(quote(text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_checked_refuses_control_characters() {
+        assert_eq!(quote_checked(r#"a "b" \ c"#).unwrap(), r#""a \"b\" \\ c""#);
+        assert_eq!(quote_checked("M&APw-ller").unwrap(), "\"M&APw-ller\"");
+        for bad in ["a\r\nA1 DELETE INBOX", "a\nb", "a\0b", "a\x1bb", "a\u{85}b"] {
+            let e = quote_checked(bad).unwrap_err();
+            assert!(matches!(e, ImapError::Unquotable { .. }), "{bad:?}");
+            assert!(
+                !e.to_string().contains('\n'),
+                "the error itself is one line: {e}"
+            );
+        }
+    }
 }

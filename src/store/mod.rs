@@ -112,6 +112,12 @@ pub struct MailboxState {
     pub outages: Vec<Outage>,
 }
 
+/// How many alerts a mailbox keeps (the most recently raised).
+pub const MAX_ALERTS: usize = 100;
+
+/// An alert not raised again for this many days is dropped.
+pub const ALERT_MAX_AGE_DAYS: i64 = 30;
+
 /// How many past outages a mailbox keeps.
 pub const MAX_OUTAGES: usize = 10;
 
@@ -298,37 +304,69 @@ struct Trees {
 }
 
 fn now() -> String {
-    humantime_now()
+    crate::time::humantime_now()
 }
 
-/// RFC 3339 UTC with seconds, from the system clock.
-pub fn humantime_now() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339_utc(d.as_secs() as i64)
+/// The "mailbox" of alerts about the store itself (the data dir's permissions): `status`
+/// shows them apart from any mailbox's.
+pub const STORE_ALERTS: &str = "";
+
+/// Creates `dir` (and missing parents) mode 0700 whatever the umask: the store holds every
+/// tracked mail, its attachments and the CRM records. An existing directory is left as the
+/// admin made it; its mode is returned when its group or others may read or enter it.
+fn private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o777;
+            Ok((mode & 0o077 != 0).then_some(mode))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            // DirBuilder's mode passes through the umask too; 0700 only loses bits to it, but a
+            // umask of 0077 and more must not leave the owner without access either.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, H. Hinnant).
-pub fn rfc3339_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// Options for a store file: created 0600 whatever the umask.
+fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Takes group and other access away from every file and directory below `dir` (not `dir`
+/// itself: see [`private_dir`]), without following symlinks. A few dozen entries: sled's files,
+/// the blob packs, the lock and the control socket.
+fn close_files(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let md = entry.metadata()?; // of the entry itself: a symlink is not followed
+            if md.file_type().is_symlink() {
+                continue;
+            }
+            if md.is_dir() {
+                todo.push(entry.path());
+            }
+            let mode = md.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                let fixed = if md.is_dir() { 0o700 } else { mode & 0o700 };
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(fixed))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -378,9 +416,9 @@ impl Store {
             dir: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        let open_mode = private_dir(dir).map_err(io)?;
         let lock_path = dir.join("foldertrack.lock");
-        let mut lock = std::fs::OpenOptions::new()
+        let mut lock = private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -446,6 +484,24 @@ impl Store {
             _lock: lock,
         };
         store.migrate()?;
+        // sled creates its files with the process umask: a library caller (or a store left by
+        // an older foldertrack) may have them open to others.
+        close_files(dir).map_err(io)?;
+        if let Some(mode) = open_mode {
+            let message = format!(
+                "data dir {} is readable by its group or others (mode {mode:o}): it holds every tracked mail; chmod 700 {}",
+                dir.display(),
+                dir.display()
+            );
+            tracing::warn!("{message}");
+            store.add_alert(
+                STORE_ALERTS,
+                Alert {
+                    level: "warning".into(),
+                    message,
+                },
+            )?;
+        }
         Ok(store)
     }
 
@@ -727,6 +783,35 @@ impl Store {
         self.t.alerts.fetch_and_update(&key, |prev| {
             Some(enc(&StoredAlert::raise(prev, mailbox, &alert, &at)))
         })?;
+        self.prune_alerts(mailbox)
+    }
+
+    /// Alerts are keyed by their text, and much of that text comes from servers and senders
+    /// (an error message, a folder name): without a bound, a server that words each failure a
+    /// little differently grows the store for ever. A mailbox keeps its [`MAX_ALERTS`] most
+    /// recently raised alerts, none older than [`ALERT_MAX_AGE_DAYS`].
+    fn prune_alerts(&self, mailbox: &str) -> Result<()> {
+        let mut prefix = mailbox.as_bytes().to_vec();
+        prefix.push(0);
+        let oldest = crate::time::unix_now() - ALERT_MAX_AGE_DAYS * 86_400;
+        let mut kept = Vec::new();
+        for kv in self.t.alerts.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let at = serde_json::from_slice::<StoredAlert>(&v)
+                .map(|a| crate::time::parse_date(&a.at))
+                .unwrap_or(0);
+            if at < oldest {
+                self.t.alerts.remove(&k)?;
+            } else {
+                kept.push((at, k));
+            }
+        }
+        if kept.len() > MAX_ALERTS {
+            kept.sort();
+            for (_, k) in &kept[..kept.len() - MAX_ALERTS] {
+                self.t.alerts.remove(k)?;
+            }
+        }
         Ok(())
     }
 
@@ -1088,14 +1173,14 @@ impl Store {
         }
         if pack.file.is_none() || pack.len > PACK_LIMIT {
             let dir = self.dir.join("blobs");
-            std::fs::create_dir_all(&dir).map_err(io)?;
+            private_dir(&dir).map_err(io)?;
             let n = self
                 .t
                 .meta
                 .get("next_pack")?
                 .map(|v| keys::u64_of(&v))
                 .unwrap_or(0);
-            let f = std::fs::OpenOptions::new()
+            let f = private_file()
                 .create(true)
                 .append(true)
                 .read(true)
@@ -1256,6 +1341,12 @@ impl Store {
                 })
             })
             .map_err(tx_err)?;
+        let raised_alerts = items
+            .iter()
+            .any(|i| matches!(i, BatchItem::Tracked(d) if !d.activity.alerts.is_empty()));
+        if raised_alerts {
+            self.prune_alerts(alerts_mailbox)?;
+        }
         self.flush()?;
         Ok(outcome)
     }
@@ -1445,39 +1536,9 @@ impl Lookups for Store {
 /// `a` was written no later than `b` (by Date; unknown dates do not rule a match out).
 fn not_after(a: &Activity, b: &Activity) -> bool {
     match (&a.date, &b.date) {
-        (Some(x), Some(y)) => parse_date(x) <= parse_date(y),
+        (Some(x), Some(y)) => crate::time::parse_date(x) <= crate::time::parse_date(y),
         _ => true,
     }
-}
-
-/// RFC 3339 (or a bare `YYYY-MM-DD`, midnight UTC) → seconds since the epoch, for comparing
-/// dates in different zones. Malformed parts count as 0: callers check the shape first.
-pub fn parse_date(s: &str) -> i64 {
-    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
-    let (y, mo, d, h, mi, se) = (n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19));
-    let days = {
-        let y = if mo <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-        era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-    };
-    let tz = s.get(19..).unwrap_or("");
-    let off = if tz.starts_with('+') || tz.starts_with('-') {
-        let sign = if tz.starts_with('-') { -1 } else { 1 };
-        sign * (tz
-            .get(1..3)
-            .and_then(|x| x.parse::<i64>().ok())
-            .unwrap_or(0)
-            * 3600
-            + tz.get(4..6)
-                .and_then(|x| x.parse::<i64>().ok())
-                .unwrap_or(0)
-                * 60)
-    } else {
-        0
-    };
-    days * 86_400 + h * 3600 + mi * 60 + se - off
 }
 
 /// Correlation in Dynamics' order (DESIGN §4.10): In-Reply-To, References (newest first),
@@ -1719,5 +1780,70 @@ impl ActivityLookup for Store {
                 (a.id, addrs)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Alerts keyed by server text grew without bound.
+    #[test]
+    fn alerts_are_capped_per_mailbox_and_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let now = crate::time::unix_now();
+        let put = |mailbox: &str, message: String, secs_ago: i64| {
+            let at = crate::time::rfc3339_utc(now - secs_ago);
+            let a = StoredAlert {
+                at: at.clone(),
+                first_at: at,
+                count: 1,
+                mailbox: mailbox.into(),
+                alert: Alert {
+                    level: "warning".into(),
+                    message: message.clone(),
+                },
+            };
+            store
+                .t
+                .alerts
+                .insert(keys::alert(mailbox, &message), enc(&a))
+                .unwrap();
+        };
+        for i in 0..150 {
+            put("a", format!("server said {i}"), 60 * (i + 1));
+        }
+        put("a", "ancient".into(), 31 * 86_400);
+        for i in 0..5 {
+            put("b", format!("other {i}"), 31 * 86_400 + i);
+        }
+        store
+            .add_alert(
+                "a",
+                Alert {
+                    level: "error".into(),
+                    message: "newest".into(),
+                },
+            )
+            .unwrap();
+        let a: Vec<String> = store
+            .alerts(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.mailbox == "a")
+            .map(|x| x.alert.message)
+            .collect();
+        assert_eq!(a.len(), MAX_ALERTS);
+        assert_eq!(a[0], "newest");
+        assert!(a.contains(&"server said 0".to_string()));
+        assert!(!a.contains(&"server said 149".to_string()), "the oldest go");
+        assert!(!a.contains(&"ancient".to_string()), "over 30 days");
+        let b = store.alerts(1000).unwrap();
+        assert_eq!(
+            b.iter().filter(|x| x.mailbox == "b").count(),
+            5,
+            "other mailboxes untouched"
+        );
     }
 }

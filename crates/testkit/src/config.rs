@@ -136,6 +136,12 @@ impl Mailbox {
         }
     }
 
+    /// Another mailbox name than the user's.
+    pub fn name(mut self, name: &str) -> Mailbox {
+        self.name = name.into();
+        self
+    }
+
     /// More mailbox settings, as TOML lines (`idle = false`, `track_other_mail = "replies"`, …).
     pub fn keys(mut self, toml: &str) -> Mailbox {
         self.keys.push_str(toml);
@@ -221,7 +227,8 @@ impl Mailbox {
 pub struct Config {
     data_dir: Option<String>,
     top: String,
-    metrics: bool,
+    /// `[metrics]` with these extra keys.
+    metrics: Option<String>,
     mailboxes: Vec<Mailbox>,
 }
 
@@ -248,8 +255,13 @@ impl Config {
 
     /// `[metrics] listen = "127.0.0.1:0"`: the agent picks a free port and logs it
     /// ([`crate::Agent::metrics_addr`]), so no test guesses a free port.
-    pub fn metrics(mut self) -> Config {
-        self.metrics = true;
+    pub fn metrics(self) -> Config {
+        self.metrics_with("")
+    }
+
+    /// [`Config::metrics`] with more `[metrics]` keys, as TOML lines.
+    pub fn metrics_with(mut self, toml: &str) -> Config {
+        self.metrics = Some(toml.to_string());
         self
     }
 
@@ -263,8 +275,12 @@ impl Config {
     pub fn render(&self) -> String {
         let dir = self.data_dir.as_deref().unwrap_or("data");
         let mut out = format!("data_dir = {}\n{}", toml_str(dir), self.top);
-        if self.metrics {
+        if let Some(keys) = &self.metrics {
             out.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+            out.push_str(keys);
+            if !keys.is_empty() && !keys.ends_with('\n') {
+                out.push('\n');
+            }
         }
         for m in &self.mailboxes {
             m.render(&mut out);
