@@ -11,20 +11,19 @@
 
 use crate::config::{Config, FetchLimits, MailboxConfig, Rule};
 use crate::imap::connect::Connected;
-use crate::imap::fetch::{self, Batch, RawMessage};
+use crate::imap::fetch::{Batch, RawMessage};
 use crate::imap::folders::{self, Folder};
-use crate::imap::{connect, timed, ImapError, ImapSession};
+use crate::imap::{connect, timed, ImapError};
 use crate::model::{Alert, Source};
 use crate::parse;
-use crate::store::{
-    BatchItem, BatchOutcome, FolderState, MailboxState, RuleBinding, Store, StoreError,
-};
+use crate::store::{BatchItem, BatchOutcome, MailboxState, RuleBinding, Store, StoreError};
 use crate::track::{self, rules, rules::RuleMatch, FolderContext};
 use serde::Serialize;
-use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+mod folder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -395,9 +394,13 @@ pub async fn pass_planned(
         // runs on that thread meanwhile (with 1,000 mailboxes, other mailboxes' lines).
         let span = tracing::info_span!("folder", mailbox = %mb.name, folder = %t.folder.name);
         let run = FolderRun { detected, progress };
-        let synced = sync_folder(&mut conn.session, &addr, mb, t, limits, store, cancel, &run)
-            .instrument(span.clone())
-            .await;
+        let synced = async {
+            folder::FolderSync::new(mb, t, limits, store, cancel, &run)?
+                .run(&mut conn.session, &addr)
+                .await
+        }
+        .instrument(span.clone())
+        .await;
         if let Some(p) = progress {
             p.folder_done(&mb.name, &t.folder.name);
         }
@@ -452,285 +455,6 @@ pub struct FolderRun<'a> {
     /// When the pass began (the latency metric's start).
     pub detected: std::time::Instant,
     pub progress: Option<&'a dyn Progress>,
-}
-
-/// Syncs one folder from its checkpoint; `None` when its STATUS shows nothing to do.
-#[allow(clippy::too_many_arguments)]
-pub async fn sync_folder(
-    session: &mut ImapSession,
-    addr: &crate::imap::Peer,
-    mb: &Arc<MailboxConfig>,
-    t: &Tracked,
-    limits: &FetchLimits,
-    store: &Arc<Store>,
-    cancel: Option<&CancellationToken>,
-    run: &FolderRun<'_>,
-) -> Result<Option<FolderReport>, SyncError> {
-    let metrics = crate::metrics::metrics();
-    let folder = &t.folder;
-    let prev = store.folder_state(&mb.name, &folder.name)?;
-    let regarding = folder_regarding(t, store);
-    let manual = store.manual_links_in(&mb.name, &folder.name)?;
-    if let Some(p) = &prev {
-        metrics.checkpoint(&mb.name, &folder.name, p.last_uid, p.synced_uid_next);
-        let st = timed(
-            addr,
-            "STATUS",
-            session.status(&folder.server_name, "(UIDNEXT UIDVALIDITY)"),
-        )
-        .await?;
-        if let Some(n) = st
-            .uid_next
-            .filter(|_| st.uid_validity == Some(p.uidvalidity))
-        {
-            metrics.server_uid_next(&mb.name, &folder.name, n);
-        }
-        let unchanged = st.uid_validity == Some(p.uidvalidity)
-            && st.uid_next == Some(p.synced_uid_next)
-            && p.synced_uid_next > 0;
-        if unchanged && p.regarding == regarding && manual.is_empty() {
-            return Ok(None);
-        }
-    }
-    let keyword = mb.crm.tracked_keyword.as_deref();
-    let sel = fetch::open(
-        session,
-        addr,
-        &folder.server_name,
-        &folder.name,
-        keyword.is_some(),
-    )
-    .await?;
-    metrics.server_uid_next(&mb.name, &folder.name, sel.uid_next);
-    if t.other.is_none() && !t.rule.folder.contains('*') {
-        store.put_rule_binding(
-            &mb.name,
-            &t.rule.folder,
-            &RuleBinding {
-                folder: folder.name.clone(),
-                uidvalidity: sel.uidvalidity,
-            },
-        )?;
-    }
-    let mut report = FolderReport {
-        folder: folder.name.clone(),
-        uidvalidity: sel.uidvalidity,
-        ..Default::default()
-    };
-    let start_after = match &prev {
-        Some(p) if p.uidvalidity == sel.uidvalidity => p.last_uid,
-        Some(p) => {
-            // A reset (or the folder was deleted and re-created under the same name): every UID
-            // may now name another message. Re-read the folder; dedup by Message-ID (or content
-            // hash) matches what was tracked, so nothing is doubled.
-            tracing::warn!(
-                old = p.uidvalidity,
-                new = sel.uidvalidity,
-                "UIDVALIDITY changed: re-reading the folder, matching by Message-ID"
-            );
-            store.add_alert(
-                &mb.name,
-                track::warning(format!(
-                    "folder `{}`: UIDVALIDITY changed from {} to {} (reset, or deleted and re-created); re-read it and matched tracked mail by Message-ID",
-                    folder.name, p.uidvalidity, sel.uidvalidity
-                )),
-            )?;
-            report.uidvalidity_reset = true;
-            0
-        }
-        None => 0,
-    };
-
-    // Rule changed, or regardings set by hand: re-link what is still in the folder.
-    let rule_changed = prev
-        .as_ref()
-        .is_some_and(|p| p.uidvalidity == sel.uidvalidity && p.regarding != regarding);
-    if (rule_changed && regarding.is_some()) || !manual.is_empty() {
-        let present: HashSet<u32> = if sel.exists == 0 {
-            HashSet::new()
-        } else {
-            timed(addr, "UID SEARCH ALL", session.uid_search("ALL")).await?
-        };
-        if rule_changed {
-            if let Some(r) = &regarding {
-                for uid in present.iter().filter(|u| **u <= start_after) {
-                    let src = Source {
-                        mailbox: mb.name.clone(),
-                        folder: folder.name.clone(),
-                        uidvalidity: sel.uidvalidity,
-                        uid: *uid,
-                    };
-                    if let Some(id) = store.activity_by_source(&src)? {
-                        if store
-                            .activity(id)?
-                            .is_some_and(|a| a.regarding.as_deref() != Some(r))
-                        {
-                            store.relink(id, Some(r))?;
-                            report.relinked_by_rule += 1;
-                        }
-                    }
-                }
-                tracing::info!(to = %r, relinked = report.relinked_by_rule, "folder rule's regarding changed: re-linked the messages still in the folder");
-            }
-        }
-        for (id, uid) in &manual {
-            // Dynamics resets a hand-set regarding to the folder's at the next sync; a folder
-            // without a regarding keeps it (DESIGN §4.4–4.5).
-            if let (Some(r), true) = (&regarding, present.contains(uid)) {
-                if store
-                    .activity(*id)?
-                    .is_some_and(|a| a.regarding.as_deref() != Some(r))
-                {
-                    store.relink(*id, Some(r))?;
-                    report.relinked_by_rule += 1;
-                }
-            }
-            store.clear_manual_link(*id)?;
-        }
-        store.flush()?;
-    }
-
-    let checkpoint = |last_uid: u32| FolderState {
-        mailbox: mb.name.clone(),
-        folder: folder.name.clone(),
-        uidvalidity: sel.uidvalidity,
-        last_uid,
-        uid_next: sel.uid_next,
-        messages: sel.exists,
-        last_sync: Some(crate::time::humantime_now()),
-        rule: Some(t.rule.folder.clone()),
-        regarding: regarding.clone(),
-        synced_uid_next: prev
-            .as_ref()
-            .filter(|p| p.uidvalidity == sel.uidvalidity)
-            .map_or(0, |p| p.synced_uid_next),
-    };
-    let uids = fetch::new_uids(session, addr, start_after, sel.exists).await?;
-    report.new_messages = uids.len();
-    let batches = fetch::plan_batches(&uids, limits);
-    if batches.is_empty() {
-        store.put_folder_state(&FolderState {
-            synced_uid_next: sel.uid_next,
-            ..checkpoint(start_after)
-        })?;
-        store.flush()?;
-        metrics.checkpoint(&mb.name, &folder.name, start_after, sel.uid_next);
-        return Ok(Some(report));
-    }
-    if let Some(p) = run.progress {
-        p.folder_started(&mb.name, &folder.name, uids.len() as u64);
-    }
-    let last_of_all = batches
-        .last()
-        .map_or(start_after, |b| b.last_uid().max(start_after));
-
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Batch, Vec<RawMessage>)>(1);
-    let reader = &mut *session;
-    let producer = async move {
-        for b in batches {
-            if cancel.is_some_and(|c| c.is_cancelled()) {
-                break; // shutting down: what was fetched is committed, the rest waits
-            }
-            let msgs = fetch::fetch_batch(reader, addr, &b).await?;
-            if tx.send((b, msgs)).await.is_err() {
-                break; // the consumer failed; its error is the one reported
-            }
-        }
-        Ok::<_, SyncError>(())
-    };
-    let consumer = async {
-        let mut total = BatchOutcome::default();
-        let mut tracked_uids = Vec::new();
-        let mut created_ids = Vec::new();
-        // Batch n is committed (one thread, sled) while batch n+1 is parsed (every core):
-        // commits stay in order, one at a time, and parsing only reads the store.
-        let mut committing: Option<tokio::task::JoinHandle<_>> = None;
-        let (m, f) = (&mb.name, &folder.name);
-        let mut finish = |done: Result<crate::store::Committed, StoreError>, last: u32, n: u64| {
-            if done.is_err() {
-                metrics.messages(m, f, "failed", n);
-            }
-            let crate::store::Committed {
-                outcome: out,
-                tracked_uids: uids,
-                created,
-            } = done?;
-            tracked_uids.extend(uids);
-            created_ids.extend(created.iter().map(|a| a.id));
-            metrics.messages(m, f, "tracked", out.created.into());
-            metrics.messages(m, f, "merged", out.merged.into());
-            metrics.messages(m, f, "replayed", out.replayed.into());
-            metrics.messages(m, f, "quarantined", out.quarantined.into());
-            metrics.messages(m, f, "skipped", out.skipped.into());
-            metrics.latency(
-                m,
-                run.detected.elapsed().as_secs_f64(),
-                out.created + out.merged,
-            );
-            metrics.checkpoint(m, f, last, 0);
-            if let Some(p) = run.progress {
-                p.advanced(m, f, n);
-            }
-            tracing::debug!(
-                mailbox = %mb.name,
-                last_uid = last,
-                created = out.created,
-                merged = out.merged,
-                quarantined = out.quarantined,
-                "batch committed"
-            );
-            total += out;
-            Ok::<_, SyncError>(())
-        };
-        let worker = |e: tokio::task::JoinError| SyncError::Worker(e.to_string());
-        while let Some((batch, msgs)) = rx.recv().await {
-            let last = batch.last_uid().max(start_after);
-            let cp = checkpoint(last);
-            let (mb2, store2, t2) = (mb.clone(), store.clone(), t.clone());
-            let uidvalidity = sel.uidvalidity;
-            let n = msgs.len() as u64;
-            let items = tokio::task::spawn_blocking(move || {
-                process_batch(&mb2, &t2, uidvalidity, &batch, msgs, &store2)
-            })
-            .await
-            .map_err(worker)?;
-            if let Some(h) = committing.take() {
-                let (done, l, k) = h.await.map_err(worker)?;
-                finish(done, l, k)?;
-            }
-            let (mb2, store2) = (mb.clone(), store.clone());
-            committing = Some(tokio::task::spawn_blocking(move || {
-                (store2.commit_batch(&items, &cp, &mb2.name), last, n)
-            }));
-        }
-        if let Some(h) = committing.take() {
-            let (done, l, k) = h.await.map_err(worker)?;
-            finish(done, l, k)?;
-        }
-        Ok::<_, SyncError>((total, tracked_uids, created_ids))
-    };
-    let ((), (total, tracked_uids, created_ids)) = tokio::try_join!(producer, consumer)?;
-    report.outcome = total;
-    report.created = created_ids;
-    // Write-back (after the commit: a keyword never claims what the store does not hold).
-    if let (Some(k), true, false) = (keyword, sel.keywords, tracked_uids.is_empty()) {
-        if let Err(e) = fetch::store_keyword(session, addr, &tracked_uids, k).await {
-            tracing::warn!(error = %e, "could not set the {k} keyword; tracking is unaffected");
-        }
-    }
-    if store
-        .folder_state(&mb.name, &folder.name)?
-        .is_some_and(|st| st.last_uid >= last_of_all)
-    {
-        // Every batch is in: from now on an unchanged STATUS means nothing to do.
-        store.put_folder_state(&FolderState {
-            synced_uid_next: sel.uid_next,
-            ..checkpoint(last_of_all)
-        })?;
-        store.flush()?;
-        metrics.checkpoint(&mb.name, &folder.name, last_of_all, sel.uid_next);
-    }
-    Ok(Some(report))
 }
 
 /// Parses and tracks one message; a parser panic quarantines it instead of killing the sync.

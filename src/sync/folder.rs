@@ -1,0 +1,418 @@
+//! One folder's sync from its checkpoint (DESIGN §3), as a [`FolderSync`] whose steps are
+//! methods in the order they run: the unchanged check (STATUS against the checkpoint), open
+//! (EXAMINE or SELECT, the rule binding), the start UID (a changed UIDVALIDITY re-reads the
+//! folder), re-links (a changed rule, regardings set by hand), the fetch/commit pipeline, the
+//! `$Tracked` write-back, and the final checkpoint.
+//!
+//! The pipeline overlaps I/O and CPU: while batch *n* is parsed and committed on blocking
+//! workers, batch *n+1* is read from the server, so memory stays bounded by a few batches.
+
+use super::{process_batch, FolderReport, FolderRun, SyncError, Tracked};
+use crate::config::{FetchLimits, MailboxConfig};
+use crate::imap::fetch::{self, Batch, RawMessage, Selected};
+use crate::imap::{timed, ImapSession, Peer};
+use crate::model::Source;
+use crate::store::{BatchOutcome, Committed, FolderState, RuleBinding, Store, StoreError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything one folder's sync reads, and what it found in the store before it began.
+pub(crate) struct FolderSync<'a> {
+    pub mb: &'a Arc<MailboxConfig>,
+    pub t: &'a Tracked,
+    pub limits: &'a FetchLimits,
+    pub store: &'a Arc<Store>,
+    /// Checked between batches: a cancelled sync commits the batch in hand and stops.
+    pub cancel: Option<&'a CancellationToken>,
+    pub run: &'a FolderRun<'a>,
+    /// The checkpoint before this sync.
+    prev: Option<FolderState>,
+    /// The regarding the folder's rule gives now.
+    regarding: Option<String>,
+    /// Activities of this folder whose regarding was set by hand: (activity id, UID).
+    manual: Vec<(u64, u32)>,
+}
+
+/// What the fetch/commit pipeline committed.
+#[derive(Default)]
+struct Committing {
+    total: BatchOutcome,
+    tracked_uids: Vec<u32>,
+    created: Vec<u64>,
+}
+
+impl<'a> FolderSync<'a> {
+    /// Reads the folder's checkpoint, the rule's regarding and the hand-set links.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub fn new(
+        mb: &'a Arc<MailboxConfig>,
+        t: &'a Tracked,
+        limits: &'a FetchLimits,
+        store: &'a Arc<Store>,
+        cancel: Option<&'a CancellationToken>,
+        run: &'a FolderRun<'a>,
+    ) -> Result<FolderSync<'a>, SyncError> {
+        Ok(FolderSync {
+            prev: store.folder_state(&mb.name, &t.folder.name)?,
+            regarding: super::folder_regarding(t, store),
+            manual: store.manual_links_in(&mb.name, &t.folder.name)?,
+            mb,
+            t,
+            limits,
+            store,
+            cancel,
+            run,
+        })
+    }
+
+    /// Syncs the folder; `None` when its STATUS shows nothing to do.
+    ///
+    /// # Errors
+    /// IMAP errors (the caller drops the session) and store errors; what was committed stays.
+    pub async fn run(
+        self,
+        session: &mut ImapSession,
+        peer: &Peer,
+    ) -> Result<Option<FolderReport>, SyncError> {
+        if self.unchanged(session, peer).await? {
+            return Ok(None);
+        }
+        let sel = self.open(session, peer).await?;
+        let mut report = FolderReport {
+            folder: self.t.folder.name.clone(),
+            uidvalidity: sel.uidvalidity,
+            ..Default::default()
+        };
+        let start_after = self.start_uid(&sel, &mut report)?;
+        report.relinked_by_rule = self.relink(session, peer, &sel, start_after).await?;
+        let uids = fetch::new_uids(session, peer, start_after, sel.exists).await?;
+        report.new_messages = uids.len();
+        let batches = fetch::plan_batches(&uids, self.limits);
+        let last_of_all = batches
+            .last()
+            .map_or(start_after, |b| b.last_uid().max(start_after));
+        let fetched = !batches.is_empty();
+        if fetched {
+            if let Some(p) = self.run.progress {
+                p.folder_started(&self.mb.name, &self.t.folder.name, uids.len() as u64);
+            }
+            let done = self
+                .pipeline(session, peer, &sel, start_after, batches)
+                .await?;
+            self.write_back(session, peer, &sel, &done.tracked_uids)
+                .await;
+            report.outcome = done.total;
+            report.created = done.created;
+        }
+        self.complete(&sel, last_of_all, fetched)?;
+        Ok(Some(report))
+    }
+
+    /// STATUS against the checkpoint: the same UIDVALIDITY and UIDNEXT (and no rule change, no
+    /// hand-set link to reset) means nothing arrived and the folder need not be opened.
+    async fn unchanged(&self, session: &mut ImapSession, peer: &Peer) -> Result<bool, SyncError> {
+        let Some(p) = &self.prev else {
+            return Ok(false);
+        };
+        let (m, f) = (&self.mb.name, &self.t.folder.name);
+        let metrics = crate::metrics::metrics();
+        metrics.checkpoint(m, f, p.last_uid, p.synced_uid_next);
+        let st = timed(
+            peer,
+            "STATUS",
+            session.status(&self.t.folder.server_name, "(UIDNEXT UIDVALIDITY)"),
+        )
+        .await?;
+        if let Some(n) = st
+            .uid_next
+            .filter(|_| st.uid_validity == Some(p.uidvalidity))
+        {
+            metrics.server_uid_next(m, f, n);
+        }
+        let same = st.uid_validity == Some(p.uidvalidity)
+            && st.uid_next == Some(p.synced_uid_next)
+            && p.synced_uid_next > 0;
+        Ok(same && p.regarding == self.regarding && self.manual.is_empty())
+    }
+
+    /// EXAMINE (or SELECT, to write the keyword back), and bind an exact rule to the folder's
+    /// identity so a rename keeps it tracked.
+    async fn open(&self, session: &mut ImapSession, peer: &Peer) -> Result<Selected, SyncError> {
+        let (mb, t) = (self.mb, self.t);
+        let write = mb.crm.tracked_keyword.is_some();
+        let sel = fetch::open(session, peer, &t.folder.server_name, &t.folder.name, write).await?;
+        crate::metrics::metrics().server_uid_next(&mb.name, &t.folder.name, sel.uid_next);
+        if t.other.is_none() && !t.rule.folder.contains('*') {
+            self.store.put_rule_binding(
+                &mb.name,
+                &t.rule.folder,
+                &RuleBinding {
+                    folder: t.folder.name.clone(),
+                    uidvalidity: sel.uidvalidity,
+                },
+            )?;
+        }
+        Ok(sel)
+    }
+
+    /// The UID to fetch after: the checkpoint's, or 0 when UIDVALIDITY changed (a reset, or the
+    /// folder deleted and re-created under the same name: every UID may now name another
+    /// message, so the folder is re-read and dedup by Message-ID matches what was tracked).
+    fn start_uid(&self, sel: &Selected, report: &mut FolderReport) -> Result<u32, SyncError> {
+        match &self.prev {
+            Some(p) if p.uidvalidity == sel.uidvalidity => Ok(p.last_uid),
+            Some(p) => {
+                tracing::warn!(
+                    old = p.uidvalidity,
+                    new = sel.uidvalidity,
+                    "UIDVALIDITY changed: re-reading the folder, matching by Message-ID"
+                );
+                self.store.add_alert(
+                    &self.mb.name,
+                    crate::track::warning(format!(
+                        "folder `{}`: UIDVALIDITY changed from {} to {} (reset, or deleted and re-created); re-read it and matched tracked mail by Message-ID",
+                        self.t.folder.name, p.uidvalidity, sel.uidvalidity
+                    )),
+                )?;
+                report.uidvalidity_reset = true;
+                Ok(0)
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// A changed rule re-links the messages still in the folder; a regarding set by hand is
+    /// reset to the folder's (Dynamics does both, DESIGN §4.4–4.6). Returns how many moved.
+    async fn relink(
+        &self,
+        session: &mut ImapSession,
+        peer: &Peer,
+        sel: &Selected,
+        start_after: u32,
+    ) -> Result<u32, SyncError> {
+        let rule_changed = self
+            .prev
+            .as_ref()
+            .is_some_and(|p| p.uidvalidity == sel.uidvalidity && p.regarding != self.regarding);
+        if !(rule_changed && self.regarding.is_some()) && self.manual.is_empty() {
+            return Ok(0);
+        }
+        let present: HashSet<u32> = if sel.exists == 0 {
+            HashSet::new()
+        } else {
+            timed(peer, "UID SEARCH ALL", session.uid_search("ALL")).await?
+        };
+        let mut n = 0;
+        if let (true, Some(r)) = (rule_changed, &self.regarding) {
+            for uid in present.iter().filter(|u| **u <= start_after) {
+                let src = Source {
+                    mailbox: self.mb.name.clone(),
+                    folder: self.t.folder.name.clone(),
+                    uidvalidity: sel.uidvalidity,
+                    uid: *uid,
+                };
+                if let Some(id) = self.store.activity_by_source(&src)? {
+                    n += self.relink_one(id, r)? as u32;
+                }
+            }
+            tracing::info!(to = %r, relinked = n, "folder rule's regarding changed: re-linked the messages still in the folder");
+        }
+        for (id, uid) in &self.manual {
+            // A folder without a regarding keeps the hand-set one (DESIGN §4.4–4.5).
+            if let (Some(r), true) = (&self.regarding, present.contains(uid)) {
+                n += self.relink_one(*id, r)? as u32;
+            }
+            self.store.clear_manual_link(*id)?;
+        }
+        self.store.flush()?;
+        Ok(n)
+    }
+
+    /// Links activity `id` to `regarding` unless it already is; whether it moved.
+    fn relink_one(&self, id: u64, regarding: &str) -> Result<bool, StoreError> {
+        let moved = self
+            .store
+            .activity(id)?
+            .is_some_and(|a| a.regarding.as_deref() != Some(regarding));
+        if moved {
+            self.store.relink(id, Some(regarding))?;
+        }
+        Ok(moved)
+    }
+
+    /// The checkpoint after `last_uid` (its `synced_uid_next` is the previous one until every
+    /// batch is in: see [`FolderSync::complete`]).
+    fn checkpoint(&self, sel: &Selected, last_uid: u32) -> FolderState {
+        FolderState {
+            mailbox: self.mb.name.clone(),
+            folder: self.t.folder.name.clone(),
+            uidvalidity: sel.uidvalidity,
+            last_uid,
+            uid_next: sel.uid_next,
+            messages: sel.exists,
+            last_sync: Some(crate::time::humantime_now()),
+            rule: Some(self.t.rule.folder.clone()),
+            regarding: self.regarding.clone(),
+            synced_uid_next: self
+                .prev
+                .as_ref()
+                .filter(|p| p.uidvalidity == sel.uidvalidity)
+                .map_or(0, |p| p.synced_uid_next),
+        }
+    }
+
+    /// Fetches the batches (producer) while parsing and committing the previous ones
+    /// (consumer); at most one batch waits between them.
+    async fn pipeline(
+        &self,
+        session: &mut ImapSession,
+        peer: &Peer,
+        sel: &Selected,
+        start_after: u32,
+        batches: Vec<Batch>,
+    ) -> Result<Committing, SyncError> {
+        let (tx, rx) = mpsc::channel::<(Batch, Vec<RawMessage>)>(1);
+        let cancel = self.cancel;
+        let producer = async move {
+            for b in batches {
+                if cancel.is_some_and(|c| c.is_cancelled()) {
+                    break; // shutting down: what was fetched is committed, the rest waits
+                }
+                let msgs = fetch::fetch_batch(session, peer, &b).await?;
+                if tx.send((b, msgs)).await.is_err() {
+                    break; // the consumer failed; its error is the one reported
+                }
+            }
+            Ok::<_, SyncError>(())
+        };
+        let ((), done) = tokio::try_join!(producer, self.consume(rx, sel, start_after))?;
+        Ok(done)
+    }
+
+    /// Batch *n* is committed (one thread, sled) while batch *n+1* is parsed (every core):
+    /// commits stay in order, one at a time, and parsing only reads the store.
+    async fn consume(
+        &self,
+        mut rx: mpsc::Receiver<(Batch, Vec<RawMessage>)>,
+        sel: &Selected,
+        start_after: u32,
+    ) -> Result<Committing, SyncError> {
+        type Commit = (Result<Committed, StoreError>, u32, u64);
+        let worker = |e: tokio::task::JoinError| SyncError::Worker(e.to_string());
+        let mut done = Committing::default();
+        let mut committing: Option<tokio::task::JoinHandle<Commit>> = None;
+        while let Some((batch, msgs)) = rx.recv().await {
+            let last = batch.last_uid().max(start_after);
+            let cp = self.checkpoint(sel, last);
+            let (mb, store, t) = (self.mb.clone(), self.store.clone(), self.t.clone());
+            let uidvalidity = sel.uidvalidity;
+            let n = msgs.len() as u64;
+            let items = tokio::task::spawn_blocking(move || {
+                process_batch(&mb, &t, uidvalidity, &batch, msgs, &store)
+            })
+            .await
+            .map_err(worker)?;
+            if let Some(h) = committing.take() {
+                self.committed(&mut done, h.await.map_err(worker)?)?;
+            }
+            let (mb, store) = (self.mb.clone(), self.store.clone());
+            committing = Some(tokio::task::spawn_blocking(move || {
+                (store.commit_batch(&items, &cp, &mb.name), last, n)
+            }));
+        }
+        if let Some(h) = committing.take() {
+            self.committed(&mut done, h.await.map_err(worker)?)?;
+        }
+        Ok(done)
+    }
+
+    /// Counts a committed batch into `done`, the metrics and the progress bar.
+    fn committed(
+        &self,
+        done: &mut Committing,
+        (result, last, n): (Result<Committed, StoreError>, u32, u64),
+    ) -> Result<(), SyncError> {
+        let metrics = crate::metrics::metrics();
+        let (m, f) = (&self.mb.name, &self.t.folder.name);
+        let Committed {
+            outcome: out,
+            tracked_uids,
+            created,
+        } = result.inspect_err(|_| metrics.messages(m, f, "failed", n))?;
+        done.tracked_uids.extend(tracked_uids);
+        done.created.extend(created.iter().map(|a| a.id));
+        for (what, k) in [
+            ("tracked", out.created),
+            ("merged", out.merged),
+            ("replayed", out.replayed),
+            ("quarantined", out.quarantined),
+            ("skipped", out.skipped),
+        ] {
+            metrics.messages(m, f, what, k.into());
+        }
+        metrics.latency(
+            m,
+            self.run.detected.elapsed().as_secs_f64(),
+            out.created + out.merged,
+        );
+        metrics.checkpoint(m, f, last, 0);
+        if let Some(p) = self.run.progress {
+            p.advanced(m, f, n);
+        }
+        tracing::debug!(
+            mailbox = %m,
+            last_uid = last,
+            created = out.created,
+            merged = out.merged,
+            quarantined = out.quarantined,
+            "batch committed"
+        );
+        done.total += out;
+        Ok(())
+    }
+
+    /// Sets the keyword on what was tracked, after the commit (a keyword never claims what the
+    /// store does not hold). A failure is logged: tracking is unaffected.
+    async fn write_back(
+        &self,
+        session: &mut ImapSession,
+        peer: &Peer,
+        sel: &Selected,
+        uids: &[u32],
+    ) {
+        let Some(k) = self.mb.crm.tracked_keyword.as_deref() else {
+            return;
+        };
+        if !sel.keywords || uids.is_empty() {
+            return;
+        }
+        if let Err(e) = fetch::store_keyword(session, peer, uids, k).await {
+            tracing::warn!(error = %e, "could not set the {k} keyword; tracking is unaffected");
+        }
+    }
+
+    /// When every batch is in (or there was none), the checkpoint takes the folder's UIDNEXT:
+    /// from then on an unchanged STATUS means nothing to do. A sync cut short by shutdown
+    /// leaves it as its last batch set it.
+    fn complete(&self, sel: &Selected, last_of_all: u32, fetched: bool) -> Result<(), SyncError> {
+        let (m, f) = (&self.mb.name, &self.t.folder.name);
+        let all_in = !fetched
+            || self
+                .store
+                .folder_state(m, f)?
+                .is_some_and(|st| st.last_uid >= last_of_all);
+        if all_in {
+            self.store.put_folder_state(&FolderState {
+                synced_uid_next: sel.uid_next,
+                ..self.checkpoint(sel, last_of_all)
+            })?;
+            self.store.flush()?;
+            crate::metrics::metrics().checkpoint(m, f, last_of_all, sel.uid_next);
+        }
+        Ok(())
+    }
+}
