@@ -12,6 +12,7 @@ pub mod control;
 pub mod export;
 pub mod http;
 pub mod imap;
+mod memory;
 pub mod metrics;
 pub mod model;
 pub mod oauth;

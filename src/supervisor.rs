@@ -117,6 +117,7 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    tokio::spawn(crate::memory::trimmer(stop.clone()));
     tokio::pin!(shutdown);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -139,7 +139,9 @@ impl Worker for MailboxWorker {
             self.disconnect();
             return Err(WorkError::transient(e));
         }
-        release_idle_memory(self.found);
+        if self.found {
+            crate::memory::fetched();
+        }
         Ok(())
     }
 
@@ -602,34 +604,6 @@ fn record<T: sync::PassResult>(store: &Store, mb: &MailboxConfig, result: &Resul
     if let Err(e) = result {
         tracing::warn!(error = %e, "pass failed");
     }
-}
-
-/// After mail was fetched, gives freed memory back to the system (at most every 2 s for the
-/// whole process): glibc keeps what a session's large FETCH answers used in per-thread arenas,
-/// and with 1,000 mailboxes an idle agent's RSS doubled once each had fetched mail.
-fn release_idle_memory(fetched: bool) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::sync::atomic::{AtomicI64, Ordering};
-        static LAST: AtomicI64 = AtomicI64::new(0);
-        if !fetched {
-            return;
-        }
-        let now = crate::worker::unix_now();
-        let last = LAST.load(Ordering::Relaxed);
-        if now - last >= 2
-            && LAST
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            // SAFETY: malloc_trim only returns free pages to the kernel; it takes no pointers.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = fetched;
 }
 
 #[cfg(test)]
