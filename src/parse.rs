@@ -322,57 +322,7 @@ fn parse_deferred(
     if msg.headers().is_empty() {
         return Err(ParseError::NoHeaders.into());
     }
-    // Each spot must be the encoding of a binary attachment of this message whose body in the
-    // skeleton is empty (the cut was exactly its body), and the cut body must decode cleanly;
-    // then the decoded bytes stand in for mail-parser's. Checked before any attachment
-    // reaches the sink, so a fallback stores nothing twice.
-    let mut decoded_parts: Vec<(u32, Vec<u8>)> = Vec::with_capacity(deferred.len());
-    for d in deferred {
-        let spot = d.spot as u32;
-        let id = msg.attachments.iter().copied().find(|&id| {
-            let p = &msg.parts[id as usize];
-            p.offset_header <= spot && spot < p.offset_body
-        });
-        let Some(id) = id else {
-            return Err(Deferred::Fallback);
-        };
-        let p = &msg.parts[id as usize];
-        let bytes = match &p.body {
-            mail_parser::PartType::Binary(b) | mail_parser::PartType::InlineBinary(b) => b,
-            _ => return Err(Deferred::Fallback),
-        };
-        if p.is_encoding_problem
-            || p.content_transfer_encoding() != Some("x-ft64")
-            || decoded_parts.iter().any(|(d, _)| *d == id)
-        {
-            return Err(Deferred::Fallback);
-        }
-        if !bytes.is_empty() {
-            return Err(Deferred::Fallback);
-        }
-        let Some(decoded) = decode_base64_lines(d.body) else {
-            return Err(Deferred::Fallback);
-        };
-        decoded_parts.push((id, decoded));
-    }
-    let addrs = |a: Option<&Address>| -> Vec<MailAddr> {
-        a.map(|a| {
-            a.iter()
-                .map(|x| MailAddr {
-                    address: x
-                        .address()
-                        .map(|s| s.trim().to_ascii_lowercase())
-                        .filter(|s| !s.is_empty()),
-                    name: x
-                        .name()
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty()),
-                })
-                .filter(|m| m.address.is_some() || m.name.is_some())
-                .collect()
-        })
-        .unwrap_or_default()
-    };
+    let decoded_parts = decode_deferred(&msg, deferred)?;
     let mut body_text = String::new();
     for i in 0..msg.text_body_count() {
         if let Some(t) = msg.body_text(i) {
@@ -382,66 +332,8 @@ fn parse_deferred(
             }
         }
     }
-
-    let mut attachments = Vec::new();
-    let mut recovered = Vec::new();
-    for &id in &msg.attachments {
-        let p = &msg.parts[id as usize];
-        if let Some((_, d)) = decoded_parts.iter().find(|(i, _)| *i == id) {
-            attach(p, d, sink, &mut attachments);
-            continue;
-        }
-        // A nameless text part that nobody marked as an attachment is message text that
-        // mail-parser could not place: the body of a multipart whose boundary is wrong, or
-        // the inline text/calendar alternative of an invitation. It is not a file.
-        let ctype = p.content_type().map(|ct| ct.ctype().to_ascii_lowercase());
-        let is_multipart = ctype.as_deref() == Some("multipart");
-        let is_text = ctype.is_none() || ctype.as_deref() == Some("text") || is_multipart;
-        let disposed = p
-            .content_disposition()
-            .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
-        if is_text && !disposed && p.attachment_name().is_none() && p.message().is_none() {
-            if body_text.trim().is_empty() {
-                match (is_multipart && recover)
-                    .then(|| recover_multipart(p.contents(), sink))
-                    .flatten()
-                {
-                    Some(inner) => {
-                        push_text(&mut body_text, &inner.body_text);
-                        recovered.extend(inner.attachments);
-                    }
-                    None => {
-                        if let Some(t) = p.text_contents() {
-                            push_text(&mut body_text, t);
-                        }
-                    }
-                }
-            }
-            continue;
-        }
-        let decoded;
-        let mut contents = p.contents();
-        // mail-parser leaves the last part of a multipart whose closing boundary is missing
-        // undecoded; decode it here so its size and hash are the file's.
-        if p.encoding == mail_parser::Encoding::None
-            && p.content_transfer_encoding()
-                .is_some_and(|e| e.eq_ignore_ascii_case("base64"))
-        {
-            let clean: Vec<u8> = contents
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
-            if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&clean) {
-                decoded = d;
-                contents = &decoded;
-            }
-        }
-        attach(p, contents, sink, &mut attachments);
-    }
-    attachments.extend(recovered);
+    let attachments = collect_attachments(&msg, &decoded_parts, recover, sink, &mut body_text);
     truncate_chars(&mut body_text, MAX_BODY_CHARS);
-
     let date = msg.date().filter(|d| d.is_valid()).map(|d| d.to_rfc3339());
     let message_id = msg.message_id().and_then(bracket);
     let no_id = message_id.is_none();
@@ -465,6 +357,148 @@ fn parse_deferred(
         attachments,
         content_hash: no_id.then(|| content_hash(raw)),
     })
+}
+
+/// Each spot must be the encoding of a binary attachment of this message whose body in the
+/// skeleton is empty (the cut was exactly its body), and the cut body must decode cleanly;
+/// then the decoded bytes stand in for mail-parser's, by part id. Checked before any
+/// attachment reaches the sink, so a fallback stores nothing twice.
+fn decode_deferred(
+    msg: &mail_parser::Message<'_>,
+    deferred: &[Spot<'_>],
+) -> Result<Vec<(u32, Vec<u8>)>, Deferred> {
+    let mut decoded_parts: Vec<(u32, Vec<u8>)> = Vec::with_capacity(deferred.len());
+    for d in deferred {
+        let spot = d.spot as u32;
+        let id = msg.attachments.iter().copied().find(|&id| {
+            let p = &msg.parts[id as usize];
+            p.offset_header <= spot && spot < p.offset_body
+        });
+        let Some(id) = id else {
+            return Err(Deferred::Fallback);
+        };
+        let p = &msg.parts[id as usize];
+        let empty_binary = matches!(
+            &p.body,
+            mail_parser::PartType::Binary(b) | mail_parser::PartType::InlineBinary(b) if b.is_empty()
+        );
+        if !empty_binary
+            || p.is_encoding_problem
+            || p.content_transfer_encoding() != Some("x-ft64")
+            || decoded_parts.iter().any(|(d, _)| *d == id)
+        {
+            return Err(Deferred::Fallback);
+        }
+        let Some(decoded) = decode_base64_lines(d.body) else {
+            return Err(Deferred::Fallback);
+        };
+        decoded_parts.push((id, decoded));
+    }
+    Ok(decoded_parts)
+}
+
+/// The addresses of a header, lower-cased, without empty entries.
+fn addrs(a: Option<&Address>) -> Vec<MailAddr> {
+    a.map(|a| {
+        a.iter()
+            .map(|x| MailAddr {
+                address: x
+                    .address()
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty()),
+                name: x
+                    .name()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()),
+            })
+            .filter(|m| m.address.is_some() || m.name.is_some())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The message's attachments, each handed to the sink; text that mail-parser could not place
+/// goes to `body_text` instead (see [`misplaced_text`]).
+fn collect_attachments(
+    msg: &mail_parser::Message<'_>,
+    decoded_parts: &[(u32, Vec<u8>)],
+    recover: bool,
+    sink: &mut AttachmentSink<'_>,
+    body_text: &mut String,
+) -> Vec<ParsedAttachment> {
+    let mut attachments = Vec::new();
+    let mut recovered = Vec::new();
+    for &id in &msg.attachments {
+        let p = &msg.parts[id as usize];
+        if let Some((_, d)) = decoded_parts.iter().find(|(i, _)| *i == id) {
+            attach(p, d, sink, &mut attachments);
+            continue;
+        }
+        if misplaced_text(p) {
+            if body_text.trim().is_empty() {
+                let multipart = p
+                    .content_type()
+                    .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("multipart"));
+                match (multipart && recover)
+                    .then(|| recover_multipart(p.contents(), sink))
+                    .flatten()
+                {
+                    Some(inner) => {
+                        push_text(body_text, &inner.body_text);
+                        recovered.extend(inner.attachments);
+                    }
+                    None => {
+                        if let Some(t) = p.text_contents() {
+                            push_text(body_text, t);
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        let decoded = undecoded_base64(p);
+        attach(
+            p,
+            decoded.as_deref().unwrap_or(p.contents()),
+            sink,
+            &mut attachments,
+        );
+    }
+    attachments.extend(recovered);
+    attachments
+}
+
+/// A nameless text part that nobody marked as an attachment is message text that mail-parser
+/// could not place: the body of a multipart whose boundary is wrong, or the inline
+/// text/calendar alternative of an invitation. It is not a file.
+fn misplaced_text(p: &mail_parser::MessagePart<'_>) -> bool {
+    let ctype = p.content_type().map(|ct| ct.ctype().to_ascii_lowercase());
+    let is_text = matches!(ctype.as_deref(), None | Some("text") | Some("multipart"));
+    let disposed = p
+        .content_disposition()
+        .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+    is_text && !disposed && p.attachment_name().is_none() && p.message().is_none()
+}
+
+/// mail-parser leaves the last part of a multipart whose closing boundary is missing
+/// undecoded: its decoded bytes, so its size and hash are the file's.
+fn undecoded_base64(p: &mail_parser::MessagePart<'_>) -> Option<Vec<u8>> {
+    if p.encoding != mail_parser::Encoding::None
+        || !p
+            .content_transfer_encoding()
+            .is_some_and(|e| e.eq_ignore_ascii_case("base64"))
+    {
+        return None;
+    }
+    let clean: Vec<u8> = p
+        .contents()
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(&clean)
+        .ok()
 }
 
 /// Records one attachment (its decoded `contents`) and hands it to the sink.

@@ -114,29 +114,7 @@ pub fn build(
     activities: &dyn ActivityLookup,
 ) -> Draft {
     let mut alerts = Vec::new();
-    let mut regarding = match &ctx.rule {
-        Some(m) => match rules::resolve_regarding(m, records) {
-            Ok(r) => r,
-            Err(alert) => {
-                alerts.push(alert);
-                None
-            }
-        },
-        None => None,
-    };
-    if let Some(r) = &regarding {
-        // Security (DESIGN §4.11): link only to records the mailbox owner can write.
-        if let Some(rec) = records.get(r) {
-            if !ctx.writer.can_write(&rec) {
-                alerts.push(warning(format!(
-                    "{} may not write {r} (owner {}): tracked unlinked; share the record, give it a team of the user's, or change the rule",
-                    ctx.writer.user,
-                    rec.owner.as_deref().unwrap_or("-")
-                )));
-                regarding = None;
-            }
-        }
-    }
+    let regarding = rule_regarding(ctx, records, &mut alerts);
     let crm = &ctx.mailbox.crm;
     let owner = ctx.mailbox.owner.to_string();
     let direction = direction(&parsed, ctx);
@@ -160,74 +138,14 @@ pub fn build(
         .as_deref()
         .map(|s| normalise_subject(s, &crm.token))
         .filter(|n| n.split_whitespace().count() >= 2 && !n.contains('\0'));
-
+    let all: Vec<&Party> = from.iter().chain(&to).chain(&cc).chain(&bcc).collect();
     // Smart matching runs here, against what is committed; the store prefers any header match.
-    let mut correlation = None;
-    if crm.smart_matching {
-        if let Some(norm) = subject_key.as_deref() {
-            let mine: Vec<&str> = from
-                .iter()
-                .chain(&to)
-                .chain(&cc)
-                .filter_map(|p| p.address.as_deref())
-                .collect();
-            {
-                correlation = activities
-                    .by_subject(norm)
-                    .into_iter()
-                    .filter(|(_, addrs)| {
-                        addrs.iter().filter(|a| mine.contains(&a.as_str())).count() >= 2
-                    })
-                    .map(|(id, _)| Correlation {
-                        method: "smart".into(),
-                        activity: id,
-                    })
-                    .max_by_key(|c| c.activity);
-            }
-        }
-    }
-
-    let create_sender = match (crm.unresolved_sender, &from, direction) {
-        (UnresolvedSender::Keep, _, _) | (_, None, _) | (_, _, Direction::Outgoing) => None,
-        (kind, Some(p), Direction::Incoming) => match (&p.record, &p.address) {
-            (None, Some(addr)) => Some(Record {
-                rtype: if kind == UnresolvedSender::Lead {
-                    "lead"
-                } else {
-                    "contact"
-                }
-                .into(),
-                key: addr.clone(),
-                name: p.name.clone().unwrap_or_else(|| addr.clone()),
-                emails: vec![addr.clone()],
-                owner: Some(owner.clone()),
-                shared: false,
-                teams: Vec::new(),
-            }),
-            _ => None,
-        },
+    let correlation = match (crm.smart_matching, subject_key.as_deref()) {
+        (true, Some(norm)) => smart_match(norm, &all[..all.len() - bcc.len()], activities),
+        _ => None,
     };
-
-    // Other mail (not in a tracked folder) is kept only when the mailbox's filter says so.
-    let known = || {
-        from.iter()
-            .chain(&to)
-            .chain(&cc)
-            .chain(&bcc)
-            .flat_map(|p| p.record.iter().chain(&p.records))
-            .any(|r| {
-                ["contact:", "account:", "lead:"]
-                    .iter()
-                    .any(|t| r.starts_with(t))
-            })
-    };
-    let (keep, only_if_correlated) = match ctx.other {
-        None | Some(OtherMail::All) => (true, false),
-        Some(OtherMail::None) => (false, false),
-        Some(OtherMail::Known) => (known(), false),
-        Some(OtherMail::Replies) => (true, correlation.is_none()),
-    };
-
+    let create_sender = sender_record(crm.unresolved_sender, from.as_ref(), direction, &owner);
+    let (keep, only_if_correlated) = other_mail_filter(ctx.other, &all, correlation.is_some());
     let activity = Activity {
         id: 0,
         dedup_key: dedup_key(&parsed),
@@ -245,17 +163,7 @@ pub fn build(
         thread_index: parsed.thread_index,
         body_text: parsed.body_text,
         body_blob: None,
-        attachments: parsed
-            .attachments
-            .into_iter()
-            .map(|a| crate::model::AttachmentMeta {
-                name: a.name,
-                mime_type: a.mime_type,
-                size: a.size,
-                sha256: a.sha256,
-                skipped: a.skipped,
-            })
-            .collect(),
+        attachments: parsed.attachments.into_iter().map(Into::into).collect(),
         source,
         other_sources: Vec::new(),
         size,
@@ -277,6 +185,120 @@ pub fn build(
         only_if_correlated,
         keep,
         subject_key,
+    }
+}
+
+/// The regarding the folder's rule gives, if the mailbox owner may write that record
+/// (DESIGN §4.11: otherwise the mail is tracked unlinked, with an alert).
+fn rule_regarding(
+    ctx: &FolderContext<'_>,
+    records: &dyn RecordLookup,
+    alerts: &mut Vec<Alert>,
+) -> Option<RecordRef> {
+    let m = ctx.rule.as_ref()?;
+    let r = rules::resolve_regarding(m, records)
+        .map_err(|alert| alerts.push(alert))
+        .ok()??;
+    if let Some(rec) = records.get(&r) {
+        if !ctx.writer.can_write(&rec) {
+            alerts.push(warning(format!(
+                "{} may not write {r} (owner {}): tracked unlinked; share the record, give it a team of the user's, or change the rule",
+                ctx.writer.user,
+                rec.owner.as_deref().unwrap_or("-")
+            )));
+            return None;
+        }
+    }
+    Some(r)
+}
+
+/// Dynamics' smart matching: the newest committed activity with the same normalised subject
+/// that shares at least two addresses with this mail (sender and visible recipients).
+fn smart_match(
+    subject: &str,
+    parties: &[&Party],
+    activities: &dyn ActivityLookup,
+) -> Option<Correlation> {
+    let mine: Vec<&str> = parties
+        .iter()
+        .filter_map(|p| p.address.as_deref())
+        .collect();
+    activities
+        .by_subject(subject)
+        .into_iter()
+        .filter(|(_, addrs)| addrs.iter().filter(|a| mine.contains(&a.as_str())).count() >= 2)
+        .map(|(id, _)| Correlation {
+            method: "smart".into(),
+            activity: id,
+        })
+        .max_by_key(|c| c.activity)
+}
+
+/// The contact or lead to create for an incoming mail's unknown sender, as the mailbox's
+/// `unresolved_sender` says.
+fn sender_record(
+    kind: UnresolvedSender,
+    from: Option<&Party>,
+    direction: Direction,
+    owner: &str,
+) -> Option<Record> {
+    if kind == UnresolvedSender::Keep || direction == Direction::Outgoing {
+        return None;
+    }
+    let p = from?;
+    let (None, Some(addr)) = (&p.record, &p.address) else {
+        return None;
+    };
+    Some(Record {
+        rtype: if kind == UnresolvedSender::Lead {
+            "lead"
+        } else {
+            "contact"
+        }
+        .into(),
+        key: addr.clone(),
+        name: p.name.clone().unwrap_or_else(|| addr.clone()),
+        emails: vec![addr.clone()],
+        owner: Some(owner.to_string()),
+        shared: false,
+        teams: Vec::new(),
+    })
+}
+
+/// Other mail (not in a tracked folder) is kept only when the mailbox's filter says so:
+/// (keep, keep only if it correlates with a tracked activity).
+fn other_mail_filter(
+    other: Option<OtherMail>,
+    parties: &[&Party],
+    correlated: bool,
+) -> (bool, bool) {
+    let known = || {
+        parties
+            .iter()
+            .flat_map(|p| p.record.iter().chain(&p.records))
+            .any(|r| {
+                ["contact:", "account:", "lead:"]
+                    .iter()
+                    .any(|t| r.starts_with(t))
+            })
+    };
+    match other {
+        None | Some(OtherMail::All) => (true, false),
+        Some(OtherMail::None) => (false, false),
+        Some(OtherMail::Known) => (known(), false),
+        Some(OtherMail::Replies) => (true, !correlated),
+    }
+}
+
+impl From<crate::parse::ParsedAttachment> for crate::model::AttachmentMeta {
+    fn from(a: crate::parse::ParsedAttachment) -> Self {
+        crate::model::AttachmentMeta {
+            name: a.name,
+            mime_type: a.mime_type,
+            size: a.size,
+            sha256: a.sha256,
+            skipped: a.skipped,
+        }
     }
 }
 
