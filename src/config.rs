@@ -606,18 +606,105 @@ fn check_mailbox(
             "must be non-empty and hold no `/`",
         ));
     }
-    let owner: RecordRef = m
-        .owner
+    let owner = mailbox_owner(loc, &k, &m.owner)?;
+    let (tls, port) = server(loc, &k, &m)?;
+    let auth = m.auth.as_ref().map(|a| *a.get_ref()).unwrap_or_default();
+    let oauth = token_source(loc, &k, &m, auth, resolve)?;
+    let smtp = smtp::check(
+        loc,
+        &format!("mailbox[{i}]"),
+        m.smtp.clone(),
+        global_smtp,
+        smtp::MailboxAuth {
+            name: m.name.get_ref().trim(),
+            user: m.user.get_ref(),
+            oauth: oauth.as_ref(),
+        },
+        resolve,
+    )?;
+    let password = imap_password(loc, &k, &m, oauth.is_some(), resolve)?;
+    let sent_folder = m
+        .sent_folder
+        .as_ref()
+        .map(|s| s.get_ref().trim().trim_matches('/').to_string())
+        .filter(|s| !s.eq_ignore_ascii_case("auto") && !s.is_empty());
+    let rules =
+        m.rule
+            .iter()
+            .enumerate()
+            .try_fold(Vec::new(), |mut rules: Vec<Rule>, (j, r)| {
+                let rule = check_rule(loc, &|f: &str| format!("mailbox[{i}].rule[{j}].{f}"), r)?;
+                if rules.iter().any(|o| o.folder == rule.folder) {
+                    return Err(loc.err(
+                        Some(r.folder.span()),
+                        &format!("mailbox[{i}].rule[{j}].folder"),
+                        format!("folder `{}` has two rules", rule.folder),
+                    ));
+                }
+                rules.push(rule);
+                Ok(rules)
+            })?;
+    if rules.len() > 25 {
+        tracing::warn!(mailbox = %name, rules = rules.len(), "more than 25 folder rules: Dynamics 365 stops at 25; foldertrack goes on");
+    }
+    Ok(MailboxConfig {
+        name,
+        owner,
+        host: m.host.get_ref().trim().to_string(),
+        port,
+        tls,
+        ca_file: m.ca_file.as_ref().map(|c| resolve(c.get_ref())),
+        user: m.user.get_ref().clone(),
+        address: m
+            .address
+            .as_ref()
+            .map(|a| a.get_ref().to_ascii_lowercase())
+            .or_else(|| {
+                m.user
+                    .get_ref()
+                    .contains('@')
+                    .then(|| m.user.get_ref().to_ascii_lowercase())
+            }),
+        password,
+        auth,
+        oauth,
+        sent_folder,
+        watch: watch_settings(loc, &k, &m)?,
+        crm: crm_settings(loc, &k, &m)?,
+        rules,
+        max_message_bytes: FetchLimits::default().max_message_bytes,
+        command_timeout: crate::imap::COMMAND_TIMEOUT,
+        smtp,
+    })
+}
+
+/// The owner is a user record, `systemuser:KEY`.
+fn mailbox_owner(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    owner: &Spanned<String>,
+) -> Result<RecordRef, ConfigError> {
+    let r: RecordRef = owner
         .get_ref()
         .parse()
-        .map_err(|e: String| loc.err(Some(m.owner.span()), &k("owner"), e))?;
-    if owner.rtype != "systemuser" {
+        .map_err(|e: String| loc.err(Some(owner.span()), &k("owner"), e))?;
+    if r.rtype != "systemuser" {
         return Err(loc.err(
-            Some(m.owner.span()),
+            Some(owner.span()),
             &k("owner"),
-            format!("the owner must be a user, written systemuser:KEY (got `{owner}`)"),
+            format!("the owner must be a user, written systemuser:KEY (got `{r}`)"),
         ));
     }
+    Ok(r)
+}
+
+/// TLS mode (plaintext only with `allow_plaintext`) and port (993, or 143 for STARTTLS and
+/// plaintext, unless set).
+fn server(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    m: &RawMailbox,
+) -> Result<(TlsMode, u16), ConfigError> {
     let tls = m
         .tls
         .as_ref()
@@ -640,152 +727,144 @@ fn check_mailbox(
             .filter(|p| *p > 0)
             .ok_or_else(|| loc.err(Some(p.span()), &k("port"), "must be a TCP port, 1-65535"))?,
     };
-    let secs = |v: &Option<Spanned<i64>>,
-                key: &str,
-                default: std::time::Duration|
-     -> Result<std::time::Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) if *s.get_ref() >= 1 && *s.get_ref() <= 86_400 => {
-                Ok(std::time::Duration::from_secs(*s.get_ref() as u64))
-            }
-            Some(s) => Err(loc.err(
-                Some(s.span()),
-                &k(key),
-                "must be a number of seconds from 1 to 86400",
+    Ok((tls, port))
+}
+
+/// A number of seconds from 1 to 86400, or `default`.
+fn secs(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) if (1..=86_400).contains(s.get_ref()) => {
+            Ok(std::time::Duration::from_secs(*s.get_ref() as u64))
+        }
+        Some(s) => Err(loc.err(
+            Some(s.span()),
+            &k(key),
+            "must be a number of seconds from 1 to 86400",
+        )),
+    }
+}
+
+/// The OAuth2 token source of an `xoauth2`/`oauthbearer` mailbox (exactly one of
+/// `token_file` and `token_command`); none for the others, which may not set one.
+fn token_source(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    m: &RawMailbox,
+    auth: AuthMethod,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Option<crate::oauth::TokenSource>, ConfigError> {
+    match (&m.token_file, &m.token_command) {
+        _ if !auth.is_oauth() => match m.token_file.as_ref().or(m.token_command.as_ref()) {
+            Some(t) => Err(loc.err(
+                Some(t.span()),
+                &k("token_file"),
+                "token_file and token_command are for auth = \"xoauth2\" or \"oauthbearer\"",
             )),
-        }
-    };
-    let auth = m.auth.as_ref().map(|a| *a.get_ref()).unwrap_or_default();
-    let oauth = match (&m.token_file, &m.token_command) {
-        _ if !auth.is_oauth() => {
-            if let Some(t) = m.token_file.as_ref().or(m.token_command.as_ref()) {
-                return Err(loc.err(
-                    Some(t.span()),
-                    &k("token_file"),
-                    "token_file and token_command are for auth = \"xoauth2\" or \"oauthbearer\"",
-                ));
-            }
-            None
-        }
-        (Some(f), None) => Some(crate::oauth::TokenSource::File(resolve(f.get_ref()))),
+            None => Ok(None),
+        },
+        (Some(f), None) => Ok(Some(crate::oauth::TokenSource::File(resolve(f.get_ref())))),
         (None, Some(c)) if !c.get_ref().trim().is_empty() => {
-            Some(crate::oauth::TokenSource::Command {
+            Ok(Some(crate::oauth::TokenSource::Command {
                 command: c.get_ref().clone(),
-                timeout: secs(&m.token_timeout, "token_timeout", std::time::Duration::from_secs(30))?,
-            })
+                timeout: secs(loc, k, &m.token_timeout, "token_timeout", std::time::Duration::from_secs(30))?,
+            }))
         }
         (Some(f), Some(_)) => {
-            return Err(loc.err(Some(f.span()), &k("token_file"), "set token_file or token_command, not both"))
+            Err(loc.err(Some(f.span()), &k("token_file"), "set token_file or token_command, not both"))
         }
-        _ => {
-            return Err(loc.err(
-                m.auth.as_ref().map(|a| a.span()),
-                &k("auth"),
-                "OAuth2 needs a token source: add token_file = \"path\" (kept fresh by another tool) or token_command = \"command that prints the access token\"",
-            ))
-        }
-    };
-    let smtp = smtp::check(
-        loc,
-        &format!("mailbox[{i}]"),
-        m.smtp.clone(),
-        global_smtp,
-        smtp::MailboxAuth {
-            name: m.name.get_ref().trim(),
-            user: m.user.get_ref(),
-            oauth: oauth.as_ref(),
-        },
-        resolve,
-    )?;
-    let password = if oauth.is_some() {
-        if let Some(p) = m.password_env.as_ref().or(m.password_file.as_ref()) {
-            return Err(loc.err(
+        _ => Err(loc.err(
+            m.auth.as_ref().map(|a| a.span()),
+            &k("auth"),
+            "OAuth2 needs a token source: add token_file = \"path\" (kept fresh by another tool) or token_command = \"command that prints the access token\"",
+        )),
+    }
+}
+
+/// Where the IMAP password comes from; an OAuth2 mailbox has none (and may not set one).
+fn imap_password(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    m: &RawMailbox,
+    oauth: bool,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<PasswordSource, ConfigError> {
+    if oauth {
+        return match m.password_env.as_ref().or(m.password_file.as_ref()) {
+            Some(p) => Err(loc.err(
                 Some(p.span()),
                 &k("password_env"),
                 "an OAuth2 mailbox logs in with its token: remove password_env / password_file",
-            ));
-        }
-        PasswordSource::None
-    } else {
-        password_source(loc, &m.password_env, &m.password_file, &k("password_env"), resolve)?
-            .ok_or_else(|| {
-                loc.err(
-                    Some(m.user.span()),
-                    &k("password_env"),
-                    "no password source: add password_env = \"VAR\" (an environment variable) or password_file = \"path\"",
-                )
-            })?
-    };
-    let sent_folder = m
-        .sent_folder
-        .as_ref()
-        .map(|s| s.get_ref().trim().trim_matches('/').to_string())
-        .filter(|s| !s.eq_ignore_ascii_case("auto") && !s.is_empty());
-    let mut rules: Vec<Rule> = Vec::new();
-    for (j, r) in m.rule.into_iter().enumerate() {
-        let rk = |f: &str| format!("mailbox[{i}].rule[{j}].{f}");
-        let folder = r.folder.get_ref().trim().trim_matches('/').to_string();
-        if folder.is_empty() {
-            return Err(loc.err(
-                Some(r.folder.span()),
-                &rk("folder"),
-                "must name a folder, e.g. \"INBOX/Tracked/Acme\"",
-            ));
-        }
-        let stars = folder.matches('*').count();
-        if stars > 1 {
-            return Err(loc.err(
-                Some(r.folder.span()),
-                &rk("folder"),
-                "a pattern may hold only one `*`",
-            ));
-        }
-        if stars == 1 && folder.split('/').any(|seg| seg.contains('*') && seg != "*") {
-            return Err(loc.err(
-                Some(r.folder.span()),
-                &rk("folder"),
-                "`*` must stand for a whole folder level, e.g. \"INBOX/Customers/*\"",
-            ));
-        }
-        let regarding = match r.regarding {
-            None => Regarding::None,
-            Some(sp) => {
-                let span = sp.span();
-                match sp.into_inner() {
-                    RawRegarding::Fixed(s) => {
-                        let rr: RecordRef = s.parse().map_err(|e: String| {
-                            loc.err(Some(span.clone()), &rk("regarding"), e)
-                        })?;
-                        Regarding::Fixed(rr)
-                    }
-                    RawRegarding::Lookup { rtype, by } => Regarding::Lookup {
-                        rtype: rtype.trim().to_ascii_lowercase(),
-                        by,
-                    },
-                }
-            }
+            )),
+            None => Ok(PasswordSource::None),
         };
-        match (&regarding, stars) {
-            (Regarding::Lookup { .. }, 0) => {
-                return Err(loc.err(
-                    Some(r.folder.span()),
-                    &rk("regarding"),
-                    "regarding = { type, by } needs a `*` in the folder to look up",
-                ))
-            }
-            (Regarding::Fixed(_), 1) | (Regarding::None, 1) => {}
-            _ => {}
-        }
-        if rules.iter().any(|o| o.folder == folder) {
-            return Err(loc.err(
-                Some(r.folder.span()),
-                &rk("folder"),
-                format!("folder `{folder}` has two rules"),
-            ));
-        }
-        rules.push(Rule { folder, regarding });
     }
+    password_source(loc, &m.password_env, &m.password_file, &k("password_env"), resolve)?
+        .ok_or_else(|| {
+            loc.err(
+                Some(m.user.span()),
+                &k("password_env"),
+                "no password source: add password_env = \"VAR\" (an environment variable) or password_file = \"path\"",
+            )
+        })
+}
+
+/// One folder rule: a folder or a pattern with one `*` standing for a whole level, and its
+/// regarding (a lookup needs the `*`).
+fn check_rule(
+    loc: &Locator<'_>,
+    rk: &dyn Fn(&str) -> String,
+    r: &RawRule,
+) -> Result<Rule, ConfigError> {
+    let bad = |msg: &str| loc.err(Some(r.folder.span()), &rk("folder"), msg);
+    let folder = r.folder.get_ref().trim().trim_matches('/').to_string();
+    if folder.is_empty() {
+        return Err(bad("must name a folder, e.g. \"INBOX/Tracked/Acme\""));
+    }
+    let stars = folder.matches('*').count();
+    if stars > 1 {
+        return Err(bad("a pattern may hold only one `*`"));
+    }
+    if stars == 1 && folder.split('/').any(|seg| seg.contains('*') && seg != "*") {
+        return Err(bad(
+            "`*` must stand for a whole folder level, e.g. \"INBOX/Customers/*\"",
+        ));
+    }
+    let regarding = match &r.regarding {
+        None => Regarding::None,
+        Some(sp) => match sp.get_ref() {
+            RawRegarding::Fixed(s) => Regarding::Fixed(
+                s.parse()
+                    .map_err(|e: String| loc.err(Some(sp.span()), &rk("regarding"), e))?,
+            ),
+            RawRegarding::Lookup { rtype, by } => Regarding::Lookup {
+                rtype: rtype.trim().to_ascii_lowercase(),
+                by: *by,
+            },
+        },
+    };
+    if matches!(regarding, Regarding::Lookup { .. }) && stars == 0 {
+        return Err(loc.err(
+            Some(r.folder.span()),
+            &rk("regarding"),
+            "regarding = { type, by } needs a `*` in the folder to look up",
+        ));
+    }
+    Ok(Rule { folder, regarding })
+}
+
+/// How the mailbox waits for mail: IDLE or polling, and their timings.
+fn watch_settings(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    m: &RawMailbox,
+) -> Result<WatchSettings, ConfigError> {
     let d = WatchSettings::default();
     let poll = match &m.poll_interval {
         None => PollInterval::Auto,
@@ -803,21 +882,37 @@ fn check_mailbox(
             }
         },
     };
-    let watch = WatchSettings {
+    Ok(WatchSettings {
         idle: m.idle.unwrap_or(true),
         poll,
-        idle_renew: secs(&m.idle_renew, "idle_renew", d.idle_renew)?,
+        idle_renew: secs(loc, k, &m.idle_renew, "idle_renew", d.idle_renew)?,
         heartbeat_timeout: secs(
+            loc,
+            k,
             &m.heartbeat_timeout,
             "heartbeat_timeout",
             d.heartbeat_timeout,
         )?,
-        others_interval: secs(&m.others_interval, "others_interval", d.others_interval)?,
-    };
+        others_interval: secs(
+            loc,
+            k,
+            &m.others_interval,
+            "others_interval",
+            d.others_interval,
+        )?,
+    })
+}
+
+/// What tracking does with this mailbox's mail (DESIGN §4.11–4.13).
+fn crm_settings(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    m: &RawMailbox,
+) -> Result<CrmSettings, ConfigError> {
     let dcrm = CrmSettings::default();
     let max_attachment_size = match &m.max_attachment_size {
         None => dcrm.max_attachment_size,
-        Some(v) if *v.get_ref() >= 0 && *v.get_ref() <= 128 * 1024 * 1024 => *v.get_ref() as u64,
+        Some(v) if (0..=128 * 1024 * 1024).contains(v.get_ref()) => *v.get_ref() as u64,
         Some(v) => {
             return Err(loc.err(
                 Some(v.span()),
@@ -843,15 +938,16 @@ fn check_mailbox(
             t.get_ref().clone()
         }
     };
-    let crm = CrmSettings {
+    Ok(CrmSettings {
         unresolved_sender: m.unresolved_sender,
         track_other_mail: m.track_other_mail,
         smart_matching: m.smart_matching,
         max_attachment_size,
         blocked_extensions: m
             .blocked_extensions
+            .as_ref()
             .map(|v| {
-                v.into_iter()
+                v.iter()
                     .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
                     .filter(|e| !e.is_empty())
                     .collect()
@@ -859,37 +955,6 @@ fn check_mailbox(
             .unwrap_or(dcrm.blocked_extensions),
         tracked_keyword,
         token,
-    };
-    if rules.len() > 25 {
-        tracing::warn!(mailbox = %name, rules = rules.len(), "more than 25 folder rules: Dynamics 365 stops at 25; foldertrack goes on");
-    }
-    Ok(MailboxConfig {
-        name,
-        owner,
-        host: m.host.get_ref().trim().to_string(),
-        port,
-        tls,
-        ca_file: m.ca_file.as_ref().map(|c| resolve(c.get_ref())),
-        user: m.user.get_ref().clone(),
-        address: m
-            .address
-            .map(|a| a.into_inner().to_ascii_lowercase())
-            .or_else(|| {
-                m.user
-                    .get_ref()
-                    .contains('@')
-                    .then(|| m.user.get_ref().to_ascii_lowercase())
-            }),
-        password,
-        auth,
-        oauth,
-        sent_folder,
-        rules,
-        watch,
-        crm,
-        max_message_bytes: FetchLimits::default().max_message_bytes,
-        command_timeout: crate::imap::COMMAND_TIMEOUT,
-        smtp,
     })
 }
 
