@@ -710,24 +710,18 @@ fn server(
         .as_ref()
         .map(|t| *t.get_ref())
         .unwrap_or(TlsMode::Implicit);
-    if tls == TlsMode::None && !m.allow_plaintext {
-        return Err(loc.err(
-            m.tls.as_ref().map(|t| t.span()),
-            &k("tls"),
-            "tls = \"none\" sends the password in clear text: set allow_plaintext = true in this mailbox if that is really wanted (e.g. a server on loopback)",
-        ));
-    }
-    let port = match &m.port {
-        None => match tls {
-            TlsMode::Implicit => 993,
-            TlsMode::Starttls | TlsMode::None => 143,
-        },
-        Some(p) => u16::try_from(*p.get_ref())
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| loc.err(Some(p.span()), &k("port"), "must be a TCP port, 1-65535"))?,
+    plaintext_allowed(
+        loc,
+        &k("tls"),
+        m.tls.as_ref(),
+        m.allow_plaintext,
+        "the password in clear text: set allow_plaintext = true in this mailbox if that is really wanted (e.g. a server on loopback)",
+    )?;
+    let default = match tls {
+        TlsMode::Implicit => 993,
+        TlsMode::Starttls | TlsMode::None => 143,
     };
-    Ok((tls, port))
+    Ok((tls, port_or(loc, &k("port"), &m.port, default)?))
 }
 
 /// A number of seconds from 1 to 86400, or `default`.
@@ -738,17 +732,63 @@ fn secs(
     key: &str,
     default: std::time::Duration,
 ) -> Result<std::time::Duration, ConfigError> {
+    secs_up_to(loc, &k(key), v, default, 86_400)
+}
+
+/// A number of seconds from 1 to `max`, or `default`. Shared by the IMAP and SMTP sides.
+fn secs_up_to(
+    loc: &Locator<'_>,
+    key: &str,
+    v: &Option<Spanned<i64>>,
+    default: std::time::Duration,
+    max: i64,
+) -> Result<std::time::Duration, ConfigError> {
     match v {
         None => Ok(default),
-        Some(s) if (1..=86_400).contains(s.get_ref()) => {
+        Some(s) if (1..=max).contains(s.get_ref()) => {
             Ok(std::time::Duration::from_secs(*s.get_ref() as u64))
         }
         Some(s) => Err(loc.err(
             Some(s.span()),
-            &k(key),
-            "must be a number of seconds from 1 to 86400",
+            key,
+            format!("must be a number of seconds from 1 to {max}"),
         )),
     }
+}
+
+/// A TCP port, or `default`. Shared by the IMAP and SMTP sides.
+fn port_or(
+    loc: &Locator<'_>,
+    key: &str,
+    p: &Option<Spanned<i64>>,
+    default: u16,
+) -> Result<u16, ConfigError> {
+    match p {
+        None => Ok(default),
+        Some(p) => u16::try_from(*p.get_ref())
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| loc.err(Some(p.span()), key, "must be a TCP port, 1-65535")),
+    }
+}
+
+/// `tls = "none"` only with `allow_plaintext = true`: it sends `what` (a sentence saying what
+/// goes in clear text and where to allow it). Shared by the IMAP and SMTP sides.
+fn plaintext_allowed(
+    loc: &Locator<'_>,
+    key: &str,
+    tls: Option<&Spanned<TlsMode>>,
+    allowed: bool,
+    what: &str,
+) -> Result<(), ConfigError> {
+    if tls.is_some_and(|t| *t.get_ref() == TlsMode::None) && !allowed {
+        return Err(loc.err(
+            tls.map(|t| t.span()),
+            key,
+            format!("tls = \"none\" sends {what}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The OAuth2 token source of an `xoauth2`/`oauthbearer` mailbox (exactly one of

@@ -158,24 +158,56 @@ pub(super) fn check(
         .as_ref()
         .map(|t| *t.get_ref())
         .unwrap_or(TlsMode::Starttls);
-    if tls == TlsMode::None && raw.allow_plaintext != Some(true) {
-        return Err(loc.err(
-            raw.tls.as_ref().map(|t| t.span()),
-            &k("tls"),
-            "tls = \"none\" sends the password and the mail in clear text: set allow_plaintext = true in this [smtp] table if that is really wanted (e.g. a relay on loopback)",
-        ));
-    }
-    let port = match &raw.port {
-        None => match tls {
-            TlsMode::Implicit => 465,
-            TlsMode::Starttls => 587,
-            TlsMode::None => 25,
-        },
-        Some(p) => u16::try_from(*p.get_ref())
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| loc.err(Some(p.span()), &k("port"), "must be a TCP port, 1-65535"))?,
+    super::plaintext_allowed(
+        loc,
+        &k("tls"),
+        raw.tls.as_ref(),
+        raw.allow_plaintext == Some(true),
+        "the password and the mail in clear text: set allow_plaintext = true in this [smtp] table if that is really wanted (e.g. a relay on loopback)",
+    )?;
+    let default_port = match tls {
+        TlsMode::Implicit => 465,
+        TlsMode::Starttls => 587,
+        TlsMode::None => 25,
     };
+    let port = super::port_or(loc, &k("port"), &raw.port, default_port)?;
+    let (user, password, oauth) = login(loc, &k, &raw, mailbox, resolve)?;
+    Ok(Some(SmtpConfig {
+        host,
+        port,
+        tls,
+        ca_file: raw.ca_file.as_ref().map(|c| resolve(c.get_ref())),
+        user,
+        password,
+        oauth,
+        timeout: super::secs_up_to(
+            loc,
+            &k("timeout"),
+            &raw.timeout,
+            Duration::from_secs(60),
+            3600,
+        )?,
+        retry: retry_policy(loc, &k, &raw)?,
+    }))
+}
+
+/// Who the SMTP side logs in as: a user and password, the mailbox's OAuth2 token
+/// (`auth = "xoauth2"`), or nobody (no AUTH).
+#[allow(clippy::type_complexity)]
+fn login(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    raw: &RawSmtp,
+    mailbox: MailboxAuth<'_>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<
+    (
+        Option<String>,
+        Option<PasswordSource>,
+        Option<(String, crate::oauth::TokenSource)>,
+    ),
+    ConfigError,
+> {
     let password = super::password_source(
         loc,
         &raw.password_env,
@@ -228,18 +260,19 @@ pub(super) fn check(
         }
         _ => {}
     }
-    let secs = |v: &Option<Spanned<i64>>, key: &str, default: Duration, max: i64| match v {
-        None => Ok(default),
-        Some(s) if *s.get_ref() >= 1 && *s.get_ref() <= max => {
-            Ok(Duration::from_secs(*s.get_ref() as u64))
-        }
-        Some(s) => Err(loc.err(
-            Some(s.span()),
-            &k(key),
-            format!("must be a number of seconds from 1 to {max}"),
-        )),
-    };
+    Ok((user, password, oauth))
+}
+
+/// When a deferred send is tried again, and when it is given up.
+fn retry_policy(
+    loc: &Locator<'_>,
+    k: &dyn Fn(&str) -> String,
+    raw: &RawSmtp,
+) -> Result<RetryPolicy, ConfigError> {
     let d = RetryPolicy::default();
+    let secs = |v: &Option<Spanned<i64>>, key: &str, default: Duration, max: i64| {
+        super::secs_up_to(loc, &k(key), v, default, max)
+    };
     let retry = RetryPolicy {
         initial: secs(&raw.retry_initial, "retry_initial", d.initial, 86_400)?,
         max: secs(&raw.retry_max, "retry_max", d.max, 86_400)?,
@@ -257,15 +290,5 @@ pub(super) fn check(
             "must not be below retry_initial",
         ));
     }
-    Ok(Some(SmtpConfig {
-        host,
-        port,
-        tls,
-        ca_file: raw.ca_file.as_ref().map(|c| resolve(c.get_ref())),
-        user,
-        password,
-        oauth,
-        timeout: secs(&raw.timeout, "timeout", Duration::from_secs(60), 3600)?,
-        retry,
-    }))
+    Ok(retry)
 }
