@@ -278,9 +278,14 @@ fn main() {
         c.append(f, message(&user, messages + k).as_bytes());
         let needle = format!("mailbox={user} ");
         loop {
-            let (at, line) = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("no commit within 30 s");
+            let Ok((at, line)) = rx.recv_timeout(Duration::from_secs(30)) else {
+                let log = std::fs::read_to_string(work.join("agent.log")).unwrap_or_default();
+                let mine: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
+                panic!(
+                    "trial {k}: no commit of {user}/{f} within 30 s; its last log lines:\n{}",
+                    mine[mine.len().saturating_sub(40)..].join("\n")
+                );
+            };
             if line.contains(&needle) && line.contains("batch committed") {
                 lat.push(at.duration_since(t).as_secs_f64() * 1000.0);
                 break;

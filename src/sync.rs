@@ -278,77 +278,94 @@ pub async fn plan(
         if tracked.iter().any(|t| t.rule.folder == rule.folder) {
             continue;
         }
-        let Some(binding) = store.rule_binding(&mb.name, &rule.folder)? else {
-            store.add_alert(
-                &mb.name,
-                track::warning(format!(
-                    "rule folder `{}` does not exist on {addr}: nothing to track there yet",
-                    rule.folder
-                )),
-            )?;
-            continue;
-        };
-        let mut found = None;
-        for f in all
-            .iter()
-            .filter(|f| f.selectable && !tracked.iter().any(|t| t.folder.name == f.name))
-        {
-            let st = timed(
-                &addr,
-                "STATUS",
-                conn.session.status(&f.server_name, "(UIDVALIDITY)"),
-            )
-            .await?;
-            if st.uid_validity == Some(binding.uidvalidity) {
-                found = Some(f.clone());
-                break;
-            }
-        }
-        match found {
-            Some(f) => {
-                if f.name != binding.folder {
-                    tracing::info!(mailbox = %mb.name, from = %binding.folder, to = %f.name, "tracked folder renamed: still tracked");
-                    store.rename_folder_state(&mb.name, &binding.folder, &f.name)?;
-                    store.put_rule_binding(
-                        &mb.name,
-                        &rule.folder,
-                        &RuleBinding {
-                            folder: f.name.clone(),
-                            uidvalidity: binding.uidvalidity,
-                        },
-                    )?;
-                    store.add_alert(
-                        &mb.name,
-                        Alert {
-                            level: "info".into(),
-                            message: format!(
-                                "folder `{}` was renamed to `{}`; rule `{}` still tracks it",
-                                binding.folder, f.name, rule.folder
-                            ),
-                        },
-                    )?;
-                }
-                tracked.push(Tracked {
-                    is_sent: is_sent(&f.name),
-                    folder: f,
-                    rule: rule.clone(),
-                    capture: None,
-                    other: None,
-                });
-            }
-            None => store.add_alert(
-                &mb.name,
-                Alert {
-                    level: "error".into(),
-                    message: format!(
-                        "tracked folder `{}` (rule `{}`) was deleted on {addr}",
-                        binding.folder, rule.folder
-                    ),
-                },
-            )?,
+        let taken: Vec<&str> = tracked.iter().map(|t| t.folder.name.as_str()).collect();
+        if let Some(f) = follow_rule(conn, mb, store, rule, &all, &taken).await? {
+            tracked.push(Tracked {
+                is_sent: is_sent(&f.name),
+                folder: f,
+                rule: rule.clone(),
+                capture: None,
+                other: None,
+            });
         }
     }
     Ok(tracked)
+}
+
+/// An exact rule whose folder is not listed: the folder it was bound to may have been renamed
+/// (same UIDVALIDITY under another name: it stays tracked, DESIGN §4.5) or deleted (an alert).
+/// Returns the folder under its new name.
+async fn follow_rule(
+    conn: &mut Connected,
+    mb: &MailboxConfig,
+    store: &Store,
+    rule: &Rule,
+    all: &[Folder],
+    taken: &[&str],
+) -> Result<Option<Folder>, SyncError> {
+    let addr = conn.peer.clone();
+    let Some(binding) = store.rule_binding(&mb.name, &rule.folder)? else {
+        store.add_alert(
+            &mb.name,
+            track::warning(format!(
+                "rule folder `{}` does not exist on {addr}: nothing to track there yet",
+                rule.folder
+            )),
+        )?;
+        return Ok(None);
+    };
+    let mut found = None;
+    for f in all
+        .iter()
+        .filter(|f| f.selectable && !taken.contains(&f.name.as_str()))
+    {
+        let st = timed(
+            &addr,
+            "STATUS",
+            conn.session.status(&f.server_name, "(UIDVALIDITY)"),
+        )
+        .await?;
+        if st.uid_validity == Some(binding.uidvalidity) {
+            found = Some(f.clone());
+            break;
+        }
+    }
+    let Some(f) = found else {
+        store.add_alert(
+            &mb.name,
+            Alert {
+                level: "error".into(),
+                message: format!(
+                    "tracked folder `{}` (rule `{}`) was deleted on {addr}",
+                    binding.folder, rule.folder
+                ),
+            },
+        )?;
+        return Ok(None);
+    };
+    if f.name != binding.folder {
+        tracing::info!(mailbox = %mb.name, from = %binding.folder, to = %f.name, "tracked folder renamed: still tracked");
+        store.rename_folder_state(&mb.name, &binding.folder, &f.name)?;
+        store.put_rule_binding(
+            &mb.name,
+            &rule.folder,
+            &RuleBinding {
+                folder: f.name.clone(),
+                uidvalidity: binding.uidvalidity,
+            },
+        )?;
+        store.add_alert(
+            &mb.name,
+            Alert {
+                level: "info".into(),
+                message: format!(
+                    "folder `{}` was renamed to `{}`; rule `{}` still tracks it",
+                    binding.folder, f.name, rule.folder
+                ),
+            },
+        )?;
+    }
+    Ok(Some(f))
 }
 
 /// One pass over all tracked folders of a logged-in session. With `cancel`, a cancelled pass
