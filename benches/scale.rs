@@ -287,7 +287,16 @@ fn main() {
                 );
             };
             if line.contains(&needle) && line.contains("batch committed") {
-                lat.push(at.duration_since(t).as_secs_f64() * 1000.0);
+                let ms = at.duration_since(t).as_secs_f64() * 1000.0;
+                if ms > 5000.0 && std::env::var_os("SCALE_DEBUG_SLOW").is_some() {
+                    let log = std::fs::read_to_string(work.join("agent.log")).unwrap_or_default();
+                    let mine: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
+                    eprintln!(
+                        "trial {k}: {user}/{f} took {ms:.0} ms; its last log lines:\n{}",
+                        mine[mine.len().saturating_sub(30)..].join("\n")
+                    );
+                }
+                lat.push(ms);
                 break;
             }
         }

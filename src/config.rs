@@ -464,20 +464,8 @@ impl Config {
             .map(|d| resolve(d.get_ref()))
             .unwrap_or_else(|| resolve("foldertrack-data"));
 
-        let positive = |v: &Option<Spanned<i64>>,
-                        key: &str,
-                        default: u64,
-                        max: u64|
-         -> Result<u64, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) if *s.get_ref() > 0 && (*s.get_ref() as u64) <= max => {
-                    Ok(*s.get_ref() as u64)
-                }
-                Some(s) => {
-                    Err(loc.err(Some(s.span()), key, format!("must be between 1 and {max}")))
-                }
-            }
+        let positive = |v: &Option<Spanned<i64>>, key: &str, default: u64, max: u64| {
+            positive(&loc, v, key, default, max)
         };
         let d = FetchLimits::default();
         let fetch = FetchLimits {
@@ -506,38 +494,7 @@ impl Config {
             3600,
         )?);
 
-        let metrics_listen = match &raw.metrics {
-            None => None,
-            Some(m) => Some(m.listen.get_ref().parse().map_err(|e| {
-                loc.err(
-                    Some(m.listen.span()),
-                    "metrics.listen",
-                    format!("must be an address and port such as \"127.0.0.1:9898\" ({e})"),
-                )
-            })?),
-        };
-        let mut metrics = MetricsSettings {
-            detail: raw.metrics.as_ref().is_some_and(|m| m.detail),
-            ..Default::default()
-        };
-        for h in raw.metrics.iter().flat_map(|m| &m.allowed_hosts) {
-            let name = h
-                .get_ref()
-                .trim()
-                .trim_end_matches('.')
-                .to_ascii_lowercase();
-            if name.is_empty() || name.contains([':', '/', ' ', '[', ']']) {
-                return Err(loc.err(
-                    Some(h.span()),
-                    "metrics.allowed_hosts",
-                    format!(
-                        "`{}` is not a host name: write names only, without scheme or port (\"metrics.example.com\")",
-                        h.get_ref()
-                    ),
-                ));
-            }
-            metrics.allowed_hosts.push(name);
-        }
+        let (metrics_listen, metrics) = metrics_settings(&loc, raw.metrics.as_ref())?;
         let dh = HealthSettings::default();
         let health = match &raw.health {
             None => dh,
@@ -996,6 +953,62 @@ fn crm_settings(
         tracked_keyword,
         token,
     })
+}
+
+/// A whole number from 1 to `max`, or `default`.
+fn positive(
+    loc: &Locator<'_>,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) if *s.get_ref() > 0 && (*s.get_ref() as u64) <= max => Ok(*s.get_ref() as u64),
+        Some(s) => Err(loc.err(Some(s.span()), key, format!("must be between 1 and {max}"))),
+    }
+}
+
+/// `[metrics]`: where to listen (none: not served), and what the endpoint may show and to
+/// which host names it answers.
+fn metrics_settings(
+    loc: &Locator<'_>,
+    raw: Option<&RawMetrics>,
+) -> Result<(Option<std::net::SocketAddr>, MetricsSettings), ConfigError> {
+    let Some(m) = raw else {
+        return Ok((None, MetricsSettings::default()));
+    };
+    let listen = m.listen.get_ref().parse().map_err(|e| {
+        loc.err(
+            Some(m.listen.span()),
+            "metrics.listen",
+            format!("must be an address and port such as \"127.0.0.1:9898\" ({e})"),
+        )
+    })?;
+    let mut metrics = MetricsSettings {
+        detail: m.detail,
+        ..Default::default()
+    };
+    for h in &m.allowed_hosts {
+        let name = h
+            .get_ref()
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if name.is_empty() || name.contains([':', '/', ' ', '[', ']']) {
+            return Err(loc.err(
+                Some(h.span()),
+                "metrics.allowed_hosts",
+                format!(
+                    "`{}` is not a host name: write names only, without scheme or port (\"metrics.example.com\")",
+                    h.get_ref()
+                ),
+            ));
+        }
+        metrics.allowed_hosts.push(name);
+    }
+    Ok((Some(listen), metrics))
 }
 
 /// `password_env` or `password_file` (not both; `key` names the first in errors), or `None`
