@@ -18,7 +18,6 @@ use crate::store::Store;
 use crate::sync::{self, SyncError, Tracked};
 use crate::worker::{Live, Runner, Signals, WatchMode, WorkError, Worker, WorkerState};
 use async_imap::extensions::idle::IdleResponse;
-use async_imap::imap_proto::StatusAttribute;
 use async_imap::types::UnsolicitedResponse;
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,20 +238,34 @@ impl MailboxWorker {
         crate::metrics::metrics().connected(&self.mb.name, false);
     }
 
-    /// Plans the folders, then passes until nothing is left: with NOTIFY, until `NOTIFY SET
-    /// STATUS` (sent last, right before IDLE) reports every folder at its checkpoint; without
-    /// it, until a pass finds every folder's STATUS unchanged and no event came in meanwhile.
+    /// Plans the folders and sets NOTIFY for them (once per connection: Dovecot 2.3 stops
+    /// reporting every other time NOTIFY is set again), then passes until a pass finds every
+    /// folder's STATUS at its checkpoint and no event came in meanwhile. Each round first
+    /// selects the IDLE folder: Dovecot's NOTIFY ignores changes of the selected folder (they
+    /// come as EXISTS), so a change of a folder that was selected while the change happened
+    /// must be seen by the round's STATUS, after that folder is no longer selected.
     async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), SyncError> {
         let s = self.session.as_mut().expect("connected");
         self.live.set(WorkerState::Syncing);
         s.tracked = sync::plan(&mut s.conn, &self.mb, &self.store).await?;
+        if s.notify {
+            let names: Vec<String> = s
+                .tracked
+                .iter()
+                .map(|t| t.folder.server_name.clone())
+                .collect();
+            if s.notify_for.as_ref() != Some(&names) {
+                s.notify = set_notify(&mut s.conn, &names).await;
+                s.notify_for = s.notify.then_some(names);
+            }
+        }
         self.found = false;
         s.ready = false;
         let idle_folder = (s.idle && !s.tracked.is_empty()).then(|| s.tracked[0].folder.clone());
         for round in 1..=MAX_ROUNDS {
-            // Without NOTIFY, the IDLE folder is selected *before* the others are checked, so
-            // that mail arriving in it after its check comes as EXISTS.
-            if let (Some(f), false) = (&idle_folder, s.notify) {
+            // The IDLE folder is selected *before* the others are checked, so that mail
+            // arriving in it after its check comes as EXISTS.
+            if let Some(f) = &idle_folder {
                 crate::imap::fetch::examine(
                     &mut s.conn.session,
                     &s.conn.peer,
@@ -281,11 +294,7 @@ impl MailboxWorker {
             if cancel.is_cancelled() {
                 break;
             }
-            let caught_up = match &idle_folder {
-                Some(f) if s.notify => settle_with_notify(s, f, &self.mb, &self.store).await?,
-                _ => report.folders.is_empty() && pending_events(&s.conn) == 0,
-            };
-            if caught_up {
+            if report.folders.is_empty() && pending_events(&s.conn) == 0 {
                 tracing::debug!(round, "caught up");
                 s.ready = idle_folder.is_some();
                 break;
@@ -461,74 +470,6 @@ async fn idle_until(
     })
 }
 
-/// The last step before IDLE with NOTIFY: select the IDLE folder and compare it with its
-/// checkpoint, then `NOTIFY SET STATUS`, which (RFC 5465 §5.1) reports every other folder's
-/// state at the moment notifications are armed. Caught up when all match: from then on every
-/// change is an event. Dovecot loses the notification of a change that happened while the
-/// session was busy with other commands, so our own STATUS sweep could not close the gap;
-/// the server's snapshot taken as it arms the notifications does.
-async fn settle_with_notify(
-    s: &mut Session,
-    idle_folder: &crate::imap::folders::Folder,
-    mb: &MailboxConfig,
-    store: &Store,
-) -> Result<bool, SyncError> {
-    let sel = crate::imap::fetch::examine(
-        &mut s.conn.session,
-        &s.conn.peer,
-        &idle_folder.server_name,
-        &idle_folder.name,
-    )
-    .await?;
-    let at_checkpoint = |folder: &str, uidvalidity: u32, uid_next: u32| {
-        store
-            .folder_state(&mb.name, folder)
-            .ok()
-            .flatten()
-            .is_some_and(|st| st.uidvalidity == uidvalidity && st.synced_uid_next == uid_next)
-    };
-    let mut behind = !at_checkpoint(&idle_folder.name, sel.uidvalidity, sel.uid_next);
-    pending_events(&s.conn); // the snapshot below supersedes them
-    let names: Vec<String> = s
-        .tracked
-        .iter()
-        .map(|t| t.folder.server_name.clone())
-        .collect();
-    s.notify = set_notify(&mut s.conn, &names, true).await;
-    if !s.notify {
-        s.notify_for = None;
-        return Ok(false); // the next round checks the folders itself
-    }
-    s.notify_for = Some(names);
-    while let Ok(r) = s.conn.session.unsolicited_responses.try_recv() {
-        match r {
-            UnsolicitedResponse::Status {
-                mailbox,
-                attributes,
-            } => {
-                let Some(t) = s.tracked.iter().find(|t| t.folder.server_name == mailbox) else {
-                    continue;
-                };
-                let (mut v, mut n) = (None, None);
-                for a in attributes {
-                    match a {
-                        StatusAttribute::UidValidity(x) => v = Some(x),
-                        StatusAttribute::UidNext(x) => n = Some(x),
-                        _ => {}
-                    }
-                }
-                if let (Some(v), Some(n)) = (v, n) {
-                    behind |= !at_checkpoint(&t.folder.name, v, n);
-                }
-            }
-            // New mail in the IDLE folder since it was selected.
-            UnsolicitedResponse::Exists(_) => behind = true,
-            _ => {}
-        }
-    }
-    Ok(!behind)
-}
-
 /// Takes the new-mail events (NOTIFY's STATUS of another folder, EXISTS of the selected one)
 /// queued since the last call, and says how many there were. The rest of the queue (flag
 /// changes, our own commands' side answers) is dropped with them: async-imap's queue is
@@ -551,9 +492,8 @@ fn count_events(mut next: impl FnMut() -> Option<UnsolicitedResponse>) -> usize 
 }
 
 /// Asks the server to report new mail in every tracked folder (RFC 5465), so one connection
-/// watches them all; with `status`, to report their state now, too. `false` when the server
-/// refuses.
-async fn set_notify(conn: &mut Connected, names: &[String], status: bool) -> bool {
+/// watches them all. `false` when the server refuses.
+async fn set_notify(conn: &mut Connected, names: &[String]) -> bool {
     // A name with a control character cannot be sent quoted (and is never tracked: the folder
     // listing refuses it); leave it out rather than send a broken command.
     let list: Vec<String> = names
@@ -567,8 +507,7 @@ async fn set_notify(conn: &mut Connected, names: &[String], status: bool) -> boo
         })
         .collect();
     let cmd = format!(
-        "NOTIFY SET{} (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
-        if status { " STATUS" } else { "" },
+        "NOTIFY SET (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
         list.join(" ")
     );
     match tokio::time::timeout(
