@@ -23,6 +23,7 @@ pub mod store;
 pub mod supervisor;
 pub mod sync;
 pub mod time;
+pub mod token;
 pub mod track;
 pub mod watch;
 pub mod worker;

@@ -991,7 +991,7 @@ impl Store {
         &self,
         ids: &[u64],
         writer: &crate::model::Writer,
-        smart: Option<&crate::track::token::TokenFormat>,
+        smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
         let mut n = 0;
         for chunk in ids.chunks(256) {
@@ -1020,7 +1020,7 @@ impl Store {
         &self,
         created: &[Activity],
         writer: &crate::model::Writer,
-        smart: Option<&crate::track::token::TokenFormat>,
+        smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
         let mut n = 0;
         for x in created {
@@ -1087,7 +1087,7 @@ impl Store {
     fn smart_match(
         &self,
         x: &Activity,
-        token: &crate::track::token::TokenFormat,
+        token: &crate::token::TokenFormat,
     ) -> Option<Correlation> {
         let norm = crate::track::normalise_subject(x.subject.as_deref()?, token);
         if norm.split_whitespace().count() < 2 {

@@ -4,7 +4,7 @@
 
 pub mod parties;
 pub mod rules;
-pub mod token;
+use crate::token;
 
 use crate::config::{MailboxConfig, OtherMail, UnresolvedSender};
 use crate::model::{

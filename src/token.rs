@@ -17,6 +17,10 @@
 //! Because the counter wraps (after 999 mails per user with the defaults), a token is not
 //! unique forever: callers should treat a match as a strong hint to be confirmed
 //! (participants, date), not as a primary key.
+//!
+//! A leaf module (it knows no other part of foldertrack): the configuration holds a
+//! [`TokenFormat`], tracking and the store match with it, and none of them has to import
+//! another for it.
 
 use serde::{Deserialize, Serialize};
 
