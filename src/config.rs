@@ -888,7 +888,7 @@ fn check_mailbox(
         watch,
         crm,
         max_message_bytes: FetchLimits::default().max_message_bytes,
-        command_timeout: crate::imap::COMMAND_TIMEOUT,
+        command_timeout: crate::defaults::COMMAND_TIMEOUT,
         smtp,
     })
 }

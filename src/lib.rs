@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod defaults;
 pub mod control;
 pub mod export;
 pub mod http;

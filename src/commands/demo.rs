@@ -232,7 +232,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         watch: Default::default(),
         crm: Default::default(),
         max_message_bytes: crate::config::FetchLimits::default().max_message_bytes,
-        command_timeout: crate::imap::COMMAND_TIMEOUT,
+        command_timeout: crate::defaults::COMMAND_TIMEOUT,
         smtp: None,
     };
     let mut conn = crate::imap::connect(&mb)

@@ -13,10 +13,6 @@ use std::time::Duration;
 
 pub use connect::{connect, Conn, Connected, ImapSession};
 
-/// How long one command may take before the connection is considered dead, unless the
-/// configuration's `command_timeout` says otherwise.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// The server a session talks to, and how long each of its commands may take. It travels with
 /// the session (not a process-wide setting), so mailboxes and tests can each have their own.
 #[derive(Debug, Clone)]
