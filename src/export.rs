@@ -286,64 +286,6 @@ mod tests {
         assert!(check_since("2026-02-30").is_err(), "not a real date");
     }
 
-    /// A spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (OWASP "CSV
-    /// injection"): such cells get a `'` in front, and `records import` takes exactly that `'`
-    /// off again, so records round-trip.
-    #[test]
-    fn csv_cells_that_spreadsheets_would_run_are_neutralised_and_records_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let rec = |key: &str, name: &str| crate::model::Record {
-            rtype: "account".into(),
-            key: key.into(),
-            name: name.into(),
-            emails: vec![],
-            owner: None,
-            shared: false,
-            teams: vec![],
-        };
-        let names = [
-            "=HYPERLINK(\"http://evil.example\",\"x\")",
-            "+1 555 0100",
-            "-5 %",
-            "@SUM(A1)",
-            "'=already quoted",
-            "''+twice",
-            "'plain quote",
-            "Acme",
-        ];
-        let recs: Vec<_> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| rec(&format!("k{i}"), n))
-            .collect();
-        store.put_records(&recs).unwrap();
-        let mut out = Vec::new();
-        records(&store, None, Format::Csv, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let mut rdr = csv::Reader::from_reader(text.as_bytes());
-        let cells: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
-        assert_eq!(
-            cells,
-            [
-                "'=HYPERLINK(\"http://evil.example\",\"x\")",
-                "'+1 555 0100",
-                "'-5 %",
-                "'@SUM(A1)",
-                "''=already quoted",
-                "'''+twice",
-                "'plain quote",
-                "Acme",
-            ]
-        );
-        let back = crate::records_io::parse_records("r.csv", &text, true).unwrap();
-        assert_eq!(back, recs, "records import reads back what was exported");
-        for (cell, safe) in [("\tx", "'\tx"), ("\rx", "'\rx"), ("", ""), ("a=b", "a=b")] {
-            assert_eq!(neutralise(cell), safe);
-            assert_eq!(restore(&neutralise(cell)), cell);
-        }
-    }
-
     /// The hand-written parser dropped the offset of a time with fractional seconds.
     #[test]
     fn since_with_fractional_seconds_keeps_its_offset() {
