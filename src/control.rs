@@ -7,8 +7,9 @@
 //! anyone else in (not even for the moment before a chmod), the peer's uid is checked
 //! (`SO_PEERCRED`), and requests are bounded in size, number and time.
 
-use crate::commands::{execute, Reply, Request};
+use crate::commands::execute;
 use crate::config::Config;
+use crate::protocol::{Reply, Request};
 use crate::store::Store;
 use crate::supervisor::AgentHandle;
 use std::path::{Path, PathBuf};

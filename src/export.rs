@@ -45,6 +45,12 @@ pub struct ActivityFilter {
     pub regarding: Option<String>,
 }
 
+/// A filter the caller got wrong (a bad `--since` or `--regarding`): a usage mistake, exit
+/// code 2, like the CLI's own (see `protocol::exit_code`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(pub String);
+
 /// The CSV columns of `activities export --format csv`, in order.
 pub const ACTIVITY_COLUMNS: [&str; 19] = [
     "id",
@@ -202,11 +208,11 @@ pub fn activities(
         .as_deref()
         .map(check_since)
         .transpose()
-        .map_err(crate::commands::UsageError)?;
+        .map_err(FilterError)?;
     let regarding = filter
         .regarding
         .as_deref()
-        .map(|r| r.parse::<RecordRef>().map_err(crate::commands::UsageError))
+        .map(|r| r.parse::<RecordRef>().map_err(FilterError))
         .transpose()?
         .map(|r| r.to_string());
     let mut sink = Sink::new(format, out, &ACTIVITY_COLUMNS)?;

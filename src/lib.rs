@@ -8,8 +8,8 @@
 
 pub mod commands;
 pub mod config;
-pub mod defaults;
 pub mod control;
+pub mod defaults;
 pub mod export;
 pub mod http;
 pub mod imap;
@@ -18,6 +18,7 @@ pub mod model;
 pub mod oauth;
 pub mod outbox;
 pub mod parse;
+pub mod protocol;
 pub mod records_io;
 pub mod smtp;
 pub mod store;

@@ -2,8 +2,9 @@
 //! the library and maps errors to exit codes (0 ok, 1 runtime failure, 2 usage or config).
 
 use clap::{CommandFactory, Parser, Subcommand};
-use foldertrack::commands::{self, Reply, Request};
+use foldertrack::commands;
 use foldertrack::config::Config;
+use foldertrack::protocol::{Reply, Request};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

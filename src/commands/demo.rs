@@ -154,7 +154,7 @@ fn raw(m: &Mail) -> Vec<u8> {
 /// Runs the demo in `dir`; with `keep` the demo Dovecot stays up afterwards.
 pub async fn run(dir: &Path, keep: bool) -> Result<String> {
     if !dovecot_available() {
-        anyhow::bail!(super::UsageError(
+        anyhow::bail!(crate::protocol::UsageError(
             "the demo needs Dovecot: install it with `apt-get install -y dovecot-imapd` (the README's first command does)".into()
         ));
     }

@@ -1,9 +1,10 @@
 //! `activities send` and `outbox list | retry | cancel`, plus the outgoing lines of `status`,
 //! `check` and `activities show`.
 
-use super::{show, PartialFailure, UsageError};
+use super::show;
 use crate::config::Config;
 use crate::outbox::{self, OutboxError, Outgoing};
+use crate::protocol::{PartialFailure, Request, UsageError};
 use crate::store::{OutboxEntry, OutboxSummary, SendState, Store};
 use anyhow::Result;
 
@@ -238,7 +239,7 @@ pub struct SendArgs {
     pub regarding: String,
 }
 
-pub fn send_request(a: SendArgs) -> Result<super::Request> {
+pub fn send_request(a: SendArgs) -> Result<Request> {
     use base64::Engine;
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).map_err(|e| UsageError(format!("cannot read {what} {}: {e}", p.display())))
@@ -273,7 +274,7 @@ pub fn send_request(a: SendArgs) -> Result<super::Request> {
             data: base64::engine::general_purpose::STANDARD.encode(data),
         });
     }
-    Ok(super::Request::ActivitiesSend {
+    Ok(Request::ActivitiesSend {
         outgoing: Outgoing {
             mailbox: a.mailbox,
             to: a.to,

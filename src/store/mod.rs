@@ -1084,11 +1084,7 @@ impl Store {
 
     /// Smart matching (DESIGN §4.10): an earlier activity with the same subject words and at
     /// least two addresses in common.
-    fn smart_match(
-        &self,
-        x: &Activity,
-        token: &crate::token::TokenFormat,
-    ) -> Option<Correlation> {
+    fn smart_match(&self, x: &Activity, token: &crate::token::TokenFormat) -> Option<Correlation> {
         let norm = crate::track::normalise_subject(x.subject.as_deref()?, token);
         if norm.split_whitespace().count() < 2 {
             return None;
