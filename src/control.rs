@@ -7,11 +7,11 @@
 //! anyone else in (not even for the moment before a chmod), the peer's uid is checked
 //! (`SO_PEERCRED`), and requests are bounded in size, number and time.
 
+use crate::agent::AgentHandle;
 use crate::commands::execute;
 use crate::config::Config;
 use crate::protocol::{Reply, Request};
 use crate::store::Store;
-use crate::supervisor::AgentHandle;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -6,9 +6,9 @@
 //! most [`MAX_CONNECTIONS`] at once, and only for this endpoint's own host names (DNS
 //! rebinding). It never serves anything but these two documents.
 
+use crate::agent::AgentHandle;
 use crate::config::Config;
 use crate::store::Store;
-use crate::supervisor::AgentHandle;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,6 +6,7 @@
 //! driven per mailbox by [`sync`]. [`records_io`] imports CRM records, [`commands`] holds
 //! what the CLI commands do, so that `main.rs` only parses arguments.
 
+pub mod agent;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -2,14 +2,15 @@
 //! SIGTERM stop the tasks after the batch in hand is committed; SIGHUP reloads the config
 //! (a changed rule re-links its folder at the next pass) and restarts the mailbox tasks.
 
+use crate::agent::AgentHandle;
 use crate::config::Config;
 use crate::store::Store;
 use crate::watch;
-use crate::worker::{Live, LiveState, Runner, Signals, WorkError, Worker};
+use crate::worker::{Live, Runner, Signals, WorkError, Worker};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken as Cancel;
@@ -18,46 +19,6 @@ use tokio_util::sync::CancellationToken;
 /// How many mailboxes may be logging in at once (1,000 mailboxes must not hit the server at the
 /// same instant).
 pub const LOGIN_CONCURRENCY: usize = 16;
-
-/// Per mailbox: its live state and the bell that wakes its task.
-type Tasks = BTreeMap<String, (Live, Arc<Notify>)>;
-
-/// What the control socket needs from the running agent: live states, and a way to wake tasks.
-#[derive(Clone, Default)]
-pub struct AgentHandle {
-    inner: Arc<Mutex<Tasks>>,
-    /// Wakes the outbox runner (a send was queued or retried).
-    outbox: Arc<Notify>,
-    pub pid: u32,
-}
-
-impl AgentHandle {
-    /// Wakes one mailbox (or all) for an immediate pass.
-    pub fn wake(&self, mailbox: Option<&str>) -> String {
-        let Ok(m) = self.inner.lock() else {
-            return "agent state is poisoned\n".into();
-        };
-        let mut n = 0;
-        for (name, (_, w)) in m.iter() {
-            if mailbox.is_none_or(|x| x == name) {
-                w.notify_one();
-                n += 1;
-            }
-        }
-        format!("the running agent (pid {}) tracks continuously; woke {n} mailbox(es) for an immediate pass\n", self.pid)
-    }
-
-    /// Makes the outbox runner look at the queue now.
-    pub fn wake_outbox(&self) {
-        self.outbox.notify_one();
-    }
-
-    pub fn live(&self, mailbox: &str) -> Option<LiveState> {
-        let m = self.inner.lock().ok()?;
-        let (l, _) = m.get(mailbox)?;
-        Some(l.get())
-    }
-}
 
 /// Runs the agent until `shutdown` resolves.
 ///
@@ -69,10 +30,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let store = Arc::new(open_store_waiting(&config).await?);
-    let agent = AgentHandle {
-        pid: std::process::id(),
-        ..Default::default()
-    };
+    let agent = AgentHandle::new(std::process::id());
     let stop = CancellationToken::new();
     let shared = Arc::new(RwLock::new(config.clone()));
     match crate::control::bind(&config.data_dir) {
@@ -222,7 +180,7 @@ fn start(
     if config.mailboxes.iter().any(|m| m.smtp.is_some()) {
         let runner = Runner {
             live: Live::default(),
-            wake: agent.outbox.clone(),
+            wake: agent.outbox_bell(),
             cancel: cancel.clone(),
             backoff_max: Duration::from_secs(60),
             name: "outbox".into(),
@@ -234,9 +192,7 @@ fn start(
         };
         handles.push(tokio::spawn(runner.run(worker)));
     }
-    if let Ok(mut m) = agent.inner.lock() {
-        *m = map;
-    }
+    agent.set_tasks(map);
     handles
 }
 

@@ -154,7 +154,7 @@ pub async fn execute(
     req: Request,
     config: &Config,
     store: &Arc<Store>,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&crate::agent::AgentHandle>,
 ) -> Reply {
     let r = match req {
         Request::Sync { mailbox, progress } => match agent {
@@ -374,7 +374,7 @@ fn activities_link(store: &Store, id: u64, regarding: &str) -> Result<String> {
 pub fn status(
     config: &Config,
     store: &Store,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&crate::agent::AgentHandle>,
     json: bool,
 ) -> Result<String> {
     let st = show::Status::collect(config, store, agent)?;

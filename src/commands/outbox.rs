@@ -21,7 +21,7 @@ pub async fn send(
     config: &Config,
     store: &Store,
     req: &Outgoing,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&crate::agent::AgentHandle>,
 ) -> Result<String> {
     let e = outbox::enqueue(config, store, req).map_err(map_err)?;
     let e = outbox::attempt(config, store, e.activity)
@@ -133,7 +133,7 @@ pub async fn retry(
     config: &Config,
     store: &Store,
     id: u64,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&crate::agent::AgentHandle>,
 ) -> Result<String> {
     let e = outbox::retry(store, id).map_err(map_err)?;
     let e = outbox::attempt(config, store, e.activity)

@@ -381,7 +381,7 @@ impl Status {
     pub fn collect(
         config: &Config,
         store: &Store,
-        agent: Option<&crate::supervisor::AgentHandle>,
+        agent: Option<&crate::agent::AgentHandle>,
     ) -> Result<Status> {
         let folders = store.folder_states()?;
         let outboxes = store.outbox_summary()?;
