@@ -7,13 +7,10 @@
 //! anyone else in (not even for the moment before a chmod), the peer's uid is checked
 //! (`SO_PEERCRED`), and requests are bounded in size, number and time.
 
-use crate::agent::AgentHandle;
-use crate::commands::execute;
-use crate::config::Config;
 use crate::protocol::{Reply, Request};
-use crate::store::Store;
+use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -39,6 +36,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request kinds that may be up to [`MAX_BULK_REQUEST`] (`serde_json` writes the tag first).
 const BULK_PREFIXES: [&[u8]; 2] = [b"{\"cmd\":\"records_put\"", b"{\"cmd\":\"activities_send\""];
 
+/// What answers a request: the running agent's commands, passed in by `supervisor`. The
+/// socket only carries requests and replies; taking the answer as a value keeps it from
+/// importing the commands (which reach the agent through [`call`]).
+pub type Handler = Arc<dyn Fn(Request) -> BoxFuture<'static, Reply> + Send + Sync>;
+
+/// Where the running agent listens: in the data dir, whose lock says which agent that is.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("foldertrack.sock")
 }
@@ -166,12 +169,7 @@ where
 }
 
 /// One connection: who, what, then the answer.
-async fn handle(
-    stream: UnixStream,
-    config: Arc<RwLock<Config>>,
-    store: Arc<Store>,
-    agent: AgentHandle,
-) {
+async fn handle(stream: UnixStream, handler: Handler) {
     let (mut rd, mut wr) = stream.into_split();
     if let Err(why) = peer_allowed(wr.as_ref()) {
         tracing::warn!("control socket: {why}");
@@ -188,26 +186,14 @@ async fn handle(
         Ok(Ok(Ok(None))) | Ok(Err(_)) | Err(_) => return,
     };
     let reply = match serde_json::from_slice::<Request>(&line) {
-        Ok(req) => {
-            let cfg: Option<Config> = config.read().ok().map(|c| c.clone());
-            match cfg {
-                Some(cfg) => execute(req, &cfg, &store, Some(&agent)).await,
-                None => refusal(1, "agent state is poisoned".into()),
-            }
-        }
+        Ok(req) => handler(req).await,
         Err(e) => refusal(2, format!("bad request: {e}")),
     };
     write_reply(&mut wr, &reply).await;
 }
 
-/// Serves requests until `cancel`.
-pub async fn serve(
-    listener: UnixListener,
-    config: Arc<RwLock<Config>>,
-    store: Arc<Store>,
-    agent: AgentHandle,
-    cancel: CancellationToken,
-) {
+/// Serves requests until `cancel`, each answered by `handler`.
+pub async fn serve(listener: UnixListener, handler: Handler, cancel: CancellationToken) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -238,10 +224,10 @@ pub async fn serve(
             }
             continue;
         };
-        let (config, store, agent) = (config.clone(), store.clone(), agent.clone());
+        let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            handle(stream, config, store, agent).await;
+            handle(stream, handler).await;
         });
     }
     let _ = std::fs::remove_file(

@@ -4,6 +4,7 @@
 
 use crate::agent::AgentHandle;
 use crate::config::Config;
+use crate::protocol::Reply;
 use crate::store::Store;
 use crate::watch;
 use crate::worker::{Live, Runner, Signals, WorkError, Worker};
@@ -35,13 +36,8 @@ pub async fn run(
     let shared = Arc::new(RwLock::new(config.clone()));
     match crate::control::bind(&config.data_dir) {
         Ok(l) => {
-            tokio::spawn(crate::control::serve(
-                l,
-                shared.clone(),
-                store.clone(),
-                agent.clone(),
-                stop.clone(),
-            ));
+            let handler = command_handler(shared.clone(), store.clone(), agent.clone());
+            tokio::spawn(crate::control::serve(l, handler, stop.clone()));
         }
         Err(e) => {
             tracing::warn!(error = %e, "no control socket: other commands cannot reach this agent")
@@ -130,6 +126,25 @@ pub async fn run(
     store.flush()?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The control socket's answers: each request runs as a command against the running agent's
+/// store, with the configuration in force when it arrives.
+fn command_handler(
+    config: Arc<RwLock<Config>>,
+    store: Arc<Store>,
+    agent: AgentHandle,
+) -> crate::control::Handler {
+    Arc::new(move |req| {
+        let config = config.read().ok().map(|c| c.clone());
+        let (store, agent) = (store.clone(), agent.clone());
+        Box::pin(async move {
+            match config {
+                Some(config) => crate::commands::execute(req, &config, &store, Some(&agent)).await,
+                None => Reply::failed(anyhow::anyhow!("agent state is poisoned")),
+            }
+        })
+    })
 }
 
 /// Opens the store; while another *command* (not an agent: no control socket answers) holds it
