@@ -335,7 +335,7 @@ async fn run(cli: Cli) -> Reply {
         },
         Command::Check { mailbox } => Request::Check { mailbox },
         Command::Records { cmd } => match cmd {
-            RecordsCmd::Import { file } => match commands::records_import_request(&file) {
+            RecordsCmd::Import { file } => match commands::records::import_request(&file) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             },
@@ -344,7 +344,7 @@ async fn run(cli: Cli) -> Reply {
                 name,
                 emails,
                 owner,
-            } => match commands::records_add_request(&record, name, emails, owner) {
+            } => match commands::records::add_request(&record, name, emails, owner) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             },

@@ -285,11 +285,11 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         dir.join("records.jsonl").display()
     ));
     out.push_str("\n$ foldertrack sync\n");
-    out.push_str(&super::sync(&config, &store, None, false).await?);
+    out.push_str(&super::sync::sync(&config, &store, None, false).await?);
     out.push_str("\n$ foldertrack activities list\n");
-    out.push_str(&super::activities_list(&store, None, false)?);
+    out.push_str(&super::activities::list(&store, None, false)?);
     out.push_str("\n$ foldertrack status\n");
-    out.push_str(&super::status(&config, &store, None, false)?);
+    out.push_str(&super::status::status(&config, &store, None, false)?);
     let c = cfg_path.display();
     // The binary as the user can type it: relative to where they are, when it is below.
     let exe = std::env::current_exe()

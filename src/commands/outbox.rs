@@ -158,13 +158,13 @@ pub fn outgoing_state(
     config: &Config,
     mailbox: &str,
     outbox: Option<&OutboxSummary>,
-) -> show::Outgoing {
+) -> super::status::Outgoing {
     let smtp = config.mailbox(mailbox).and_then(|m| m.smtp.as_ref());
     let counts = outbox.map(|o| &o.counts);
     let has = |s: SendState| counts.is_some_and(|c| c.contains_key(&s));
     let attention =
         outbox.is_some_and(|o| o.login_stuck) || has(SendState::Failed) || has(SendState::Unknown);
-    show::Outgoing {
+    super::status::Outgoing {
         state: match smtp {
             None => "not configured".into(),
             Some(_) if attention => "attention".into(),
