@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// Per mailbox: its live state and the bell that wakes its task.
-pub type Tasks = BTreeMap<String, (Live, Arc<Notify>)>;
+pub(crate) type Tasks = BTreeMap<String, (Live, Arc<Notify>)>;
 
 /// A cheap, cloneable handle on the running agent's tasks.
 #[derive(Clone, Default)]
-pub struct AgentHandle {
+pub(crate) struct AgentHandle {
     tasks: Arc<Mutex<Tasks>>,
     /// Wakes the outbox runner (a send was queued or retried).
     outbox: Arc<Notify>,
@@ -25,7 +25,7 @@ pub struct AgentHandle {
 
 impl AgentHandle {
     /// The handle of the agent running as process `pid`, with no tasks yet.
-    pub fn new(pid: u32) -> AgentHandle {
+    pub(crate) fn new(pid: u32) -> AgentHandle {
         AgentHandle {
             pid,
             ..Default::default()
@@ -33,19 +33,19 @@ impl AgentHandle {
     }
 
     /// Replaces the mailbox tasks (at start, and after a reload restarted them).
-    pub fn set_tasks(&self, tasks: Tasks) {
+    pub(crate) fn set_tasks(&self, tasks: Tasks) {
         if let Ok(mut m) = self.tasks.lock() {
             *m = tasks;
         }
     }
 
     /// The bell the outbox runner waits on; [`AgentHandle::wake_outbox`] rings it.
-    pub fn outbox_bell(&self) -> Arc<Notify> {
+    pub(crate) fn outbox_bell(&self) -> Arc<Notify> {
         self.outbox.clone()
     }
 
     /// Wakes one mailbox (or all) for an immediate pass.
-    pub fn wake(&self, mailbox: Option<&str>) -> String {
+    pub(crate) fn wake(&self, mailbox: Option<&str>) -> String {
         let Ok(m) = self.tasks.lock() else {
             return "agent state is poisoned\n".into();
         };
@@ -60,12 +60,12 @@ impl AgentHandle {
     }
 
     /// Makes the outbox runner look at the queue now.
-    pub fn wake_outbox(&self) {
+    pub(crate) fn wake_outbox(&self) {
         self.outbox.notify_one();
     }
 
     /// The live state of `mailbox`'s task, if it runs.
-    pub fn live(&self, mailbox: &str) -> Option<LiveState> {
+    pub(crate) fn live(&self, mailbox: &str) -> Option<LiveState> {
         let m = self.tasks.lock().ok()?;
         let (l, _) = m.get(mailbox)?;
         Some(l.get())

@@ -7,4 +7,4 @@ use std::time::Duration;
 
 /// How long one IMAP command may take before the connection is considered dead, unless the
 /// configuration's `command_timeout` says otherwise.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);

@@ -49,7 +49,7 @@ pub struct ActivityFilter {
 /// code 2, like the CLI's own (see `protocol::exit_code`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct FilterError(pub String);
+pub(crate) struct FilterError(pub String);
 
 /// The CSV columns of `activities export --format csv`, in order.
 pub const ACTIVITY_COLUMNS: [&str; 19] = [
@@ -75,10 +75,11 @@ pub const ACTIVITY_COLUMNS: [&str; 19] = [
 ];
 
 /// The CSV header of `records export` (the long form `records import` reads).
-pub const RECORD_COLUMNS: [&str; 7] = ["type", "key", "name", "emails", "owner", "shared", "teams"];
+pub(crate) const RECORD_COLUMNS: [&str; 7] =
+    ["type", "key", "name", "emails", "owner", "shared", "teams"];
 
 /// Checks `--since` (`YYYY-MM-DD`, or RFC 3339 with a time): seconds since the epoch.
-pub fn check_since(s: &str) -> Result<i64, String> {
+pub(crate) fn check_since(s: &str) -> Result<i64, String> {
     crate::time::try_parse_date(s).map_err(|e| format!("--since: {e}"))
 }
 
@@ -131,7 +132,7 @@ const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 /// tab or CR, possibly after some `'`, gets one more `'` in front. Mail subjects, names and
 /// bodies come from anyone who can send mail; without this a subject `=HYPERLINK(...)` runs in
 /// the CRM admin's spreadsheet. [`restore`] is its exact inverse.
-pub fn neutralise(cell: &str) -> String {
+pub(crate) fn neutralise(cell: &str) -> String {
     if cell.trim_start_matches('\'').starts_with(FORMULA_START) {
         format!("'{cell}")
     } else {
@@ -142,7 +143,7 @@ pub fn neutralise(cell: &str) -> String {
 /// Undoes [`neutralise`] (what `records import` does to a CSV cell): a cell of one or more `'`
 /// followed by `=`, `+`, `-`, `@`, tab or CR loses its first `'`. Any other cell is kept as it
 /// is, a lone `'plain` included, so only what export added is taken off.
-pub fn restore(cell: &str) -> &str {
+pub(crate) fn restore(cell: &str) -> &str {
     match cell.strip_prefix('\'') {
         Some(rest) if rest.trim_start_matches('\'').starts_with(FORMULA_START) => rest,
         _ => cell,
@@ -197,7 +198,7 @@ impl<'a> Sink<'a> {
 ///
 /// # Errors
 /// A bad filter (a usage error), the store, or writing to `out` (e.g. a closed pipe).
-pub fn activities(
+pub(crate) fn activities(
     store: &Store,
     filter: &ActivityFilter,
     format: Format,
@@ -237,7 +238,7 @@ pub fn activities(
 ///
 /// # Errors
 /// The store, or writing to `out`.
-pub fn records(
+pub(crate) fn records(
     store: &Store,
     rtype: Option<&str>,
     format: Format,

@@ -6,27 +6,27 @@
 //! driven per mailbox by [`sync`]. [`records_io`] imports CRM records, [`commands`] holds
 //! what the CLI commands do, so that `main.rs` only parses arguments.
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod commands;
 pub mod config;
-pub mod control;
-pub mod defaults;
+pub(crate) mod control;
+pub(crate) mod defaults;
 pub mod export;
-pub mod http;
-pub mod imap;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod imap;
+pub(crate) mod metrics;
 pub mod model;
 pub mod oauth;
 pub mod outbox;
 pub mod parse;
 pub mod protocol;
-pub mod records_io;
-pub mod smtp;
+pub(crate) mod records_io;
+pub(crate) mod smtp;
 pub mod store;
 pub mod supervisor;
-pub mod sync;
-pub mod time;
+pub(crate) mod sync;
+pub(crate) mod time;
 pub mod token;
 pub mod track;
-pub mod watch;
-pub mod worker;
+pub(crate) mod watch;
+pub(crate) mod worker;

@@ -99,7 +99,7 @@ pub struct Writer {
 impl Writer {
     /// Whether this user may link mail to `r` (DESIGN §4.11): it owns it, the record is shared
     /// or owned by nobody, or a team of the user's may write it.
-    pub fn can_write(&self, r: &Record) -> bool {
+    pub(crate) fn can_write(&self, r: &Record) -> bool {
         r.owner.is_none()
             || r.owner.as_deref() == Some(self.user.as_str())
             || r.shared
@@ -108,7 +108,7 @@ impl Writer {
 }
 
 impl Record {
-    pub fn reference(&self) -> RecordRef {
+    pub(crate) fn reference(&self) -> RecordRef {
         RecordRef::new(self.rtype.clone(), self.key.clone())
     }
 }
@@ -122,7 +122,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Direction::Incoming => "incoming",
             Direction::Outgoing => "outgoing",

@@ -134,7 +134,7 @@ impl Reply {
 
     /// The reply for a command's outcome: its text, or its error with the exit code the error
     /// calls for ([`exit_code`]); a [`PartialFailure`] keeps what it printed.
-    pub fn from_result(r: Result<String>) -> Reply {
+    pub(crate) fn from_result(r: Result<String>) -> Reply {
         match r {
             Ok(stdout) => Reply {
                 stdout,
@@ -162,7 +162,7 @@ impl Reply {
 
 /// Exit code for an error: 2 for the caller's mistakes (usage, config, input file, a held
 /// data dir), 1 for everything that went wrong at run time.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<ConfigError>().is_some()
         || e.downcast_ref::<UsageError>().is_some()
         || e.downcast_ref::<FilterError>().is_some()
@@ -182,7 +182,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// and the exit code is 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct PartialFailure {
+pub(crate) struct PartialFailure {
     pub stdout: String,
     pub message: String,
 }
@@ -190,4 +190,4 @@ pub struct PartialFailure {
 /// A mistake in how the command was called: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);

@@ -9,7 +9,7 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
-pub struct ImportError {
+pub(crate) struct ImportError {
     pub file: String,
     pub line: usize,
     pub message: String,
@@ -33,7 +33,7 @@ struct JsonRecord {
 
 /// Reads and checks every record of `path` (`.csv` is CSV with header `type,key,name,emails,owner`,
 /// anything else JSON lines).
-pub fn read_records(path: &Path) -> Result<Vec<Record>, ImportError> {
+pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>, ImportError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ImportError {
         file: file.clone(),
@@ -47,7 +47,11 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, ImportError> {
 }
 
 /// Checks `text` as the content of `file`.
-pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>, ImportError> {
+pub(crate) fn parse_records(
+    file: &str,
+    text: &str,
+    is_csv: bool,
+) -> Result<Vec<Record>, ImportError> {
     let err = |line: usize, message: String| ImportError {
         file: file.to_string(),
         line,
@@ -163,7 +167,7 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
 ///
 /// # Errors
 /// What is wrong with it, as `records import` would say.
-pub fn check_record(r: Record) -> Result<Record, String> {
+pub(crate) fn check_record(r: Record) -> Result<Record, String> {
     let Record {
         rtype,
         key,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How many mailboxes may be logging in at once (1,000 mailboxes must not hit the server at the
 /// same instant).
-pub const LOGIN_CONCURRENCY: usize = 16;
+pub(crate) const LOGIN_CONCURRENCY: usize = 16;
 
 /// Runs the agent until `shutdown` resolves.
 ///

@@ -8,7 +8,7 @@ use crate::store::Store;
 use anyhow::Result;
 
 /// `activities list [--regarding R] [--json]`.
-pub fn list(store: &Store, regarding: Option<&str>, json: bool) -> Result<String> {
+pub(crate) fn list(store: &Store, regarding: Option<&str>, json: bool) -> Result<String> {
     let r = regarding
         .map(|r| r.parse::<RecordRef>().map_err(UsageError))
         .transpose()?;
@@ -22,7 +22,7 @@ pub fn list(store: &Store, regarding: Option<&str>, json: bool) -> Result<String
 
 /// `activities show ID [--json]`: the activity, its send state if it was sent from here, and
 /// its counterpart in the other direction.
-pub fn show(store: &Store, id: u64, json: bool) -> Result<String> {
+pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
     let a = store.activity(id)?.ok_or_else(|| {
         UsageError(format!(
             "no activity {id} (see `foldertrack activities list`)"
@@ -57,7 +57,7 @@ pub fn show(store: &Store, id: u64, json: bool) -> Result<String> {
 }
 
 /// `activities link ID TYPE:KEY`: sets the regarding by hand.
-pub fn link(store: &Store, id: u64, regarding: &str) -> Result<String> {
+pub(crate) fn link(store: &Store, id: u64, regarding: &str) -> Result<String> {
     let r: RecordRef = regarding.parse().map_err(UsageError)?;
     if store.record(&r)?.is_none() {
         return Err(UsageError(format!("no record {r} (import it first)")).into());
@@ -72,7 +72,7 @@ pub fn link(store: &Store, id: u64, regarding: &str) -> Result<String> {
 }
 
 /// `activities attachment ID N`: the attachment's bytes, as the reply's binary output.
-pub fn attachment(store: &Store, id: u64, n: usize) -> Reply {
+pub(crate) fn attachment(store: &Store, id: u64, n: usize) -> Reply {
     match attachment_bytes(store, id, n) {
         Ok(bytes) => {
             use base64::Engine;

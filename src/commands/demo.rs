@@ -276,7 +276,10 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         MAIL.len() + 1,
         created.len()
     );
-    let store = super::open_store(&config)?;
+    let store = std::sync::Arc::new(crate::store::Store::open(
+        &config.data_dir,
+        config.cache_bytes,
+    )?);
     let records = crate::records_io::read_records(&dir.join("records.jsonl"))?;
     store.put_records(&records)?;
     out.push_str(&format!(

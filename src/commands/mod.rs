@@ -4,18 +4,18 @@
 //! This file routes a [`Request`] (here, or to the running agent); each group of commands has
 //! its own file.
 
-pub mod activities;
-pub mod check;
+pub(crate) mod activities;
+pub(crate) mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod outbox;
-pub mod progress;
-pub mod quarantine;
+pub(crate) mod progress;
+pub(crate) mod quarantine;
 pub mod records;
-pub mod rules;
+pub(crate) mod rules;
 pub mod show;
-pub mod status;
-pub mod sync;
+pub(crate) mod status;
+pub(crate) mod sync;
 
 use crate::agent::AgentHandle;
 use crate::config::Config;
@@ -23,11 +23,6 @@ use crate::protocol::{PartialFailure, Reply, Request};
 use crate::store::{Store, StoreError};
 use anyhow::Result;
 use std::sync::Arc;
-
-/// Opens the configured data dir's store.
-pub fn open_store(config: &Config) -> Result<Arc<Store>> {
-    Ok(Arc::new(Store::open(&config.data_dir, config.cache_bytes)?))
-}
 
 /// Runs `req`: against the store here when it is free, else through the running agent.
 pub async fn dispatch(req: Request, config: &Config) -> Reply {
@@ -69,7 +64,7 @@ pub async fn export(req: Request, config: &Config, out: &mut dyn std::io::Write)
 }
 
 /// Runs `req` against an open store. `agent` is set when a running agent serves the request.
-pub async fn execute(
+pub(crate) async fn execute(
     req: Request,
     config: &Config,
     store: &Arc<Store>,

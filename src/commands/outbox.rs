@@ -17,7 +17,7 @@ fn map_err(e: OutboxError) -> anyhow::Error {
 
 /// Queues the message, then tries it once now. Exit 0 when sent or queued for a retry (the
 /// queue owns it then), 1 when the server refused it for good.
-pub async fn send(
+pub(crate) async fn send(
     config: &Config,
     store: &Store,
     req: &Outgoing,
@@ -79,7 +79,7 @@ fn describe(e: &OutboxEntry, agent: bool) -> String {
     }
 }
 
-pub fn list(store: &Store, json: bool) -> Result<String> {
+pub(crate) fn list(store: &Store, json: bool) -> Result<String> {
     let entries = store.outbox_entries()?;
     if json {
         return Ok(serde_json::to_string_pretty(&entries)? + "\n");
@@ -129,7 +129,7 @@ pub fn list(store: &Store, json: bool) -> Result<String> {
 }
 
 /// Queues the entry for now; here (no agent) it is also attempted at once.
-pub async fn retry(
+pub(crate) async fn retry(
     config: &Config,
     store: &Store,
     id: u64,
@@ -145,7 +145,7 @@ pub async fn retry(
     Ok(describe(&e, agent.is_some()))
 }
 
-pub fn cancel(store: &Store, id: u64) -> Result<String> {
+pub(crate) fn cancel(store: &Store, id: u64) -> Result<String> {
     let e = outbox::cancel(store, id).map_err(map_err)?;
     Ok(format!(
         "activity {} cancelled: it will not be sent\n",
@@ -154,7 +154,7 @@ pub fn cancel(store: &Store, id: u64) -> Result<String> {
 }
 
 /// The outgoing side of one mailbox for `status`, from its outbox summary.
-pub fn outgoing_state(
+pub(crate) fn outgoing_state(
     config: &Config,
     mailbox: &str,
     outbox: Option<&OutboxSummary>,
@@ -180,7 +180,7 @@ pub fn outgoing_state(
 }
 
 /// Lines for `activities show` of an activity created in the CRM.
-pub fn show_lines(e: &OutboxEntry) -> String {
+pub(crate) fn show_lines(e: &OutboxEntry) -> String {
     let mut s = format!(
         "  send state: {} (attempts {})\n",
         e.state.as_str(),

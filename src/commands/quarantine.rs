@@ -8,7 +8,7 @@ use crate::store::{QuarantineEntry, Store};
 use anyhow::Result;
 
 /// `quarantine list [--json]`.
-pub fn list(store: &Store, json: bool) -> Result<String> {
+pub(crate) fn list(store: &Store, json: bool) -> Result<String> {
     let q = store.quarantine()?;
     if json {
         return Ok(serde_json::to_string_pretty(&q)? + "\n");
@@ -49,7 +49,7 @@ fn entry(store: &Store, id: u64) -> Result<(QuarantineEntry, Vec<u8>)> {
 }
 
 /// `quarantine show ID`: why, from where, and the start of the raw message.
-pub fn show(store: &Store, id: u64) -> Result<String> {
+pub(crate) fn show(store: &Store, id: u64) -> Result<String> {
     let (e, raw) = entry(store, id)?;
     Ok(format!(
         "quarantined message {}\n  source: {}/{} (uidvalidity {}, uid {})\n  reason: {}\n  at:     {}\n  bytes:  {}\n\n{}",
@@ -67,7 +67,7 @@ pub fn show(store: &Store, id: u64) -> Result<String> {
 
 /// `quarantine replay ID`: tracks the message again with the current configuration; it
 /// leaves the quarantine only when that worked.
-pub fn replay(config: &Config, store: &Store, id: u64) -> Result<String> {
+pub(crate) fn replay(config: &Config, store: &Store, id: u64) -> Result<String> {
     let (e, raw) = entry(store, id)?;
     match crate::sync::replay(config, store, &e.source, raw) {
         Ok(out) => {
@@ -84,7 +84,7 @@ pub fn replay(config: &Config, store: &Store, id: u64) -> Result<String> {
 }
 
 /// `quarantine drop ID`: forgets the message.
-pub fn drop_entry(store: &Store, id: u64) -> Result<String> {
+pub(crate) fn drop_entry(store: &Store, id: u64) -> Result<String> {
     match store.quarantine_remove(id) {
         Ok(true) => Ok(format!("dropped quarantined message {id}\n")),
         Ok(false) => Err(UsageError(format!("no quarantined message {id}")).into()),

@@ -36,7 +36,7 @@ pub fn add_request(
 
 /// `records import` and `records add`, once the CLI has read them: every record is checked
 /// again (a request may come from any client of the socket), then all are written, or none.
-pub fn put(store: &Store, records: Vec<Record>, from: &str) -> Result<String> {
+pub(crate) fn put(store: &Store, records: Vec<Record>, from: &str) -> Result<String> {
     let mut checked = Vec::with_capacity(records.len());
     for (i, r) in records.into_iter().enumerate() {
         let which = format!("{}:{}", r.rtype, r.key);
@@ -59,7 +59,7 @@ pub fn put(store: &Store, records: Vec<Record>, from: &str) -> Result<String> {
 }
 
 /// `records list [--type T] [--json]`.
-pub fn list(store: &Store, rtype: Option<&str>, json: bool) -> Result<String> {
+pub(crate) fn list(store: &Store, rtype: Option<&str>, json: bool) -> Result<String> {
     let recs = store.records(rtype.map(str::to_ascii_lowercase).as_deref())?;
     if json {
         return Ok(serde_json::to_string_pretty(&recs)? + "\n");
@@ -68,7 +68,7 @@ pub fn list(store: &Store, rtype: Option<&str>, json: bool) -> Result<String> {
 }
 
 /// `records show TYPE:KEY [--json]`: the record and the activities regarding it.
-pub fn show(store: &Store, r: &str, json: bool) -> Result<String> {
+pub(crate) fn show(store: &Store, r: &str, json: bool) -> Result<String> {
     let rref: RecordRef = r.parse().map_err(UsageError)?;
     let rec: Record = store
         .record(&rref)?

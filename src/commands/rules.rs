@@ -7,7 +7,7 @@ use crate::store::Store;
 use anyhow::Result;
 
 /// `rules list`: every mailbox's folder rules and what each links to.
-pub fn list(config: &Config) -> String {
+pub(crate) fn list(config: &Config) -> String {
     let mut rows = Vec::new();
     for mb in &config.mailboxes {
         for r in &mb.rules {
@@ -27,7 +27,7 @@ pub fn list(config: &Config) -> String {
 
 /// Reports, before anything runs, the rules that would track unlinked: a missing record, or
 /// one the mailbox owner may not write (DESIGN §4.11).
-pub fn check(config: &Config, store: &Store) -> Result<(String, bool)> {
+pub(crate) fn check(config: &Config, store: &Store) -> Result<(String, bool)> {
     let mut out = String::new();
     let mut ok = true;
     for mb in &config.mailboxes {

@@ -37,7 +37,7 @@ fn cut(s: &str, n: usize) -> String {
 }
 
 /// Renders rows as a left-aligned text table with a header.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -74,7 +74,7 @@ fn party_short(p: &Party) -> String {
     }
 }
 
-pub fn activities_table(acts: &[Activity]) -> String {
+pub(crate) fn activities_table(acts: &[Activity]) -> String {
     if acts.is_empty() {
         return "no activities\n".into();
     }
@@ -120,7 +120,7 @@ pub fn activities_table(acts: &[Activity]) -> String {
 }
 
 /// The list form of an activity in `--json`: everything but the body.
-pub fn activity_json_brief(a: &Activity) -> serde_json::Value {
+pub(crate) fn activity_json_brief(a: &Activity) -> serde_json::Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("body_text");
@@ -129,7 +129,7 @@ pub fn activity_json_brief(a: &Activity) -> serde_json::Value {
     v
 }
 
-pub fn activity_text(a: &Activity) -> String {
+pub(crate) fn activity_text(a: &Activity) -> String {
     let parties = |ps: &[Party]| ps.iter().map(party_short).collect::<Vec<_>>().join(", ");
     let mut s = format!(
         "activity {}\n  subject:    {}\n  direction:  {}\n  regarding:  {}\n  from:       {}\n  to:         {}\n",
@@ -199,7 +199,7 @@ pub fn activity_text(a: &Activity) -> String {
     s
 }
 
-pub fn records_table(recs: &[Record]) -> String {
+pub(crate) fn records_table(recs: &[Record]) -> String {
     if recs.is_empty() {
         return "no records (import some with `foldertrack records import FILE`)\n".into();
     }

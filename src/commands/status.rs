@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 /// `status [--json]`.
-pub fn status(
+pub(crate) fn status(
     config: &Config,
     store: &Store,
     agent: Option<&crate::agent::AgentHandle>,
@@ -26,7 +26,7 @@ pub fn status(
 /// Its JSON form (`status --json`) is for scripts; the shape is documented in the README
 /// ("Status") and only grows: fields are added, never renamed or removed.
 #[derive(Debug, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// Version of this JSON shape.
     pub status_version: u32,
     pub data_dir: String,
@@ -41,7 +41,7 @@ pub struct Status {
 }
 
 #[derive(Debug, Serialize)]
-pub struct MailboxStatus {
+pub(crate) struct MailboxStatus {
     pub name: String,
     pub server: String,
     /// `ok`, `failing`, `disabled` or `never synced` (kept for older scripts; see `incoming`).
@@ -64,7 +64,7 @@ pub struct MailboxStatus {
 
 /// The incoming side's state.
 #[derive(Debug, Serialize)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     /// `enabled`, `disabled`, `backing off`, `failing` (last pass failed, no agent running) or
     /// `never synced`.
     pub state: String,
@@ -76,7 +76,7 @@ pub struct Incoming {
 
 /// The outgoing side's state.
 #[derive(Debug, Serialize)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     /// `not configured`, `enabled`, or `attention` (a send failed, is in doubt, or cannot log in).
     pub state: String,
     /// `host:port (tls)` of the SMTP server, when configured.
@@ -87,7 +87,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// One line for the text status.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let Some(server) = &self.server else {
             return self.state.clone();
         };
@@ -110,7 +110,7 @@ impl Outgoing {
 
 /// One alert of a mailbox.
 #[derive(Debug, Serialize)]
-pub struct MailboxAlert {
+pub(crate) struct MailboxAlert {
     /// `error`, `warning` or `info`.
     pub level: String,
     pub message: String,
@@ -121,7 +121,7 @@ pub struct MailboxAlert {
 }
 
 #[derive(Debug, Serialize)]
-pub struct FolderStatus {
+pub(crate) struct FolderStatus {
     #[serde(flatten)]
     pub state: FolderState,
     /// Messages the server had that are not yet processed, by UID (an upper bound).
@@ -179,7 +179,7 @@ fn derived_alerts(
 }
 
 impl Status {
-    pub fn collect(
+    pub(crate) fn collect(
         config: &Config,
         store: &Store,
         agent: Option<&crate::agent::AgentHandle>,
@@ -286,7 +286,7 @@ impl Status {
         })
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = format!(
             "data dir {} (schema {}); agent {}\n",
             self.data_dir, self.schema_version, self.agent

@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// `sync [--mailbox M]`: one pass, then a line per folder and a one-line total. With
 /// `progress`, a bar per folder is drawn on stderr while it runs. `Err` when any mailbox failed
 /// (after the others were synced).
-pub async fn sync(
+pub(crate) async fn sync(
     config: &Config,
     store: &Arc<Store>,
     only: Option<&str>,

@@ -8,9 +8,9 @@
 //! already tracked message (same dedup key and direction) only adds its source.
 
 mod keys;
-pub mod outbox;
+pub(crate) mod outbox;
 
-pub use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
+pub(crate) use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
 
 use crate::model::{Activity, Alert, Correlation, Direction, Draft, Record, RecordRef, Source};
 use crate::track::{ActivityLookup, RecordLookup};
@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Schema version written in `meta`; bumped with a migration when the layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,13 +54,13 @@ pub enum StoreError {
 /// Space kept free on the data dir's filesystem. sled 0.34 does not recover from a write
 /// that fails for lack of space (its flusher waits forever: found by the full-disk test), so
 /// foldertrack refuses to start a write that could get near that point.
-pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Checkpoint of one folder of one mailbox (DESIGN §3).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FolderState {
+pub(crate) struct FolderState {
     pub mailbox: String,
     pub folder: String,
     pub uidvalidity: u32,
@@ -85,14 +85,14 @@ pub struct FolderState {
 /// Which folder an exact rule is bound to, so that a renamed folder stays tracked: the folder's
 /// identity is its UIDVALIDITY, which a rename keeps and a delete + create changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleBinding {
+pub(crate) struct RuleBinding {
     pub folder: String,
     pub uidvalidity: u32,
 }
 
 /// Health of one mailbox's incoming side, for `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MailboxState {
+pub(crate) struct MailboxState {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub last_attempt: Option<String>,
@@ -113,17 +113,17 @@ pub struct MailboxState {
 }
 
 /// How many alerts a mailbox keeps (the most recently raised).
-pub const MAX_ALERTS: usize = 100;
+pub(crate) const MAX_ALERTS: usize = 100;
 
 /// An alert not raised again for this many days is dropped.
-pub const ALERT_MAX_AGE_DAYS: i64 = 30;
+pub(crate) const ALERT_MAX_AGE_DAYS: i64 = 30;
 
 /// How many past outages a mailbox keeps.
-pub const MAX_OUTAGES: usize = 10;
+pub(crate) const MAX_OUTAGES: usize = 10;
 
 /// A stretch of time in which a mailbox's passes failed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Outage {
+pub(crate) struct Outage {
     pub from: String,
     pub to: Option<String>,
     pub error: String,
@@ -131,7 +131,7 @@ pub struct Outage {
 
 impl MailboxState {
     /// A pass (or login) worked: closes an open outage.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         let t = now();
         self.last_attempt.get_or_insert_with(|| t.clone());
         self.last_success = Some(t.clone());
@@ -144,12 +144,12 @@ impl MailboxState {
     }
 
     /// A pass tracked new mail.
-    pub fn tracked(&mut self) {
+    pub(crate) fn tracked(&mut self) {
         self.last_tracked = Some(now());
     }
 
     /// A pass failed: opens an outage unless one is open.
-    pub fn failed(&mut self, error: &str) {
+    pub(crate) fn failed(&mut self, error: &str) {
         self.last_error = Some(error.to_string());
         self.consecutive_errors += 1;
         if self.outages.last().is_none_or(|o| o.to.is_some()) {
@@ -167,7 +167,7 @@ impl MailboxState {
 
 /// A message that could not be tracked, kept with its raw bytes so nothing is lost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QuarantineEntry {
+pub(crate) struct QuarantineEntry {
     pub id: u64,
     pub source: Source,
     pub reason: String,
@@ -178,7 +178,7 @@ pub struct QuarantineEntry {
 /// An alert with its mailbox, when it was first and last raised, and how often. The same
 /// alert raised again (every sync, say) updates this one entry instead of flooding `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredAlert {
+pub(crate) struct StoredAlert {
     pub at: String,
     pub first_at: String,
     pub count: u64,
@@ -210,7 +210,7 @@ impl StoredAlert {
 
 /// One message's outcome, ready to be written.
 #[derive(Debug, Clone)]
-pub enum BatchItem {
+pub(crate) enum BatchItem {
     Tracked(Box<Draft>),
     Quarantined {
         source: Source,
@@ -223,7 +223,7 @@ pub enum BatchItem {
 /// A committed batch: what it did, the UIDs now tracked (for write-back) and the new
 /// activities (for late correlation).
 #[derive(Debug, Clone, Default)]
-pub struct Committed {
+pub(crate) struct Committed {
     pub outcome: BatchOutcome,
     pub tracked_uids: Vec<u32>,
     /// The new activities, without body and attachments (late correlation needs the headers).
@@ -232,7 +232,7 @@ pub struct Committed {
 
 /// What a committed batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct BatchOutcome {
+pub(crate) struct BatchOutcome {
     /// New activities.
     pub created: u32,
     /// Copies of an existing activity (same Message-ID and direction): source added.
@@ -309,7 +309,7 @@ fn now() -> String {
 
 /// The "mailbox" of alerts about the store itself (the data dir's permissions): `status`
 /// shows them apart from any mailbox's.
-pub const STORE_ALERTS: &str = "";
+pub(crate) const STORE_ALERTS: &str = "";
 
 /// Creates `dir` (and missing parents) mode 0700 whatever the umask: the store holds every
 /// tracked mail, its attachments and the CRM records. An existing directory is left as the
@@ -525,11 +525,7 @@ impl Store {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn schema_version(&self) -> Result<u32> {
+    pub(crate) fn schema_version(&self) -> Result<u32> {
         Ok(self
             .t
             .meta
@@ -539,7 +535,7 @@ impl Store {
     }
 
     /// Makes everything written so far durable.
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
@@ -547,7 +543,7 @@ impl Store {
     // ---- records -------------------------------------------------------------------------
 
     /// Inserts or replaces records, all or none, and flushes.
-    pub fn put_records(&self, recs: &[Record]) -> Result<()> {
+    pub(crate) fn put_records(&self, recs: &[Record]) -> Result<()> {
         let trees = [
             &self.t.records,
             &self.t.record_by_email,
@@ -577,7 +573,7 @@ impl Store {
         self.flush()
     }
 
-    pub fn record(&self, r: &RecordRef) -> Result<Option<Record>> {
+    pub(crate) fn record(&self, r: &RecordRef) -> Result<Option<Record>> {
         self.t
             .records
             .get(r.to_string().as_bytes())?
@@ -586,7 +582,7 @@ impl Store {
     }
 
     /// All records, optionally of one type, in key order.
-    pub fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>> {
+    pub(crate) fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>> {
         let prefix = rtype.map(|t| format!("{t}:")).unwrap_or_default();
         self.t
             .records
@@ -610,7 +606,7 @@ impl Store {
 
     // ---- activities ----------------------------------------------------------------------
 
-    pub fn activity(&self, id: u64) -> Result<Option<Activity>> {
+    pub(crate) fn activity(&self, id: u64) -> Result<Option<Activity>> {
         self.t
             .activities
             .get(id.to_be_bytes())?
@@ -633,7 +629,7 @@ impl Store {
 
     /// Keeps a new activity's body text in the blob packs (sha256-addressed, so two copies of
     /// one mail share it), unless it is short. On failure (a full disk) it stays inline.
-    pub fn keep_body_out(&self, a: &mut Activity) {
+    pub(crate) fn keep_body_out(&self, a: &mut Activity) {
         if a.body_text.len() < 512 || a.body_blob.is_some() {
             return;
         }
@@ -645,7 +641,7 @@ impl Store {
     }
 
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
-    pub fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
+    pub(crate) fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
         match regarding {
             None => self
                 .t
@@ -672,7 +668,7 @@ impl Store {
     }
 
     /// The activity of the same message in the other direction (sent copy ↔ received copy).
-    pub fn counterpart(&self, a: &Activity) -> Result<Option<u64>> {
+    pub(crate) fn counterpart(&self, a: &Activity) -> Result<Option<u64>> {
         let other = match a.direction {
             Direction::Incoming => Direction::Outgoing,
             Direction::Outgoing => Direction::Incoming,
@@ -685,7 +681,7 @@ impl Store {
     }
 
     /// Bytes on disk of the sled store plus the attachment pack files (for metrics).
-    pub fn disk_usage(&self) -> u64 {
+    pub(crate) fn disk_usage(&self) -> u64 {
         let packs: u64 = std::fs::read_dir(self.dir.join("blobs"))
             .map(|d| {
                 d.filter_map(|e| e.ok()?.metadata().ok())
@@ -699,7 +695,7 @@ impl Store {
 
     /// Every activity in id (= tracking time) order, read one at a time: exports stream
     /// through this without holding the store in memory.
-    pub fn activities_iter(&self) -> impl Iterator<Item = Result<Activity>> + '_ {
+    pub(crate) fn activities_iter(&self) -> impl Iterator<Item = Result<Activity>> + '_ {
         self.t.activities.iter().map(|kv| {
             kv.map_err(StoreError::from)
                 .and_then(|(_, v)| dec("activities", &v))
@@ -708,7 +704,10 @@ impl Store {
 
     /// Every record (of `rtype`, if given) in `type:key` order, read one at a time (see
     /// [`Store::activities_iter`]).
-    pub fn records_iter(&self, rtype: Option<&str>) -> impl Iterator<Item = Result<Record>> + '_ {
+    pub(crate) fn records_iter(
+        &self,
+        rtype: Option<&str>,
+    ) -> impl Iterator<Item = Result<Record>> + '_ {
         let prefix = rtype.map(|t| format!("{t}:")).unwrap_or_default();
         self.t.records.scan_prefix(prefix.as_bytes()).map(|kv| {
             kv.map_err(StoreError::from)
@@ -716,12 +715,12 @@ impl Store {
         })
     }
 
-    pub fn activity_count(&self) -> usize {
+    pub(crate) fn activity_count(&self) -> usize {
         self.t.activities.len()
     }
 
     /// The activity tracked from this exact source, if any.
-    pub fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
+    pub(crate) fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
         Ok(self
             .t
             .activity_by_source
@@ -731,7 +730,7 @@ impl Store {
 
     // ---- folders, mailboxes, alerts, quarantine ----------------------------------------------
 
-    pub fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+    pub(crate) fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
         self.t
             .folders
             .get(keys::folder(mailbox, folder))?
@@ -739,7 +738,7 @@ impl Store {
             .transpose()
     }
 
-    pub fn folder_states(&self) -> Result<Vec<FolderState>> {
+    pub(crate) fn folder_states(&self) -> Result<Vec<FolderState>> {
         self.t
             .folders
             .iter()
@@ -748,14 +747,14 @@ impl Store {
     }
 
     /// Writes a folder checkpoint on its own (e.g. a folder seen for the first time, or empty).
-    pub fn put_folder_state(&self, st: &FolderState) -> Result<()> {
+    pub(crate) fn put_folder_state(&self, st: &FolderState) -> Result<()> {
         self.t
             .folders
             .insert(keys::folder(&st.mailbox, &st.folder), enc(st))?;
         Ok(())
     }
 
-    pub fn mailbox_state(&self, name: &str) -> Result<MailboxState> {
+    pub(crate) fn mailbox_state(&self, name: &str) -> Result<MailboxState> {
         Ok(self
             .t
             .mailboxes
@@ -772,12 +771,12 @@ impl Store {
             }))
     }
 
-    pub fn put_mailbox_state(&self, st: &MailboxState) -> Result<()> {
+    pub(crate) fn put_mailbox_state(&self, st: &MailboxState) -> Result<()> {
         self.t.mailboxes.insert(st.name.as_bytes(), enc(st))?;
         self.flush()
     }
 
-    pub fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
+    pub(crate) fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
         let key = keys::alert(mailbox, &alert.message);
         let at = now();
         self.t.alerts.fetch_and_update(&key, |prev| {
@@ -816,7 +815,7 @@ impl Store {
     }
 
     /// The `n` most recently raised alerts, newest first.
-    pub fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
+    pub(crate) fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
         let mut all: Vec<StoredAlert> = self
             .t
             .alerts
@@ -828,11 +827,7 @@ impl Store {
         Ok(all)
     }
 
-    pub fn alert_count(&self) -> usize {
-        self.t.alerts.len()
-    }
-
-    pub fn quarantine(&self) -> Result<Vec<QuarantineEntry>> {
+    pub(crate) fn quarantine(&self) -> Result<Vec<QuarantineEntry>> {
         self.t
             .quarantine
             .iter()
@@ -841,7 +836,7 @@ impl Store {
     }
 
     /// One quarantined message, by id (a point read, not a scan of the quarantine).
-    pub fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>> {
+    pub(crate) fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>> {
         self.t
             .quarantine
             .get(id.to_be_bytes())?
@@ -850,7 +845,7 @@ impl Store {
     }
 
     /// Removes a quarantined message (after a successful replay, or `quarantine drop`).
-    pub fn quarantine_remove(&self, id: u64) -> Result<bool> {
+    pub(crate) fn quarantine_remove(&self, id: u64) -> Result<bool> {
         let Some(v) = self.t.quarantine.remove(id.to_be_bytes())? else {
             return Ok(false);
         };
@@ -863,7 +858,7 @@ impl Store {
         Ok(true)
     }
 
-    pub fn quarantine_raw(&self, id: u64) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn quarantine_raw(&self, id: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .t
             .quarantine_raw
@@ -871,7 +866,7 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
-    pub fn quarantine_count(&self) -> usize {
+    pub(crate) fn quarantine_count(&self) -> usize {
         self.t.quarantine.len()
     }
 
@@ -879,7 +874,7 @@ impl Store {
 
     /// Sets an activity's regarding by hand and remembers that it was by hand. `false` when
     /// there is no such activity.
-    pub fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
+    pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
         let found = self.relink(id, Some(&r.to_string()))?;
         if found {
             self.t.manual_links.insert(id.to_be_bytes(), &[])?;
@@ -890,7 +885,7 @@ impl Store {
 
     /// Points an activity at `regarding` (or at nothing), index included. `false` when the
     /// activity does not exist.
-    pub fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
+    pub(crate) fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
         let trees = [&self.t.activities, &self.t.activity_by_regarding];
         let found = trees
             .transaction(|tx| {
@@ -912,7 +907,7 @@ impl Store {
 
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
     /// the UID they have there.
-    pub fn manual_links_in(&self, mailbox: &str, folder: &str) -> Result<Vec<(u64, u32)>> {
+    pub(crate) fn manual_links_in(&self, mailbox: &str, folder: &str) -> Result<Vec<(u64, u32)>> {
         let mut out = Vec::new();
         for kv in self.t.manual_links.iter() {
             let id = keys::u64_of(&kv?.0);
@@ -928,12 +923,12 @@ impl Store {
         Ok(out)
     }
 
-    pub fn clear_manual_link(&self, id: u64) -> Result<()> {
+    pub(crate) fn clear_manual_link(&self, id: u64) -> Result<()> {
         self.t.manual_links.remove(id.to_be_bytes())?;
         Ok(())
     }
 
-    pub fn rule_binding(&self, mailbox: &str, rule: &str) -> Result<Option<RuleBinding>> {
+    pub(crate) fn rule_binding(&self, mailbox: &str, rule: &str) -> Result<Option<RuleBinding>> {
         self.t
             .rule_bindings
             .get(keys::folder(mailbox, rule))?
@@ -941,7 +936,12 @@ impl Store {
             .transpose()
     }
 
-    pub fn put_rule_binding(&self, mailbox: &str, rule: &str, b: &RuleBinding) -> Result<()> {
+    pub(crate) fn put_rule_binding(
+        &self,
+        mailbox: &str,
+        rule: &str,
+        b: &RuleBinding,
+    ) -> Result<()> {
         self.t
             .rule_bindings
             .insert(keys::folder(mailbox, rule), enc(b))?;
@@ -949,7 +949,7 @@ impl Store {
     }
 
     /// Moves a folder's checkpoint to its new name after a rename, so nothing is read again.
-    pub fn rename_folder_state(&self, mailbox: &str, from: &str, to: &str) -> Result<()> {
+    pub(crate) fn rename_folder_state(&self, mailbox: &str, from: &str, to: &str) -> Result<()> {
         if let Some(mut st) = self.folder_state(mailbox, from)? {
             st.folder = to.to_string();
             self.t.folders.insert(keys::folder(mailbox, to), enc(&st))?;
@@ -960,7 +960,7 @@ impl Store {
     }
 
     /// Fails with [`StoreError::DiskFull`] unless `extra` bytes and [`MIN_FREE_BYTES`] fit.
-    pub fn ensure_space(&self, extra: u64) -> Result<()> {
+    pub(crate) fn ensure_space(&self, extra: u64) -> Result<()> {
         let available = fs2::available_space(&self.dir).map_err(|source| StoreError::Io {
             dir: self.dir.clone(),
             source,
@@ -987,7 +987,7 @@ impl Store {
     /// With `smart` (the mailbox's token format), smart matching runs too.
     /// [`Store::recorrelate`] for activities given by id, read back a few hundred at a time
     /// (without their bodies), so memory does not grow with the pass.
-    pub fn recorrelate_ids(
+    pub(crate) fn recorrelate_ids(
         &self,
         ids: &[u64],
         writer: &crate::model::Writer,
@@ -1016,7 +1016,7 @@ impl Store {
             .transpose()
     }
 
-    pub fn recorrelate(
+    pub(crate) fn recorrelate(
         &self,
         created: &[Activity],
         writer: &crate::model::Writer,
@@ -1154,7 +1154,7 @@ impl Store {
     /// sled: attachments are most of the bytes, and a file per attachment made the kernel's
     /// inode allocation the bottleneck of a large sync (measured: +2 s for 1,000 files on
     /// this VM's ext4). The pack is synced to disk before the batch that refers to it commits.
-    pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
         self.ensure_space(bytes.len() as u64)?;
         let io = |source| StoreError::Io {
             dir: self.dir.clone(),
@@ -1232,7 +1232,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         let Some(loc) = self.t.blobs.get(sha256.as_bytes())? else {
             return Ok(None);
         };
@@ -1266,7 +1266,7 @@ impl Store {
     /// checkpoint. Activities get their `id`, `tracked_at`, correlation and inherited
     /// regarding here, where earlier messages of the same batch are visible.
     /// Returns what it did, and the UIDs whose messages are now tracked (for write-back).
-    pub fn commit_batch(
+    pub(crate) fn commit_batch(
         &self,
         items: &[BatchItem],
         checkpoint: &FolderState,

@@ -60,7 +60,7 @@ pub fn match_folder<'a>(rules: &'a [Rule], folder: &str) -> Option<RuleMatch<'a>
 
 /// Resolves the record a matched rule names. `Err` is the alert to raise when the rule points
 /// at nothing: the mail is then tracked unlinked, never dropped.
-pub fn resolve_regarding(
+pub(crate) fn resolve_regarding(
     m: &RuleMatch<'_>,
     records: &dyn RecordLookup,
 ) -> Result<Option<RecordRef>, Alert> {
