@@ -7,25 +7,34 @@
 //! what the CLI commands do, so that `main.rs` only parses arguments.
 
 pub(crate) mod agent;
+#[warn(missing_docs)]
 pub mod commands;
 pub mod config;
 pub(crate) mod control;
 pub(crate) mod defaults;
+#[warn(missing_docs)]
 pub mod export;
 pub(crate) mod http;
 pub(crate) mod imap;
 pub(crate) mod metrics;
+#[warn(missing_docs)]
 pub mod model;
+#[warn(missing_docs)]
 pub mod oauth;
+#[warn(missing_docs)]
 pub mod outbox;
 pub mod parse;
+#[warn(missing_docs)]
 pub mod protocol;
 pub(crate) mod records_io;
 pub(crate) mod smtp;
+#[warn(missing_docs)]
 pub mod store;
+#[warn(missing_docs)]
 pub mod supervisor;
 pub(crate) mod sync;
 pub(crate) mod time;
+#[warn(missing_docs)]
 pub mod token;
 pub mod track;
 pub(crate) mod watch;

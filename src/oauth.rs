@@ -24,7 +24,12 @@ pub enum TokenSource {
     /// every login, so a refresh by that tool is picked up at once.
     File(PathBuf),
     /// A shell command (`sh -c`) whose stdout is the token (raw, or the JSON form).
-    Command { command: String, timeout: Duration },
+    Command {
+        /// The command line.
+        command: String,
+        /// How long it may run before it is killed and the login fails.
+        timeout: Duration,
+    },
 }
 
 /// Why no token could be had. Never holds the token.

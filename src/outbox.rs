@@ -23,7 +23,7 @@
 
 use crate::config::{Config, MailboxConfig};
 use crate::imap::fetch::RawMessage;
-use crate::model::{Alert, RecordRef};
+use crate::model::{Alert, AlertLevel, RecordRef};
 use crate::smtp::{self, SmtpError};
 use crate::store::{BatchItem, OutboxEntry, SendState, Store, StoreError, OUTBOX_FOLDER};
 use crate::track::{self, FolderContext};
@@ -44,23 +44,33 @@ static SEND_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// What `activities send` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
+    /// The mailbox it is sent from.
     pub mailbox: String,
+    /// Recipients.
     pub to: Vec<String>,
+    /// Copy recipients.
     #[serde(default)]
     pub cc: Vec<String>,
+    /// The subject, before the tracking token is appended.
     pub subject: String,
+    /// The plain-text body.
     pub text: String,
+    /// An HTML alternative of the body.
     #[serde(default)]
     pub html: Option<String>,
+    /// Files to attach.
     #[serde(default)]
     pub attachments: Vec<OutgoingAttachment>,
+    /// The record the activity regards (`type:key`).
     pub regarding: String,
 }
 
 /// A file to attach; read by the CLI so that a request served by the agent carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingAttachment {
+    /// The file name the recipient sees.
     pub name: String,
+    /// MIME type, from the file's extension.
     pub content_type: String,
     /// Standard base64.
     pub data: String,
@@ -376,7 +386,7 @@ async fn attempt_locked(
                 store.add_alert(
                     &e.mailbox,
                     Alert {
-                        level: "error".into(),
+                        level: AlertLevel::Error,
                         message: format!("email activity {} was not sent: {err}", e.activity),
                     },
                 )?;
@@ -389,7 +399,7 @@ async fn attempt_locked(
                     store.add_alert(
                         &e.mailbox,
                         Alert {
-                            level: "error".into(),
+                            level: AlertLevel::Error,
                             message: format!("outgoing mail is stuck: {err}"),
                         },
                     )?;
@@ -525,7 +535,7 @@ async fn settle_interrupted(
             store.add_alert(
                 &e.mailbox,
                 Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message: format!(
                         "email activity {} may or may not have been sent (interrupted); see `outbox list`",
                         e.activity

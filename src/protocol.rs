@@ -21,85 +21,129 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
+    /// `sync`: one pass here; through the agent, a wake-up of its tasks.
     Sync {
+        /// Only this mailbox.
         mailbox: Option<String>,
         /// Draw progress bars (stdout is a terminal and the sync runs in this process).
         #[serde(default)]
         progress: bool,
     },
     /// Activities as JSON lines or CSV (through the agent the answer is buffered; run here it
-    /// streams, see [`export`]).
+    /// streams, see `commands::export`).
     ActivitiesExport {
+        /// Which activities (`--since`, `--regarding`).
         #[serde(flatten)]
         filter: ActivityFilter,
+        /// JSON lines or CSV.
         format: Format,
     },
     /// Records in the shape `records import` reads.
     RecordsExport {
+        /// Only records of this type.
         rtype: Option<String>,
+        /// JSON lines or CSV.
         format: Format,
     },
+    /// `check`: Test & Enable, per mailbox.
     Check {
+        /// Only this mailbox.
         mailbox: Option<String>,
     },
     /// Records already read and checked by the CLI (so errors name the admin's file).
     RecordsPut {
+        /// The records, all written or none.
         records: Vec<Record>,
+        /// Where they came from, for messages (a file name, or the command line).
         from: String,
     },
+    /// `records list`.
     RecordsList {
+        /// Only records of this type.
         rtype: Option<String>,
+        /// JSON instead of a table.
         json: bool,
     },
+    /// `records show`.
     RecordsShow {
+        /// `type:key`, as typed (checked where it runs).
         record: String,
+        /// JSON instead of text.
         json: bool,
     },
+    /// `activities list`.
     ActivitiesList {
+        /// Only activities regarding this record (`type:key`).
         regarding: Option<String>,
+        /// JSON instead of a table.
         json: bool,
     },
+    /// `activities show`.
     ActivitiesShow {
+        /// The activity.
         id: u64,
+        /// JSON instead of text.
         json: bool,
     },
     /// Set an activity's regarding by hand (reset to the folder's at the next pass, as in Dynamics).
     ActivitiesLink {
+        /// The activity.
         id: u64,
+        /// The record it now regards (`type:key`).
         regarding: String,
     },
+    /// `status`.
     Status {
+        /// The JSON report (README "Status") instead of text.
         json: bool,
     },
+    /// `quarantine list`.
     QuarantineList {
+        /// JSON instead of a table.
         json: bool,
     },
+    /// `quarantine show`.
     QuarantineShow {
+        /// The quarantined message.
         id: u64,
     },
+    /// `quarantine replay`: track it again with the current configuration.
     QuarantineReplay {
+        /// The quarantined message.
         id: u64,
     },
+    /// `quarantine drop`.
     QuarantineDrop {
+        /// The quarantined message.
         id: u64,
     },
     /// The bytes of attachment `n` (1-based) of an activity.
     ActivitiesAttachment {
+        /// The activity.
         id: u64,
+        /// Which attachment, from 1.
         n: usize,
     },
+    /// `rules list`.
     RulesList,
     /// Compose, queue and send an email activity.
     ActivitiesSend {
+        /// The message, read and checked by the CLI (attachments included).
         outgoing: Outgoing,
     },
+    /// `outbox list`.
     OutboxList {
+        /// JSON instead of a table.
         json: bool,
     },
+    /// `outbox retry`: send a queued, failed or in-doubt entry now.
     OutboxRetry {
+        /// The entry (its activity's id).
         id: u64,
     },
+    /// `outbox cancel`: never send it.
     OutboxCancel {
+        /// The entry (its activity's id).
         id: u64,
     },
     /// Offline check of every rule: the record exists and the mailbox owner may write it.
@@ -109,16 +153,19 @@ pub enum Request {
 /// What a command printed and how it ended; this is also the control socket's answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reply {
+    /// Text for stdout (escaped by the CLI when stdout is a terminal).
     pub stdout: String,
     /// Binary output (an attachment), base64 on the wire; written to stdout as bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
     /// Error text for stderr, when `code` is not 0.
     pub stderr: String,
+    /// The process's exit code: 0 ok, 1 runtime failure, 2 the caller's mistake.
     pub code: u8,
 }
 
 impl Reply {
+    /// Success, with `stdout` as the output.
     pub fn ok(stdout: String) -> Reply {
         Reply {
             stdout,
@@ -128,6 +175,7 @@ impl Reply {
         }
     }
 
+    /// Failure: the error's text for stderr, and the exit code it calls for.
     pub fn failed(e: anyhow::Error) -> Reply {
         Reply::from_result(Err(e))
     }
@@ -183,7 +231,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub(crate) struct PartialFailure {
+    /// What the command printed before (or besides) the failure.
     pub stdout: String,
+    /// The failure, for stderr.
     pub message: String,
 }
 

@@ -4,6 +4,7 @@
 
 use crate::agent::AgentHandle;
 use crate::config::Config;
+use crate::model::{Alert, AlertLevel};
 use crate::protocol::Reply;
 use crate::store::Store;
 use crate::watch;
@@ -55,8 +56,8 @@ pub async fn run(
             tracing::warn!("{w}");
             let _ = store.add_alert(
                 crate::store::STORE_ALERTS,
-                crate::model::Alert {
-                    level: "warning".into(),
+                Alert {
+                    level: AlertLevel::Warning,
                     message: w,
                 },
             );
@@ -113,8 +114,8 @@ pub async fn run(
                 for m in &config.mailboxes {
                     let _ = store.add_alert(
                         &m.name,
-                        crate::model::Alert {
-                            level: "error".into(),
+                        Alert {
+                            level: AlertLevel::Error,
                             message: format!("configuration reload failed: {e}"),
                         },
                     );

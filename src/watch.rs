@@ -14,6 +14,7 @@
 
 use crate::config::{FetchLimits, MailboxConfig, PollInterval};
 use crate::imap::{connect, Connected, ImapError};
+use crate::model::{Alert, AlertLevel};
 use crate::store::Store;
 use crate::sync::{self, SyncError, Tracked};
 use crate::worker::{Live, Runner, Signals, WatchMode, WorkError, Worker, WorkerState};
@@ -221,8 +222,8 @@ impl MailboxWorker {
         }
         let _ = self.store.add_alert(
             &self.mb.name,
-            crate::model::Alert {
-                level: "error".into(),
+            Alert {
+                level: AlertLevel::Error,
                 message: message.clone(),
             },
         );

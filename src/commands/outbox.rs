@@ -2,6 +2,7 @@
 //! `check` and `activities show`.
 
 use super::show;
+use super::status::{self, OutgoingState};
 use crate::config::Config;
 use crate::outbox::{self, OutboxError, Outgoing};
 use crate::protocol::{PartialFailure, Request, UsageError};
@@ -158,17 +159,17 @@ pub(crate) fn outgoing_state(
     config: &Config,
     mailbox: &str,
     outbox: Option<&OutboxSummary>,
-) -> super::status::Outgoing {
+) -> status::Outgoing {
     let smtp = config.mailbox(mailbox).and_then(|m| m.smtp.as_ref());
     let counts = outbox.map(|o| &o.counts);
     let has = |s: SendState| counts.is_some_and(|c| c.contains_key(&s));
     let attention =
         outbox.is_some_and(|o| o.login_stuck) || has(SendState::Failed) || has(SendState::Unknown);
-    super::status::Outgoing {
+    status::Outgoing {
         state: match smtp {
-            None => "not configured".into(),
-            Some(_) if attention => "attention".into(),
-            Some(_) => "enabled".into(),
+            None => OutgoingState::NotConfigured,
+            Some(_) if attention => OutgoingState::Attention,
+            Some(_) => OutgoingState::Enabled,
         },
         server: smtp.map(|s| format!("{}:{} ({})", s.host, s.port, s.tls)),
         outbox: counts
@@ -214,18 +215,22 @@ pub(crate) fn show_lines(e: &OutboxEntry) -> String {
 /// caller's error (exit 2).
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
+    /// The mailbox it is sent from (its `[smtp]` server, its Sent folder).
     #[arg(long)]
     pub mailbox: String,
     /// Recipient (repeat for more).
     #[arg(long, required = true)]
     pub to: Vec<String>,
+    /// Copy to (repeat for more).
     #[arg(long)]
     pub cc: Vec<String>,
+    /// The subject; the tracking token is appended to it.
     #[arg(long)]
     pub subject: String,
     /// Plain-text body.
     #[arg(long, conflicts_with = "body_file")]
     pub body: Option<String>,
+    /// The plain-text body from a file (UTF-8).
     #[arg(long)]
     pub body_file: Option<std::path::PathBuf>,
     /// An HTML alternative of the body.
@@ -239,6 +244,7 @@ pub struct SendArgs {
     pub regarding: String,
 }
 
+/// Reads the files `a` names and checks the arguments into a request.
 pub fn send_request(a: SendArgs) -> Result<Request> {
     use base64::Engine;
     let read = |p: &std::path::Path, what: &str| {

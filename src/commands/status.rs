@@ -3,9 +3,11 @@
 
 use super::show::table;
 use crate::config::Config;
+use crate::model::AlertLevel;
 use crate::store::{FolderState, MailboxState, Store, StoredAlert};
 use anyhow::Result;
 use serde::Serialize;
+use std::fmt;
 
 /// `status [--json]`.
 pub(crate) fn status(
@@ -45,7 +47,7 @@ pub(crate) struct MailboxStatus {
     pub name: String,
     pub server: String,
     /// `ok`, `failing`, `disabled` or `never synced` (kept for older scripts; see `incoming`).
-    pub state: String,
+    pub state: MailboxHealth,
     /// The incoming (IMAP) side, as Dynamics' mailbox status shows it.
     pub incoming: Incoming,
     /// The outgoing (SMTP) side and its outbox, like Dynamics' "outgoing email status".
@@ -67,7 +69,7 @@ pub(crate) struct MailboxStatus {
 pub(crate) struct Incoming {
     /// `enabled`, `disabled`, `backing off`, `failing` (last pass failed, no agent running) or
     /// `never synced`.
-    pub state: String,
+    pub state: IncomingState,
     /// Why it is disabled, backing off or failing.
     pub reason: Option<String>,
     /// While backing off: the next attempt (RFC 3339 UTC).
@@ -78,7 +80,7 @@ pub(crate) struct Incoming {
 #[derive(Debug, Serialize)]
 pub(crate) struct Outgoing {
     /// `not configured`, `enabled`, or `attention` (a send failed, is in doubt, or cannot log in).
-    pub state: String,
+    pub state: OutgoingState,
     /// `host:port (tls)` of the SMTP server, when configured.
     pub server: Option<String>,
     /// Outbox entries of this mailbox by state (`queued`, `sent`, `failed`, `unknown`, …).
@@ -89,7 +91,7 @@ impl Outgoing {
     /// One line for the text status.
     pub(crate) fn to_text(&self) -> String {
         let Some(server) = &self.server else {
-            return self.state.clone();
+            return self.state.to_string();
         };
         let counts: Vec<String> = self
             .outbox
@@ -108,11 +110,91 @@ impl Outgoing {
     }
 }
 
+/// A mailbox's state as `status` summed it up before `incoming` and `outgoing` existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum MailboxHealth {
+    /// The last pass worked.
+    Ok,
+    /// The last pass failed.
+    Failing,
+    /// The running agent disabled the mailbox after a permanent error.
+    Disabled,
+    /// No pass yet.
+    #[serde(rename = "never synced")]
+    NeverSynced,
+}
+
+/// The incoming (IMAP) side's state, as Dynamics' mailbox status names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum IncomingState {
+    /// Tracking (an agent task runs, or the last pass worked).
+    Enabled,
+    /// Stopped after a permanent error, until the config changes.
+    Disabled,
+    /// Waiting to retry after an error.
+    #[serde(rename = "backing off")]
+    BackingOff,
+    /// The last pass failed (no agent running).
+    Failing,
+    /// No pass yet.
+    #[serde(rename = "never synced")]
+    NeverSynced,
+}
+
+impl fmt::Display for IncomingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            IncomingState::Enabled => "enabled",
+            IncomingState::Disabled => "disabled",
+            IncomingState::BackingOff => "backing off",
+            IncomingState::Failing => "failing",
+            IncomingState::NeverSynced => "never synced",
+        })
+    }
+}
+
+/// Without a running agent, the incoming side is what the last pass left.
+impl From<MailboxHealth> for IncomingState {
+    fn from(h: MailboxHealth) -> IncomingState {
+        match h {
+            MailboxHealth::Ok => IncomingState::Enabled,
+            MailboxHealth::Failing => IncomingState::Failing,
+            MailboxHealth::Disabled => IncomingState::Disabled,
+            MailboxHealth::NeverSynced => IncomingState::NeverSynced,
+        }
+    }
+}
+
+/// The outgoing (SMTP) side's state, like Dynamics' "outgoing email status".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OutgoingState {
+    /// The mailbox has no `[smtp]`.
+    #[serde(rename = "not configured")]
+    NotConfigured,
+    /// Sending works as far as is known.
+    Enabled,
+    /// A send failed, is in doubt, or cannot log in.
+    Attention,
+}
+
+impl fmt::Display for OutgoingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            OutgoingState::NotConfigured => "not configured",
+            OutgoingState::Enabled => "enabled",
+            OutgoingState::Attention => "attention",
+        })
+    }
+}
+
 /// One alert of a mailbox.
 #[derive(Debug, Serialize)]
 pub(crate) struct MailboxAlert {
-    /// `error`, `warning` or `info`.
-    pub level: String,
+    /// How serious it is.
+    pub level: AlertLevel,
     pub message: String,
     /// When it was last raised (for derived alerts: now).
     pub at: String,
@@ -139,8 +221,8 @@ fn derived_alerts(
     now: &str,
 ) -> Result<Vec<MailboxAlert>> {
     let mut out = Vec::new();
-    let alert = |level: &str, message: String| MailboxAlert {
-        level: level.into(),
+    let alert = |level: AlertLevel, message: String| MailboxAlert {
+        level,
         message,
         at: now.to_string(),
         first_at: now.to_string(),
@@ -150,7 +232,7 @@ fn derived_alerts(
         if let crate::config::Regarding::Fixed(x) = &r.regarding {
             if store.record(x)?.is_none() {
                 out.push(alert(
-                    "error",
+                    AlertLevel::Error,
                     format!("rule `{}` points to {x}, which is not in the records: its mail is tracked unlinked (import the record, or fix the rule)", r.folder),
                 ));
             }
@@ -166,7 +248,7 @@ fn derived_alerts(
             let hours = (crate::time::parse_date(now) - crate::time::parse_date(t)) / 3600;
             if hours * 3600 >= quiet {
                 out.push(alert(
-                    "warning",
+                    AlertLevel::Warning,
                     format!(
                         "synced but nothing tracked for {hours} hours (last tracked: {}); is the folder rule right, or do users still drag mail there?",
                         health.last_tracked.as_deref().unwrap_or("never")
@@ -195,35 +277,30 @@ impl Status {
             health.name.clear(); // `name` is already the mailbox's
             let live = agent.and_then(|a| a.live(&mb.name));
             let state = match (&live, &health.last_attempt, &health.last_error) {
-                (Some(l), _, _) if l.state.is_disabled() => "disabled",
-                (_, None, _) => "never synced",
-                (_, Some(_), None) => "ok",
-                (_, Some(_), Some(_)) => "failing",
-            }
-            .to_string();
+                (Some(l), _, _) if l.state.is_disabled() => MailboxHealth::Disabled,
+                (_, None, _) => MailboxHealth::NeverSynced,
+                (_, Some(_), None) => MailboxHealth::Ok,
+                (_, Some(_), Some(_)) => MailboxHealth::Failing,
+            };
             use crate::worker::WorkerState;
             let incoming = match live.as_ref().map(|l| &l.state) {
                 Some(WorkerState::Disabled { reason }) => Incoming {
-                    state: "disabled".into(),
+                    state: IncomingState::Disabled,
                     reason: Some(reason.clone()),
                     until: None,
                 },
                 Some(WorkerState::BackingOff { until, error }) => Incoming {
-                    state: "backing off".into(),
+                    state: IncomingState::BackingOff,
                     reason: Some(error.clone()),
                     until: Some(crate::time::rfc3339_utc(*until)),
                 },
                 Some(_) => Incoming {
-                    state: "enabled".into(),
+                    state: IncomingState::Enabled,
                     reason: None,
                     until: None,
                 },
                 None => Incoming {
-                    state: match state.as_str() {
-                        "ok" => "enabled",
-                        s => s,
-                    }
-                    .into(),
+                    state: state.into(),
                     reason: health.last_error.clone(),
                     until: None,
                 },
@@ -251,7 +328,7 @@ impl Status {
                     .filter(|a| a.mailbox == mb.name)
                     .take(10)
                     .map(|a| MailboxAlert {
-                        level: a.alert.level.clone(),
+                        level: a.alert.level,
                         message: a.alert.message.clone(),
                         at: a.at.clone(),
                         first_at: a.first_at.clone(),
@@ -304,10 +381,10 @@ impl Status {
         for m in &self.mailboxes {
             let incoming = match (&m.incoming.until, &m.incoming.reason) {
                 (Some(u), _) => format!("{} until {u}", m.incoming.state),
-                (None, Some(r)) if m.incoming.state == "disabled" => {
+                (None, Some(r)) if m.incoming.state == IncomingState::Disabled => {
                     format!("disabled: {}", r.trim_start_matches("incoming disabled: "))
                 }
-                _ => m.incoming.state.clone(),
+                _ => m.incoming.state.to_string(),
             };
             s.push_str(&format!(
                 "\nmailbox {} on {}: incoming {}; last success {}; lag {}\n  outgoing: {}\n",
@@ -407,6 +484,36 @@ fn indent(t: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `status --json` and the text keep the strings scripts and the README know.
+    #[test]
+    fn states_keep_their_strings() {
+        fn json(v: impl Serialize) -> serde_json::Value {
+            serde_json::to_value(v).unwrap()
+        }
+        for (h, s, incoming) in [
+            (MailboxHealth::Ok, "ok", "enabled"),
+            (MailboxHealth::Failing, "failing", "failing"),
+            (MailboxHealth::Disabled, "disabled", "disabled"),
+            (MailboxHealth::NeverSynced, "never synced", "never synced"),
+        ] {
+            assert_eq!(json(h), s);
+            let i = IncomingState::from(h);
+            assert_eq!((json(i), i.to_string()), (incoming.into(), incoming.into()));
+        }
+        let b = IncomingState::BackingOff;
+        assert_eq!(
+            (json(b), b.to_string()),
+            ("backing off".into(), "backing off".into())
+        );
+        for (o, s) in [
+            (OutgoingState::NotConfigured, "not configured"),
+            (OutgoingState::Enabled, "enabled"),
+            (OutgoingState::Attention, "attention"),
+        ] {
+            assert_eq!((json(o), o.to_string()), (s.into(), s.into()));
+        }
+    }
+
     #[test]
     fn quiet_mailbox_alert_after_quiet_hours_without_tracking() {
         let dir = tempfile::tempdir().unwrap();
@@ -424,7 +531,7 @@ mod tests {
         };
         let a = derived_alerts(&cfg, &cfg.mailboxes[0], &store, &h, now).unwrap();
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].level, "warning");
+        assert_eq!(a[0].level, AlertLevel::Warning);
         assert!(
             a[0].message
                 .starts_with("synced but nothing tracked for 48 hours (last tracked: never)"),

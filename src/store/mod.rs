@@ -12,7 +12,10 @@ pub(crate) mod outbox;
 
 pub(crate) use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
 
-use crate::model::{Activity, Alert, Correlation, Direction, Draft, Record, RecordRef, Source};
+use crate::model::{
+    Activity, Alert, AlertLevel, Correlation, CorrelationMethod, Direction, Draft, Record,
+    RecordRef, Source,
+};
 use crate::track::{ActivityLookup, RecordLookup};
 use fs2::FileExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -26,27 +29,54 @@ use std::path::{Path, PathBuf};
 /// Schema version written in `meta`; bumped with a migration when the layout changes.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 
+/// Why the store could not be opened, read or written. `Locked` is the one callers act on:
+/// another process holds the data dir, and the CLI then asks the agent over its control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process holds the data dir (sled lets only one open it).
     #[error("data dir {dir} is in use by another foldertrack process{}; stop it first (only one process can hold the store)", pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    Locked { dir: PathBuf, pid: Option<String> },
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+        /// The holder's pid, from the lock file, when it could be read.
+        pid: Option<String>,
+    },
+    /// The data dir cannot be created, locked or read.
     #[error("cannot use data dir {dir}: {source}")]
     Io {
+        /// The data dir.
         dir: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// sled failed.
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
+    /// A value that does not decode: the data dir was damaged or changed by hand.
     #[error("store holds unreadable data in {tree}: {message}")]
-    Corrupt { tree: &'static str, message: String },
+    Corrupt {
+        /// The sled tree it is in.
+        tree: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A newer foldertrack wrote the data dir; this one must not change it.
     #[error("data dir was written by a newer foldertrack (schema {found}, this one knows {SCHEMA_VERSION}); upgrade foldertrack")]
-    NewerSchema { found: u32 },
+    NewerSchema {
+        /// The data dir's schema version.
+        found: u32,
+    },
+    /// Something a command names is not in the store.
     #[error("{0}")]
     NotFound(String),
+    /// The data dir's filesystem is below the free space the store keeps.
     #[error("data dir {dir} has only {available_mb} MB free; foldertrack keeps at least {needed_mb} MB free so that the store never runs out of space mid-write. Free some space: tracking resumes from the last checkpoint, nothing is lost")]
     DiskFull {
+        /// The data dir.
         dir: PathBuf,
+        /// Free space now.
         available_mb: u64,
+        /// Free space the store keeps.
         needed_mb: u64,
     },
 }
@@ -194,7 +224,7 @@ impl StoredAlert {
             Some(mut p) => {
                 p.at = at.to_string();
                 p.count += 1;
-                p.alert.level = alert.level.clone();
+                p.alert.level = alert.level;
                 p
             }
             None => StoredAlert {
@@ -497,7 +527,7 @@ impl Store {
             store.add_alert(
                 STORE_ALERTS,
                 Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message,
                 },
             )?;
@@ -1031,27 +1061,27 @@ impl Store {
                     n += u32::from(self.correlate_late(id, c, writer)?);
                 }
             }
-            let mut children: Vec<(u64, &str)> = Vec::new();
+            let mut children: Vec<(u64, CorrelationMethod)> = Vec::new();
             if let Some(m) = &x.message_id {
                 for kv in self
                     .t
                     .activity_by_parent
                     .scan_prefix(keys::regarding_prefix(m))
                 {
-                    children.push((keys::u64_suffix(&kv?.0), "references"));
+                    children.push((keys::u64_suffix(&kv?.0), CorrelationMethod::References));
                 }
             }
             if let Some(ti) = x.thread_index.as_deref().and_then(thread_bytes) {
                 for kv in self.t.activity_by_thread.scan_prefix(&ti) {
                     let (k, v) = kv?;
                     if k.len() > ti.len() {
-                        children.push((keys::u64_of(&v), "thread-index"));
+                        children.push((keys::u64_of(&v), CorrelationMethod::ThreadIndex));
                     }
                 }
             }
             if let Some(t) = &x.token {
                 if let Some(other) = self.get_token(t).filter(|o| *o != id) {
-                    children.push((other, "token"));
+                    children.push((other, CorrelationMethod::Token));
                 }
             }
             for (child, method) in children {
@@ -1061,15 +1091,16 @@ impl Store {
                 if c.correlation.is_some() || child == id || !not_after(x, &c) {
                     continue;
                 }
-                let method = if method == "references" && c.in_reply_to == x.message_id {
-                    "in-reply-to"
-                } else {
-                    method
-                };
+                let method =
+                    if method == CorrelationMethod::References && c.in_reply_to == x.message_id {
+                        CorrelationMethod::InReplyTo
+                    } else {
+                        method
+                    };
                 n += u32::from(self.correlate_late(
                     child,
                     Correlation {
-                        method: method.into(),
+                        method,
                         activity: id,
                     },
                     writer,
@@ -1108,7 +1139,7 @@ impl Store {
                     .is_some_and(|e| not_after(&e, x))
             })
             .map(|(id, _)| Correlation {
-                method: "smart".into(),
+                method: CorrelationMethod::Smart,
                 activity: id,
             })
             .min_by_key(|c| c.activity)
@@ -1541,9 +1572,9 @@ fn not_after(a: &Activity, b: &Activity) -> bool {
 /// the tracking token (an earlier message with it), then an Outlook Thread-Index that extends a
 /// tracked one's.
 fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
-    let found = |method: &str, id: u64| {
+    let found = |method: CorrelationMethod, id: u64| {
         Some(Correlation {
-            method: method.into(),
+            method,
             activity: id,
         })
     };
@@ -1554,15 +1585,15 @@ fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
             .filter(|id| *id != a.id)
     };
     if let Some(id) = a.in_reply_to.as_deref().and_then(by_id) {
-        return found("in-reply-to", id);
+        return found(CorrelationMethod::InReplyTo, id);
     }
     if let Some(id) = a.references.iter().rev().find_map(|r| by_id(r)) {
-        return found("references", id);
+        return found(CorrelationMethod::References, id);
     }
     if let Some(t) = &a.token {
         if let Some(id) = l.get_token(t).filter(|id| *id != a.id) {
             if l.get_activity(id).is_some_and(|e| not_after(&e, a)) {
-                return found("token", id);
+                return found(CorrelationMethod::Token, id);
             }
         }
     }
@@ -1571,7 +1602,7 @@ fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
         while len > 22 {
             len -= 5;
             if let Some(id) = l.get_thread(&ti[..len]) {
-                return found("thread-index", id);
+                return found(CorrelationMethod::ThreadIndex, id);
             }
         }
     }
@@ -1672,7 +1703,7 @@ fn apply_activity(
                     .and_then(|v| serde_json::from_slice(&v).ok());
                 match rec {
                     Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
-                        level: "warning".into(),
+                        level: AlertLevel::Warning,
                         message: format!(
                             "{} may not write {earlier} (correlated by {}): tracked unlinked",
                             d.writer.user, c.method
@@ -1797,7 +1828,7 @@ mod tests {
                 count: 1,
                 mailbox: mailbox.into(),
                 alert: Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message: message.clone(),
                 },
             };
@@ -1818,7 +1849,7 @@ mod tests {
             .add_alert(
                 "a",
                 Alert {
-                    level: "error".into(),
+                    level: AlertLevel::Error,
                     message: "newest".into(),
                 },
             )
