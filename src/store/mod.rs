@@ -1643,41 +1643,7 @@ fn apply_activity(
     }
     let mkey = keys::msgid(&a.dedup_key, a.direction);
     if let Some(idv) = tx.by_msgid.get(&mkey)? {
-        // A copy of a tracked message: the first copy keeps the regarding (DESIGN §4.7); this
-        // one adds its source. A copy from the same mailbox and folder under a new
-        // UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
-        let id = keys::u64_of(&idv);
-        let Some(mut cur) = load(tx.acts, id)? else {
-            return Err(abort(format!("index points to missing activity {id}")));
-        };
-        let same_place = |s: &Source| {
-            s.mailbox == a.source.mailbox
-                && s.folder == a.source.folder
-                && s.uidvalidity != a.source.uidvalidity
-        };
-        if same_place(&cur.source) {
-            tx.by_source.remove(keys::source(&cur.source))?;
-            cur.source = a.source.clone();
-        } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
-            tx.by_source.remove(keys::source(s))?;
-            *s = a.source.clone();
-        } else {
-            cur.other_sources.push(a.source.clone());
-        }
-        // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
-        // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
-        // A folder without a regarding keeps the link; another mailbox's copy never changes
-        // it (the first mailbox wins, §4.7).
-        let same_mailbox = std::iter::once(&cur.source)
-            .chain(&cur.other_sources)
-            .filter(|s| **s != a.source)
-            .any(|s| s.mailbox == a.source.mailbox);
-        if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
-            set_regarding(tx.by_regarding, &mut cur, id, a.regarding.clone())?;
-            out.relinked += 1;
-        }
-        tx.by_source.insert(skey, &id.to_be_bytes())?;
-        tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut cur))?;
+        merge_copy(tx, a, keys::u64_of(&idv), skey, out)?;
         out.merged += 1;
         return Ok(true);
     }
@@ -1695,24 +1661,7 @@ fn apply_activity(
         return Ok(false);
     }
     if d.inherit && a.regarding.is_none() {
-        if let Some(c) = &a.correlation {
-            if let Some(earlier) = load(tx.acts, c.activity)?.and_then(|e| e.regarding) {
-                let rec: Option<Record> = tx
-                    .records
-                    .get(earlier.as_bytes())?
-                    .and_then(|v| serde_json::from_slice(&v).ok());
-                match rec {
-                    Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
-                        level: AlertLevel::Warning,
-                        message: format!(
-                            "{} may not write {earlier} (correlated by {}): tracked unlinked",
-                            d.writer.user, c.method
-                        ),
-                    }),
-                    _ => a.regarding = Some(earlier),
-                }
-            }
-        }
+        inherit_regarding(tx, d, &mut a)?;
     }
     if let (Some(r), Some(from)) = (&d.create_sender, a.from.as_mut()) {
         if from.record.is_none() {
@@ -1733,6 +1682,89 @@ fn apply_activity(
     tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut a))?;
     tx.by_msgid.insert(mkey, &id.to_be_bytes())?;
     tx.by_source.insert(skey, &id.to_be_bytes())?;
+    index_new(tx, d, &a)?;
+    out.created += 1;
+    a.body_text = String::new();
+    a.attachments = Vec::new();
+    created.push(a);
+    Ok(true)
+}
+
+/// A copy of tracked activity `id` (same Message-ID and direction): the first copy keeps the
+/// regarding (DESIGN §4.7); this one adds its source. A copy from the same mailbox and folder
+/// under a new UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
+fn merge_copy(
+    tx: &Tx<'_>,
+    a: &Activity,
+    id: u64,
+    skey: Vec<u8>,
+    out: &mut BatchOutcome,
+) -> TxResult<()> {
+    let Some(mut cur) = load(tx.acts, id)? else {
+        return Err(abort(format!("index points to missing activity {id}")));
+    };
+    let same_place = |s: &Source| {
+        s.mailbox == a.source.mailbox
+            && s.folder == a.source.folder
+            && s.uidvalidity != a.source.uidvalidity
+    };
+    if same_place(&cur.source) {
+        tx.by_source.remove(keys::source(&cur.source))?;
+        cur.source = a.source.clone();
+    } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
+        tx.by_source.remove(keys::source(s))?;
+        *s = a.source.clone();
+    } else {
+        cur.other_sources.push(a.source.clone());
+    }
+    // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
+    // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
+    // A folder without a regarding keeps the link; another mailbox's copy never changes
+    // it (the first mailbox wins, §4.7).
+    let same_mailbox = std::iter::once(&cur.source)
+        .chain(&cur.other_sources)
+        .filter(|s| **s != a.source)
+        .any(|s| s.mailbox == a.source.mailbox);
+    if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
+        set_regarding(tx.by_regarding, &mut cur, id, a.regarding.clone())?;
+        out.relinked += 1;
+    }
+    tx.by_source.insert(skey, &id.to_be_bytes())?;
+    tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut cur))?;
+    Ok(())
+}
+
+/// A message whose folder rule gives no regarding takes the one of the activity it correlates
+/// to (DESIGN §4.10), if the mailbox owner may write that record; else it is tracked unlinked,
+/// with an alert that says why.
+fn inherit_regarding(tx: &Tx<'_>, d: &Draft, a: &mut Activity) -> TxResult<()> {
+    let Some(c) = &a.correlation else {
+        return Ok(());
+    };
+    let Some(earlier) = load(tx.acts, c.activity)?.and_then(|e| e.regarding) else {
+        return Ok(());
+    };
+    let rec: Option<Record> = tx
+        .records
+        .get(earlier.as_bytes())?
+        .and_then(|v| serde_json::from_slice(&v).ok());
+    match rec {
+        Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
+            level: AlertLevel::Warning,
+            message: format!(
+                "{} may not write {earlier} (correlated by {}): tracked unlinked",
+                d.writer.user, c.method
+            ),
+        }),
+        _ => a.regarding = Some(earlier),
+    }
+    Ok(())
+}
+
+/// The indexes a new activity joins besides Message-ID and source: regarding, tracking
+/// token, late correlation (its parents), Thread-Index and subject.
+fn index_new(tx: &Tx<'_>, d: &Draft, a: &Activity) -> TxResult<()> {
+    let id = a.id;
     if let Some(r) = &a.regarding {
         tx.by_regarding.insert(keys::regarding(r, id), &[])?;
     }
@@ -1741,7 +1773,7 @@ fn apply_activity(
         let keep = tx
             .get_token(t)
             .and_then(|e| tx.get_activity(e))
-            .is_some_and(|e| not_after(&e, &a));
+            .is_some_and(|e| not_after(&e, a));
         if !keep {
             tx.by_token
                 .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
@@ -1759,11 +1791,7 @@ fn apply_activity(
     if let Some(norm) = &d.subject_key {
         tx.by_subject.insert(keys::regarding(norm, id), &[])?;
     }
-    out.created += 1;
-    a.body_text = String::new();
-    a.attachments = Vec::new();
-    created.push(a);
-    Ok(true)
+    Ok(())
 }
 
 impl RecordLookup for Store {
