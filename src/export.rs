@@ -20,7 +20,7 @@ pub enum Format {
     #[default]
     Jsonl,
     /// RFC 4180 CSV with a header row; lists are joined with `;`; cells a spreadsheet would run
-    /// as a formula get a `'` in front ([`neutralise`]).
+    /// as a formula get a `'` in front (`neutralise`).
     Csv,
 }
 

@@ -8,8 +8,8 @@
 //! cached one fails once (the provider may have revoked it early). A token is a password: it is
 //! never logged, and errors name the file or command, never the value.
 //!
-//! [`access_token`] is what any protocol client calls (the SMTP side can reuse it as is), and
-//! [`xoauth2_payload`] / [`oauthbearer_payload`] build the SASL initial responses.
+//! `access_token` is what any protocol client calls (the SMTP side can reuse it as is), and
+//! `xoauth2_payload` / `oauthbearer_payload` build the SASL initial responses.
 
 use serde::Deserialize;
 use std::collections::HashMap;

@@ -41,7 +41,7 @@ const ELLIPSIS: char = '…';
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenFormat {
-    /// Text before the digits, e.g. `CRM:`. Matched case-insensitively by [`TokenFormat::find`].
+    /// Text before the digits, e.g. `CRM:`. Matched case-insensitively by `TokenFormat::find`.
     pub prefix: String,
     /// First digit after the prefix (0–9), telling organisations/deployments apart.
     pub base_digit: u8,
