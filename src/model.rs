@@ -7,6 +7,63 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// Declares an enum whose values are a fixed set of strings, from one table: its text
+/// (`as_str`, and `Display`, which pads like a string), its JSON (serde, as that text) and the
+/// way back (`from_text`), so that the three cannot disagree.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Its text, as JSON, the CLI and the store's keys have it.
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            /// The value `text` names, if any.
+            pub(crate) fn from_text(text: &str) -> Option<$name> {
+                match text {
+                    $( $text => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(d)?;
+                $name::from_text(&text).ok_or_else(|| {
+                    serde::de::Error::unknown_variant(&text, &[$($text),+])
+                })
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
 /// A reference to a CRM record, written `type:key` (e.g. `account:acme`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -122,22 +179,13 @@ impl Record {
     }
 }
 
-/// Whether the mail was sent by the mailbox owner (outgoing) or received (incoming).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Received by the mailbox owner.
-    Incoming,
-    /// Sent by the mailbox owner.
-    Outgoing,
-}
-
-impl Direction {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Direction::Incoming => "incoming",
-            Direction::Outgoing => "outgoing",
-        }
+text_enum! {
+    /// Whether the mail was sent by the mailbox owner (outgoing) or received (incoming).
+    pub enum Direction {
+        /// Received by the mailbox owner.
+        Incoming = "incoming",
+        /// Sent by the mailbox owner.
+        Outgoing = "outgoing",
     }
 }
 
@@ -196,34 +244,15 @@ pub struct Alert {
     pub message: String,
 }
 
-/// How serious an [`Alert`] is; `error`, `warning` or `info` in JSON and text, as Dynamics'
-/// alert types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertLevel {
-    /// Something failed: a mailbox is disabled, a send failed for good.
-    Error,
-    /// Something needs a look: a rule's record is missing, a folder is gone.
-    Warning,
-    /// For the record: a folder was re-read after a UIDVALIDITY change.
-    Info,
-}
-
-impl AlertLevel {
-    /// As JSON and `status` show it.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            AlertLevel::Error => "error",
-            AlertLevel::Warning => "warning",
-            AlertLevel::Info => "info",
-        }
-    }
-}
-
-/// Pads as a string does (`status` aligns levels with `{:<7}`).
-impl fmt::Display for AlertLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
+text_enum! {
+    /// How serious an [`Alert`] is, as Dynamics' alert types.
+    pub enum AlertLevel {
+        /// Something failed: a mailbox is disabled, a send failed for good.
+        Error = "error",
+        /// Something needs a look: a rule's record is missing, a folder is gone.
+        Warning = "warning",
+        /// For the record: a folder was re-read after a UIDVALIDITY change.
+        Info = "info",
     }
 }
 
@@ -232,14 +261,7 @@ impl fmt::Display for AlertLevel {
 /// fails a debug build and reads as a warning in a release one (shown, never dropped).
 impl From<&str> for AlertLevel {
     fn from(s: &str) -> AlertLevel {
-        match s {
-            "error" => AlertLevel::Error,
-            "info" => AlertLevel::Info,
-            _ => {
-                debug_assert_eq!(s, "warning", "unknown alert level");
-                AlertLevel::Warning
-            }
-        }
+        known(AlertLevel::from_text(s), s, AlertLevel::Warning)
     }
 }
 
@@ -339,39 +361,19 @@ pub struct Correlation {
     pub activity: u64,
 }
 
-/// How a correlation was found (DESIGN §4.10), in Dynamics' order; `in-reply-to`,
-/// `references`, `token`, `thread-index` or `smart` in JSON and text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CorrelationMethod {
-    /// Its In-Reply-To is the earlier message's Message-ID.
-    InReplyTo,
-    /// Its References name the earlier message.
-    References,
-    /// Its subject carries the earlier message's tracking token.
-    Token,
-    /// Its Outlook Thread-Index extends the earlier message's.
-    ThreadIndex,
-    /// Same subject words and at least two addresses in common (`smart_matching`).
-    Smart,
-}
-
-impl CorrelationMethod {
-    /// As JSON and `activities show` show it.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            CorrelationMethod::InReplyTo => "in-reply-to",
-            CorrelationMethod::References => "references",
-            CorrelationMethod::Token => "token",
-            CorrelationMethod::ThreadIndex => "thread-index",
-            CorrelationMethod::Smart => "smart",
-        }
-    }
-}
-
-impl fmt::Display for CorrelationMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
+text_enum! {
+    /// How a correlation was found (DESIGN §4.10), in Dynamics' order.
+    pub enum CorrelationMethod {
+        /// Its In-Reply-To is the earlier message's Message-ID.
+        InReplyTo = "in-reply-to",
+        /// Its References name the earlier message.
+        References = "references",
+        /// Its subject carries the earlier message's tracking token.
+        Token = "token",
+        /// Its Outlook Thread-Index extends the earlier message's.
+        ThreadIndex = "thread-index",
+        /// Same subject words and at least two addresses in common (`smart_matching`).
+        Smart = "smart",
     }
 }
 
@@ -380,17 +382,15 @@ impl fmt::Display for CorrelationMethod {
 /// `smart`, the weakest match, in a release one.
 impl From<&str> for CorrelationMethod {
     fn from(s: &str) -> CorrelationMethod {
-        match s {
-            "in-reply-to" => CorrelationMethod::InReplyTo,
-            "references" => CorrelationMethod::References,
-            "token" => CorrelationMethod::Token,
-            "thread-index" => CorrelationMethod::ThreadIndex,
-            _ => {
-                debug_assert_eq!(s, "smart", "unknown correlation method");
-                CorrelationMethod::Smart
-            }
-        }
+        known(CorrelationMethod::from_text(s), s, CorrelationMethod::Smart)
     }
+}
+
+/// What `text` names, for the `From<&str>` impls above, whose callers pass literals of the
+/// table: anything else fails a debug build, and is `fallback` in a release one.
+fn known<T>(named: Option<T>, text: &str, fallback: T) -> T {
+    debug_assert!(named.is_some(), "{text:?} is not one of the enum's strings");
+    named.unwrap_or(fallback)
 }
 
 #[cfg(test)]

@@ -3,11 +3,10 @@
 
 use super::show::table;
 use crate::config::Config;
-use crate::model::AlertLevel;
+use crate::model::{text_enum, AlertLevel};
 use crate::store::{FolderState, MailboxState, Store, StoredAlert};
 use anyhow::Result;
 use serde::Serialize;
-use std::fmt;
 
 /// `status [--json]`.
 pub(crate) fn status(
@@ -110,48 +109,33 @@ impl Outgoing {
     }
 }
 
-/// A mailbox's state as `status` summed it up before `incoming` and `outgoing` existed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum MailboxHealth {
-    /// The last pass worked.
-    Ok,
-    /// The last pass failed.
-    Failing,
-    /// The running agent disabled the mailbox after a permanent error.
-    Disabled,
-    /// No pass yet.
-    #[serde(rename = "never synced")]
-    NeverSynced,
+text_enum! {
+    /// A mailbox's state as `status` summed it up before `incoming` and `outgoing` existed.
+    pub(crate) enum MailboxHealth {
+        /// The last pass worked.
+        Ok = "ok",
+        /// The last pass failed.
+        Failing = "failing",
+        /// The running agent disabled the mailbox after a permanent error.
+        Disabled = "disabled",
+        /// No pass yet.
+        NeverSynced = "never synced",
+    }
 }
 
-/// The incoming (IMAP) side's state, as Dynamics' mailbox status names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum IncomingState {
-    /// Tracking (an agent task runs, or the last pass worked).
-    Enabled,
-    /// Stopped after a permanent error, until the config changes.
-    Disabled,
-    /// Waiting to retry after an error.
-    #[serde(rename = "backing off")]
-    BackingOff,
-    /// The last pass failed (no agent running).
-    Failing,
-    /// No pass yet.
-    #[serde(rename = "never synced")]
-    NeverSynced,
-}
-
-impl fmt::Display for IncomingState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            IncomingState::Enabled => "enabled",
-            IncomingState::Disabled => "disabled",
-            IncomingState::BackingOff => "backing off",
-            IncomingState::Failing => "failing",
-            IncomingState::NeverSynced => "never synced",
-        })
+text_enum! {
+    /// The incoming (IMAP) side's state, as Dynamics' mailbox status names it.
+    pub(crate) enum IncomingState {
+        /// Tracking (an agent task runs, or the last pass worked).
+        Enabled = "enabled",
+        /// Stopped after a permanent error, until the config changes.
+        Disabled = "disabled",
+        /// Waiting to retry after an error.
+        BackingOff = "backing off",
+        /// The last pass failed (no agent running).
+        Failing = "failing",
+        /// No pass yet.
+        NeverSynced = "never synced",
     }
 }
 
@@ -167,26 +151,15 @@ impl From<MailboxHealth> for IncomingState {
     }
 }
 
-/// The outgoing (SMTP) side's state, like Dynamics' "outgoing email status".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum OutgoingState {
-    /// The mailbox has no `[smtp]`.
-    #[serde(rename = "not configured")]
-    NotConfigured,
-    /// Sending works as far as is known.
-    Enabled,
-    /// A send failed, is in doubt, or cannot log in.
-    Attention,
-}
-
-impl fmt::Display for OutgoingState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            OutgoingState::NotConfigured => "not configured",
-            OutgoingState::Enabled => "enabled",
-            OutgoingState::Attention => "attention",
-        })
+text_enum! {
+    /// The outgoing (SMTP) side's state, like Dynamics' "outgoing email status".
+    pub(crate) enum OutgoingState {
+        /// The mailbox has no `[smtp]`.
+        NotConfigured = "not configured",
+        /// Sending works as far as is known.
+        Enabled = "enabled",
+        /// A send failed, is in doubt, or cannot log in.
+        Attention = "attention",
     }
 }
 
