@@ -169,7 +169,7 @@ pub struct CrmSettings {
     pub blocked_extensions: Vec<String>,
     /// IMAP keyword set on tracked messages (`None`: write-back off).
     pub tracked_keyword: Option<String>,
-    pub token: crate::track::token::TokenFormat,
+    pub token: crate::token::TokenFormat,
 }
 
 /// Dynamics' default blocked attachment extensions, the ones that run code.
@@ -364,7 +364,7 @@ struct RawMailbox {
     blocked_extensions: Option<Vec<String>>,
     /// `false` turns write-back off; a string names the keyword.
     tracked_keyword: Option<Spanned<toml::Value>>,
-    token: Option<Spanned<crate::track::token::TokenFormat>>,
+    token: Option<Spanned<crate::token::TokenFormat>>,
     #[serde(default)]
     rule: Vec<RawRule>,
     smtp: Option<smtp::RawSmtp>,
@@ -630,7 +630,7 @@ fn check_mailbox(
         crm: crm_settings(loc, &k, &m)?,
         rules,
         max_message_bytes: FetchLimits::default().max_message_bytes,
-        command_timeout: crate::imap::COMMAND_TIMEOUT,
+        command_timeout: crate::defaults::COMMAND_TIMEOUT,
         smtp,
     })
 }

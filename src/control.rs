@@ -7,30 +7,28 @@
 //! anyone else in (not even for the moment before a chmod), the peer's uid is checked
 //! (`SO_PEERCRED`), and requests are bounded in size, number and time.
 
-use crate::commands::{execute, Reply, Request};
-use crate::config::Config;
-use crate::store::Store;
-use crate::supervisor::AgentHandle;
+use crate::protocol::{Reply, Request};
+use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 /// Largest request accepted for most commands.
-pub const MAX_REQUEST: usize = 1024 * 1024;
+pub(crate) const MAX_REQUEST: usize = 1024 * 1024;
 
 /// Largest `records import` or `activities send` request: those carry a whole records file, or
 /// a message with attachments (at most [`crate::outbox::MAX_OUTGOING_BYTES`], a third more as
 /// base64). Recognised by their first bytes, which the client always writes first.
-pub const MAX_BULK_REQUEST: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_BULK_REQUEST: usize = 64 * 1024 * 1024;
 
 /// Requests served at once: a person's commands come one at a time.
-pub const MAX_CONNECTIONS: usize = 8;
+pub(crate) const MAX_CONNECTIONS: usize = 8;
 
 /// A connection that sends nothing for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The whole request must arrive within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,12 +36,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request kinds that may be up to [`MAX_BULK_REQUEST`] (`serde_json` writes the tag first).
 const BULK_PREFIXES: [&[u8]; 2] = [b"{\"cmd\":\"records_put\"", b"{\"cmd\":\"activities_send\""];
 
-pub fn socket_path(data_dir: &Path) -> PathBuf {
+/// What answers a request: the running agent's commands, passed in by `supervisor`. The
+/// socket only carries requests and replies; taking the answer as a value keeps it from
+/// importing the commands (which reach the agent through [`call`]).
+pub(crate) type Handler = Arc<dyn Fn(Request) -> BoxFuture<'static, Reply> + Send + Sync>;
+
+/// Where the running agent listens: in the data dir, whose lock says which agent that is.
+pub(crate) fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("foldertrack.sock")
 }
 
 /// Sends one request to the agent that holds `data_dir`.
-pub async fn call(data_dir: &Path, req: &Request) -> std::io::Result<Reply> {
+pub(crate) async fn call(data_dir: &Path, req: &Request) -> std::io::Result<Reply> {
     let path = socket_path(data_dir);
     let fut = async {
         let mut s = UnixStream::connect(&path).await?;
@@ -69,7 +73,7 @@ pub async fn call(data_dir: &Path, req: &Request) -> std::io::Result<Reply> {
 /// Binds the socket (replacing a stale one: we hold the store's lock, so no live agent owns it)
 /// under umask 0177, so that it is 0600 from its first instant. The umask is process-wide:
 /// while it is set, another thread creating a file gets it stricter, never looser.
-pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
     let path = socket_path(data_dir);
     let _ = std::fs::remove_file(&path);
     // SAFETY: umask only sets the process's file creation mask; the old one is put back.
@@ -165,12 +169,7 @@ where
 }
 
 /// One connection: who, what, then the answer.
-async fn handle(
-    stream: UnixStream,
-    config: Arc<RwLock<Config>>,
-    store: Arc<Store>,
-    agent: AgentHandle,
-) {
+async fn handle(stream: UnixStream, handler: Handler) {
     let (mut rd, mut wr) = stream.into_split();
     if let Err(why) = peer_allowed(wr.as_ref()) {
         tracing::warn!("control socket: {why}");
@@ -187,26 +186,14 @@ async fn handle(
         Ok(Ok(Ok(None))) | Ok(Err(_)) | Err(_) => return,
     };
     let reply = match serde_json::from_slice::<Request>(&line) {
-        Ok(req) => {
-            let cfg: Option<Config> = config.read().ok().map(|c| c.clone());
-            match cfg {
-                Some(cfg) => execute(req, &cfg, &store, Some(&agent)).await,
-                None => refusal(1, "agent state is poisoned".into()),
-            }
-        }
+        Ok(req) => handler(req).await,
         Err(e) => refusal(2, format!("bad request: {e}")),
     };
     write_reply(&mut wr, &reply).await;
 }
 
-/// Serves requests until `cancel`.
-pub async fn serve(
-    listener: UnixListener,
-    config: Arc<RwLock<Config>>,
-    store: Arc<Store>,
-    agent: AgentHandle,
-    cancel: CancellationToken,
-) {
+/// Serves requests until `cancel`, each answered by `handler`.
+pub(crate) async fn serve(listener: UnixListener, handler: Handler, cancel: CancellationToken) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -237,10 +224,10 @@ pub async fn serve(
             }
             continue;
         };
-        let (config, store, agent) = (config.clone(), store.clone(), agent.clone());
+        let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            handle(stream, config, store, agent).await;
+            handle(stream, handler).await;
         });
     }
     let _ = std::fs::remove_file(

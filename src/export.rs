@@ -20,7 +20,7 @@ pub enum Format {
     #[default]
     Jsonl,
     /// RFC 4180 CSV with a header row; lists are joined with `;`; cells a spreadsheet would run
-    /// as a formula get a `'` in front ([`neutralise`]).
+    /// as a formula get a `'` in front (`neutralise`).
     Csv,
 }
 
@@ -44,6 +44,12 @@ pub struct ActivityFilter {
     /// Only activities regarding this record (`type:key`).
     pub regarding: Option<String>,
 }
+
+/// A filter the caller got wrong (a bad `--since` or `--regarding`): a usage mistake, exit
+/// code 2, like the CLI's own (see `protocol::exit_code`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct FilterError(pub String);
 
 /// The CSV columns of `activities export --format csv`, in order.
 pub const ACTIVITY_COLUMNS: [&str; 19] = [
@@ -69,10 +75,11 @@ pub const ACTIVITY_COLUMNS: [&str; 19] = [
 ];
 
 /// The CSV header of `records export` (the long form `records import` reads).
-pub const RECORD_COLUMNS: [&str; 7] = ["type", "key", "name", "emails", "owner", "shared", "teams"];
+pub(crate) const RECORD_COLUMNS: [&str; 7] =
+    ["type", "key", "name", "emails", "owner", "shared", "teams"];
 
 /// Checks `--since` (`YYYY-MM-DD`, or RFC 3339 with a time): seconds since the epoch.
-pub fn check_since(s: &str) -> Result<i64, String> {
+pub(crate) fn check_since(s: &str) -> Result<i64, String> {
     crate::time::try_parse_date(s).map_err(|e| format!("--since: {e}"))
 }
 
@@ -125,7 +132,7 @@ const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 /// tab or CR, possibly after some `'`, gets one more `'` in front. Mail subjects, names and
 /// bodies come from anyone who can send mail; without this a subject `=HYPERLINK(...)` runs in
 /// the CRM admin's spreadsheet. [`restore`] is its exact inverse.
-pub fn neutralise(cell: &str) -> String {
+pub(crate) fn neutralise(cell: &str) -> String {
     if cell.trim_start_matches('\'').starts_with(FORMULA_START) {
         format!("'{cell}")
     } else {
@@ -136,7 +143,7 @@ pub fn neutralise(cell: &str) -> String {
 /// Undoes [`neutralise`] (what `records import` does to a CSV cell): a cell of one or more `'`
 /// followed by `=`, `+`, `-`, `@`, tab or CR loses its first `'`. Any other cell is kept as it
 /// is, a lone `'plain` included, so only what export added is taken off.
-pub fn restore(cell: &str) -> &str {
+pub(crate) fn restore(cell: &str) -> &str {
     match cell.strip_prefix('\'') {
         Some(rest) if rest.trim_start_matches('\'').starts_with(FORMULA_START) => rest,
         _ => cell,
@@ -191,7 +198,7 @@ impl<'a> Sink<'a> {
 ///
 /// # Errors
 /// A bad filter (a usage error), the store, or writing to `out` (e.g. a closed pipe).
-pub fn activities(
+pub(crate) fn activities(
     store: &Store,
     filter: &ActivityFilter,
     format: Format,
@@ -202,11 +209,11 @@ pub fn activities(
         .as_deref()
         .map(check_since)
         .transpose()
-        .map_err(crate::commands::UsageError)?;
+        .map_err(FilterError)?;
     let regarding = filter
         .regarding
         .as_deref()
-        .map(|r| r.parse::<RecordRef>().map_err(crate::commands::UsageError))
+        .map(|r| r.parse::<RecordRef>().map_err(FilterError))
         .transpose()?
         .map(|r| r.to_string());
     let mut sink = Sink::new(format, out, &ACTIVITY_COLUMNS)?;
@@ -231,7 +238,7 @@ pub fn activities(
 ///
 /// # Errors
 /// The store, or writing to `out`.
-pub fn records(
+pub(crate) fn records(
     store: &Store,
     rtype: Option<&str>,
     format: Format,
@@ -284,64 +291,6 @@ mod tests {
         assert!(check_since("2026-11-28T9:30").is_err());
         assert!(check_since("2026-11-28").unwrap() < check_since("2026-11-28T00:00:01Z").unwrap());
         assert!(check_since("2026-02-30").is_err(), "not a real date");
-    }
-
-    /// A spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (OWASP "CSV
-    /// injection"): such cells get a `'` in front, and `records import` takes exactly that `'`
-    /// off again, so records round-trip.
-    #[test]
-    fn csv_cells_that_spreadsheets_would_run_are_neutralised_and_records_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let rec = |key: &str, name: &str| crate::model::Record {
-            rtype: "account".into(),
-            key: key.into(),
-            name: name.into(),
-            emails: vec![],
-            owner: None,
-            shared: false,
-            teams: vec![],
-        };
-        let names = [
-            "=HYPERLINK(\"http://evil.example\",\"x\")",
-            "+1 555 0100",
-            "-5 %",
-            "@SUM(A1)",
-            "'=already quoted",
-            "''+twice",
-            "'plain quote",
-            "Acme",
-        ];
-        let recs: Vec<_> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| rec(&format!("k{i}"), n))
-            .collect();
-        store.put_records(&recs).unwrap();
-        let mut out = Vec::new();
-        records(&store, None, Format::Csv, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let mut rdr = csv::Reader::from_reader(text.as_bytes());
-        let cells: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
-        assert_eq!(
-            cells,
-            [
-                "'=HYPERLINK(\"http://evil.example\",\"x\")",
-                "'+1 555 0100",
-                "'-5 %",
-                "'@SUM(A1)",
-                "''=already quoted",
-                "'''+twice",
-                "'plain quote",
-                "Acme",
-            ]
-        );
-        let back = crate::records_io::parse_records("r.csv", &text, true).unwrap();
-        assert_eq!(back, recs, "records import reads back what was exported");
-        for (cell, safe) in [("\tx", "'\tx"), ("\rx", "'\rx"), ("", ""), ("a=b", "a=b")] {
-            assert_eq!(neutralise(cell), safe);
-            assert_eq!(restore(&neutralise(cell)), cell);
-        }
     }
 
     /// The hand-written parser dropped the offset of a time with fractional seconds.

@@ -6,9 +6,9 @@
 //! most [`MAX_CONNECTIONS`] at once, and only for this endpoint's own host names (DNS
 //! rebinding). It never serves anything but these two documents.
 
+use crate::agent::AgentHandle;
 use crate::config::Config;
 use crate::store::Store;
-use crate::supervisor::AgentHandle;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What the endpoint reads.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: Arc<RwLock<Config>>,
     pub store: Arc<Store>,
     pub agent: AgentHandle,
@@ -31,7 +31,7 @@ pub struct Shared {
 ///
 /// The server's error text and the IMAP user names it holds are left out (a scraper needs the
 /// reason, not the detail) unless `[metrics] detail = true`; `status` always has them.
-pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<String> {
+pub(crate) fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<String> {
     let threshold = config.health.lag_threshold;
     let detail = config.metrics.detail;
     let now = crate::time::unix_now();
@@ -79,7 +79,7 @@ pub fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> Vec<Stri
 
 /// A warning for a `[metrics] listen` address off loopback: the endpoint has no
 /// authentication, and anyone who reaches it learns the mailbox and folder names.
-pub fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
+pub(crate) fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
     (!addr.ip().is_loopback()).then(|| {
         format!("[metrics] listen = \"{addr}\" is not a loopback address: /metrics and /healthz have no authentication, so anyone who can reach {addr} sees mailbox and folder names and health; keep it on 127.0.0.1 (or behind a firewall)")
     })
@@ -89,16 +89,16 @@ pub fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
 ///
 /// # Errors
 /// The address is taken or not local to this machine.
-pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// How many requests are served at once. A scraper needs one; the bound keeps a client that
 /// opens connections by the thousand from holding as many tasks and buffers.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 
 /// Serves until `stop`.
-pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -196,7 +196,7 @@ fn own_hostname() -> Option<&'static str> {
 /// names that really are this endpoint are answered. IP literals are (rebinding needs a name),
 /// and so are the loopback names, this machine's name and `[metrics] allowed_hosts`. A request
 /// without `Host` (HTTP/1.0) is not from a browser.
-pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
     let Some(value) = host else {
         return true;
     };

@@ -2,8 +2,9 @@
 //! the library and maps errors to exit codes (0 ok, 1 runtime failure, 2 usage or config).
 
 use clap::{CommandFactory, Parser, Subcommand};
-use foldertrack::commands::{self, Reply, Request};
+use foldertrack::commands;
 use foldertrack::config::Config;
+use foldertrack::protocol::{Reply, Request};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -334,7 +335,7 @@ async fn run(cli: Cli) -> Reply {
         },
         Command::Check { mailbox } => Request::Check { mailbox },
         Command::Records { cmd } => match cmd {
-            RecordsCmd::Import { file } => match commands::records_import_request(&file) {
+            RecordsCmd::Import { file } => match commands::records::import_request(&file) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             },
@@ -343,7 +344,7 @@ async fn run(cli: Cli) -> Reply {
                 name,
                 emails,
                 owner,
-            } => match commands::records_add_request(&record, name, emails, owner) {
+            } => match commands::records::add_request(&record, name, emails, owner) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             },

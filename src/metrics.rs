@@ -33,10 +33,10 @@ type Labels = Vec<(&'static str, String)>;
 
 /// The watch modes `foldertrack_watch_mode` reports, one gauge per mode set to 1 for the
 /// current one.
-pub const MODES: [&str; 3] = ["idle_notify", "idle", "poll"];
+pub(crate) const MODES: [&str; 3] = ["idle_notify", "idle", "poll"];
 
 /// Every metric foldertrack exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     messages: Family<Labels, Counter>,
     connections: Family<Labels, Counter>,
@@ -58,11 +58,11 @@ pub struct Metrics {
 
 /// How old the store gauges (`store_bytes`, `activities`, `quarantine_messages`,
 /// `outbox_messages`) may be when served: a scrape interval is usually 15 s or more.
-pub const STORE_MAX_AGE: Duration = Duration::from_secs(10);
+pub(crate) const STORE_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// Where a folder stands against the server.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FolderLag {
+pub(crate) struct FolderLag {
     /// The server's UIDNEXT, as last seen.
     pub server_uid_next: u32,
     /// The UIDNEXT the checkpoint covers (`last_uid + 1`, or the UIDNEXT of a completed pass).
@@ -73,7 +73,7 @@ pub struct FolderLag {
 
 impl FolderLag {
     /// Messages (by UID) on the server not yet processed: an upper bound, as UIDs may be gaps.
-    pub fn messages(&self) -> u32 {
+    pub(crate) fn messages(&self) -> u32 {
         self.server_uid_next.saturating_sub(self.covered_uid_next)
     }
 }
@@ -85,7 +85,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
 }
@@ -191,7 +191,7 @@ impl Metrics {
     }
 
     /// Counts `n` messages of a folder with `outcome`.
-    pub fn messages(&self, mailbox: &str, folder: &str, outcome: &'static str, n: u64) {
+    pub(crate) fn messages(&self, mailbox: &str, folder: &str, outcome: &'static str, n: u64) {
         if n > 0 {
             let mut l = mf(mailbox, folder);
             l.push(("outcome", outcome.to_string()));
@@ -199,20 +199,20 @@ impl Metrics {
         }
     }
 
-    pub fn connected(&self, mailbox: &str, up: bool) {
+    pub(crate) fn connected(&self, mailbox: &str, up: bool) {
         if up {
             self.connections.get_or_create(&mb(mailbox)).inc();
         }
         self.connected.get_or_create(&mb(mailbox)).set(up as i64);
     }
 
-    pub fn reconnect(&self, mailbox: &str) {
+    pub(crate) fn reconnect(&self, mailbox: &str) {
         self.reconnects.get_or_create(&mb(mailbox)).inc();
     }
 
     /// Sets the mailbox's watch mode (one of [`MODES`]); `None` when it waits for nothing
     /// (stopped, disabled).
-    pub fn mode(&self, mailbox: &str, mode: Option<&str>) {
+    pub(crate) fn mode(&self, mailbox: &str, mode: Option<&str>) {
         for m in MODES {
             let mut l = mb(mailbox);
             l.push(("mode", m.to_string()));
@@ -220,7 +220,7 @@ impl Metrics {
         }
     }
 
-    pub fn latency(&self, mailbox: &str, secs: f64, n: u32) {
+    pub(crate) fn latency(&self, mailbox: &str, secs: f64, n: u32) {
         let h = self.latency.get_or_create(&mb(mailbox));
         for _ in 0..n {
             h.observe(secs);
@@ -228,12 +228,18 @@ impl Metrics {
     }
 
     /// The server's UIDNEXT for a folder, as STATUS or EXAMINE gave it.
-    pub fn server_uid_next(&self, mailbox: &str, folder: &str, uid_next: u32) {
+    pub(crate) fn server_uid_next(&self, mailbox: &str, folder: &str, uid_next: u32) {
         self.update(mailbox, folder, |f| f.server_uid_next = uid_next);
     }
 
     /// What the folder's checkpoint now covers.
-    pub fn checkpoint(&self, mailbox: &str, folder: &str, last_uid: u32, synced_uid_next: u32) {
+    pub(crate) fn checkpoint(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        last_uid: u32,
+        synced_uid_next: u32,
+    ) {
         self.last_uid
             .get_or_create(&mf(mailbox, folder))
             .set(last_uid as i64);
@@ -261,12 +267,12 @@ impl Metrics {
     }
 
     /// Every folder's lag, keyed by (mailbox, folder).
-    pub fn folder_lags(&self) -> HashMap<(String, String), FolderLag> {
+    pub(crate) fn folder_lags(&self) -> HashMap<(String, String), FolderLag> {
         self.folders.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Folders behind for longer than `threshold`: `(mailbox, folder, messages, behind for)`.
-    pub fn lagging(&self, threshold: Duration) -> Vec<(String, String, u32, Duration)> {
+    pub(crate) fn lagging(&self, threshold: Duration) -> Vec<(String, String, u32, Duration)> {
         let mut out: Vec<_> = self
             .folder_lags()
             .into_iter()
@@ -281,7 +287,7 @@ impl Metrics {
 
     /// The text exposition. The store gauges are read again when older than
     /// [`STORE_MAX_AGE`].
-    pub fn encode(&self, store: Option<&crate::store::Store>) -> String {
+    pub(crate) fn encode(&self, store: Option<&crate::store::Store>) -> String {
         self.encode_within(store, STORE_MAX_AGE)
     }
 

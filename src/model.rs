@@ -7,15 +7,75 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// Declares an enum whose values are a fixed set of strings, from one table: its text
+/// (`as_str`, and `Display`, which pads like a string), its JSON (serde, as that text) and the
+/// way back (`from_text`), so that the three cannot disagree.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Its text, as JSON, the CLI and the store's keys have it.
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            /// The value `text` names, if any.
+            pub(crate) fn from_text(text: &str) -> Option<$name> {
+                match text {
+                    $( $text => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(d)?;
+                $name::from_text(&text).ok_or_else(|| {
+                    serde::de::Error::unknown_variant(&text, &[$($text),+])
+                })
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
 /// A reference to a CRM record, written `type:key` (e.g. `account:acme`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RecordRef {
+    /// The record type, lower case (`account`, `contact`, `systemuser`…).
     pub rtype: String,
+    /// The key within the type, as the CRM has it.
     pub key: String,
 }
 
 impl RecordRef {
+    /// `rtype:key`, taken as given (parse a string to have it checked).
     pub fn new(rtype: impl Into<String>, key: impl Into<String>) -> Self {
         RecordRef {
             rtype: rtype.into(),
@@ -72,10 +132,14 @@ impl From<RecordRef> for String {
 /// A CRM row: systemuser, contact, account, lead, or any type the admin imports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The record type, lower case (`type` in JSON and CSV).
     #[serde(rename = "type")]
     pub rtype: String,
+    /// The key within the type.
     pub key: String,
+    /// Display name.
     pub name: String,
+    /// Addresses that resolve a party to this record, lower case.
     #[serde(default)]
     pub emails: Vec<String>,
     /// `systemuser:<key>` of the owning user; `None` for records owned by nobody in particular.
@@ -92,14 +156,16 @@ pub struct Record {
 /// Who links mail to records: a mailbox's owner and the teams it belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Writer {
+    /// The owner, `systemuser:<key>`.
     pub user: String,
+    /// The teams the owner belongs to (from its `systemuser` record).
     pub teams: Vec<String>,
 }
 
 impl Writer {
     /// Whether this user may link mail to `r` (DESIGN §4.11): it owns it, the record is shared
     /// or owned by nobody, or a team of the user's may write it.
-    pub fn can_write(&self, r: &Record) -> bool {
+    pub(crate) fn can_write(&self, r: &Record) -> bool {
         r.owner.is_none()
             || r.owner.as_deref() == Some(self.user.as_str())
             || r.shared
@@ -108,25 +174,18 @@ impl Writer {
 }
 
 impl Record {
-    pub fn reference(&self) -> RecordRef {
+    pub(crate) fn reference(&self) -> RecordRef {
         RecordRef::new(self.rtype.clone(), self.key.clone())
     }
 }
 
-/// Whether the mail was sent by the mailbox owner (outgoing) or received (incoming).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Incoming,
-    Outgoing,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Incoming => "incoming",
-            Direction::Outgoing => "outgoing",
-        }
+text_enum! {
+    /// Whether the mail was sent by the mailbox owner (outgoing) or received (incoming).
+    pub enum Direction {
+        /// Received by the mailbox owner.
+        Incoming = "incoming",
+        /// Sent by the mailbox owner.
+        Outgoing = "outgoing",
     }
 }
 
@@ -135,9 +194,13 @@ impl Direction {
 /// address only: Dynamics calls that `addressused`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Party {
+    /// The email address, lower case; `None` for a header without one.
     pub address: Option<String>,
+    /// The display name from the header.
     pub name: Option<String>,
+    /// The resolved record (`type:key`).
     pub record: Option<String>,
+    /// Every record the address resolved to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub records: Vec<String>,
 }
@@ -145,9 +208,13 @@ pub struct Party {
 /// Metadata of one attachment. The bytes themselves are not kept by the foundation slice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttachmentMeta {
+    /// The file name, when the message gives one.
     pub name: Option<String>,
+    /// The MIME type.
     pub mime_type: String,
+    /// Bytes, decoded.
     pub size: u64,
+    /// Hex sha256 of the decoded bytes: the key of its blob.
     pub sha256: String,
     /// Why the file was not kept (too large, blocked extension); `None` when its blob is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,41 +224,71 @@ pub struct AttachmentMeta {
 /// Where a tracked copy of the message lives on the IMAP server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
+    /// The mailbox's name in the config.
     pub mailbox: String,
     /// The folder in config form (`/` as separator).
     pub folder: String,
+    /// The folder's UIDVALIDITY when the message was read.
     pub uidvalidity: u32,
+    /// The message's UID.
     pub uid: u32,
 }
 
-/// Why an activity has (or lacks) its regarding record.
+/// Something an admin should know: why an activity has (or lacks) its regarding record, or
+/// what is wrong with a mailbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    pub level: String,
+    /// How serious it is.
+    pub level: AlertLevel,
+    /// What happened and what to do, in a sentence.
     pub message: String,
+}
+
+text_enum! {
+    /// How serious an [`Alert`] is, as Dynamics' alert types.
+    pub enum AlertLevel {
+        /// Something failed: a mailbox is disabled, a send failed for good.
+        Error = "error",
+        /// Something needs a look: a rule's record is missing, a folder is gone.
+        Warning = "warning",
+        /// For the record: a folder was re-read after a UIDVALIDITY change.
+        Info = "info",
+    }
 }
 
 /// A tracked email: the CRM's email activity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activity {
+    /// Its number in the store, from 1.
     pub id: u64,
+    /// The decoded subject.
     pub subject: Option<String>,
     /// With angle brackets, as Dynamics stores `messageid`.
     pub message_id: Option<String>,
     /// Key used for dedup: the Message-ID, or `sha256:<hex>` of the message minus trace headers.
     pub dedup_key: String,
+    /// Sent or received by the mailbox owner.
     pub direction: Direction,
+    /// The record it regards (`type:key`), from the folder rule, a correlation or by hand.
     pub regarding: Option<String>,
+    /// The sender.
     pub from: Option<Party>,
+    /// The To: recipients.
     pub to: Vec<Party>,
+    /// The Cc: recipients.
     pub cc: Vec<Party>,
+    /// The Bcc: recipients (known on sent mail only).
     pub bcc: Vec<Party>,
     /// RFC 3339, from the Date header; `None` when missing or invalid.
     pub date: Option<String>,
+    /// The In-Reply-To Message-ID, with angle brackets.
     pub in_reply_to: Option<String>,
+    /// The References Message-IDs, oldest first.
     #[serde(default)]
     pub references: Vec<String>,
+    /// Outlook's Thread-Index header, as sent.
     pub thread_index: Option<String>,
+    /// The plain-text body (from the HTML part when there is no text part).
     pub body_text: String,
     /// sha256 of the body text when it is kept in the blob packs instead of in the activity:
     /// bodies are most of an activity's bytes, and in sled they made every commit rewrite
@@ -199,14 +296,18 @@ pub struct Activity {
     /// The store's readers put the text back into `body_text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_blob: Option<String>,
+    /// Every attachment, kept or skipped.
     pub attachments: Vec<AttachmentMeta>,
     /// First source is where it was first tracked; later copies add theirs.
     pub source: Source,
+    /// Other copies of the same message (another folder or mailbox) that merged into it.
     #[serde(default)]
     pub other_sources: Vec<Source>,
+    /// The raw message's size in bytes.
     pub size: u64,
     /// RFC 3339 time the activity was written.
     pub tracked_at: String,
+    /// Why it has (or lacks) its regarding, as Dynamics' tracking alerts.
     #[serde(default)]
     pub alerts: Vec<Alert>,
     /// The earlier activity this one was correlated to, and how (DESIGN §4.10).
@@ -225,10 +326,12 @@ pub struct Activity {
 /// must still decide for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draft {
+    /// The activity as tracking built it (`id` is given by the store).
     pub activity: Activity,
     /// The folder rule gives no regarding: a correlated activity's regarding is inherited
     /// (DESIGN §4.10), if `writer` may write it.
     pub inherit: bool,
+    /// Who links it: the mailbox owner, whose write access the regarding needs.
     pub writer: Writer,
     /// Record to create for an unresolved sender (`unresolved_sender = contact | lead`).
     pub create_sender: Option<Record>,
@@ -243,9 +346,26 @@ pub struct Draft {
 /// How a message was matched to an earlier activity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Correlation {
-    /// `in-reply-to`, `references`, `token`, `thread-index` or `smart`.
-    pub method: String,
+    /// Which header or rule matched.
+    pub method: CorrelationMethod,
+    /// The earlier activity.
     pub activity: u64,
+}
+
+text_enum! {
+    /// How a correlation was found (DESIGN §4.10), in Dynamics' order.
+    pub enum CorrelationMethod {
+        /// Its In-Reply-To is the earlier message's Message-ID.
+        InReplyTo = "in-reply-to",
+        /// Its References name the earlier message.
+        References = "references",
+        /// Its subject carries the earlier message's tracking token.
+        Token = "token",
+        /// Its Outlook Thread-Index extends the earlier message's.
+        ThreadIndex = "thread-index",
+        /// Same subject words and at least two addresses in common (`smart_matching`).
+        Smart = "smart",
+    }
 }
 
 #[cfg(test)]
@@ -265,5 +385,42 @@ mod tests {
             "contact:a\r\nb".parse::<RecordRef>().is_err(),
             "no CRLF in keys"
         );
+    }
+
+    /// The enums keep the strings the JSON output and the stored data have always had.
+    #[test]
+    fn levels_and_methods_keep_their_strings() {
+        for (l, s) in [
+            (AlertLevel::Error, "error"),
+            (AlertLevel::Warning, "warning"),
+            (AlertLevel::Info, "info"),
+        ] {
+            assert_eq!(serde_json::to_value(l).unwrap(), s);
+            assert_eq!(serde_json::from_value::<AlertLevel>(s.into()).unwrap(), l);
+            assert_eq!((l.to_string(), AlertLevel::from_text(s).unwrap()), (s.to_string(), l));
+            assert_eq!(
+                format!("{l:<7}|"),
+                format!("{s:<7}|"),
+                "padded like the string"
+            );
+        }
+        for (m, s) in [
+            (CorrelationMethod::InReplyTo, "in-reply-to"),
+            (CorrelationMethod::References, "references"),
+            (CorrelationMethod::Token, "token"),
+            (CorrelationMethod::ThreadIndex, "thread-index"),
+            (CorrelationMethod::Smart, "smart"),
+        ] {
+            assert_eq!(serde_json::to_value(m).unwrap(), s);
+            assert_eq!(
+                serde_json::from_value::<CorrelationMethod>(s.into()).unwrap(),
+                m
+            );
+            assert_eq!(
+                (m.to_string(), CorrelationMethod::from_text(s).unwrap()),
+                (s.to_string(), m)
+            );
+        }
+        assert!(serde_json::from_value::<AlertLevel>("fatal".into()).is_err());
     }
 }

@@ -8,8 +8,8 @@
 //! cached one fails once (the provider may have revoked it early). A token is a password: it is
 //! never logged, and errors name the file or command, never the value.
 //!
-//! [`access_token`] is what any protocol client calls (the SMTP side can reuse it as is), and
-//! [`xoauth2_payload`] / [`oauthbearer_payload`] build the SASL initial responses.
+//! `access_token` is what any protocol client calls (the SMTP side can reuse it as is), and
+//! `xoauth2_payload` / `oauthbearer_payload` build the SASL initial responses.
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -24,12 +24,17 @@ pub enum TokenSource {
     /// every login, so a refresh by that tool is picked up at once.
     File(PathBuf),
     /// A shell command (`sh -c`) whose stdout is the token (raw, or the JSON form).
-    Command { command: String, timeout: Duration },
+    Command {
+        /// The command line.
+        command: String,
+        /// How long it may run before it is killed and the login fails.
+        timeout: Duration,
+    },
 }
 
 /// Why no token could be had. Never holds the token.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("token_file {path}: {message}")]
     File { path: String, message: String },
     #[error("token_command `{command}`: {message}")]
@@ -37,11 +42,11 @@ pub enum TokenError {
 }
 
 /// A token is refreshed this long before it expires, so a login never races its expiry.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+pub(crate) const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// How long a token from a command that gave no `expires_in` is reused: short enough that a
 /// typical one-hour token is replaced well before it expires.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(10 * 60);
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
 struct Cached {
     token: String,
@@ -62,7 +67,7 @@ struct JsonToken {
 
 /// Reads a token from what a file or command produced: raw text, or the JSON form.
 /// Returns the token and its lifetime when the JSON gave one.
-pub fn parse_token(text: &str) -> Result<(String, Option<Duration>), String> {
+pub(crate) fn parse_token(text: &str) -> Result<(String, Option<Duration>), String> {
     let t = text.trim();
     if t.starts_with('{') {
         let j: JsonToken = serde_json::from_str(t).map_err(|e| {
@@ -119,7 +124,7 @@ impl ClassifyName for serde_json::Error {
 ///
 /// # Errors
 /// The file cannot be read, the command fails, times out or prints no token.
-pub async fn access_token(
+pub(crate) async fn access_token(
     key: &str,
     source: &TokenSource,
     refresh: bool,
@@ -172,7 +177,7 @@ pub async fn access_token(
 }
 
 /// Forgets the cached token of `key` (e.g. after its configuration changed).
-pub fn forget(key: &str) {
+pub(crate) fn forget(key: &str) {
     if let Ok(mut c) = cache().lock() {
         c.remove(key);
     }
@@ -208,7 +213,7 @@ const KEPT_ENV: [&str; 22] = [
 ];
 
 /// Most a token command may print on stdout: a JWT access token is a few KiB.
-pub const MAX_OUTPUT: usize = 64 * 1024;
+pub(crate) const MAX_OUTPUT: usize = 64 * 1024;
 
 /// Kills the command's whole process group (it leads one: `process_group(0)`), so a helper it
 /// started does not outlive it holding the pipe.
@@ -309,13 +314,13 @@ async fn run_command(
 
 /// The XOAUTH2 initial response (Google's and Microsoft's format, also IMAP and SMTP):
 /// `user=U ^A auth=Bearer T ^A ^A`.
-pub fn xoauth2_payload(user: &str, token: &str) -> Vec<u8> {
+pub(crate) fn xoauth2_payload(user: &str, token: &str) -> Vec<u8> {
     format!("user={user}\x01auth=Bearer {token}\x01\x01").into_bytes()
 }
 
 /// The OAUTHBEARER initial response (RFC 7628 §3.1), with the authorization identity escaped
 /// (`,` → `=2C`, `=` → `=3D`) as GS2 requires.
-pub fn oauthbearer_payload(user: &str, host: &str, port: u16, token: &str) -> Vec<u8> {
+pub(crate) fn oauthbearer_payload(user: &str, host: &str, port: u16, token: &str) -> Vec<u8> {
     let a = user.replace('=', "=3D").replace(',', "=2C");
     format!("n,a={a},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01").into_bytes()
 }

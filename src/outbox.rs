@@ -23,7 +23,7 @@
 
 use crate::config::{Config, MailboxConfig};
 use crate::imap::fetch::RawMessage;
-use crate::model::{Alert, RecordRef};
+use crate::model::{Alert, AlertLevel, RecordRef};
 use crate::smtp::{self, SmtpError};
 use crate::store::{BatchItem, OutboxEntry, SendState, Store, StoreError, OUTBOX_FOLDER};
 use crate::track::{self, FolderContext};
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Largest message `activities send` composes (all attachments together, before encoding).
-pub const MAX_OUTGOING_BYTES: usize = 25 * 1024 * 1024;
+pub(crate) const MAX_OUTGOING_BYTES: usize = 25 * 1024 * 1024;
 
 /// One attempt at a time per process: a request served by the agent and the agent's own queue
 /// runner must not both work on an entry, and an entry seen `sending` while this is held is
@@ -44,23 +44,33 @@ static SEND_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// What `activities send` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
+    /// The mailbox it is sent from.
     pub mailbox: String,
+    /// Recipients.
     pub to: Vec<String>,
+    /// Copy recipients.
     #[serde(default)]
     pub cc: Vec<String>,
+    /// The subject, before the tracking token is appended.
     pub subject: String,
+    /// The plain-text body.
     pub text: String,
+    /// An HTML alternative of the body.
     #[serde(default)]
     pub html: Option<String>,
+    /// Files to attach.
     #[serde(default)]
     pub attachments: Vec<OutgoingAttachment>,
+    /// The record the activity regards (`type:key`).
     pub regarding: String,
 }
 
 /// A file to attach; read by the CLI so that a request served by the agent carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingAttachment {
+    /// The file name the recipient sees.
     pub name: String,
+    /// MIME type, from the file's extension.
     pub content_type: String,
     /// Standard base64.
     pub data: String,
@@ -68,7 +78,7 @@ pub struct OutgoingAttachment {
 
 /// Why a send could not be queued or changed. `Usage` ones are the caller's mistakes (exit 2).
 #[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
+pub(crate) enum OutboxError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -77,19 +87,17 @@ pub enum OutboxError {
     Compose(String),
 }
 
-impl OutboxError {
-    pub fn is_usage(&self) -> bool {
-        matches!(self, OutboxError::Usage(_))
-    }
-}
-
 fn usage(m: impl Into<String>) -> OutboxError {
     OutboxError::Usage(m.into())
 }
 
 /// Checks the request, composes the message (token in the subject, Message-ID, Date) and
 /// writes the queued activity with its outbox entry. Nothing is sent yet.
-pub fn enqueue(config: &Config, store: &Store, req: &Outgoing) -> Result<OutboxEntry, OutboxError> {
+pub(crate) fn enqueue(
+    config: &Config,
+    store: &Store,
+    req: &Outgoing,
+) -> Result<OutboxEntry, OutboxError> {
     let mb = config.mailbox(&req.mailbox).ok_or_else(|| {
         usage(format!(
             "no mailbox named `{}` in {}",
@@ -306,7 +314,11 @@ fn backoff(policy: &crate::config::RetryPolicy, attempts: u32) -> Duration {
 
 /// Sends one entry now if it is queued (or completes its Sent copy), under the process's send
 /// lock. Returns the entry as it ends up.
-pub async fn attempt(config: &Config, store: &Store, id: u64) -> Result<OutboxEntry, OutboxError> {
+pub(crate) async fn attempt(
+    config: &Config,
+    store: &Store,
+    id: u64,
+) -> Result<OutboxEntry, OutboxError> {
     let _one = SEND_LOCK.lock().await;
     attempt_locked(config, store, id).await
 }
@@ -374,7 +386,7 @@ async fn attempt_locked(
                 store.add_alert(
                     &e.mailbox,
                     Alert {
-                        level: "error".into(),
+                        level: AlertLevel::Error,
                         message: format!("email activity {} was not sent: {err}", e.activity),
                     },
                 )?;
@@ -387,7 +399,7 @@ async fn attempt_locked(
                     store.add_alert(
                         &e.mailbox,
                         Alert {
-                            level: "error".into(),
+                            level: AlertLevel::Error,
                             message: format!("outgoing mail is stuck: {err}"),
                         },
                     )?;
@@ -523,7 +535,7 @@ async fn settle_interrupted(
             store.add_alert(
                 &e.mailbox,
                 Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message: format!(
                         "email activity {} may or may not have been sent (interrupted); see `outbox list`",
                         e.activity
@@ -547,7 +559,7 @@ async fn settle_interrupted(
 
 /// One round of the queue, in one pass over the entries: settle interrupted sends, attempt
 /// every due entry. Returns when the next entry will be due (unix seconds), if any.
-pub async fn run_due(config: &Config, store: &Store) -> Result<Option<i64>, OutboxError> {
+pub(crate) async fn run_due(config: &Config, store: &Store) -> Result<Option<i64>, OutboxError> {
     let _one = SEND_LOCK.lock().await;
     let now = unix_now();
     let mut next: Option<i64> = None;
@@ -564,7 +576,7 @@ pub async fn run_due(config: &Config, store: &Store) -> Result<Option<i64>, Outb
 }
 
 /// `outbox retry ID`: queue a failed, unknown or waiting entry for an attempt now.
-pub fn retry(store: &Store, id: u64) -> Result<OutboxEntry, OutboxError> {
+pub(crate) fn retry(store: &Store, id: u64) -> Result<OutboxEntry, OutboxError> {
     let mut e = store
         .outbox_entry(id)?
         .ok_or_else(|| usage(format!("activity {id} is not in the outbox")))?;
@@ -588,7 +600,7 @@ pub fn retry(store: &Store, id: u64) -> Result<OutboxEntry, OutboxError> {
 }
 
 /// `outbox cancel ID`: an entry that has not gone out is never sent.
-pub fn cancel(store: &Store, id: u64) -> Result<OutboxEntry, OutboxError> {
+pub(crate) fn cancel(store: &Store, id: u64) -> Result<OutboxEntry, OutboxError> {
     let mut e = store
         .outbox_entry(id)?
         .ok_or_else(|| usage(format!("activity {id} is not in the outbox")))?;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
-pub struct ImportError {
+pub(crate) struct ImportError {
     pub file: String,
     pub line: usize,
     pub message: String,
@@ -33,7 +33,7 @@ struct JsonRecord {
 
 /// Reads and checks every record of `path` (`.csv` is CSV with header `type,key,name,emails,owner`,
 /// anything else JSON lines).
-pub fn read_records(path: &Path) -> Result<Vec<Record>, ImportError> {
+pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>, ImportError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ImportError {
         file: file.clone(),
@@ -47,7 +47,11 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, ImportError> {
 }
 
 /// Checks `text` as the content of `file`.
-pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>, ImportError> {
+pub(crate) fn parse_records(
+    file: &str,
+    text: &str,
+    is_csv: bool,
+) -> Result<Vec<Record>, ImportError> {
     let err = |line: usize, message: String| ImportError {
         file: file.to_string(),
         line,
@@ -163,7 +167,7 @@ pub fn parse_records(file: &str, text: &str, is_csv: bool) -> Result<Vec<Record>
 ///
 /// # Errors
 /// What is wrong with it, as `records import` would say.
-pub fn check_record(r: Record) -> Result<Record, String> {
+pub(crate) fn check_record(r: Record) -> Result<Record, String> {
     let Record {
         rtype,
         key,
@@ -234,6 +238,8 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::{neutralise, records, restore, Format};
+    use crate::store::Store;
 
     #[test]
     fn csv_and_jsonl_import_and_errors_name_the_line() {
@@ -254,5 +260,63 @@ mod tests {
         assert_eq!(parse_records("d", dup, false).unwrap_err().line, 2);
         let e = parse_records("h.csv", "type,key\nx,y\n", true).unwrap_err();
         assert_eq!(e.line, 1);
+    }
+
+    /// A spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (OWASP "CSV
+    /// injection"): such cells get a `'` in front, and `records import` takes exactly that `'`
+    /// off again, so records round-trip.
+    #[test]
+    fn csv_cells_that_spreadsheets_would_run_are_neutralised_and_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let rec = |key: &str, name: &str| Record {
+            rtype: "account".into(),
+            key: key.into(),
+            name: name.into(),
+            emails: vec![],
+            owner: None,
+            shared: false,
+            teams: vec![],
+        };
+        let names = [
+            "=HYPERLINK(\"http://evil.example\",\"x\")",
+            "+1 555 0100",
+            "-5 %",
+            "@SUM(A1)",
+            "'=already quoted",
+            "''+twice",
+            "'plain quote",
+            "Acme",
+        ];
+        let recs: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| rec(&format!("k{i}"), n))
+            .collect();
+        store.put_records(&recs).unwrap();
+        let mut out = Vec::new();
+        records(&store, None, Format::Csv, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let cells: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
+        assert_eq!(
+            cells,
+            [
+                "'=HYPERLINK(\"http://evil.example\",\"x\")",
+                "'+1 555 0100",
+                "'-5 %",
+                "'@SUM(A1)",
+                "''=already quoted",
+                "'''+twice",
+                "'plain quote",
+                "Acme",
+            ]
+        );
+        let back = parse_records("r.csv", &text, true).unwrap();
+        assert_eq!(back, recs, "records import reads back what was exported");
+        for (cell, safe) in [("\tx", "'\tx"), ("\rx", "'\rx"), ("", ""), ("a=b", "a=b")] {
+            assert_eq!(neutralise(cell), safe);
+            assert_eq!(restore(&neutralise(cell)), cell);
+        }
     }
 }

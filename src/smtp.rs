@@ -11,11 +11,11 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
+pub(crate) type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
 /// Why a send (or the check) did not go through, sorted by what to do next.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum SmtpError {
+pub(crate) enum SmtpError {
     /// The configuration cannot work (CA file, password source): fix it, then retry.
     #[error("SMTP {addr}: {message}")]
     Config { addr: String, message: String },
@@ -36,19 +36,19 @@ pub enum SmtpError {
 
 impl SmtpError {
     /// A failure that retrying will not fix for this message.
-    pub fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         matches!(self, SmtpError::Rejected { .. })
     }
 }
 
 /// `host:port`, for messages.
-pub fn addr(cfg: &SmtpConfig) -> String {
+pub(crate) fn addr(cfg: &SmtpConfig) -> String {
     format!("{}:{}", cfg.host, cfg.port)
 }
 
 /// Builds the transport. Reads the password or fetches the OAuth2 token (`refresh`: not the
 /// cached one); neither is ever logged or put in an error.
-pub async fn transport(cfg: &SmtpConfig, refresh: bool) -> Result<Transport, SmtpError> {
+pub(crate) async fn transport(cfg: &SmtpConfig, refresh: bool) -> Result<Transport, SmtpError> {
     let addr = addr(cfg);
     let config_err = |message: String| SmtpError::Config {
         addr: addr.clone(),
@@ -139,7 +139,11 @@ where
 }
 
 /// Sends `raw` to the envelope's recipients. `Ok` holds the server's answer.
-pub async fn send(cfg: &SmtpConfig, envelope: &Envelope, raw: &[u8]) -> Result<String, SmtpError> {
+pub(crate) async fn send(
+    cfg: &SmtpConfig,
+    envelope: &Envelope,
+    raw: &[u8],
+) -> Result<String, SmtpError> {
     let resp = with_transport(cfg, |t| async move { t.send_raw(envelope, raw).await }).await?;
     Ok(format!(
         "{} {}",
@@ -150,7 +154,7 @@ pub async fn send(cfg: &SmtpConfig, envelope: &Envelope, raw: &[u8]) -> Result<S
 
 /// Connects, secures, greets and logs in, as `check` does for the outgoing side. Returns a
 /// line saying what worked.
-pub async fn test(cfg: &SmtpConfig) -> Result<String, SmtpError> {
+pub(crate) async fn test(cfg: &SmtpConfig) -> Result<String, SmtpError> {
     if !with_transport(cfg, |t| async move { t.test_connection().await }).await? {
         return Err(SmtpError::Deferred {
             addr: addr(cfg),

@@ -2,14 +2,17 @@
 //! SIGTERM stop the tasks after the batch in hand is committed; SIGHUP reloads the config
 //! (a changed rule re-links its folder at the next pass) and restarts the mailbox tasks.
 
+use crate::agent::AgentHandle;
 use crate::config::Config;
+use crate::model::{Alert, AlertLevel};
+use crate::protocol::Reply;
 use crate::store::Store;
 use crate::watch;
-use crate::worker::{Live, LiveState, Runner, Signals, WorkError, Worker};
+use crate::worker::{Live, Runner, Signals, WorkError, Worker};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken as Cancel;
@@ -17,47 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How many mailboxes may be logging in at once (1,000 mailboxes must not hit the server at the
 /// same instant).
-pub const LOGIN_CONCURRENCY: usize = 16;
-
-/// Per mailbox: its live state and the bell that wakes its task.
-type Tasks = BTreeMap<String, (Live, Arc<Notify>)>;
-
-/// What the control socket needs from the running agent: live states, and a way to wake tasks.
-#[derive(Clone, Default)]
-pub struct AgentHandle {
-    inner: Arc<Mutex<Tasks>>,
-    /// Wakes the outbox runner (a send was queued or retried).
-    outbox: Arc<Notify>,
-    pub pid: u32,
-}
-
-impl AgentHandle {
-    /// Wakes one mailbox (or all) for an immediate pass.
-    pub fn wake(&self, mailbox: Option<&str>) -> String {
-        let Ok(m) = self.inner.lock() else {
-            return "agent state is poisoned\n".into();
-        };
-        let mut n = 0;
-        for (name, (_, w)) in m.iter() {
-            if mailbox.is_none_or(|x| x == name) {
-                w.notify_one();
-                n += 1;
-            }
-        }
-        format!("the running agent (pid {}) tracks continuously; woke {n} mailbox(es) for an immediate pass\n", self.pid)
-    }
-
-    /// Makes the outbox runner look at the queue now.
-    pub fn wake_outbox(&self) {
-        self.outbox.notify_one();
-    }
-
-    pub fn live(&self, mailbox: &str) -> Option<LiveState> {
-        let m = self.inner.lock().ok()?;
-        let (l, _) = m.get(mailbox)?;
-        Some(l.get())
-    }
-}
+pub(crate) const LOGIN_CONCURRENCY: usize = 16;
 
 /// Runs the agent until `shutdown` resolves.
 ///
@@ -69,21 +32,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let store = Arc::new(open_store_waiting(&config).await?);
-    let agent = AgentHandle {
-        pid: std::process::id(),
-        ..Default::default()
-    };
+    let agent = AgentHandle::new(std::process::id());
     let stop = CancellationToken::new();
     let shared = Arc::new(RwLock::new(config.clone()));
     match crate::control::bind(&config.data_dir) {
         Ok(l) => {
-            tokio::spawn(crate::control::serve(
-                l,
-                shared.clone(),
-                store.clone(),
-                agent.clone(),
-                stop.clone(),
-            ));
+            let handler = command_handler(shared.clone(), store.clone(), agent.clone());
+            tokio::spawn(crate::control::serve(l, handler, stop.clone()));
         }
         Err(e) => {
             tracing::warn!(error = %e, "no control socket: other commands cannot reach this agent")
@@ -101,8 +56,8 @@ pub async fn run(
             tracing::warn!("{w}");
             let _ = store.add_alert(
                 crate::store::STORE_ALERTS,
-                crate::model::Alert {
-                    level: "warning".into(),
+                Alert {
+                    level: AlertLevel::Warning,
                     message: w,
                 },
             );
@@ -160,8 +115,8 @@ pub async fn run(
                 for m in &config.mailboxes {
                     let _ = store.add_alert(
                         &m.name,
-                        crate::model::Alert {
-                            level: "error".into(),
+                        Alert {
+                            level: AlertLevel::Error,
                             message: format!("configuration reload failed: {e}"),
                         },
                     );
@@ -173,6 +128,25 @@ pub async fn run(
     store.flush()?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The control socket's answers: each request runs as a command against the running agent's
+/// store, with the configuration in force when it arrives.
+fn command_handler(
+    config: Arc<RwLock<Config>>,
+    store: Arc<Store>,
+    agent: AgentHandle,
+) -> crate::control::Handler {
+    Arc::new(move |req| {
+        let config = config.read().ok().map(|c| c.clone());
+        let (store, agent) = (store.clone(), agent.clone());
+        Box::pin(async move {
+            match config {
+                Some(config) => crate::commands::execute(req, &config, &store, Some(&agent)).await,
+                None => Reply::failed(anyhow::anyhow!("agent state is poisoned")),
+            }
+        })
+    })
 }
 
 /// Opens the store; while another *command* (not an agent: no control socket answers) holds it
@@ -223,7 +197,7 @@ fn start(
     if config.mailboxes.iter().any(|m| m.smtp.is_some()) {
         let runner = Runner {
             live: Live::default(),
-            wake: agent.outbox.clone(),
+            wake: agent.outbox_bell(),
             cancel: cancel.clone(),
             backoff_max: Duration::from_secs(60),
             name: "outbox".into(),
@@ -235,9 +209,7 @@ fn start(
         };
         handles.push(tokio::spawn(runner.run(worker)));
     }
-    if let Ok(mut m) = agent.inner.lock() {
-        *m = map;
-    }
+    agent.set_tasks(map);
     handles
 }
 

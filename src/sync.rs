@@ -200,7 +200,11 @@ pub fn record_result<T: PassResult>(
             store.add_alert(
                 &state.name,
                 Alert {
-                    level: if e.is_permanent() { "error" } else { "warning" }.into(),
+                    level: if e.is_permanent() {
+                        crate::model::AlertLevel::Error
+                    } else {
+                        crate::model::AlertLevel::Warning
+                    },
                     message: e.to_string(),
                 },
             )?;
@@ -334,7 +338,7 @@ async fn follow_rule(
         store.add_alert(
             &mb.name,
             Alert {
-                level: "error".into(),
+                level: crate::model::AlertLevel::Error,
                 message: format!(
                     "tracked folder `{}` (rule `{}`) was deleted on {addr}",
                     binding.folder, rule.folder
@@ -357,7 +361,7 @@ async fn follow_rule(
         store.add_alert(
             &mb.name,
             Alert {
-                level: "info".into(),
+                level: crate::model::AlertLevel::Info,
                 message: format!(
                     "folder `{}` was renamed to `{}`; rule `{}` still tracks it",
                     binding.folder, f.name, rule.folder

@@ -11,19 +11,19 @@ use jiff::tz::Offset;
 use jiff::Timestamp;
 
 /// RFC 3339 UTC with whole seconds, from the system clock: `2026-11-28T09:00:00Z`.
-pub fn humantime_now() -> String {
+pub(crate) fn humantime_now() -> String {
     rfc3339_utc(unix_now())
 }
 
 /// Seconds since the epoch, from the system clock.
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     Timestamp::now().as_second()
 }
 
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`. Seconds outside jiff's range
 /// (years before -9999 or after 9999) are clamped to its ends rather than failing: a time is
 /// shown, never an error, and no real timestamp gets there.
-pub fn rfc3339_utc(secs: i64) -> String {
+pub(crate) fn rfc3339_utc(secs: i64) -> String {
     let ts = Timestamp::from_second(secs).unwrap_or(if secs < 0 {
         Timestamp::MIN
     } else {
@@ -38,7 +38,7 @@ pub fn rfc3339_utc(secs: i64) -> String {
 ///
 /// # Errors
 /// Not one of those forms, or not a real date (`2026-02-30`); the message says which forms.
-pub fn try_parse_date(s: &str) -> Result<i64, String> {
+pub(crate) fn try_parse_date(s: &str) -> Result<i64, String> {
     let s = s.trim();
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t.as_second());
@@ -69,7 +69,7 @@ fn has_offset(s: &str) -> bool {
 /// [`try_parse_date`] for dates foldertrack wrote itself or checked on the way in (activity
 /// dates, alert and outage times): seconds since the epoch, or 0 for an unreadable one, so that
 /// one bad stored value cannot stop a comparison (it sorts as the oldest).
-pub fn parse_date(s: &str) -> i64 {
+pub(crate) fn parse_date(s: &str) -> i64 {
     try_parse_date(s).unwrap_or(0)
 }
 

@@ -14,6 +14,7 @@
 
 use crate::config::{FetchLimits, MailboxConfig, PollInterval};
 use crate::imap::{connect, Connected, ImapError};
+use crate::model::{Alert, AlertLevel};
 use crate::store::Store;
 use crate::sync::{self, SyncError, Tracked};
 use crate::worker::{Live, Runner, Signals, WatchMode, WorkError, Worker, WorkerState};
@@ -31,12 +32,12 @@ const MAX_ROUNDS: u32 = 50;
 /// The adaptive schedule of `poll_interval = "auto"`: 5 minutes, 2 while mail keeps arriving,
 /// 12 after three quiet polls in a row.
 #[derive(Debug, Clone, Default)]
-pub struct AutoPoll {
+pub(crate) struct AutoPoll {
     quiet: u32,
 }
 
 impl AutoPoll {
-    pub fn next(&mut self, found_mail: bool) -> Duration {
+    pub(crate) fn next(&mut self, found_mail: bool) -> Duration {
         if found_mail {
             self.quiet = 0;
             Duration::from_secs(120)
@@ -52,7 +53,7 @@ impl AutoPoll {
 }
 
 /// Everything a mailbox task needs.
-pub struct Task {
+pub(crate) struct Task {
     pub mb: Arc<MailboxConfig>,
     pub limits: FetchLimits,
     pub store: Arc<Store>,
@@ -64,7 +65,7 @@ pub struct Task {
 }
 
 /// Runs one mailbox until `cancel`, or until a permanent error disables its incoming side.
-pub async fn watch_mailbox(t: Task) {
+pub(crate) async fn watch_mailbox(t: Task) {
     use tracing::Instrument;
     let span = tracing::info_span!("mailbox", mailbox = %t.mb.name);
     let name = t.mb.name.clone();
@@ -222,8 +223,8 @@ impl MailboxWorker {
         }
         let _ = self.store.add_alert(
             &self.mb.name,
-            crate::model::Alert {
-                level: "error".into(),
+            Alert {
+                level: AlertLevel::Error,
                 message: message.clone(),
             },
         );

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How a mailbox waits for new mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchMode {
+pub(crate) enum WatchMode {
     /// IDLE on one folder, NOTIFY (RFC 5465) for the others on the same connection.
     IdleNotify,
     /// IDLE on one folder, STATUS of the others every `others_interval`.
@@ -25,7 +25,7 @@ pub enum WatchMode {
 
 impl WatchMode {
     /// As `status` shows it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WatchMode::IdleNotify => "IDLE+NOTIFY",
             WatchMode::Idle => "IDLE",
@@ -34,7 +34,7 @@ impl WatchMode {
     }
 
     /// The `mode` label of `foldertrack_watch_mode`.
-    pub fn metric_label(self) -> &'static str {
+    pub(crate) fn metric_label(self) -> &'static str {
         match self {
             WatchMode::IdleNotify => "idle_notify",
             WatchMode::Idle => "idle",
@@ -45,7 +45,7 @@ impl WatchMode {
 
 /// What a worker is doing now. Times are seconds since the Unix epoch.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     #[default]
     Starting,
     /// Opening a connection to `server`.
@@ -77,7 +77,7 @@ pub enum WorkerState {
 
 impl WorkerState {
     /// The one-word label `status` and scripts compare with.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             WorkerState::Starting | WorkerState::Connecting { .. } => "connecting",
             WorkerState::Syncing => "syncing",
@@ -90,7 +90,7 @@ impl WorkerState {
     }
 
     /// A sentence for people.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             WorkerState::Starting | WorkerState::Syncing | WorkerState::Stopped => String::new(),
             WorkerState::Connecting { server } => server.clone(),
@@ -109,7 +109,7 @@ impl WorkerState {
         }
     }
 
-    pub fn is_disabled(&self) -> bool {
+    pub(crate) fn is_disabled(&self) -> bool {
         matches!(self, WorkerState::Disabled { .. })
     }
 }
@@ -117,7 +117,7 @@ impl WorkerState {
 /// A worker's published state and counters, read by `status`. Serialised with the state as
 /// its label plus a sentence (`state`, `detail`, `until`), the shape `status --json` has had.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LiveState {
+pub(crate) struct LiveState {
     pub state: WorkerState,
     /// How the worker waits when it waits (`None` before its first wait).
     pub mode: Option<WatchMode>,
@@ -157,34 +157,34 @@ impl Serialize for LiveState {
 /// The shared handle on a worker's [`LiveState`]: the worker and runner write it, the
 /// control socket and `/healthz` read it.
 #[derive(Debug, Clone, Default)]
-pub struct Live(Arc<Mutex<LiveState>>);
+pub(crate) struct Live(Arc<Mutex<LiveState>>);
 
 impl Live {
-    pub fn set(&self, state: WorkerState) {
+    pub(crate) fn set(&self, state: WorkerState) {
         self.update(|l| l.state = state);
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut LiveState)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut LiveState)) {
         if let Ok(mut l) = self.0.lock() {
             f(&mut l);
         }
     }
 
-    pub fn get(&self) -> LiveState {
+    pub(crate) fn get(&self) -> LiveState {
         self.0.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
 /// Why a unit of work failed, and whether trying again can help.
 #[derive(Debug, Clone)]
-pub struct WorkError {
+pub(crate) struct WorkError {
     pub message: String,
     /// Retrying will not help (wrong password twice, TLS refused): the worker is disabled.
     pub permanent: bool,
 }
 
 impl WorkError {
-    pub fn transient(e: impl std::fmt::Display) -> WorkError {
+    pub(crate) fn transient(e: impl std::fmt::Display) -> WorkError {
         WorkError {
             message: e.to_string(),
             permanent: false,
@@ -194,13 +194,13 @@ impl WorkError {
 
 /// What the runner lends the worker while it waits: the bell that asks for work now, and the
 /// shutdown token.
-pub struct Signals<'a> {
+pub(crate) struct Signals<'a> {
     pub wake: &'a Notify,
     pub cancel: &'a CancellationToken,
 }
 
 /// A long-running job.
-pub trait Worker: Send {
+pub(crate) trait Worker: Send {
     /// One unit of work, run to its end; it may look at `cancel` between batches, never in
     /// the middle of one.
     fn work(
@@ -217,7 +217,7 @@ pub trait Worker: Send {
 }
 
 /// What the runner needs besides the worker.
-pub struct Runner {
+pub(crate) struct Runner {
     pub live: Live,
     pub wake: Arc<Notify>,
     pub cancel: CancellationToken,
@@ -230,7 +230,7 @@ pub struct Runner {
 impl Runner {
     /// Runs `worker` until `cancel`, or until it fails permanently (then its state stays
     /// `Disabled` with the reason).
-    pub async fn run<W: Worker>(self, mut worker: W) {
+    pub(crate) async fn run<W: Worker>(self, mut worker: W) {
         let mut backoff = Backoff::new(self.backoff_max);
         while !self.cancel.is_cancelled() {
             let failed = match worker.work(&self.cancel).await {
@@ -278,18 +278,18 @@ impl Runner {
     }
 }
 
-pub use crate::time::unix_now;
+pub(crate) use crate::time::unix_now;
 
 /// Exponential backoff with ±20 % jitter: 1 s doubling to `max`, reset after a success.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
     seed: u64,
 }
 
 impl Backoff {
-    pub fn new(max: Duration) -> Self {
+    pub(crate) fn new(max: Duration) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
@@ -301,12 +301,12 @@ impl Backoff {
         }
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = Duration::from_secs(1);
     }
 
     /// The delay to wait now; the next one doubles.
-    pub fn delay(&mut self) -> Duration {
+    pub(crate) fn delay(&mut self) -> Duration {
         // xorshift: jitter so that many mailboxes dropped together do not reconnect in step
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;

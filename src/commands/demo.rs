@@ -154,7 +154,7 @@ fn raw(m: &Mail) -> Vec<u8> {
 /// Runs the demo in `dir`; with `keep` the demo Dovecot stays up afterwards.
 pub async fn run(dir: &Path, keep: bool) -> Result<String> {
     if !dovecot_available() {
-        anyhow::bail!(super::UsageError(
+        anyhow::bail!(crate::protocol::UsageError(
             "the demo needs Dovecot: install it with `apt-get install -y dovecot-imapd` (the README's first command does)".into()
         ));
     }
@@ -232,7 +232,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         watch: Default::default(),
         crm: Default::default(),
         max_message_bytes: crate::config::FetchLimits::default().max_message_bytes,
-        command_timeout: crate::imap::COMMAND_TIMEOUT,
+        command_timeout: crate::defaults::COMMAND_TIMEOUT,
         smtp: None,
     };
     let mut conn = crate::imap::connect(&mb)
@@ -276,7 +276,10 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         MAIL.len() + 1,
         created.len()
     );
-    let store = super::open_store(&config)?;
+    let store = std::sync::Arc::new(crate::store::Store::open(
+        &config.data_dir,
+        config.cache_bytes,
+    )?);
     let records = crate::records_io::read_records(&dir.join("records.jsonl"))?;
     store.put_records(&records)?;
     out.push_str(&format!(
@@ -285,11 +288,11 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         dir.join("records.jsonl").display()
     ));
     out.push_str("\n$ foldertrack sync\n");
-    out.push_str(&super::sync(&config, &store, None, false).await?);
+    out.push_str(&super::sync::sync(&config, &store, None, false).await?);
     out.push_str("\n$ foldertrack activities list\n");
-    out.push_str(&super::activities_list(&store, None, false)?);
+    out.push_str(&super::activities::list(&store, None, false)?);
     out.push_str("\n$ foldertrack status\n");
-    out.push_str(&super::status(&config, &store, None, false)?);
+    out.push_str(&super::status::status(&config, &store, None, false)?);
     let c = cfg_path.display();
     // The binary as the user can type it: relative to where they are, when it is below.
     let exe = std::env::current_exe()

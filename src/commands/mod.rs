@@ -1,288 +1,28 @@
 //! What each CLI command does, as library functions that return text or JSON, so that
 //! `main.rs` only parses arguments and maps errors to exit codes, and tests can call them.
+//!
+//! This file routes a [`Request`] (here, or to the running agent); each group of commands has
+//! its own file.
 
-pub mod check;
+pub(crate) mod activities;
+pub(crate) mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod outbox;
-pub mod progress;
+pub(crate) mod progress;
+pub(crate) mod quarantine;
+pub mod records;
+pub(crate) mod rules;
 pub mod show;
+pub(crate) mod status;
+pub(crate) mod sync;
 
+use crate::agent::AgentHandle;
 use crate::config::Config;
-use crate::model::{Record, RecordRef};
+use crate::protocol::{PartialFailure, Reply, Request};
 use crate::store::{Store, StoreError};
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-use std::path::Path;
+use anyhow::Result;
 use std::sync::Arc;
-
-/// Opens the configured data dir's store.
-pub fn open_store(config: &Config) -> Result<Arc<Store>> {
-    Ok(Arc::new(Store::open(&config.data_dir, config.cache_bytes)?))
-}
-
-/// `sync [--mailbox M]`: one pass, then a line per folder and a one-line total. With
-/// `progress`, a bar per folder is drawn on stderr while it runs. `Err` when any mailbox failed
-/// (after the others were synced).
-pub async fn sync(
-    config: &Config,
-    store: &Arc<Store>,
-    only: Option<&str>,
-    progress: bool,
-) -> Result<String> {
-    if let Some(m) = only {
-        anyhow::ensure!(
-            config.mailbox(m).is_some(),
-            UsageError(format!(
-                "no mailbox named `{m}` in {}",
-                config.path.display()
-            ))
-        );
-    }
-    let store = store.clone();
-    let bars = progress.then(progress::Bars::new);
-    let reports = crate::sync::sync_all(
-        config,
-        &store,
-        only,
-        bars.as_ref().map(|b| b as &dyn crate::sync::Progress),
-    )
-    .await;
-    drop(bars);
-    let mut out = String::new();
-    let mut failed = Vec::new();
-    let mut total = crate::store::BatchOutcome::default();
-    let mut new = 0;
-    for r in &reports {
-        for f in &r.folders {
-            total += f.outcome;
-            new += f.new_messages;
-        }
-        for f in &r.folders {
-            out.push_str(&format!(
-                "{}: {}: {} new, {} tracked, {} merged with existing, {} already tracked, {} quarantined{}\n",
-                r.mailbox,
-                f.folder,
-                f.new_messages,
-                f.outcome.created,
-                f.outcome.merged,
-                f.outcome.replayed,
-                f.outcome.quarantined,
-                if f.uidvalidity_reset { " (UIDVALIDITY changed: folder re-read)" } else { "" }
-            ));
-        }
-        if r.unchanged > 0 {
-            out.push_str(&format!(
-                "{}: {} folder(s) unchanged since the last pass\n",
-                r.mailbox, r.unchanged
-            ));
-        }
-        if r.folders.is_empty() && r.unchanged == 0 && r.error.is_none() {
-            out.push_str(&format!(
-                "{}: no tracked folder found on the server (see `foldertrack check`)\n",
-                r.mailbox
-            ));
-        }
-        if let Some(e) = &r.error {
-            failed.push(format!("{}: {e}", r.mailbox));
-        }
-    }
-    out.push_str(&format!(
-        "total: {} mailbox(es), {} failed; {new} new, {} tracked, {} merged with existing, {} already tracked, {} quarantined\n",
-        reports.len(),
-        failed.len(),
-        total.created,
-        total.merged,
-        total.replayed,
-        total.quarantined
-    ));
-    if !failed.is_empty() {
-        return Err(PartialFailure {
-            stdout: out,
-            message: format!(
-                "sync failed for {} mailbox(es):\n  {}",
-                failed.len(),
-                failed.join("\n  ")
-            ),
-        }
-        .into());
-    }
-    Ok(out)
-}
-
-/// A command that did part of its work: what it printed goes to stdout, the failure to stderr,
-/// and the exit code is 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct PartialFailure {
-    pub stdout: String,
-    pub message: String,
-}
-
-/// A mistake in how the command was called: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// A command that reads or changes the store. The CLI builds one from its arguments; it runs
-/// here in-process, or, when a running agent holds the store, inside that agent (it arrives
-/// over the control socket as JSON), so an admin never has to stop the agent to look.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Sync {
-        mailbox: Option<String>,
-        /// Draw progress bars (stdout is a terminal and the sync runs in this process).
-        #[serde(default)]
-        progress: bool,
-    },
-    /// Activities as JSON lines or CSV (through the agent the answer is buffered; run here it
-    /// streams, see [`export`]).
-    ActivitiesExport {
-        #[serde(flatten)]
-        filter: crate::export::ActivityFilter,
-        format: crate::export::Format,
-    },
-    /// Records in the shape `records import` reads.
-    RecordsExport {
-        rtype: Option<String>,
-        format: crate::export::Format,
-    },
-    Check {
-        mailbox: Option<String>,
-    },
-    /// Records already read and checked by the CLI (so errors name the admin's file).
-    RecordsPut {
-        records: Vec<Record>,
-        from: String,
-    },
-    RecordsList {
-        rtype: Option<String>,
-        json: bool,
-    },
-    RecordsShow {
-        record: String,
-        json: bool,
-    },
-    ActivitiesList {
-        regarding: Option<String>,
-        json: bool,
-    },
-    ActivitiesShow {
-        id: u64,
-        json: bool,
-    },
-    /// Set an activity's regarding by hand (reset to the folder's at the next pass, as in Dynamics).
-    ActivitiesLink {
-        id: u64,
-        regarding: String,
-    },
-    Status {
-        json: bool,
-    },
-    QuarantineList {
-        json: bool,
-    },
-    QuarantineShow {
-        id: u64,
-    },
-    QuarantineReplay {
-        id: u64,
-    },
-    QuarantineDrop {
-        id: u64,
-    },
-    /// The bytes of attachment `n` (1-based) of an activity.
-    ActivitiesAttachment {
-        id: u64,
-        n: usize,
-    },
-    RulesList,
-    /// Compose, queue and send an email activity.
-    ActivitiesSend {
-        outgoing: crate::outbox::Outgoing,
-    },
-    OutboxList {
-        json: bool,
-    },
-    OutboxRetry {
-        id: u64,
-    },
-    OutboxCancel {
-        id: u64,
-    },
-    /// Offline check of every rule: the record exists and the mailbox owner may write it.
-    RulesCheck,
-}
-
-/// What a command printed and how it ended; this is also the control socket's answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Reply {
-    pub stdout: String,
-    /// Binary output (an attachment), base64 on the wire; written to stdout as bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binary: Option<String>,
-    /// Error text for stderr, when `code` is not 0.
-    pub stderr: String,
-    pub code: u8,
-}
-
-impl Reply {
-    pub fn ok(stdout: String) -> Reply {
-        Reply {
-            stdout,
-            binary: None,
-            stderr: String::new(),
-            code: 0,
-        }
-    }
-
-    pub fn failed(e: anyhow::Error) -> Reply {
-        Reply::from_result(Err(e))
-    }
-
-    fn from_result(r: Result<String>) -> Reply {
-        match r {
-            Ok(stdout) => Reply {
-                stdout,
-                binary: None,
-                stderr: String::new(),
-                code: 0,
-            },
-            Err(e) => match e.downcast::<PartialFailure>() {
-                Ok(p) => Reply {
-                    stdout: p.stdout,
-                    binary: None,
-                    stderr: p.message,
-                    code: 1,
-                },
-                Err(e) => Reply {
-                    stdout: String::new(),
-                    binary: None,
-                    stderr: format!("{e:#}"),
-                    code: exit_code(&e),
-                },
-            },
-        }
-    }
-}
-
-/// Exit code for an error: 2 for the caller's mistakes (usage, config, input file, a held
-/// data dir), 1 for everything that went wrong at run time.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<crate::config::ConfigError>().is_some()
-        || e.downcast_ref::<UsageError>().is_some()
-        || e.downcast_ref::<crate::records_io::ImportError>().is_some()
-        || matches!(
-            e.downcast_ref::<StoreError>(),
-            Some(StoreError::Locked { .. })
-        )
-    {
-        2
-    } else {
-        1
-    }
-}
 
 /// Runs `req`: against the store here when it is free, else through the running agent.
 pub async fn dispatch(req: Request, config: &Config) -> Reply {
@@ -324,406 +64,67 @@ pub async fn export(req: Request, config: &Config, out: &mut dyn std::io::Write)
 }
 
 /// Runs `req` against an open store. `agent` is set when a running agent serves the request.
-pub async fn execute(
+pub(crate) async fn execute(
     req: Request,
     config: &Config,
     store: &Arc<Store>,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&AgentHandle>,
 ) -> Reply {
     let r = match req {
         Request::Sync { mailbox, progress } => match agent {
             Some(a) => Ok(a.wake(mailbox.as_deref())),
-            None => sync(config, store, mailbox.as_deref(), progress).await,
+            None => sync::sync(config, store, mailbox.as_deref(), progress).await,
         },
         Request::ActivitiesExport { filter, format } => {
-            let mut buf = Vec::new();
-            crate::export::activities(store, &filter, format, &mut buf)
-                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+            buffered(|out| crate::export::activities(store, &filter, format, out))
         }
         Request::RecordsExport { rtype, format } => {
-            let mut buf = Vec::new();
-            crate::export::records(store, rtype.as_deref(), format, &mut buf)
-                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+            buffered(|out| crate::export::records(store, rtype.as_deref(), format, out))
         }
-        Request::Check { mailbox } => match check::check(config, store, mailbox.as_deref()).await {
-            Ok((text, true)) => Ok(text),
-            Ok((text, false)) => Err(PartialFailure {
-                stdout: text,
-                message: "check found problems (marked FAIL above)".into(),
-            }
-            .into()),
-            Err(e) => Err(e),
-        },
-        Request::RecordsPut { records, from } => {
-            let mut checked = Vec::with_capacity(records.len());
-            for (i, r) in records.into_iter().enumerate() {
-                let which = format!("{}:{}", r.rtype, r.key);
-                match crate::records_io::check_record(r) {
-                    Ok(r) => checked.push(r),
-                    Err(m) => {
-                        return Reply::from_result(Err(UsageError(format!(
-                            "{from}: record {} ({}): {m}; nothing imported",
-                            i + 1,
-                            crate::imap::utf7::escape_raw(&which)
-                        ))
-                        .into()))
-                    }
-                }
-            }
-            store
-                .put_records(&checked)
-                .map(|()| format!("imported {} record(s) from {from}\n", checked.len()))
-                .context("writing the records")
-        }
-        Request::RecordsList { rtype, json } => records_list(store, rtype.as_deref(), json),
-        Request::RecordsShow { record, json } => records_show(store, &record, json),
+        Request::Check { mailbox } => verdict(
+            check::check(config, store, mailbox.as_deref()).await,
+            "check",
+        ),
+        Request::RecordsPut { records, from } => records::put(store, records, &from),
+        Request::RecordsList { rtype, json } => records::list(store, rtype.as_deref(), json),
+        Request::RecordsShow { record, json } => records::show(store, &record, json),
         Request::ActivitiesList { regarding, json } => {
-            activities_list(store, regarding.as_deref(), json)
+            activities::list(store, regarding.as_deref(), json)
         }
-        Request::ActivitiesShow { id, json } => activities_show(store, id, json),
-        Request::ActivitiesLink { id, regarding } => activities_link(store, id, &regarding),
-        Request::Status { json } => status(config, store, agent, json),
-        Request::QuarantineList { json } => quarantine_list(store, json),
-        Request::QuarantineShow { id } => quarantine_show(store, id),
-        Request::ActivitiesAttachment { id, n } => {
-            return match attachment(store, id, n) {
-                Ok(bytes) => {
-                    use base64::Engine;
-                    Reply {
-                        stdout: String::new(),
-                        binary: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                        stderr: String::new(),
-                        code: 0,
-                    }
-                }
-                Err(e) => Reply::from_result(Err(e)),
-            }
-        }
-        Request::QuarantineReplay { id } => quarantine_replay(config, store, id),
-        Request::QuarantineDrop { id } => match store.quarantine_remove(id) {
-            Ok(true) => Ok(format!("dropped quarantined message {id}\n")),
-            Ok(false) => Err(UsageError(format!("no quarantined message {id}")).into()),
-            Err(e) => Err(e.into()),
-        },
-        Request::RulesList => Ok(rules_list(config)),
+        Request::ActivitiesShow { id, json } => activities::show(store, id, json),
+        Request::ActivitiesLink { id, regarding } => activities::link(store, id, &regarding),
+        Request::ActivitiesAttachment { id, n } => return activities::attachment(store, id, n),
         Request::ActivitiesSend { outgoing } => outbox::send(config, store, &outgoing, agent).await,
+        Request::Status { json } => status::status(config, store, agent, json),
+        Request::QuarantineList { json } => quarantine::list(store, json),
+        Request::QuarantineShow { id } => quarantine::show(store, id),
+        Request::QuarantineReplay { id } => quarantine::replay(config, store, id),
+        Request::QuarantineDrop { id } => quarantine::drop_entry(store, id),
+        Request::RulesList => Ok(rules::list(config)),
+        Request::RulesCheck => verdict(rules::check(config, store), "rules check"),
         Request::OutboxList { json } => outbox::list(store, json),
         Request::OutboxRetry { id } => outbox::retry(config, store, id, agent).await,
         Request::OutboxCancel { id } => outbox::cancel(store, id),
-        Request::RulesCheck => match rules_check(config, store) {
-            Ok((text, true)) => Ok(text),
-            Ok((text, false)) => Err(PartialFailure {
-                stdout: text,
-                message: "rules check found problems (marked FAIL above)".into(),
-            }
-            .into()),
-            Err(e) => Err(e),
-        },
     };
     Reply::from_result(r)
 }
 
-/// Reads and checks a records file (JSON lines or CSV) into a request.
-pub fn records_import_request(file: &Path) -> Result<Request> {
-    let records = crate::records_io::read_records(file)?;
-    Ok(Request::RecordsPut {
-        records,
-        from: file.display().to_string(),
-    })
+/// An export answered by the agent: buffered whole, as one reply carries it.
+fn buffered(export: impl FnOnce(&mut dyn std::io::Write) -> Result<u64>) -> Result<String> {
+    let mut buf = Vec::new();
+    export(&mut buf).map(|_| String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Checks one record given on the command line into a request.
-pub fn records_add_request(
-    r: &str,
-    name: Option<String>,
-    emails: Vec<String>,
-    owner: Option<String>,
-) -> Result<Request> {
-    let rref: RecordRef = r.parse().map_err(UsageError)?;
-    let line = serde_json::json!({"type": rref.rtype, "key": rref.key, "name": name, "emails": emails, "owner": owner}).to_string();
-    let records = crate::records_io::parse_records("(command line)", &line, false)
-        .map_err(|e| UsageError(e.message))?;
-    Ok(Request::RecordsPut {
-        records,
-        from: "the command line".into(),
-    })
-}
-
-fn records_list(store: &Store, rtype: Option<&str>, json: bool) -> Result<String> {
-    let recs = store.records(rtype.map(str::to_ascii_lowercase).as_deref())?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&recs)? + "\n");
-    }
-    Ok(show::records_table(&recs))
-}
-
-fn records_show(store: &Store, r: &str, json: bool) -> Result<String> {
-    let rref: RecordRef = r.parse().map_err(UsageError)?;
-    let rec: Record = store
-        .record(&rref)?
-        .ok_or_else(|| UsageError(format!("no record {rref}")))?;
-    let acts = store.activities(Some(&rref))?;
-    if json {
-        let mut v = serde_json::to_value(&rec)?;
-        v["activities"] = serde_json::json!(acts.iter().map(|a| a.id).collect::<Vec<_>>());
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
-    }
-    Ok(format!(
-        "{}\n  name:   {}\n  emails: {}\n  owner:  {}\n  activities regarding it: {}\n{}",
-        rref,
-        rec.name,
-        rec.emails.join(", "),
-        rec.owner.as_deref().unwrap_or("-"),
-        acts.len(),
-        if acts.is_empty() {
-            String::new()
-        } else {
-            show::activities_table(&acts)
+/// A check's report (`check`, `rules check`): printed either way, and exit code 1 when it
+/// found problems.
+fn verdict(r: Result<(String, bool)>, what: &str) -> Result<String> {
+    match r {
+        Ok((text, true)) => Ok(text),
+        Ok((text, false)) => Err(PartialFailure {
+            stdout: text,
+            message: format!("{what} found problems (marked FAIL above)"),
         }
-    ))
-}
-
-/// `activities list [--regarding R] [--json]`.
-pub fn activities_list(store: &Store, regarding: Option<&str>, json: bool) -> Result<String> {
-    let r = regarding
-        .map(|r| r.parse::<RecordRef>().map_err(UsageError))
-        .transpose()?;
-    let acts = store.activities(r.as_ref())?;
-    if json {
-        let list: Vec<serde_json::Value> = acts.iter().map(show::activity_json_brief).collect();
-        return Ok(serde_json::to_string_pretty(&list)? + "\n");
-    }
-    Ok(show::activities_table(&acts))
-}
-
-fn activities_show(store: &Store, id: u64, json: bool) -> Result<String> {
-    let a = store.activity(id)?.ok_or_else(|| {
-        UsageError(format!(
-            "no activity {id} (see `foldertrack activities list`)"
-        ))
-    })?;
-    // The sent copy and the received copy of one message are two activities (DESIGN §4.7),
-    // linked by their Message-ID.
-    let counterpart = store.counterpart(&a)?;
-    if json {
-        let mut v = serde_json::to_value(&a)?;
-        if let Some(o) = v.as_object_mut() {
-            o.remove("body_blob");
-        }
-        v["counterpart"] = serde_json::json!(counterpart);
-        if let Some(e) = store.outbox_entry(id)? {
-            v["send"] = serde_json::to_value(&e)?;
-        }
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
-    }
-    let mut text = show::activity_text(&a);
-    if let Some(e) = store.outbox_entry(id)? {
-        text.push_str(&outbox::show_lines(&e));
-    }
-    if let Some(c) = counterpart {
-        text = text.replacen(
-            "\n",
-            &format!("\n  other direction: activity {c} (same Message-ID)\n"),
-            1,
-        );
-    }
-    Ok(text)
-}
-
-fn activities_link(store: &Store, id: u64, regarding: &str) -> Result<String> {
-    let r: RecordRef = regarding.parse().map_err(UsageError)?;
-    if store.record(&r)?.is_none() {
-        return Err(UsageError(format!("no record {r} (import it first)")).into());
-    }
-    if !store.link_by_hand(id, &r)? {
-        return Err(UsageError(format!(
-            "no activity {id} (see `foldertrack activities list`)"
-        ))
-        .into());
-    }
-    Ok(format!("activity {id} now regards {r}; a folder rule with a regarding resets it at the folder's next pass, as in Dynamics\n"))
-}
-
-/// `status [--json]`.
-pub fn status(
-    config: &Config,
-    store: &Store,
-    agent: Option<&crate::supervisor::AgentHandle>,
-    json: bool,
-) -> Result<String> {
-    let st = show::Status::collect(config, store, agent)?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&st)? + "\n");
-    }
-    Ok(st.to_text())
-}
-
-fn quarantine_list(store: &Store, json: bool) -> Result<String> {
-    let q = store.quarantine()?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&q)? + "\n");
-    }
-    if q.is_empty() {
-        return Ok("quarantine is empty\n".into());
-    }
-    let rows: Vec<Vec<String>> = q
-        .iter()
-        .map(|e| {
-            vec![
-                e.id.to_string(),
-                e.at.clone(),
-                format!(
-                    "{}/{} uid {}",
-                    e.source.mailbox, e.source.folder, e.source.uid
-                ),
-                e.size.to_string(),
-                e.reason.clone(),
-            ]
-        })
-        .collect();
-    Ok(show::table(
-        &["ID", "AT", "SOURCE", "BYTES", "REASON"],
-        &rows,
-    ))
-}
-
-/// A quarantined message and its raw bytes, or the usage error that names the list command.
-fn quarantined(store: &Store, id: u64) -> Result<(crate::store::QuarantineEntry, Vec<u8>)> {
-    let e = store.quarantine_entry(id)?.ok_or_else(|| {
-        UsageError(format!(
-            "no quarantined message {id} (see `foldertrack quarantine list`)"
-        ))
-    })?;
-    let raw = store.quarantine_raw(id)?.unwrap_or_default();
-    Ok((e, raw))
-}
-
-fn quarantine_show(store: &Store, id: u64) -> Result<String> {
-    let (e, raw) = quarantined(store, id)?;
-    Ok(format!(
-        "quarantined message {}\n  source: {}/{} (uidvalidity {}, uid {})\n  reason: {}\n  at:     {}\n  bytes:  {}\n\n{}",
-        e.id,
-        e.source.mailbox,
-        e.source.folder,
-        e.source.uidvalidity,
-        e.source.uid,
-        e.reason,
-        e.at,
-        e.size,
-        String::from_utf8_lossy(&raw[..raw.len().min(64 * 1024)])
-    ))
-}
-
-fn attachment(store: &Store, id: u64, n: usize) -> Result<Vec<u8>> {
-    let a = store
-        .activity(id)?
-        .ok_or_else(|| UsageError(format!("no activity {id}")))?;
-    let count = a.attachments.len();
-    let att = n
-        .checked_sub(1)
-        .and_then(|i| a.attachments.get(i))
-        .ok_or_else(|| {
-            UsageError(format!(
-                "activity {id} has {count} attachment(s); N counts from 1"
-            ))
-        })?;
-    if let Some(why) = &att.skipped {
-        return Err(UsageError(format!(
-            "attachment {n} of activity {id} was not stored: {why}"
-        ))
-        .into());
-    }
-    store.blob(&att.sha256)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "the blob {} of attachment {n} is missing from the data dir",
-            att.sha256
-        )
-    })
-}
-
-fn rules_list(config: &Config) -> String {
-    let mut rows = Vec::new();
-    for mb in &config.mailboxes {
-        for r in &mb.rules {
-            let regarding = match &r.regarding {
-                crate::config::Regarding::None => "(none: tracked unlinked)".to_string(),
-                crate::config::Regarding::Fixed(x) => x.to_string(),
-                crate::config::Regarding::Lookup { rtype, by } => format!(
-                    "{rtype} by {} of `*`",
-                    if *by == crate::config::LookupBy::Name {
-                        "name"
-                    } else {
-                        "key"
-                    }
-                ),
-            };
-            rows.push(vec![mb.name.clone(), r.folder.clone(), regarding]);
-        }
-    }
-    show::table(&["MAILBOX", "FOLDER", "REGARDING"], &rows)
-}
-
-/// Reports, before anything runs, the rules that would track unlinked: a missing record, or
-/// one the mailbox owner may not write (DESIGN §4.11).
-fn rules_check(config: &Config, store: &Store) -> Result<(String, bool)> {
-    let mut out = String::new();
-    let mut ok = true;
-    for mb in &config.mailboxes {
-        let writer = crate::track::writer_of(mb, store);
-        if mb.rules.len() > 25 {
-            out.push_str(&format!(
-                "[warn] {}: {} rules; Dynamics stops at 25, foldertrack does not\n",
-                mb.name,
-                mb.rules.len()
-            ));
-        }
-        for r in &mb.rules {
-            let (good, text) = match &r.regarding {
-                crate::config::Regarding::None => (true, "no regarding".to_string()),
-                crate::config::Regarding::Fixed(x) => match store.record(x)? {
-                    None => (false, format!("{x} is not in the records")),
-                    Some(rec) if !writer.can_write(&rec) => (
-                        false,
-                        format!(
-                            "{} may not write {x} (owner {}): mail would be tracked unlinked",
-                            writer.user,
-                            rec.owner.as_deref().unwrap_or("-")
-                        ),
-                    ),
-                    Some(_) => (true, format!("{x} exists and {} may write it", writer.user)),
-                },
-                crate::config::Regarding::Lookup { rtype, .. } => {
-                    let n = store.records(Some(rtype))?.len();
-                    (
-                        n > 0,
-                        format!("looks up {rtype} records ({n} in the store)"),
-                    )
-                }
-            };
-            ok &= good;
-            out.push_str(&format!(
-                "[{}] {}: rule `{}`: {text}\n",
-                if good { "ok" } else { "FAIL" },
-                mb.name,
-                r.folder
-            ));
-        }
-    }
-    Ok((out, ok))
-}
-
-fn quarantine_replay(config: &Config, store: &Store, id: u64) -> Result<String> {
-    let (e, raw) = quarantined(store, id)?;
-    match crate::sync::replay(config, store, &e.source, raw) {
-        Ok(out) => {
-            store.quarantine_remove(id)?;
-            Ok(format!(
-                "replayed quarantined message {id} ({}/{} uid {}): {} tracked, {} merged with existing, {} already tracked\n",
-                e.source.mailbox, e.source.folder, e.source.uid, out.created, out.merged, out.replayed
-            ))
-        }
-        Err(why) => Err(anyhow::anyhow!(
-            "quarantined message {id} was not replayed: {why}"
-        )),
+        .into()),
+        Err(e) => Err(e),
     }
 }

@@ -1,9 +1,11 @@
 //! `activities send` and `outbox list | retry | cancel`, plus the outgoing lines of `status`,
 //! `check` and `activities show`.
 
-use super::{show, PartialFailure, UsageError};
+use super::show;
+use super::status::{self, OutgoingState};
 use crate::config::Config;
 use crate::outbox::{self, OutboxError, Outgoing};
+use crate::protocol::{PartialFailure, Request, UsageError};
 use crate::store::{OutboxEntry, OutboxSummary, SendState, Store};
 use anyhow::Result;
 
@@ -16,11 +18,11 @@ fn map_err(e: OutboxError) -> anyhow::Error {
 
 /// Queues the message, then tries it once now. Exit 0 when sent or queued for a retry (the
 /// queue owns it then), 1 when the server refused it for good.
-pub async fn send(
+pub(crate) async fn send(
     config: &Config,
     store: &Store,
     req: &Outgoing,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&crate::agent::AgentHandle>,
 ) -> Result<String> {
     let e = outbox::enqueue(config, store, req).map_err(map_err)?;
     let e = outbox::attempt(config, store, e.activity)
@@ -78,7 +80,7 @@ fn describe(e: &OutboxEntry, agent: bool) -> String {
     }
 }
 
-pub fn list(store: &Store, json: bool) -> Result<String> {
+pub(crate) fn list(store: &Store, json: bool) -> Result<String> {
     let entries = store.outbox_entries()?;
     if json {
         return Ok(serde_json::to_string_pretty(&entries)? + "\n");
@@ -128,11 +130,11 @@ pub fn list(store: &Store, json: bool) -> Result<String> {
 }
 
 /// Queues the entry for now; here (no agent) it is also attempted at once.
-pub async fn retry(
+pub(crate) async fn retry(
     config: &Config,
     store: &Store,
     id: u64,
-    agent: Option<&crate::supervisor::AgentHandle>,
+    agent: Option<&crate::agent::AgentHandle>,
 ) -> Result<String> {
     let e = outbox::retry(store, id).map_err(map_err)?;
     let e = outbox::attempt(config, store, e.activity)
@@ -144,7 +146,7 @@ pub async fn retry(
     Ok(describe(&e, agent.is_some()))
 }
 
-pub fn cancel(store: &Store, id: u64) -> Result<String> {
+pub(crate) fn cancel(store: &Store, id: u64) -> Result<String> {
     let e = outbox::cancel(store, id).map_err(map_err)?;
     Ok(format!(
         "activity {} cancelled: it will not be sent\n",
@@ -153,21 +155,21 @@ pub fn cancel(store: &Store, id: u64) -> Result<String> {
 }
 
 /// The outgoing side of one mailbox for `status`, from its outbox summary.
-pub fn outgoing_state(
+pub(crate) fn outgoing_state(
     config: &Config,
     mailbox: &str,
     outbox: Option<&OutboxSummary>,
-) -> show::Outgoing {
+) -> status::Outgoing {
     let smtp = config.mailbox(mailbox).and_then(|m| m.smtp.as_ref());
     let counts = outbox.map(|o| &o.counts);
     let has = |s: SendState| counts.is_some_and(|c| c.contains_key(&s));
     let attention =
         outbox.is_some_and(|o| o.login_stuck) || has(SendState::Failed) || has(SendState::Unknown);
-    show::Outgoing {
+    status::Outgoing {
         state: match smtp {
-            None => "not configured".into(),
-            Some(_) if attention => "attention".into(),
-            Some(_) => "enabled".into(),
+            None => OutgoingState::NotConfigured,
+            Some(_) if attention => OutgoingState::Attention,
+            Some(_) => OutgoingState::Enabled,
         },
         server: smtp.map(|s| format!("{}:{} ({})", s.host, s.port, s.tls)),
         outbox: counts
@@ -179,7 +181,7 @@ pub fn outgoing_state(
 }
 
 /// Lines for `activities show` of an activity created in the CRM.
-pub fn show_lines(e: &OutboxEntry) -> String {
+pub(crate) fn show_lines(e: &OutboxEntry) -> String {
     let mut s = format!(
         "  send state: {} (attempts {})\n",
         e.state.as_str(),
@@ -213,18 +215,22 @@ pub fn show_lines(e: &OutboxEntry) -> String {
 /// caller's error (exit 2).
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
+    /// The mailbox it is sent from (its `[smtp]` server, its Sent folder).
     #[arg(long)]
     pub mailbox: String,
     /// Recipient (repeat for more).
     #[arg(long, required = true)]
     pub to: Vec<String>,
+    /// Copy to (repeat for more).
     #[arg(long)]
     pub cc: Vec<String>,
+    /// The subject; the tracking token is appended to it.
     #[arg(long)]
     pub subject: String,
     /// Plain-text body.
     #[arg(long, conflicts_with = "body_file")]
     pub body: Option<String>,
+    /// The plain-text body from a file (UTF-8).
     #[arg(long)]
     pub body_file: Option<std::path::PathBuf>,
     /// An HTML alternative of the body.
@@ -238,7 +244,8 @@ pub struct SendArgs {
     pub regarding: String,
 }
 
-pub fn send_request(a: SendArgs) -> Result<super::Request> {
+/// Reads the files `a` names and checks the arguments into a request.
+pub fn send_request(a: SendArgs) -> Result<Request> {
     use base64::Engine;
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).map_err(|e| UsageError(format!("cannot read {what} {}: {e}", p.display())))
@@ -273,7 +280,7 @@ pub fn send_request(a: SendArgs) -> Result<super::Request> {
             data: base64::engine::general_purpose::STANDARD.encode(data),
         });
     }
-    Ok(super::Request::ActivitiesSend {
+    Ok(Request::ActivitiesSend {
         outgoing: Outgoing {
             mailbox: a.mailbox,
             to: a.to,

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// The bars of one `sync`.
-pub struct Bars {
+pub(crate) struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<(String, String), ProgressBar>>,
 }
 
 impl Bars {
-    pub fn new() -> Bars {
+    pub(crate) fn new() -> Bars {
         Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             bars: Mutex::new(HashMap::new()),

@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 /// The transport under an IMAP session: one type for TLS and plaintext so the rest of the
 /// code has a single `Session` type, with a [`Guard`] on what the server sends.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     inner: Transport,
     guard: Guard,
 }
@@ -80,10 +80,10 @@ impl AsyncWrite for Conn {
     }
 }
 
-pub type ImapSession = Session<Conn>;
+pub(crate) type ImapSession = Session<Conn>;
 
 /// A logged-in session with what the server said it can do.
-pub struct Connected {
+pub(crate) struct Connected {
     pub session: ImapSession,
     pub capabilities: Vec<String>,
     pub peer: super::Peer,
@@ -92,7 +92,7 @@ pub struct Connected {
 }
 
 impl Connected {
-    pub fn has(&self, cap: &str) -> bool {
+    pub(crate) fn has(&self, cap: &str) -> bool {
         self.capabilities
             .iter()
             .any(|c| c.eq_ignore_ascii_case(cap))
@@ -282,7 +282,7 @@ async fn oauth_login(
 ///
 /// # Errors
 /// Classified [`ImapError`]s; [`ImapError::is_permanent`] tells whether retrying can help.
-pub async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
+pub(crate) async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> {
     let addr = format!("{}:{}", mb.host, mb.port);
     let password = if mb.auth.is_oauth() {
         String::new()

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 
 /// The state of a folder as SELECT/EXAMINE reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Selected {
+pub(crate) struct Selected {
     pub uidvalidity: u32,
     pub uid_next: u32,
     pub exists: u32,
@@ -17,7 +17,7 @@ pub struct Selected {
 
 /// One fetched message.
 #[derive(Debug, Clone)]
-pub struct RawMessage {
+pub(crate) struct RawMessage {
     pub uid: u32,
     pub size: u64,
     pub raw: Vec<u8>,
@@ -25,7 +25,7 @@ pub struct RawMessage {
 
 /// A unit of work: the messages fetched together and committed in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// (uid, size) to fetch.
     pub fetch: Vec<(u32, u64)>,
     /// (uid, size) over the hard size limit: not fetched, quarantined with the reason.
@@ -34,7 +34,7 @@ pub struct Batch {
 
 impl Batch {
     /// The checkpoint after this batch: its highest UID.
-    pub fn last_uid(&self) -> u32 {
+    pub(crate) fn last_uid(&self) -> u32 {
         self.fetch
             .iter()
             .chain(&self.oversize)
@@ -42,13 +42,13 @@ impl Batch {
             .max()
             .unwrap_or(0)
     }
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.fetch.iter().map(|(_, s)| s).sum()
     }
 }
 
 /// Opens `server_name` read-only (EXAMINE): tracking only reads.
-pub async fn examine(
+pub(crate) async fn examine(
     session: &mut ImapSession,
     peer: &Peer,
     server_name: &str,
@@ -59,7 +59,7 @@ pub async fn examine(
 
 /// Opens a folder, read-only (EXAMINE) or read-write (SELECT, for keyword write-back). Reading
 /// uses `BODY.PEEK[]` either way, so nothing is marked read.
-pub async fn open(
+pub(crate) async fn open(
     session: &mut ImapSession,
     peer: &Peer,
     server_name: &str,
@@ -113,7 +113,7 @@ pub async fn open(
 
 /// Sets `keyword` on `uids` of the selected folder (write-back, so mail clients show what is
 /// tracked). Silent: the server sends no FETCH back.
-pub async fn store_keyword(
+pub(crate) async fn store_keyword(
     session: &mut ImapSession,
     peer: &Peer,
     uids: &[u32],
@@ -131,7 +131,7 @@ pub async fn store_keyword(
 
 /// UIDs above `after` with their sizes, ascending. `UID FETCH n:*` returns the last message
 /// even when its UID is below `n` (RFC 3501 §6.4.8), hence the filter.
-pub async fn new_uids(
+pub(crate) async fn new_uids(
     session: &mut ImapSession,
     peer: &Peer,
     after: u32,
@@ -162,7 +162,7 @@ pub async fn new_uids(
 
 /// Splits the new UIDs into batches of at most `batch_messages` messages and `batch_bytes`
 /// bytes (a single larger message gets a batch of its own).
-pub fn plan_batches(uids: &[(u32, u64)], limits: &FetchLimits) -> Vec<Batch> {
+pub(crate) fn plan_batches(uids: &[(u32, u64)], limits: &FetchLimits) -> Vec<Batch> {
     let mut batches = Vec::new();
     let mut cur = Batch::default();
     for &(uid, size) in uids {
@@ -184,7 +184,7 @@ pub fn plan_batches(uids: &[(u32, u64)], limits: &FetchLimits) -> Vec<Batch> {
 }
 
 /// Compresses UIDs (ascending) into an IMAP sequence set: `1:5,7,9:12`.
-pub fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
+pub(crate) fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
     let mut out = String::new();
     let mut run: Option<(u32, u32)> = None;
     let push = |out: &mut String, (a, b): (u32, u32)| {
@@ -215,7 +215,7 @@ pub fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
 
 /// Fetches the bodies of one batch with `BODY.PEEK[]`. Messages expunged meanwhile are simply
 /// missing from the result. The whole response stream is drained before returning.
-pub async fn fetch_batch(
+pub(crate) async fn fetch_batch(
     session: &mut ImapSession,
     peer: &Peer,
     batch: &Batch,

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 
 /// One folder as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Folder {
+pub(crate) struct Folder {
     /// The name exactly as the server spells it (modified UTF-7, server separator).
     pub server_name: String,
     /// Config form: decoded, with `/` as the separator.
@@ -24,7 +24,7 @@ pub struct Folder {
 
 /// imap-proto hands over a quoted mailbox name with its escapes still in (`Say \"hi\"`); the
 /// name itself has none. async-imap escapes again when it quotes a name for EXAMINE.
-pub fn unescape(quoted: &str) -> String {
+pub(crate) fn unescape(quoted: &str) -> String {
     let mut out = String::with_capacity(quoted.len());
     let mut chars = quoted.chars();
     while let Some(c) = chars.next() {
@@ -43,7 +43,7 @@ pub fn unescape(quoted: &str) -> String {
 ///
 /// # Errors
 /// The name is not modified UTF-7 ([`super::utf7::decode`]).
-pub fn to_config_name(server_name: &str, sep: Option<char>) -> Result<String, Utf7Error> {
+pub(crate) fn to_config_name(server_name: &str, sep: Option<char>) -> Result<String, Utf7Error> {
     let decoded = super::utf7::decode(server_name)?;
     Ok(match sep {
         Some(s) if s != '/' => decoded.replace(s, "/"),
@@ -51,8 +51,10 @@ pub fn to_config_name(server_name: &str, sep: Option<char>) -> Result<String, Ut
     })
 }
 
-/// Config form → server name (encoded, with the server's separator).
-pub fn to_server_name(config_name: &str, sep: Option<char>) -> String {
+/// Config form → server name (encoded, with the server's separator). Only the demo needs it:
+/// it creates its folders; the agent works on the names the server lists.
+#[cfg(any(test, feature = "demo"))]
+pub(crate) fn to_server_name(config_name: &str, sep: Option<char>) -> String {
     let joined = match sep {
         Some(s) if s != '/' => config_name.replace('/', &s.to_string()),
         _ => config_name.to_string(),
@@ -61,7 +63,7 @@ pub fn to_server_name(config_name: &str, sep: Option<char>) -> String {
 }
 
 /// Lists every folder (`LIST "" "*"`).
-pub async fn list(session: &mut ImapSession, peer: &Peer) -> Result<Vec<Folder>, ImapError> {
+pub(crate) async fn list(session: &mut ImapSession, peer: &Peer) -> Result<Vec<Folder>, ImapError> {
     let names: Vec<_> = timed(peer, "LIST", async {
         let stream = session.list(Some(""), Some("\"*\"")).await?;
         stream.try_collect::<Vec<_>>().await
@@ -110,7 +112,7 @@ fn invalid_folder(server_name: String, sep: Option<char>, e: Utf7Error) -> Folde
 
 /// The mailbox's Sent folder: the configured one, else the one flagged `\Sent`, else a folder
 /// called `Sent` (servers without SPECIAL-USE).
-pub fn find_sent<'a>(folders: &'a [Folder], configured: Option<&str>) -> Option<&'a Folder> {
+pub(crate) fn find_sent<'a>(folders: &'a [Folder], configured: Option<&str>) -> Option<&'a Folder> {
     let folders = folders.iter().filter(|f| f.invalid.is_none());
     match configured {
         Some(name) => folders.clone().find(|f| f.name == name),

@@ -8,7 +8,7 @@
 use std::io;
 
 #[derive(Debug, Clone)]
-pub struct Guard {
+pub(crate) struct Guard {
     max_literal: u64,
     max_line: u64,
     /// Bytes of literal still to skip.
@@ -19,7 +19,7 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(max_literal: u64, max_line: u64) -> Guard {
+    pub(crate) fn new(max_literal: u64, max_line: u64) -> Guard {
         Guard {
             max_literal,
             max_line,
@@ -33,7 +33,7 @@ impl Guard {
     ///
     /// # Errors
     /// `InvalidData` naming what the server did, when it goes past a bound.
-    pub fn check(&mut self, mut data: &[u8]) -> io::Result<()> {
+    pub(crate) fn check(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             if self.literal_left > 0 {
                 let n = self.literal_left.min(data.len() as u64);

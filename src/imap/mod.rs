@@ -3,24 +3,20 @@
 //! Built on async-imap 0.12; see `NOTES-crates.md` in the design notes for its pitfalls (dead
 //! sessions that answer `Ok`, unencoded folder names), which this module works around.
 
-pub mod connect;
-pub mod fetch;
-pub mod folders;
-pub mod guard;
-pub mod utf7;
+pub(crate) mod connect;
+pub(crate) mod fetch;
+pub(crate) mod folders;
+pub(crate) mod guard;
+pub(crate) mod utf7;
 
 use std::time::Duration;
 
-pub use connect::{connect, Conn, Connected, ImapSession};
-
-/// How long one command may take before the connection is considered dead, unless the
-/// configuration's `command_timeout` says otherwise.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) use connect::{connect, Connected, ImapSession};
 
 /// The server a session talks to, and how long each of its commands may take. It travels with
 /// the session (not a process-wide setting), so mailboxes and tests can each have their own.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// `host:port`, for error messages.
     pub addr: String,
     /// Limit of one command (IDLE's wait has its own limits).
@@ -33,11 +29,11 @@ impl std::fmt::Display for Peer {
     }
 }
 /// How long establishing TCP + TLS + greeting may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An IMAP failure, classified so the caller knows whether to retry.
 #[derive(Debug, thiserror::Error)]
-pub enum ImapError {
+pub(crate) enum ImapError {
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -87,7 +83,7 @@ pub enum ImapError {
 
 impl ImapError {
     /// Errors that will not go away by retrying (Dynamics disables the mailbox on these).
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(
             self,
             ImapError::Auth { .. }
@@ -121,7 +117,7 @@ where
 
 /// Quotes an (already encoded) folder name as an IMAP quoted string. It lets every character
 /// through: for text that came from a server or a sender, use [`quote_checked`].
-pub fn quote(name: &str) -> String {
+pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -132,7 +128,7 @@ pub fn quote(name: &str) -> String {
 ///
 /// # Errors
 /// [`ImapError::Unquotable`] when `text` holds a control character.
-pub fn quote_checked(text: &str) -> Result<String, ImapError> {
+pub(crate) fn quote_checked(text: &str) -> Result<String, ImapError> {
     match text.chars().find(|c| c.is_control()) {
         Some(c) => Err(ImapError::Unquotable {
             text: utf7::escape_raw(text),

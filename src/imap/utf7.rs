@@ -3,8 +3,10 @@
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
 
-/// Encodes a Unicode folder name.
-pub fn encode(s: &str) -> String {
+/// Encodes a Unicode folder name. The agent only sends names the server listed (already
+/// encoded); the demo creates its folders from config names.
+#[cfg(any(test, feature = "demo"))]
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut pending: Vec<u16> = Vec::new();
     let flush = |pending: &mut Vec<u16>, out: &mut String| {
@@ -51,7 +53,7 @@ pub fn encode(s: &str) -> String {
 /// logs, alerts and commands built from the name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not modified UTF-7 (RFC 3501 §5.1.3): {0}")]
-pub struct Utf7Error(pub &'static str);
+pub(crate) struct Utf7Error(pub &'static str);
 
 /// Decodes a folder name from the server, strictly: `&-` is `&`; `&…-` is modified base64 of
 /// UTF-16 that must end on a character, with zero padding bits, and must not encode printable
@@ -62,7 +64,7 @@ pub struct Utf7Error(pub &'static str);
 /// # Errors
 /// The name breaks one of those rules; the caller reports the folder and does not track it
 /// (see [`escape_raw`] for showing it), rather than mapping it onto another name.
-pub fn decode(s: &str) -> Result<String, Utf7Error> {
+pub(crate) fn decode(s: &str) -> Result<String, Utf7Error> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('&') {
@@ -131,7 +133,7 @@ fn decode_b64(enc: &str) -> Result<String, Utf7Error> {
 
 /// A name as the server sent it, for showing a folder whose name does not decode: control
 /// characters as `\xNN` (`\u{NN}` above ASCII), everything else as it is.
-pub fn escape_raw(s: &str) -> String {
+pub(crate) fn escape_raw(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -15,18 +15,18 @@ fn join(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// `email\0type:key`
-pub fn record_email(email: &str, rref: &str) -> Vec<u8> {
+pub(crate) fn record_email(email: &str, rref: &str) -> Vec<u8> {
     join(&[email.to_ascii_lowercase().as_bytes(), rref.as_bytes()])
 }
 
-pub fn record_email_prefix(email: &str) -> Vec<u8> {
+pub(crate) fn record_email_prefix(email: &str) -> Vec<u8> {
     let mut k = email.to_ascii_lowercase().into_bytes();
     k.push(0);
     k
 }
 
 /// `type\0lower(name)\0type:key`
-pub fn record_name(rtype: &str, name: &str, rref: &str) -> Vec<u8> {
+pub(crate) fn record_name(rtype: &str, name: &str, rref: &str) -> Vec<u8> {
     join(&[
         rtype.as_bytes(),
         name.to_lowercase().as_bytes(),
@@ -34,19 +34,19 @@ pub fn record_name(rtype: &str, name: &str, rref: &str) -> Vec<u8> {
     ])
 }
 
-pub fn record_name_prefix(rtype: &str, name: &str) -> Vec<u8> {
+pub(crate) fn record_name_prefix(rtype: &str, name: &str) -> Vec<u8> {
     let mut k = join(&[rtype.as_bytes(), name.to_lowercase().as_bytes()]);
     k.push(0);
     k
 }
 
 /// `dedup-key\0direction`
-pub fn msgid(dedup_key: &str, d: Direction) -> Vec<u8> {
+pub(crate) fn msgid(dedup_key: &str, d: Direction) -> Vec<u8> {
     join(&[dedup_key.as_bytes(), d.as_str().as_bytes()])
 }
 
 /// `mailbox\0folder\0uidvalidity\0uid`, numbers zero-padded.
-pub fn source(s: &Source) -> Vec<u8> {
+pub(crate) fn source(s: &Source) -> Vec<u8> {
     join(&[
         s.mailbox.as_bytes(),
         s.folder.as_bytes(),
@@ -56,32 +56,32 @@ pub fn source(s: &Source) -> Vec<u8> {
 }
 
 /// `mailbox\0folder`
-pub fn folder(mailbox: &str, folder: &str) -> Vec<u8> {
+pub(crate) fn folder(mailbox: &str, folder: &str) -> Vec<u8> {
     join(&[mailbox.as_bytes(), folder.as_bytes()])
 }
 
 /// `mailbox\0message`: one entry per distinct alert.
-pub fn alert(mailbox: &str, message: &str) -> Vec<u8> {
+pub(crate) fn alert(mailbox: &str, message: &str) -> Vec<u8> {
     join(&[mailbox.as_bytes(), message.as_bytes()])
 }
 
 /// `type:key\0<id BE>`
-pub fn regarding(r: &str, id: u64) -> Vec<u8> {
+pub(crate) fn regarding(r: &str, id: u64) -> Vec<u8> {
     join(&[r.as_bytes(), &id.to_be_bytes()])
 }
 
-pub fn regarding_prefix(r: &str) -> Vec<u8> {
+pub(crate) fn regarding_prefix(r: &str) -> Vec<u8> {
     let mut k = r.as_bytes().to_vec();
     k.push(0);
     k
 }
 
 /// The big-endian u64 at the end of a key.
-pub fn u64_suffix(k: &[u8]) -> u64 {
+pub(crate) fn u64_suffix(k: &[u8]) -> u64 {
     u64_of(&k[k.len().saturating_sub(8)..])
 }
 
-pub fn u64_of(v: &[u8]) -> u64 {
+pub(crate) fn u64_of(v: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = v.len().min(8);
     b[8 - n..].copy_from_slice(&v[v.len() - n..]);

@@ -8,11 +8,14 @@
 //! already tracked message (same dedup key and direction) only adds its source.
 
 mod keys;
-pub mod outbox;
+pub(crate) mod outbox;
 
-pub use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
+pub(crate) use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
 
-use crate::model::{Activity, Alert, Correlation, Direction, Draft, Record, RecordRef, Source};
+use crate::model::{
+    Activity, Alert, AlertLevel, Correlation, CorrelationMethod, Direction, Draft, Record,
+    RecordRef, Source,
+};
 use crate::track::{ActivityLookup, RecordLookup};
 use fs2::FileExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -24,29 +27,56 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Schema version written in `meta`; bumped with a migration when the layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
+/// Why the store could not be opened, read or written. `Locked` is the one callers act on:
+/// another process holds the data dir, and the CLI then asks the agent over its control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process holds the data dir (sled lets only one open it).
     #[error("data dir {dir} is in use by another foldertrack process{}; stop it first (only one process can hold the store)", pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    Locked { dir: PathBuf, pid: Option<String> },
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+        /// The holder's pid, from the lock file, when it could be read.
+        pid: Option<String>,
+    },
+    /// The data dir cannot be created, locked or read.
     #[error("cannot use data dir {dir}: {source}")]
     Io {
+        /// The data dir.
         dir: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// sled failed.
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
+    /// A value that does not decode: the data dir was damaged or changed by hand.
     #[error("store holds unreadable data in {tree}: {message}")]
-    Corrupt { tree: &'static str, message: String },
+    Corrupt {
+        /// The sled tree it is in.
+        tree: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A newer foldertrack wrote the data dir; this one must not change it.
     #[error("data dir was written by a newer foldertrack (schema {found}, this one knows {SCHEMA_VERSION}); upgrade foldertrack")]
-    NewerSchema { found: u32 },
+    NewerSchema {
+        /// The data dir's schema version.
+        found: u32,
+    },
+    /// Something a command names is not in the store.
     #[error("{0}")]
     NotFound(String),
+    /// The data dir's filesystem is below the free space the store keeps.
     #[error("data dir {dir} has only {available_mb} MB free; foldertrack keeps at least {needed_mb} MB free so that the store never runs out of space mid-write. Free some space: tracking resumes from the last checkpoint, nothing is lost")]
     DiskFull {
+        /// The data dir.
         dir: PathBuf,
+        /// Free space now.
         available_mb: u64,
+        /// Free space the store keeps.
         needed_mb: u64,
     },
 }
@@ -54,13 +84,13 @@ pub enum StoreError {
 /// Space kept free on the data dir's filesystem. sled 0.34 does not recover from a write
 /// that fails for lack of space (its flusher waits forever: found by the full-disk test), so
 /// foldertrack refuses to start a write that could get near that point.
-pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Checkpoint of one folder of one mailbox (DESIGN §3).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FolderState {
+pub(crate) struct FolderState {
     pub mailbox: String,
     pub folder: String,
     pub uidvalidity: u32,
@@ -85,14 +115,14 @@ pub struct FolderState {
 /// Which folder an exact rule is bound to, so that a renamed folder stays tracked: the folder's
 /// identity is its UIDVALIDITY, which a rename keeps and a delete + create changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleBinding {
+pub(crate) struct RuleBinding {
     pub folder: String,
     pub uidvalidity: u32,
 }
 
 /// Health of one mailbox's incoming side, for `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MailboxState {
+pub(crate) struct MailboxState {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub last_attempt: Option<String>,
@@ -113,17 +143,17 @@ pub struct MailboxState {
 }
 
 /// How many alerts a mailbox keeps (the most recently raised).
-pub const MAX_ALERTS: usize = 100;
+pub(crate) const MAX_ALERTS: usize = 100;
 
 /// An alert not raised again for this many days is dropped.
-pub const ALERT_MAX_AGE_DAYS: i64 = 30;
+pub(crate) const ALERT_MAX_AGE_DAYS: i64 = 30;
 
 /// How many past outages a mailbox keeps.
-pub const MAX_OUTAGES: usize = 10;
+pub(crate) const MAX_OUTAGES: usize = 10;
 
 /// A stretch of time in which a mailbox's passes failed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Outage {
+pub(crate) struct Outage {
     pub from: String,
     pub to: Option<String>,
     pub error: String,
@@ -131,7 +161,7 @@ pub struct Outage {
 
 impl MailboxState {
     /// A pass (or login) worked: closes an open outage.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         let t = now();
         self.last_attempt.get_or_insert_with(|| t.clone());
         self.last_success = Some(t.clone());
@@ -144,12 +174,12 @@ impl MailboxState {
     }
 
     /// A pass tracked new mail.
-    pub fn tracked(&mut self) {
+    pub(crate) fn tracked(&mut self) {
         self.last_tracked = Some(now());
     }
 
     /// A pass failed: opens an outage unless one is open.
-    pub fn failed(&mut self, error: &str) {
+    pub(crate) fn failed(&mut self, error: &str) {
         self.last_error = Some(error.to_string());
         self.consecutive_errors += 1;
         if self.outages.last().is_none_or(|o| o.to.is_some()) {
@@ -167,7 +197,7 @@ impl MailboxState {
 
 /// A message that could not be tracked, kept with its raw bytes so nothing is lost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QuarantineEntry {
+pub(crate) struct QuarantineEntry {
     pub id: u64,
     pub source: Source,
     pub reason: String,
@@ -178,7 +208,7 @@ pub struct QuarantineEntry {
 /// An alert with its mailbox, when it was first and last raised, and how often. The same
 /// alert raised again (every sync, say) updates this one entry instead of flooding `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredAlert {
+pub(crate) struct StoredAlert {
     pub at: String,
     pub first_at: String,
     pub count: u64,
@@ -194,7 +224,7 @@ impl StoredAlert {
             Some(mut p) => {
                 p.at = at.to_string();
                 p.count += 1;
-                p.alert.level = alert.level.clone();
+                p.alert.level = alert.level;
                 p
             }
             None => StoredAlert {
@@ -210,7 +240,7 @@ impl StoredAlert {
 
 /// One message's outcome, ready to be written.
 #[derive(Debug, Clone)]
-pub enum BatchItem {
+pub(crate) enum BatchItem {
     Tracked(Box<Draft>),
     Quarantined {
         source: Source,
@@ -223,7 +253,7 @@ pub enum BatchItem {
 /// A committed batch: what it did, the UIDs now tracked (for write-back) and the new
 /// activities (for late correlation).
 #[derive(Debug, Clone, Default)]
-pub struct Committed {
+pub(crate) struct Committed {
     pub outcome: BatchOutcome,
     pub tracked_uids: Vec<u32>,
     /// The new activities, without body and attachments (late correlation needs the headers).
@@ -232,7 +262,7 @@ pub struct Committed {
 
 /// What a committed batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct BatchOutcome {
+pub(crate) struct BatchOutcome {
     /// New activities.
     pub created: u32,
     /// Copies of an existing activity (same Message-ID and direction): source added.
@@ -309,7 +339,7 @@ fn now() -> String {
 
 /// The "mailbox" of alerts about the store itself (the data dir's permissions): `status`
 /// shows them apart from any mailbox's.
-pub const STORE_ALERTS: &str = "";
+pub(crate) const STORE_ALERTS: &str = "";
 
 /// Creates `dir` (and missing parents) mode 0700 whatever the umask: the store holds every
 /// tracked mail, its attachments and the CRM records. An existing directory is left as the
@@ -497,7 +527,7 @@ impl Store {
             store.add_alert(
                 STORE_ALERTS,
                 Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message,
                 },
             )?;
@@ -525,11 +555,7 @@ impl Store {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn schema_version(&self) -> Result<u32> {
+    pub(crate) fn schema_version(&self) -> Result<u32> {
         Ok(self
             .t
             .meta
@@ -539,7 +565,7 @@ impl Store {
     }
 
     /// Makes everything written so far durable.
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
@@ -547,7 +573,7 @@ impl Store {
     // ---- records -------------------------------------------------------------------------
 
     /// Inserts or replaces records, all or none, and flushes.
-    pub fn put_records(&self, recs: &[Record]) -> Result<()> {
+    pub(crate) fn put_records(&self, recs: &[Record]) -> Result<()> {
         let trees = [
             &self.t.records,
             &self.t.record_by_email,
@@ -577,7 +603,7 @@ impl Store {
         self.flush()
     }
 
-    pub fn record(&self, r: &RecordRef) -> Result<Option<Record>> {
+    pub(crate) fn record(&self, r: &RecordRef) -> Result<Option<Record>> {
         self.t
             .records
             .get(r.to_string().as_bytes())?
@@ -586,7 +612,7 @@ impl Store {
     }
 
     /// All records, optionally of one type, in key order.
-    pub fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>> {
+    pub(crate) fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>> {
         let prefix = rtype.map(|t| format!("{t}:")).unwrap_or_default();
         self.t
             .records
@@ -610,7 +636,7 @@ impl Store {
 
     // ---- activities ----------------------------------------------------------------------
 
-    pub fn activity(&self, id: u64) -> Result<Option<Activity>> {
+    pub(crate) fn activity(&self, id: u64) -> Result<Option<Activity>> {
         self.t
             .activities
             .get(id.to_be_bytes())?
@@ -633,7 +659,7 @@ impl Store {
 
     /// Keeps a new activity's body text in the blob packs (sha256-addressed, so two copies of
     /// one mail share it), unless it is short. On failure (a full disk) it stays inline.
-    pub fn keep_body_out(&self, a: &mut Activity) {
+    pub(crate) fn keep_body_out(&self, a: &mut Activity) {
         if a.body_text.len() < 512 || a.body_blob.is_some() {
             return;
         }
@@ -645,7 +671,7 @@ impl Store {
     }
 
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
-    pub fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
+    pub(crate) fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
         match regarding {
             None => self
                 .t
@@ -672,7 +698,7 @@ impl Store {
     }
 
     /// The activity of the same message in the other direction (sent copy ↔ received copy).
-    pub fn counterpart(&self, a: &Activity) -> Result<Option<u64>> {
+    pub(crate) fn counterpart(&self, a: &Activity) -> Result<Option<u64>> {
         let other = match a.direction {
             Direction::Incoming => Direction::Outgoing,
             Direction::Outgoing => Direction::Incoming,
@@ -685,7 +711,7 @@ impl Store {
     }
 
     /// Bytes on disk of the sled store plus the attachment pack files (for metrics).
-    pub fn disk_usage(&self) -> u64 {
+    pub(crate) fn disk_usage(&self) -> u64 {
         let packs: u64 = std::fs::read_dir(self.dir.join("blobs"))
             .map(|d| {
                 d.filter_map(|e| e.ok()?.metadata().ok())
@@ -699,7 +725,7 @@ impl Store {
 
     /// Every activity in id (= tracking time) order, read one at a time: exports stream
     /// through this without holding the store in memory.
-    pub fn activities_iter(&self) -> impl Iterator<Item = Result<Activity>> + '_ {
+    pub(crate) fn activities_iter(&self) -> impl Iterator<Item = Result<Activity>> + '_ {
         self.t.activities.iter().map(|kv| {
             kv.map_err(StoreError::from)
                 .and_then(|(_, v)| dec("activities", &v))
@@ -708,7 +734,10 @@ impl Store {
 
     /// Every record (of `rtype`, if given) in `type:key` order, read one at a time (see
     /// [`Store::activities_iter`]).
-    pub fn records_iter(&self, rtype: Option<&str>) -> impl Iterator<Item = Result<Record>> + '_ {
+    pub(crate) fn records_iter(
+        &self,
+        rtype: Option<&str>,
+    ) -> impl Iterator<Item = Result<Record>> + '_ {
         let prefix = rtype.map(|t| format!("{t}:")).unwrap_or_default();
         self.t.records.scan_prefix(prefix.as_bytes()).map(|kv| {
             kv.map_err(StoreError::from)
@@ -716,12 +745,12 @@ impl Store {
         })
     }
 
-    pub fn activity_count(&self) -> usize {
+    pub(crate) fn activity_count(&self) -> usize {
         self.t.activities.len()
     }
 
     /// The activity tracked from this exact source, if any.
-    pub fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
+    pub(crate) fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
         Ok(self
             .t
             .activity_by_source
@@ -731,7 +760,7 @@ impl Store {
 
     // ---- folders, mailboxes, alerts, quarantine ----------------------------------------------
 
-    pub fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+    pub(crate) fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
         self.t
             .folders
             .get(keys::folder(mailbox, folder))?
@@ -739,7 +768,7 @@ impl Store {
             .transpose()
     }
 
-    pub fn folder_states(&self) -> Result<Vec<FolderState>> {
+    pub(crate) fn folder_states(&self) -> Result<Vec<FolderState>> {
         self.t
             .folders
             .iter()
@@ -748,14 +777,14 @@ impl Store {
     }
 
     /// Writes a folder checkpoint on its own (e.g. a folder seen for the first time, or empty).
-    pub fn put_folder_state(&self, st: &FolderState) -> Result<()> {
+    pub(crate) fn put_folder_state(&self, st: &FolderState) -> Result<()> {
         self.t
             .folders
             .insert(keys::folder(&st.mailbox, &st.folder), enc(st))?;
         Ok(())
     }
 
-    pub fn mailbox_state(&self, name: &str) -> Result<MailboxState> {
+    pub(crate) fn mailbox_state(&self, name: &str) -> Result<MailboxState> {
         Ok(self
             .t
             .mailboxes
@@ -772,12 +801,12 @@ impl Store {
             }))
     }
 
-    pub fn put_mailbox_state(&self, st: &MailboxState) -> Result<()> {
+    pub(crate) fn put_mailbox_state(&self, st: &MailboxState) -> Result<()> {
         self.t.mailboxes.insert(st.name.as_bytes(), enc(st))?;
         self.flush()
     }
 
-    pub fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
+    pub(crate) fn add_alert(&self, mailbox: &str, alert: Alert) -> Result<()> {
         let key = keys::alert(mailbox, &alert.message);
         let at = now();
         self.t.alerts.fetch_and_update(&key, |prev| {
@@ -816,7 +845,7 @@ impl Store {
     }
 
     /// The `n` most recently raised alerts, newest first.
-    pub fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
+    pub(crate) fn alerts(&self, n: usize) -> Result<Vec<StoredAlert>> {
         let mut all: Vec<StoredAlert> = self
             .t
             .alerts
@@ -828,11 +857,7 @@ impl Store {
         Ok(all)
     }
 
-    pub fn alert_count(&self) -> usize {
-        self.t.alerts.len()
-    }
-
-    pub fn quarantine(&self) -> Result<Vec<QuarantineEntry>> {
+    pub(crate) fn quarantine(&self) -> Result<Vec<QuarantineEntry>> {
         self.t
             .quarantine
             .iter()
@@ -841,7 +866,7 @@ impl Store {
     }
 
     /// One quarantined message, by id (a point read, not a scan of the quarantine).
-    pub fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>> {
+    pub(crate) fn quarantine_entry(&self, id: u64) -> Result<Option<QuarantineEntry>> {
         self.t
             .quarantine
             .get(id.to_be_bytes())?
@@ -850,7 +875,7 @@ impl Store {
     }
 
     /// Removes a quarantined message (after a successful replay, or `quarantine drop`).
-    pub fn quarantine_remove(&self, id: u64) -> Result<bool> {
+    pub(crate) fn quarantine_remove(&self, id: u64) -> Result<bool> {
         let Some(v) = self.t.quarantine.remove(id.to_be_bytes())? else {
             return Ok(false);
         };
@@ -863,7 +888,7 @@ impl Store {
         Ok(true)
     }
 
-    pub fn quarantine_raw(&self, id: u64) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn quarantine_raw(&self, id: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .t
             .quarantine_raw
@@ -871,7 +896,7 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
-    pub fn quarantine_count(&self) -> usize {
+    pub(crate) fn quarantine_count(&self) -> usize {
         self.t.quarantine.len()
     }
 
@@ -879,7 +904,7 @@ impl Store {
 
     /// Sets an activity's regarding by hand and remembers that it was by hand. `false` when
     /// there is no such activity.
-    pub fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
+    pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
         let found = self.relink(id, Some(&r.to_string()))?;
         if found {
             self.t.manual_links.insert(id.to_be_bytes(), &[])?;
@@ -890,7 +915,7 @@ impl Store {
 
     /// Points an activity at `regarding` (or at nothing), index included. `false` when the
     /// activity does not exist.
-    pub fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
+    pub(crate) fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
         let trees = [&self.t.activities, &self.t.activity_by_regarding];
         let found = trees
             .transaction(|tx| {
@@ -912,7 +937,7 @@ impl Store {
 
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
     /// the UID they have there.
-    pub fn manual_links_in(&self, mailbox: &str, folder: &str) -> Result<Vec<(u64, u32)>> {
+    pub(crate) fn manual_links_in(&self, mailbox: &str, folder: &str) -> Result<Vec<(u64, u32)>> {
         let mut out = Vec::new();
         for kv in self.t.manual_links.iter() {
             let id = keys::u64_of(&kv?.0);
@@ -928,12 +953,12 @@ impl Store {
         Ok(out)
     }
 
-    pub fn clear_manual_link(&self, id: u64) -> Result<()> {
+    pub(crate) fn clear_manual_link(&self, id: u64) -> Result<()> {
         self.t.manual_links.remove(id.to_be_bytes())?;
         Ok(())
     }
 
-    pub fn rule_binding(&self, mailbox: &str, rule: &str) -> Result<Option<RuleBinding>> {
+    pub(crate) fn rule_binding(&self, mailbox: &str, rule: &str) -> Result<Option<RuleBinding>> {
         self.t
             .rule_bindings
             .get(keys::folder(mailbox, rule))?
@@ -941,7 +966,12 @@ impl Store {
             .transpose()
     }
 
-    pub fn put_rule_binding(&self, mailbox: &str, rule: &str, b: &RuleBinding) -> Result<()> {
+    pub(crate) fn put_rule_binding(
+        &self,
+        mailbox: &str,
+        rule: &str,
+        b: &RuleBinding,
+    ) -> Result<()> {
         self.t
             .rule_bindings
             .insert(keys::folder(mailbox, rule), enc(b))?;
@@ -949,7 +979,7 @@ impl Store {
     }
 
     /// Moves a folder's checkpoint to its new name after a rename, so nothing is read again.
-    pub fn rename_folder_state(&self, mailbox: &str, from: &str, to: &str) -> Result<()> {
+    pub(crate) fn rename_folder_state(&self, mailbox: &str, from: &str, to: &str) -> Result<()> {
         if let Some(mut st) = self.folder_state(mailbox, from)? {
             st.folder = to.to_string();
             self.t.folders.insert(keys::folder(mailbox, to), enc(&st))?;
@@ -960,7 +990,7 @@ impl Store {
     }
 
     /// Fails with [`StoreError::DiskFull`] unless `extra` bytes and [`MIN_FREE_BYTES`] fit.
-    pub fn ensure_space(&self, extra: u64) -> Result<()> {
+    pub(crate) fn ensure_space(&self, extra: u64) -> Result<()> {
         let available = fs2::available_space(&self.dir).map_err(|source| StoreError::Io {
             dir: self.dir.clone(),
             source,
@@ -987,11 +1017,11 @@ impl Store {
     /// With `smart` (the mailbox's token format), smart matching runs too.
     /// [`Store::recorrelate`] for activities given by id, read back a few hundred at a time
     /// (without their bodies), so memory does not grow with the pass.
-    pub fn recorrelate_ids(
+    pub(crate) fn recorrelate_ids(
         &self,
         ids: &[u64],
         writer: &crate::model::Writer,
-        smart: Option<&crate::track::token::TokenFormat>,
+        smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
         let mut n = 0;
         for chunk in ids.chunks(256) {
@@ -1016,11 +1046,11 @@ impl Store {
             .transpose()
     }
 
-    pub fn recorrelate(
+    pub(crate) fn recorrelate(
         &self,
         created: &[Activity],
         writer: &crate::model::Writer,
-        smart: Option<&crate::track::token::TokenFormat>,
+        smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
         let mut n = 0;
         for x in created {
@@ -1031,27 +1061,27 @@ impl Store {
                     n += u32::from(self.correlate_late(id, c, writer)?);
                 }
             }
-            let mut children: Vec<(u64, &str)> = Vec::new();
+            let mut children: Vec<(u64, CorrelationMethod)> = Vec::new();
             if let Some(m) = &x.message_id {
                 for kv in self
                     .t
                     .activity_by_parent
                     .scan_prefix(keys::regarding_prefix(m))
                 {
-                    children.push((keys::u64_suffix(&kv?.0), "references"));
+                    children.push((keys::u64_suffix(&kv?.0), CorrelationMethod::References));
                 }
             }
             if let Some(ti) = x.thread_index.as_deref().and_then(thread_bytes) {
                 for kv in self.t.activity_by_thread.scan_prefix(&ti) {
                     let (k, v) = kv?;
                     if k.len() > ti.len() {
-                        children.push((keys::u64_of(&v), "thread-index"));
+                        children.push((keys::u64_of(&v), CorrelationMethod::ThreadIndex));
                     }
                 }
             }
             if let Some(t) = &x.token {
                 if let Some(other) = self.get_token(t).filter(|o| *o != id) {
-                    children.push((other, "token"));
+                    children.push((other, CorrelationMethod::Token));
                 }
             }
             for (child, method) in children {
@@ -1061,15 +1091,16 @@ impl Store {
                 if c.correlation.is_some() || child == id || !not_after(x, &c) {
                     continue;
                 }
-                let method = if method == "references" && c.in_reply_to == x.message_id {
-                    "in-reply-to"
-                } else {
-                    method
-                };
+                let method =
+                    if method == CorrelationMethod::References && c.in_reply_to == x.message_id {
+                        CorrelationMethod::InReplyTo
+                    } else {
+                        method
+                    };
                 n += u32::from(self.correlate_late(
                     child,
                     Correlation {
-                        method: method.into(),
+                        method,
                         activity: id,
                     },
                     writer,
@@ -1084,11 +1115,7 @@ impl Store {
 
     /// Smart matching (DESIGN §4.10): an earlier activity with the same subject words and at
     /// least two addresses in common.
-    fn smart_match(
-        &self,
-        x: &Activity,
-        token: &crate::track::token::TokenFormat,
-    ) -> Option<Correlation> {
+    fn smart_match(&self, x: &Activity, token: &crate::token::TokenFormat) -> Option<Correlation> {
         let norm = crate::track::normalise_subject(x.subject.as_deref()?, token);
         if norm.split_whitespace().count() < 2 {
             return None;
@@ -1112,7 +1139,7 @@ impl Store {
                     .is_some_and(|e| not_after(&e, x))
             })
             .map(|(id, _)| Correlation {
-                method: "smart".into(),
+                method: CorrelationMethod::Smart,
                 activity: id,
             })
             .min_by_key(|c| c.activity)
@@ -1158,7 +1185,7 @@ impl Store {
     /// sled: attachments are most of the bytes, and a file per attachment made the kernel's
     /// inode allocation the bottleneck of a large sync (measured: +2 s for 1,000 files on
     /// this VM's ext4). The pack is synced to disk before the batch that refers to it commits.
-    pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
         self.ensure_space(bytes.len() as u64)?;
         let io = |source| StoreError::Io {
             dir: self.dir.clone(),
@@ -1236,7 +1263,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         let Some(loc) = self.t.blobs.get(sha256.as_bytes())? else {
             return Ok(None);
         };
@@ -1270,7 +1297,7 @@ impl Store {
     /// checkpoint. Activities get their `id`, `tracked_at`, correlation and inherited
     /// regarding here, where earlier messages of the same batch are visible.
     /// Returns what it did, and the UIDs whose messages are now tracked (for write-back).
-    pub fn commit_batch(
+    pub(crate) fn commit_batch(
         &self,
         items: &[BatchItem],
         checkpoint: &FolderState,
@@ -1545,9 +1572,9 @@ fn not_after(a: &Activity, b: &Activity) -> bool {
 /// the tracking token (an earlier message with it), then an Outlook Thread-Index that extends a
 /// tracked one's.
 fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
-    let found = |method: &str, id: u64| {
+    let found = |method: CorrelationMethod, id: u64| {
         Some(Correlation {
-            method: method.into(),
+            method,
             activity: id,
         })
     };
@@ -1558,15 +1585,15 @@ fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
             .filter(|id| *id != a.id)
     };
     if let Some(id) = a.in_reply_to.as_deref().and_then(by_id) {
-        return found("in-reply-to", id);
+        return found(CorrelationMethod::InReplyTo, id);
     }
     if let Some(id) = a.references.iter().rev().find_map(|r| by_id(r)) {
-        return found("references", id);
+        return found(CorrelationMethod::References, id);
     }
     if let Some(t) = &a.token {
         if let Some(id) = l.get_token(t).filter(|id| *id != a.id) {
             if l.get_activity(id).is_some_and(|e| not_after(&e, a)) {
-                return found("token", id);
+                return found(CorrelationMethod::Token, id);
             }
         }
     }
@@ -1575,7 +1602,7 @@ fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
         while len > 22 {
             len -= 5;
             if let Some(id) = l.get_thread(&ti[..len]) {
-                return found("thread-index", id);
+                return found(CorrelationMethod::ThreadIndex, id);
             }
         }
     }
@@ -1616,41 +1643,7 @@ fn apply_activity(
     }
     let mkey = keys::msgid(&a.dedup_key, a.direction);
     if let Some(idv) = tx.by_msgid.get(&mkey)? {
-        // A copy of a tracked message: the first copy keeps the regarding (DESIGN §4.7); this
-        // one adds its source. A copy from the same mailbox and folder under a new
-        // UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
-        let id = keys::u64_of(&idv);
-        let Some(mut cur) = load(tx.acts, id)? else {
-            return Err(abort(format!("index points to missing activity {id}")));
-        };
-        let same_place = |s: &Source| {
-            s.mailbox == a.source.mailbox
-                && s.folder == a.source.folder
-                && s.uidvalidity != a.source.uidvalidity
-        };
-        if same_place(&cur.source) {
-            tx.by_source.remove(keys::source(&cur.source))?;
-            cur.source = a.source.clone();
-        } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
-            tx.by_source.remove(keys::source(s))?;
-            *s = a.source.clone();
-        } else {
-            cur.other_sources.push(a.source.clone());
-        }
-        // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
-        // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
-        // A folder without a regarding keeps the link; another mailbox's copy never changes
-        // it (the first mailbox wins, §4.7).
-        let same_mailbox = std::iter::once(&cur.source)
-            .chain(&cur.other_sources)
-            .filter(|s| **s != a.source)
-            .any(|s| s.mailbox == a.source.mailbox);
-        if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
-            set_regarding(tx.by_regarding, &mut cur, id, a.regarding.clone())?;
-            out.relinked += 1;
-        }
-        tx.by_source.insert(skey, &id.to_be_bytes())?;
-        tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut cur))?;
+        merge_copy(tx, a, keys::u64_of(&idv), skey, out)?;
         out.merged += 1;
         return Ok(true);
     }
@@ -1668,24 +1661,7 @@ fn apply_activity(
         return Ok(false);
     }
     if d.inherit && a.regarding.is_none() {
-        if let Some(c) = &a.correlation {
-            if let Some(earlier) = load(tx.acts, c.activity)?.and_then(|e| e.regarding) {
-                let rec: Option<Record> = tx
-                    .records
-                    .get(earlier.as_bytes())?
-                    .and_then(|v| serde_json::from_slice(&v).ok());
-                match rec {
-                    Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
-                        level: "warning".into(),
-                        message: format!(
-                            "{} may not write {earlier} (correlated by {}): tracked unlinked",
-                            d.writer.user, c.method
-                        ),
-                    }),
-                    _ => a.regarding = Some(earlier),
-                }
-            }
-        }
+        inherit_regarding(tx, d, &mut a)?;
     }
     if let (Some(r), Some(from)) = (&d.create_sender, a.from.as_mut()) {
         if from.record.is_none() {
@@ -1706,6 +1682,89 @@ fn apply_activity(
     tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut a))?;
     tx.by_msgid.insert(mkey, &id.to_be_bytes())?;
     tx.by_source.insert(skey, &id.to_be_bytes())?;
+    index_new(tx, d, &a)?;
+    out.created += 1;
+    a.body_text = String::new();
+    a.attachments = Vec::new();
+    created.push(a);
+    Ok(true)
+}
+
+/// A copy of tracked activity `id` (same Message-ID and direction): the first copy keeps the
+/// regarding (DESIGN §4.7); this one adds its source. A copy from the same mailbox and folder
+/// under a new UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
+fn merge_copy(
+    tx: &Tx<'_>,
+    a: &Activity,
+    id: u64,
+    skey: Vec<u8>,
+    out: &mut BatchOutcome,
+) -> TxResult<()> {
+    let Some(mut cur) = load(tx.acts, id)? else {
+        return Err(abort(format!("index points to missing activity {id}")));
+    };
+    let same_place = |s: &Source| {
+        s.mailbox == a.source.mailbox
+            && s.folder == a.source.folder
+            && s.uidvalidity != a.source.uidvalidity
+    };
+    if same_place(&cur.source) {
+        tx.by_source.remove(keys::source(&cur.source))?;
+        cur.source = a.source.clone();
+    } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
+        tx.by_source.remove(keys::source(s))?;
+        *s = a.source.clone();
+    } else {
+        cur.other_sources.push(a.source.clone());
+    }
+    // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
+    // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
+    // A folder without a regarding keeps the link; another mailbox's copy never changes
+    // it (the first mailbox wins, §4.7).
+    let same_mailbox = std::iter::once(&cur.source)
+        .chain(&cur.other_sources)
+        .filter(|s| **s != a.source)
+        .any(|s| s.mailbox == a.source.mailbox);
+    if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
+        set_regarding(tx.by_regarding, &mut cur, id, a.regarding.clone())?;
+        out.relinked += 1;
+    }
+    tx.by_source.insert(skey, &id.to_be_bytes())?;
+    tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut cur))?;
+    Ok(())
+}
+
+/// A message whose folder rule gives no regarding takes the one of the activity it correlates
+/// to (DESIGN §4.10), if the mailbox owner may write that record; else it is tracked unlinked,
+/// with an alert that says why.
+fn inherit_regarding(tx: &Tx<'_>, d: &Draft, a: &mut Activity) -> TxResult<()> {
+    let Some(c) = &a.correlation else {
+        return Ok(());
+    };
+    let Some(earlier) = load(tx.acts, c.activity)?.and_then(|e| e.regarding) else {
+        return Ok(());
+    };
+    let rec: Option<Record> = tx
+        .records
+        .get(earlier.as_bytes())?
+        .and_then(|v| serde_json::from_slice(&v).ok());
+    match rec {
+        Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
+            level: AlertLevel::Warning,
+            message: format!(
+                "{} may not write {earlier} (correlated by {}): tracked unlinked",
+                d.writer.user, c.method
+            ),
+        }),
+        _ => a.regarding = Some(earlier),
+    }
+    Ok(())
+}
+
+/// The indexes a new activity joins besides Message-ID and source: regarding, tracking
+/// token, late correlation (its parents), Thread-Index and subject.
+fn index_new(tx: &Tx<'_>, d: &Draft, a: &Activity) -> TxResult<()> {
+    let id = a.id;
     if let Some(r) = &a.regarding {
         tx.by_regarding.insert(keys::regarding(r, id), &[])?;
     }
@@ -1714,7 +1773,7 @@ fn apply_activity(
         let keep = tx
             .get_token(t)
             .and_then(|e| tx.get_activity(e))
-            .is_some_and(|e| not_after(&e, &a));
+            .is_some_and(|e| not_after(&e, a));
         if !keep {
             tx.by_token
                 .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
@@ -1732,11 +1791,7 @@ fn apply_activity(
     if let Some(norm) = &d.subject_key {
         tx.by_subject.insert(keys::regarding(norm, id), &[])?;
     }
-    out.created += 1;
-    a.body_text = String::new();
-    a.attachments = Vec::new();
-    created.push(a);
-    Ok(true)
+    Ok(())
 }
 
 impl RecordLookup for Store {
@@ -1801,7 +1856,7 @@ mod tests {
                 count: 1,
                 mailbox: mailbox.into(),
                 alert: Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message: message.clone(),
                 },
             };
@@ -1822,7 +1877,7 @@ mod tests {
             .add_alert(
                 "a",
                 Alert {
-                    level: "error".into(),
+                    level: AlertLevel::Error,
                     message: "newest".into(),
                 },
             )

@@ -18,12 +18,12 @@ use std::collections::BTreeMap;
 
 /// Folder name of the pseudo source of an activity created in the CRM (it has no IMAP copy
 /// until the Sent copy is appended and tracked). Not a valid IMAP folder name in config form.
-pub const OUTBOX_FOLDER: &str = "@outbox";
+pub(crate) const OUTBOX_FOLDER: &str = "@outbox";
 
 /// Where a send stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SendState {
+pub(crate) enum SendState {
     /// Waiting for its (next) attempt at `next_attempt`.
     Queued,
     /// An attempt is under way. Found at start-up, it means a process stopped mid-send.
@@ -40,7 +40,7 @@ pub enum SendState {
 }
 
 impl SendState {
-    pub const ALL: [SendState; 6] = [
+    pub(crate) const ALL: [SendState; 6] = [
         SendState::Queued,
         SendState::Sending,
         SendState::Sent,
@@ -49,7 +49,7 @@ impl SendState {
         SendState::Cancelled,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SendState::Queued => "queued",
             SendState::Sending => "sending",
@@ -63,7 +63,7 @@ impl SendState {
 
 /// One outgoing email activity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OutboxEntry {
+pub(crate) struct OutboxEntry {
     pub activity: u64,
     pub mailbox: String,
     /// With angle brackets.
@@ -93,7 +93,7 @@ pub struct OutboxEntry {
 
 /// One mailbox's outbox: entries by state, and whether a queued one waits on a refused login.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct OutboxSummary {
+pub(crate) struct OutboxSummary {
     pub counts: BTreeMap<SendState, usize>,
     pub login_stuck: bool,
 }
@@ -101,7 +101,7 @@ pub struct OutboxSummary {
 impl OutboxEntry {
     /// Whether the queue has something left to do for it, now or later: a send, an interrupted
     /// send to settle, or the Sent copy.
-    pub fn is_pending(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         match self.state {
             SendState::Queued | SendState::Sending => true,
             SendState::Sent => self.sent_copy.is_none(),
@@ -110,7 +110,7 @@ impl OutboxEntry {
     }
 
     /// Whether the queue has something to do for it now.
-    pub fn is_due(&self, now: i64) -> bool {
+    pub(crate) fn is_due(&self, now: i64) -> bool {
         match self.state {
             SendState::Queued => self.next_attempt <= now,
             SendState::Sent => self.sent_copy.is_none() && self.next_attempt <= now,
@@ -124,7 +124,7 @@ impl Store {
     /// The activity gets a pseudo source in [`OUTBOX_FOLDER`]; the Sent copy, once tracked,
     /// merges into it by Message-ID like any other copy. Returns the activity id, which the
     /// stored entry's `activity` holds.
-    pub fn enqueue_outgoing(&self, draft: &Draft, entry: &OutboxEntry) -> Result<u64> {
+    pub(crate) fn enqueue_outgoing(&self, draft: &Draft, entry: &OutboxEntry) -> Result<u64> {
         self.ensure_space(draft.activity.body_text.len() as u64 + 8192)?;
         self.sync_pack()?;
         // The batch transaction's trees, then the outbox.
@@ -156,7 +156,7 @@ impl Store {
     }
 
     /// A fresh pseudo source for an activity created in the CRM.
-    pub fn outbox_source(&self, mailbox: &str) -> Result<Source> {
+    pub(crate) fn outbox_source(&self, mailbox: &str) -> Result<Source> {
         let n = self
             .t
             .meta
@@ -177,7 +177,7 @@ impl Store {
     /// The next tracking token number for `user` (a `systemuser:key`): its user number
     /// (assigned on its first send, then fixed, as Dynamics numbers users) and its counter.
     /// Durable before it is used, so a token is never handed out twice by a crash.
-    pub fn next_token_numbers(&self, user: &str) -> Result<(u32, u64)> {
+    pub(crate) fn next_token_numbers(&self, user: &str) -> Result<(u32, u64)> {
         let ukey = format!("token_user:{user}");
         let ckey = format!("token_counter:{user}");
         let (u, c) = self
@@ -200,7 +200,7 @@ impl Store {
         Ok((u32::try_from(u).unwrap_or(u32::MAX), c))
     }
 
-    pub fn outbox_entry(&self, activity: u64) -> Result<Option<OutboxEntry>> {
+    pub(crate) fn outbox_entry(&self, activity: u64) -> Result<Option<OutboxEntry>> {
         self.t
             .outbox
             .get(activity.to_be_bytes())?
@@ -209,7 +209,7 @@ impl Store {
     }
 
     /// Every entry, oldest first.
-    pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>> {
+    pub(crate) fn outbox_entries(&self) -> Result<Vec<OutboxEntry>> {
         self.t
             .outbox
             .iter()
@@ -222,7 +222,7 @@ impl Store {
 
     /// Each mailbox's outbox at a glance, in one pass over the entries (for `status` and the
     /// metrics).
-    pub fn outbox_summary(&self) -> Result<BTreeMap<String, OutboxSummary>> {
+    pub(crate) fn outbox_summary(&self) -> Result<BTreeMap<String, OutboxSummary>> {
         let mut out: BTreeMap<String, OutboxSummary> = BTreeMap::new();
         for e in self.outbox_entries()? {
             let s = out.entry(e.mailbox.clone()).or_default();
@@ -236,7 +236,7 @@ impl Store {
 
     /// Replaces an entry (it must exist) and flushes: every state change is durable before the
     /// caller acts on it.
-    pub fn put_outbox_entry(&self, e: &OutboxEntry) -> Result<()> {
+    pub(crate) fn put_outbox_entry(&self, e: &OutboxEntry) -> Result<()> {
         if !self.t.outbox.contains_key(e.activity.to_be_bytes())? {
             return Err(StoreError::NotFound(format!(
                 "activity {} is not in the outbox",

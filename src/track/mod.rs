@@ -4,7 +4,7 @@
 
 pub mod parties;
 pub mod rules;
-pub mod token;
+use crate::token;
 
 use crate::config::{MailboxConfig, OtherMail, UnresolvedSender};
 use crate::model::{
@@ -228,7 +228,7 @@ fn smart_match(
         .into_iter()
         .filter(|(_, addrs)| addrs.iter().filter(|a| mine.contains(&a.as_str())).count() >= 2)
         .map(|(id, _)| Correlation {
-            method: "smart".into(),
+            method: crate::model::CorrelationMethod::Smart,
             activity: id,
         })
         .max_by_key(|c| c.activity)
@@ -312,7 +312,7 @@ fn regarding_unresolved(ctx: &FolderContext<'_>) -> bool {
 /// An alert at warning level.
 pub fn warning(message: impl Into<String>) -> Alert {
     Alert {
-        level: "warning".into(),
+        level: crate::model::AlertLevel::Warning,
         message: message.into(),
     }
 }

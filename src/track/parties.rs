@@ -10,7 +10,7 @@ use crate::track::RecordLookup;
 
 /// An address shared by this many records or more is too common to mean anyone (Dynamics
 /// leaves such parties unresolved).
-pub const AMBIGUOUS_AT: usize = 100;
+pub(crate) const AMBIGUOUS_AT: usize = 100;
 
 fn type_rank(t: &str) -> u8 {
     match t {
@@ -37,7 +37,7 @@ fn matches(addr: &MailAddr, records: &dyn RecordLookup) -> Vec<Record> {
 }
 
 /// The sender: at most one record.
-pub fn resolve_from(addr: &MailAddr, owner: &str, records: &dyn RecordLookup) -> Party {
+pub(crate) fn resolve_from(addr: &MailAddr, owner: &str, records: &dyn RecordLookup) -> Party {
     let mut found = matches(addr, records);
     found.sort_by_key(|r| {
         (
@@ -56,7 +56,7 @@ pub fn resolve_from(addr: &MailAddr, owner: &str, records: &dyn RecordLookup) ->
 }
 
 /// A recipient: every matching record.
-pub fn resolve_recipient(addr: &MailAddr, records: &dyn RecordLookup) -> Party {
+pub(crate) fn resolve_recipient(addr: &MailAddr, records: &dyn RecordLookup) -> Party {
     let mut found = matches(addr, records);
     found.sort_by_key(|r| (type_rank(&r.rtype), r.rtype.clone(), r.key.clone()));
     let refs: Vec<String> = found.iter().map(|r| r.reference().to_string()).collect();

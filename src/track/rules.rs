@@ -1,14 +1,18 @@
 //! Folder rules (DESIGN §4.1–4.2): which rule, if any, tracks a folder, and what record it
 //! links the folder's mail to.
 
+#![warn(missing_docs)]
+
 use crate::config::{LookupBy, Regarding, Rule};
-use crate::model::{Alert, RecordRef};
+use crate::model::{Alert, AlertLevel, RecordRef};
 use crate::track::RecordLookup;
 
 /// The rule that tracks a folder, with the `*` capture for pattern rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleMatch<'a> {
+    /// The rule.
     pub rule: &'a Rule,
+    /// What `*` stood for in a pattern rule (`None` for an exact one).
     pub capture: Option<String>,
 }
 
@@ -60,7 +64,7 @@ pub fn match_folder<'a>(rules: &'a [Rule], folder: &str) -> Option<RuleMatch<'a>
 
 /// Resolves the record a matched rule names. `Err` is the alert to raise when the rule points
 /// at nothing: the mail is then tracked unlinked, never dropped.
-pub fn resolve_regarding(
+pub(crate) fn resolve_regarding(
     m: &RuleMatch<'_>,
     records: &dyn RecordLookup,
 ) -> Result<Option<RecordRef>, Alert> {
@@ -69,7 +73,7 @@ pub fn resolve_regarding(
         Regarding::Fixed(r) => match records.get(r) {
             Some(_) => Ok(Some(r.clone())),
             None => Err(Alert {
-                level: "warning".into(),
+                level: AlertLevel::Warning,
                 message: format!(
                     "rule for folder `{}` links to {r}, which is not in the records: tracked unlinked (import the record, then re-run)",
                     m.rule.folder
@@ -85,7 +89,7 @@ pub fn resolve_regarding(
             match found.as_slice() {
                 [one] => Ok(Some(one.reference())),
                 [] => Err(Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message: format!(
                         "folder `{}` matches rule `{}` but no {rtype} has the {} `{cap}`: tracked unlinked",
                         m.rule.folder.replace('*', cap),
@@ -94,7 +98,7 @@ pub fn resolve_regarding(
                     ),
                 }),
                 many => Err(Alert {
-                    level: "warning".into(),
+                    level: AlertLevel::Warning,
                     message: format!(
                         "{} records of type {rtype} are named `{cap}` ({}): tracked unlinked; make the name unique or use by = \"key\"",
                         many.len(),

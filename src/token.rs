@@ -17,17 +17,21 @@
 //! Because the counter wraps (after 999 mails per user with the defaults), a token is not
 //! unique forever: callers should treat a match as a strong hint to be confirmed
 //! (participants, date), not as a primary key.
+//!
+//! A leaf module (it knows no other part of foldertrack): the configuration holds a
+//! [`TokenFormat`], tracking and the store match with it, and none of them has to import
+//! another for it.
 
 use serde::{Deserialize, Serialize};
 
 /// Longest subject [`TokenFormat::append`] produces, counted in `char`s (Unicode scalar
 /// values), not bytes. Note that a CRM that counts UTF-16 units sees characters outside the
 /// BMP (most emoji) as two.
-pub const MAX_SUBJECT_CHARS: usize = 255;
+pub(crate) const MAX_SUBJECT_CHARS: usize = 255;
 
 /// Longest prefix [`TokenFormat::validate`] accepts: the token must stay short next to the
 /// subject it shares the 255 characters with.
-pub const MAX_PREFIX_CHARS: usize = 20;
+pub(crate) const MAX_PREFIX_CHARS: usize = 20;
 
 /// Marks a subject that [`TokenFormat::append`] had to shorten.
 const ELLIPSIS: char = '…';
@@ -37,7 +41,7 @@ const ELLIPSIS: char = '…';
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenFormat {
-    /// Text before the digits, e.g. `CRM:`. Matched case-insensitively by [`TokenFormat::find`].
+    /// Text before the digits, e.g. `CRM:`. Matched case-insensitively by `TokenFormat::find`.
     pub prefix: String,
     /// First digit after the prefix (0–9), telling organisations/deployments apart.
     pub base_digit: u8,
@@ -61,7 +65,7 @@ impl Default for TokenFormat {
 
 /// A tracking token found in a subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Token {
+pub(crate) struct Token {
     /// The token with the prefix as configured (whatever case the subject used) and its digits,
     /// e.g. `CRM:0001002`; equal to what [`TokenFormat::make`] gives for the same values, so it
     /// can be compared with stored tokens directly.
@@ -85,7 +89,7 @@ impl TokenFormat {
     ///   boundary between them could not be found again.
     /// * The base digit is 0–9 and both widths are 1–9, as in Dynamics (9 digits also keep the
     ///   user number within `u32`).
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let p = &self.prefix;
         let len = p.chars().count();
         if len == 0 {
@@ -156,7 +160,7 @@ impl TokenFormat {
     ///
     /// Meant for a [validated](Self::validate) format; out-of-range widths or base are clamped
     /// rather than panicking.
-    pub fn make(&self, user: u32, n: u64) -> String {
+    pub(crate) fn make(&self, user: u32, n: u64) -> String {
         let uw = self.user_width();
         let cw = self.counter_width();
         let user = u64::from(user) % 10u64.pow(u32::from(uw));
@@ -182,7 +186,7 @@ impl TokenFormat {
     /// Japanese or emoji subjects keep as many characters as ASCII ones. (A cut may still fall
     /// inside a multi-`char` grapheme such as a ZWJ emoji sequence.) A `token` longer than the
     /// limit is returned alone and whole, never cut.
-    pub fn append(&self, subject: &str, token: &str) -> String {
+    pub(crate) fn append(&self, subject: &str, token: &str) -> String {
         let subject = subject.trim_end();
         if subject.is_empty() {
             return token.to_string();
@@ -220,7 +224,7 @@ impl TokenFormat {
     ///
     /// The base digit is returned, not checked: compare [`Token::base`] with
     /// [`base_digit`](Self::base_digit) to ignore other organisations' tokens.
-    pub fn find(&self, subject: &str) -> Option<Token> {
+    pub(crate) fn find(&self, subject: &str) -> Option<Token> {
         let prefix = self.prefix.as_bytes();
         if prefix.is_empty() {
             return None;

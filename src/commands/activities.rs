@@ -1,0 +1,115 @@
+//! `activities`: list, show, link by hand, and one attachment's bytes. (`send` is in
+//! [`super::outbox`], `export` in [`crate::export`].)
+
+use super::{outbox, show};
+use crate::model::RecordRef;
+use crate::protocol::{Reply, UsageError};
+use crate::store::Store;
+use anyhow::Result;
+
+/// `activities list [--regarding R] [--json]`.
+pub(crate) fn list(store: &Store, regarding: Option<&str>, json: bool) -> Result<String> {
+    let r = regarding
+        .map(|r| r.parse::<RecordRef>().map_err(UsageError))
+        .transpose()?;
+    let acts = store.activities(r.as_ref())?;
+    if json {
+        let list: Vec<serde_json::Value> = acts.iter().map(show::activity_json_brief).collect();
+        return Ok(serde_json::to_string_pretty(&list)? + "\n");
+    }
+    Ok(show::activities_table(&acts))
+}
+
+/// `activities show ID [--json]`: the activity, its send state if it was sent from here, and
+/// its counterpart in the other direction.
+pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
+    let a = store.activity(id)?.ok_or_else(|| {
+        UsageError(format!(
+            "no activity {id} (see `foldertrack activities list`)"
+        ))
+    })?;
+    // The sent copy and the received copy of one message are two activities (DESIGN §4.7),
+    // linked by their Message-ID.
+    let counterpart = store.counterpart(&a)?;
+    if json {
+        let mut v = serde_json::to_value(&a)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("body_blob");
+        }
+        v["counterpart"] = serde_json::json!(counterpart);
+        if let Some(e) = store.outbox_entry(id)? {
+            v["send"] = serde_json::to_value(&e)?;
+        }
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let mut text = show::activity_text(&a);
+    if let Some(e) = store.outbox_entry(id)? {
+        text.push_str(&outbox::show_lines(&e));
+    }
+    if let Some(c) = counterpart {
+        text = text.replacen(
+            "\n",
+            &format!("\n  other direction: activity {c} (same Message-ID)\n"),
+            1,
+        );
+    }
+    Ok(text)
+}
+
+/// `activities link ID TYPE:KEY`: sets the regarding by hand.
+pub(crate) fn link(store: &Store, id: u64, regarding: &str) -> Result<String> {
+    let r: RecordRef = regarding.parse().map_err(UsageError)?;
+    if store.record(&r)?.is_none() {
+        return Err(UsageError(format!("no record {r} (import it first)")).into());
+    }
+    if !store.link_by_hand(id, &r)? {
+        return Err(UsageError(format!(
+            "no activity {id} (see `foldertrack activities list`)"
+        ))
+        .into());
+    }
+    Ok(format!("activity {id} now regards {r}; a folder rule with a regarding resets it at the folder's next pass, as in Dynamics\n"))
+}
+
+/// `activities attachment ID N`: the attachment's bytes, as the reply's binary output.
+pub(crate) fn attachment(store: &Store, id: u64, n: usize) -> Reply {
+    match attachment_bytes(store, id, n) {
+        Ok(bytes) => {
+            use base64::Engine;
+            Reply {
+                stdout: String::new(),
+                binary: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                stderr: String::new(),
+                code: 0,
+            }
+        }
+        Err(e) => Reply::from_result(Err(e)),
+    }
+}
+
+fn attachment_bytes(store: &Store, id: u64, n: usize) -> Result<Vec<u8>> {
+    let a = store
+        .activity(id)?
+        .ok_or_else(|| UsageError(format!("no activity {id}")))?;
+    let count = a.attachments.len();
+    let att = n
+        .checked_sub(1)
+        .and_then(|i| a.attachments.get(i))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "activity {id} has {count} attachment(s); N counts from 1"
+            ))
+        })?;
+    if let Some(why) = &att.skipped {
+        return Err(UsageError(format!(
+            "attachment {n} of activity {id} was not stored: {why}"
+        ))
+        .into());
+    }
+    store.blob(&att.sha256)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the blob {} of attachment {n} is missing from the data dir",
+            att.sha256
+        )
+    })
+}
