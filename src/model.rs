@@ -397,7 +397,10 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(l).unwrap(), s);
             assert_eq!(serde_json::from_value::<AlertLevel>(s.into()).unwrap(), l);
-            assert_eq!((l.to_string(), AlertLevel::from_text(s).unwrap()), (s.to_string(), l));
+            assert_eq!(
+                (l.to_string(), AlertLevel::from_text(s).unwrap()),
+                (s.to_string(), l)
+            );
             assert_eq!(
                 format!("{l:<7}|"),
                 format!("{s:<7}|"),

@@ -2,12 +2,13 @@
 //! with IDLE (plus NOTIFY for the other folders where the server offers it) or by polling.
 //! The [`crate::worker::Runner`] around it owns backoff, shutdown and the published state.
 //!
-//! **No missed wake-ups** (DESIGN §3.7). NOTIFY is set *before* the first pass of a
-//! connection, and the worker only waits after a pass in which every tracked folder's STATUS
-//! matched its checkpoint and no new-mail event arrived meanwhile: a change before a folder's
-//! STATUS is seen by that STATUS, a change after it produces a NOTIFY event (or, for the IDLE
-//! folder, an EXISTS). Events that arrive between commands are not dropped: they are counted
-//! when the pass ends and again right after IDLE starts, and either one ends the wait at once.
+//! **No missed wake-ups** (DESIGN §3.7). NOTIFY is set once per connection, *before* the first
+//! pass, and the worker only waits after a round (the IDLE folder selected first, then every
+//! tracked folder's STATUS against its checkpoint) that found nothing and saw no new-mail event:
+//! a change before a folder's STATUS is seen by that STATUS, a change after it produces a NOTIFY
+//! event (or, for the IDLE folder, an EXISTS). Events that arrive between commands are not
+//! dropped: they are counted when the pass ends and again right after IDLE starts, and either
+//! one ends the wait at once.
 //!
 //! The connected session is dropped on any error, never reused after one: async-imap can
 //! answer `Ok` on a dead connection (NOTES-crates.md), so only a clean tagged OK counts.
