@@ -124,6 +124,8 @@ struct Session {
     /// The IDLE folder is selected and was checked after it was selected, with every other
     /// folder: IDLE may start on it without another look.
     ready: bool,
+    /// A catch-up just ended: the next IDLE begins with a short settle (see [`SETTLE`]).
+    settle: bool,
 }
 
 impl Worker for MailboxWorker {
@@ -193,6 +195,12 @@ impl MailboxWorker {
         self.live
             .update(|l| l.connected_since = Some(crate::time::humantime_now()));
         let idle = conn.has("IDLE") && self.mb.watch.idle;
+        // How it will wait, known from the capabilities (a refused NOTIFY changes it later).
+        self.set_mode(match (idle, conn.has("NOTIFY")) {
+            (true, true) => WatchMode::IdleNotify,
+            (true, false) => WatchMode::Idle,
+            (false, _) => WatchMode::Poll,
+        });
         self.session = Some(Session {
             notify: idle && conn.has("NOTIFY"),
             idle,
@@ -200,6 +208,7 @@ impl MailboxWorker {
             tracked: Vec::new(),
             notify_for: None,
             ready: false,
+            settle: false,
         });
         Ok(())
     }
@@ -299,6 +308,7 @@ impl MailboxWorker {
             if report.folders.is_empty() && pending_events(&s.conn) == 0 {
                 tracing::debug!(round, "caught up");
                 s.ready = idle_folder.is_some();
+                s.settle = true;
                 break;
             }
             tracing::debug!(round, "more arrived during the pass; passing again");
@@ -387,12 +397,61 @@ impl MailboxWorker {
             ),
         };
         self.live.set(WorkerState::Idle { mode, detail });
-        let conn = idle_until(s.conn, &self.mb, renew, signals).await?;
+        let mut conn = s.conn;
+        if std::mem::take(&mut s.settle) && others > 0 {
+            // Dovecot can lose the NOTIFY event of a change made while the session was busy
+            // with the pass's commands: after a short quiet IDLE, the other folders are
+            // checked once more (a few STATUS), then the long IDLE begins.
+            let (c, woke) = idle_until(conn, &self.mb, SETTLE.min(renew), signals).await?;
+            conn = c;
+            if woke != Woke::Renew
+                || self.others_moved(&mut conn, &s.tracked).await?
+                || pending_events(&conn) > 0
+            {
+                s.conn = conn;
+                self.session = Some(s);
+                return Ok(());
+            }
+        }
+        let (conn, _) = idle_until(conn, &self.mb, renew, signals).await?;
         s.conn = conn;
         self.session = Some(s);
         Ok(())
     }
+
+    /// Whether a tracked folder other than the IDLE one is no longer at its checkpoint.
+    async fn others_moved(
+        &self,
+        conn: &mut Connected,
+        tracked: &[Tracked],
+    ) -> Result<bool, ImapError> {
+        for t in &tracked[1..] {
+            let st = crate::imap::timed(
+                &conn.peer,
+                "STATUS",
+                conn.session
+                    .status(&t.folder.server_name, "(UIDNEXT UIDVALIDITY)"),
+            )
+            .await?;
+            let at_checkpoint = self
+                .store
+                .folder_state(&self.mb.name, &t.folder.name)
+                .ok()
+                .flatten()
+                .is_some_and(|p| {
+                    st.uid_validity == Some(p.uidvalidity) && st.uid_next == Some(p.synced_uid_next)
+                });
+            if !at_checkpoint {
+                tracing::debug!(folder = %t.folder.name, "moved after the catch-up: no wait");
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
+
+/// The short IDLE after a catch-up before the other folders are checked once more.
+const SETTLE: Duration = Duration::from_millis(1200);
 
 /// Why an IDLE ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,7 +471,7 @@ async fn idle_until(
     mb: &MailboxConfig,
     renew: Duration,
     signals: Signals<'_>,
-) -> Result<Connected, ImapError> {
+) -> Result<(Connected, Woke), ImapError> {
     let Connected {
         session,
         capabilities,
@@ -464,12 +523,15 @@ async fn idle_until(
         Err(_) => return Err(dead("DONE", "no answer within 15 s".into())),
     };
     tracing::debug!(mailbox = %mb.name, ?woke, "IDLE ended");
-    Ok(Connected {
-        session,
-        capabilities,
-        peer,
-        security,
-    })
+    Ok((
+        Connected {
+            session,
+            capabilities,
+            peer,
+            security,
+        },
+        woke,
+    ))
 }
 
 /// Takes the new-mail events (NOTIFY's STATUS of another folder, EXISTS of the selected one)

@@ -194,6 +194,7 @@ impl WorkError {
 
 /// What the runner lends the worker while it waits: the bell that asks for work now, and the
 /// shutdown token.
+#[derive(Clone, Copy)]
 pub(crate) struct Signals<'a> {
     pub wake: &'a Notify,
     pub cancel: &'a CancellationToken,

@@ -3,7 +3,7 @@
 //! docs/SECURITY.md says what each position can and cannot do.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -196,17 +196,7 @@ exec "$FT" demo --dir "$DEMO""#;
 
 /// Sends `request` as it is to 127.0.0.1:`port`: (status code, head, body).
 fn http_raw(port: u16, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
-    s.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    (code, head.to_string(), body.to_string())
+    testkit::http::raw(([127, 0, 0, 1], port).into(), request)
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {

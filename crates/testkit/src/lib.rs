@@ -25,6 +25,8 @@ pub mod config;
 #[cfg(feature = "harness")]
 pub mod env;
 #[cfg(feature = "harness")]
+pub mod http;
+#[cfg(feature = "harness")]
 pub mod imap;
 #[cfg(feature = "harness")]
 pub mod pki;
