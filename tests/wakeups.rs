@@ -8,7 +8,6 @@
 //! (the agent's clock is not needed).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 use testkit::*;
 
@@ -188,32 +187,18 @@ fn server_notify_delay(e: &Env) -> Duration {
     let mut w = e.imap("bob");
     w.create("Probe");
     for i in 0..3 {
-        let mut idler = std::net::TcpStream::connect(("127.0.0.1", e.dovecot.port)).unwrap();
-        let mut r = BufReader::new(idler.try_clone().unwrap());
-        let mut line = String::new();
-        let mut send = |s: &str| std::io::Write::write_all(&mut idler, s.as_bytes()).unwrap();
-        let mut wait_for = |r: &mut BufReader<std::net::TcpStream>, what: &str| loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line.contains(what) {
-                break;
-            }
-        };
-        r.read_line(&mut String::new()).unwrap();
-        send(&format!("a LOGIN bob {PASSWORD}\r\n"));
-        wait_for(&mut r, "a OK");
-        send("b SELECT Probe\r\n");
-        wait_for(&mut r, "b OK");
-        send("c IDLE\r\n");
-        wait_for(&mut r, "+ ");
+        let mut idler = e.imap("bob");
+        idler.cmd("SELECT Probe");
+        idler.send("c IDLE\r\n");
+        while !idler.line().starts_with("+ ") {}
         let t = Instant::now();
         w.append(
             "Probe",
             &message("x@y", "bob@example.com", &format!("probe {i}"), None),
         );
-        wait_for(&mut r, "EXISTS");
+        while !idler.line().contains("EXISTS") {}
         samples.push(t.elapsed());
-        send("DONE\r\n");
+        idler.send("DONE\r\n");
     }
     samples.sort();
     samples[1]
