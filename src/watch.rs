@@ -359,9 +359,7 @@ impl MailboxWorker {
                 .folder_state(&self.mb.name, &f.name)
                 .ok()
                 .flatten()
-                .is_none_or(|st| {
-                    st.uidvalidity != sel.uidvalidity || st.synced_uid_next != sel.uid_next
-                });
+                .is_none_or(|st| !st.synced_at(Some(sel.uidvalidity), Some(sel.uid_next)));
         }
         s.ready = false;
         if behind || pending_events(&s.conn) > 0 {
@@ -438,9 +436,7 @@ impl MailboxWorker {
                 .folder_state(&self.mb.name, &t.folder.name)
                 .ok()
                 .flatten()
-                .is_some_and(|p| {
-                    st.uid_validity == Some(p.uidvalidity) && st.uid_next == Some(p.synced_uid_next)
-                });
+                .is_some_and(|p| p.synced_at(st.uid_validity, st.uid_next));
             if !at_checkpoint {
                 tracing::debug!(folder = %t.folder.name, "moved after the catch-up: no wait");
                 return Ok(true);

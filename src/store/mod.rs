@@ -112,6 +112,16 @@ pub(crate) struct FolderState {
     pub synced_uid_next: u32,
 }
 
+impl FolderState {
+    /// Whether a server's UIDVALIDITY and UIDNEXT for the folder say that nothing arrived
+    /// since a pass over it last completed (so it need not be opened).
+    pub(crate) fn synced_at(&self, uidvalidity: Option<u32>, uid_next: Option<u32>) -> bool {
+        self.synced_uid_next > 0
+            && uidvalidity == Some(self.uidvalidity)
+            && uid_next == Some(self.synced_uid_next)
+    }
+}
+
 /// Which folder an exact rule is bound to, so that a renamed folder stays tracked: the folder's
 /// identity is its UIDVALIDITY, which a rename keeps and a delete + create changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -133,9 +133,7 @@ impl<'a> FolderSync<'a> {
         {
             metrics.server_uid_next(m, f, n);
         }
-        let same = st.uid_validity == Some(p.uidvalidity)
-            && st.uid_next == Some(p.synced_uid_next)
-            && p.synced_uid_next > 0;
+        let same = p.synced_at(st.uid_validity, st.uid_next);
         Ok(same && p.regarding == self.regarding && self.manual.is_empty())
     }
 
