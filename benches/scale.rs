@@ -303,8 +303,20 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let rss_end = rss_kb(agent_pid);
+    // Long settled: all idle again and 30 s more, for what the trimmer and the store's cache
+    // give back over time.
+    wait_idle(&work, users, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(30));
+    let rss_late = rss_kb(agent_pid);
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     agent.stop();
+    // The same agent restarted on the full store: the idle figure a store of this size costs
+    // by itself, to tell the store's share of the growth from the workers'.
+    let again = start_agent(&work, "SCALE_DEBUG", &[]);
+    wait_idle(&work, users, Duration::from_secs(600));
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_restart = rss_kb(again.pid());
+    again.stop();
 
     // None doubled: one activity per delivered Message-ID, each from one source.
     let out = Command::new(testkit::env::foldertrack_bin())
@@ -336,6 +348,7 @@ fn main() {
     println!("|---|---|");
     println!("| start-up: agent start → all {users} mailboxes idle (IDLE, one connection each, ≤ 16 logins at a time) | {startup_s:.1} s |");
     println!("| agent RSS: 1 mailbox idle / {users} idle / right after the deliveries / idle again after them (+5 s) / at the end | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} MB |", rss_one as f64 / 1024.0, rss_all as f64 / 1024.0, rss_after as f64 / 1024.0, rss_settled as f64 / 1024.0, rss_end as f64 / 1024.0);
+    println!("| agent RSS: idle 30 s after the trials / a fresh agent idle on the full store | {:.1} / {:.1} MB |", rss_late as f64 / 1024.0, rss_restart as f64 / 1024.0);
     println!(
         "| memory per idle mailbox ((RSS {users} − RSS 1) / {}) | {per_mailbox_kb:.0} kB |",
         users - 1
