@@ -368,6 +368,50 @@ text_enum! {
     }
 }
 
+/// Checkpoint of one folder of one mailbox (DESIGN §3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FolderState {
+    pub mailbox: String,
+    pub folder: String,
+    pub uidvalidity: u32,
+    /// Highest UID fully processed (tracked or quarantined).
+    pub last_uid: u32,
+    /// Server's UIDNEXT at the last sync, for the lag figure in `status`.
+    pub uid_next: u32,
+    pub messages: u32,
+    pub last_sync: Option<String>,
+    /// The rule that tracks it (its folder pattern), for `status`.
+    pub rule: Option<String>,
+    /// The regarding the rule gave at the last pass: when the rule's changes, the messages
+    /// still in the folder are re-linked (DESIGN §4.6).
+    #[serde(default)]
+    pub regarding: Option<String>,
+    /// UIDNEXT when a pass over the folder last *completed*: a later STATUS with the same
+    /// UIDNEXT and UIDVALIDITY means nothing arrived, and the folder need not be opened.
+    #[serde(default)]
+    pub synced_uid_next: u32,
+}
+
+impl FolderState {
+    /// Whether a server's UIDVALIDITY and UIDNEXT for the folder say that nothing arrived
+    /// since a pass over it last completed (so it need not be opened).
+    pub(crate) fn synced_at(&self, uidvalidity: Option<u32>, uid_next: Option<u32>) -> bool {
+        self.synced_uid_next > 0
+            && uidvalidity == Some(self.uidvalidity)
+            && uid_next == Some(self.synced_uid_next)
+    }
+}
+
+/// A message that could not be tracked, kept with its raw bytes so nothing is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct QuarantineEntry {
+    pub id: u64,
+    pub source: Source,
+    pub reason: String,
+    pub size: u64,
+    pub at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

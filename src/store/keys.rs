@@ -65,6 +65,11 @@ pub(crate) fn alert(mailbox: &str, message: &str) -> Vec<u8> {
     join(&[mailbox.as_bytes(), message.as_bytes()])
 }
 
+/// A tracking token, compared case-insensitively.
+pub(crate) fn token(t: &str) -> Vec<u8> {
+    t.to_ascii_uppercase().into_bytes()
+}
+
 /// `type:key\0<id BE>`
 pub(crate) fn regarding(r: &str, id: u64) -> Vec<u8> {
     join(&[r.as_bytes(), &id.to_be_bytes()])

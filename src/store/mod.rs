@@ -12,15 +12,19 @@ pub(crate) mod outbox;
 
 pub(crate) use outbox::{OutboxEntry, OutboxSummary, SendState, OUTBOX_FOLDER};
 
-use crate::model::{
-    Activity, Alert, AlertLevel, Correlation, CorrelationMethod, Direction, Draft, Record,
-    RecordRef, Source,
-};
+pub(crate) use crate::model::{FolderState, QuarantineEntry};
+pub(crate) use crate::track::batch::{BatchItem, BatchOutcome, Committed};
+
+use crate::model::{Activity, Alert, AlertLevel, Direction, Record, RecordRef, Source};
+use crate::track::batch;
+use crate::track::correlate::thread_bytes;
+use crate::track::tx::{BatchTx, Broken, Counter, Engine, Findable, Lookups, Scans};
 use crate::track::{ActivityLookup, RecordLookup};
 use fs2::FileExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+    UnabortableTransactionError,
 };
 use std::fs::File;
 use std::io::Write;
@@ -66,6 +70,10 @@ pub enum StoreError {
         /// The data dir's schema version.
         found: u32,
     },
+    /// A transaction met a concurrent one. The engine runs the transaction again; a caller
+    /// never sees this.
+    #[error("transaction conflict")]
+    Conflict,
     /// Something a command names is not in the store.
     #[error("{0}")]
     NotFound(String),
@@ -87,40 +95,6 @@ pub enum StoreError {
 pub(crate) const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// Checkpoint of one folder of one mailbox (DESIGN §3).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct FolderState {
-    pub mailbox: String,
-    pub folder: String,
-    pub uidvalidity: u32,
-    /// Highest UID fully processed (tracked or quarantined).
-    pub last_uid: u32,
-    /// Server's UIDNEXT at the last sync, for the lag figure in `status`.
-    pub uid_next: u32,
-    pub messages: u32,
-    pub last_sync: Option<String>,
-    /// The rule that tracks it (its folder pattern), for `status`.
-    pub rule: Option<String>,
-    /// The regarding the rule gave at the last pass: when the rule's changes, the messages
-    /// still in the folder are re-linked (DESIGN §4.6).
-    #[serde(default)]
-    pub regarding: Option<String>,
-    /// UIDNEXT when a pass over the folder last *completed*: a later STATUS with the same
-    /// UIDNEXT and UIDVALIDITY means nothing arrived, and the folder need not be opened.
-    #[serde(default)]
-    pub synced_uid_next: u32,
-}
-
-impl FolderState {
-    /// Whether a server's UIDVALIDITY and UIDNEXT for the folder say that nothing arrived
-    /// since a pass over it last completed (so it need not be opened).
-    pub(crate) fn synced_at(&self, uidvalidity: Option<u32>, uid_next: Option<u32>) -> bool {
-        self.synced_uid_next > 0
-            && uidvalidity == Some(self.uidvalidity)
-            && uid_next == Some(self.synced_uid_next)
-    }
-}
 
 /// Which folder an exact rule is bound to, so that a renamed folder stays tracked: the folder's
 /// identity is its UIDVALIDITY, which a rename keeps and a delete + create changes.
@@ -205,16 +179,6 @@ impl MailboxState {
     }
 }
 
-/// A message that could not be tracked, kept with its raw bytes so nothing is lost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct QuarantineEntry {
-    pub id: u64,
-    pub source: Source,
-    pub reason: String,
-    pub size: u64,
-    pub at: String,
-}
-
 /// An alert with its mailbox, when it was first and last raised, and how often. The same
 /// alert raised again (every sync, say) updates this one entry instead of flooding `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,55 +212,6 @@ impl StoredAlert {
     }
 }
 
-/// One message's outcome, ready to be written.
-#[derive(Debug, Clone)]
-pub(crate) enum BatchItem {
-    Tracked(Box<Draft>),
-    Quarantined {
-        source: Source,
-        reason: String,
-        raw: Vec<u8>,
-        size: u64,
-    },
-}
-
-/// A committed batch: what it did, the UIDs now tracked (for write-back) and the new
-/// activities (for late correlation).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Committed {
-    pub outcome: BatchOutcome,
-    pub tracked_uids: Vec<u32>,
-    /// The new activities, without body and attachments (late correlation needs the headers).
-    pub created: Vec<Activity>,
-}
-
-/// What a committed batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct BatchOutcome {
-    /// New activities.
-    pub created: u32,
-    /// Copies of an existing activity (same Message-ID and direction): source added.
-    pub merged: u32,
-    /// Already recorded from this very source (a replay after a crash).
-    pub replayed: u32,
-    pub quarantined: u32,
-    /// Merged copies that moved the activity to their folder's regarding.
-    pub relinked: u32,
-    /// Other mail (INBOX, Sent) that the mailbox's `track_other_mail` filter left out.
-    pub skipped: u32,
-}
-
-impl std::ops::AddAssign for BatchOutcome {
-    fn add_assign(&mut self, o: Self) {
-        self.created += o.created;
-        self.merged += o.merged;
-        self.replayed += o.replayed;
-        self.quarantined += o.quarantined;
-        self.relinked += o.relinked;
-        self.skipped += o.skipped;
-    }
-}
-
 /// The store of one data dir. Holding it holds the data dir's lock.
 pub struct Store {
     db: sled::Db,
@@ -316,31 +231,6 @@ struct Pack {
     number: u64,
     len: u64,
     dirty: bool,
-}
-
-struct Trees {
-    meta: sled::Tree,
-    records: sled::Tree,
-    record_by_email: sled::Tree,
-    record_by_name: sled::Tree,
-    activities: sled::Tree,
-    activity_by_msgid: sled::Tree,
-    activity_by_source: sled::Tree,
-    activity_by_regarding: sled::Tree,
-    folders: sled::Tree,
-    mailboxes: sled::Tree,
-    quarantine: sled::Tree,
-    quarantine_raw: sled::Tree,
-    quarantine_by_source: sled::Tree,
-    alerts: sled::Tree,
-    manual_links: sled::Tree,
-    rule_bindings: sled::Tree,
-    activity_by_token: sled::Tree,
-    activity_by_thread: sled::Tree,
-    activity_by_subject: sled::Tree,
-    activity_by_parent: sled::Tree,
-    blobs: sled::Tree,
-    outbox: sled::Tree,
 }
 
 fn now() -> String {
@@ -491,31 +381,7 @@ impl Store {
                 }
                 e => StoreError::Sled(e),
             })?;
-        let tree = |n: &str| db.open_tree(n);
-        let t = Trees {
-            meta: tree("meta")?,
-            records: tree("records")?,
-            record_by_email: tree("record_by_email")?,
-            record_by_name: tree("record_by_name")?,
-            activities: tree("activities")?,
-            activity_by_msgid: tree("activity_by_msgid")?,
-            activity_by_source: tree("activity_by_source")?,
-            activity_by_regarding: tree("activity_by_regarding")?,
-            folders: tree("folders")?,
-            mailboxes: tree("mailboxes")?,
-            quarantine: tree("quarantine")?,
-            quarantine_raw: tree("quarantine_raw")?,
-            quarantine_by_source: tree("quarantine_by_source")?,
-            alerts: tree("alerts")?,
-            manual_links: tree("manual_links")?,
-            rule_bindings: tree("rule_bindings")?,
-            activity_by_token: tree("activity_by_token")?,
-            activity_by_thread: tree("activity_by_thread")?,
-            activity_by_subject: tree("activity_by_subject")?,
-            activity_by_parent: tree("activity_by_parent")?,
-            blobs: tree("blobs")?,
-            outbox: tree("outbox")?,
-        };
+        let t = Trees::open(&db)?;
         let store = Store {
             db,
             t,
@@ -926,23 +792,7 @@ impl Store {
     /// Points an activity at `regarding` (or at nothing), index included. `false` when the
     /// activity does not exist.
     pub(crate) fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
-        let trees = [&self.t.activities, &self.t.activity_by_regarding];
-        let found = trees
-            .transaction(|tx| {
-                let (acts, by_reg) = (&tx[0], &tx[1]);
-                let Some(v) = acts.get(id.to_be_bytes())? else {
-                    return Ok(false);
-                };
-                let mut a: Activity = serde_json::from_slice(&v).map_err(abort)?;
-                if a.regarding.as_deref() == regarding {
-                    return Ok(true);
-                }
-                set_regarding(by_reg, &mut a, id, regarding.map(str::to_string))?;
-                acts.insert(&id.to_be_bytes(), enc_activity(&mut a))?;
-                Ok(true)
-            })
-            .map_err(tx_err)?;
-        Ok(found)
+        Engine::transaction(self, |tx| batch::relink(tx, id, regarding))
     }
 
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
@@ -1018,15 +868,9 @@ impl Store {
 
     // ---- late correlation -------------------------------------------------------------------
 
-    /// Correlates what the batch transactions could not: folders are read one after another,
-    /// so a reply can be tracked before the message it answers. For each activity created in a
-    /// pass, this tries again against everything committed, and links the activities tracked
-    /// earlier that turn out to answer it (by In-Reply-To/References, token, Thread-Index).
-    /// A late-correlated activity inherits the regarding like an early one, if `writer` may
-    /// write it. Returns how many activities were correlated.
-    /// With `smart` (the mailbox's token format), smart matching runs too.
-    /// [`Store::recorrelate`] for activities given by id, read back a few hundred at a time
-    /// (without their bodies), so memory does not grow with the pass.
+    /// Late correlation ([`crate::track::correlate::recorrelate`]) for activities given by id,
+    /// read back a few hundred at a time (without their bodies), so memory does not grow with
+    /// the pass.
     pub(crate) fn recorrelate_ids(
         &self,
         ids: &[u64],
@@ -1056,136 +900,18 @@ impl Store {
             .transpose()
     }
 
+    /// Late correlation of the activities a pass created; flushed when it changed any.
     pub(crate) fn recorrelate(
         &self,
         created: &[Activity],
         writer: &crate::model::Writer,
         smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
-        let mut n = 0;
-        for x in created {
-            let id = x.id;
-            if x.correlation.is_none() {
-                let c = correlate(self, x).or_else(|| smart.and_then(|t| self.smart_match(x, t)));
-                if let Some(c) = c {
-                    n += u32::from(self.correlate_late(id, c, writer)?);
-                }
-            }
-            let mut children: Vec<(u64, CorrelationMethod)> = Vec::new();
-            if let Some(m) = &x.message_id {
-                for kv in self
-                    .t
-                    .activity_by_parent
-                    .scan_prefix(keys::regarding_prefix(m))
-                {
-                    children.push((keys::u64_suffix(&kv?.0), CorrelationMethod::References));
-                }
-            }
-            if let Some(ti) = x.thread_index.as_deref().and_then(thread_bytes) {
-                for kv in self.t.activity_by_thread.scan_prefix(&ti) {
-                    let (k, v) = kv?;
-                    if k.len() > ti.len() {
-                        children.push((keys::u64_of(&v), CorrelationMethod::ThreadIndex));
-                    }
-                }
-            }
-            if let Some(t) = &x.token {
-                if let Some(other) = self.get_token(t).filter(|o| *o != id) {
-                    children.push((other, CorrelationMethod::Token));
-                }
-            }
-            for (child, method) in children {
-                let Some(c) = self.activity_meta(child)? else {
-                    continue;
-                };
-                if c.correlation.is_some() || child == id || !not_after(x, &c) {
-                    continue;
-                }
-                let method =
-                    if method == CorrelationMethod::References && c.in_reply_to == x.message_id {
-                        CorrelationMethod::InReplyTo
-                    } else {
-                        method
-                    };
-                n += u32::from(self.correlate_late(
-                    child,
-                    Correlation {
-                        method,
-                        activity: id,
-                    },
-                    writer,
-                )?);
-            }
-        }
+        let n = crate::track::correlate::recorrelate(self, created, writer, smart)?;
         if n > 0 {
             self.flush()?;
         }
         Ok(n)
-    }
-
-    /// Smart matching (DESIGN §4.10): an earlier activity with the same subject words and at
-    /// least two addresses in common.
-    fn smart_match(&self, x: &Activity, token: &crate::token::TokenFormat) -> Option<Correlation> {
-        let norm = crate::track::normalise_subject(x.subject.as_deref()?, token);
-        if norm.split_whitespace().count() < 2 {
-            return None;
-        }
-        let mine: Vec<&str> = x
-            .from
-            .iter()
-            .chain(&x.to)
-            .chain(&x.cc)
-            .filter_map(|p| p.address.as_deref())
-            .collect();
-        crate::track::ActivityLookup::by_subject(self, &norm)
-            .into_iter()
-            .filter(|(id, addrs)| {
-                *id != x.id && addrs.iter().filter(|a| mine.contains(&a.as_str())).count() >= 2
-            })
-            .filter(|(id, _)| {
-                self.activity(*id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|e| not_after(&e, x))
-            })
-            .map(|(id, _)| Correlation {
-                method: CorrelationMethod::Smart,
-                activity: id,
-            })
-            .min_by_key(|c| c.activity)
-    }
-
-    fn correlate_late(
-        &self,
-        id: u64,
-        c: Correlation,
-        writer: &crate::model::Writer,
-    ) -> Result<bool> {
-        let Some(mut a) = self.activity(id)? else {
-            return Ok(false);
-        };
-        let parent_regarding = self.activity(c.activity)?.and_then(|p| p.regarding);
-        a.correlation = Some(c);
-        let mut relink = None;
-        if a.inherits && a.regarding.is_none() {
-            if let Some(r) = parent_regarding {
-                let allowed = r
-                    .parse::<RecordRef>()
-                    .ok()
-                    .and_then(|rr| self.record(&rr).ok().flatten())
-                    .is_none_or(|rec| writer.can_write(&rec));
-                if allowed {
-                    relink = Some(r);
-                }
-            }
-        }
-        self.t
-            .activities
-            .insert(id.to_be_bytes(), enc_activity(&mut a))?;
-        if let Some(r) = relink {
-            self.relink(id, Some(&r))?;
-        }
-        Ok(true)
     }
 
     // ---- attachment blobs --------------------------------------------------------------------
@@ -1301,19 +1027,15 @@ impl Store {
 
     // ---- the batch transaction -------------------------------------------------------------
 
-    /// Writes one batch and the folder checkpoint atomically, then flushes.
-    ///
-    /// Idempotent: replaying a batch whose sources are recorded changes nothing but the
-    /// checkpoint. Activities get their `id`, `tracked_at`, correlation and inherited
-    /// regarding here, where earlier messages of the same batch are visible.
-    /// Returns what it did, and the UIDs whose messages are now tracked (for write-back).
+    /// Writes one batch and the folder checkpoint atomically ([`batch::apply_batch`]), then
+    /// flushes. Returns what it did, and the UIDs whose messages are now tracked (for
+    /// write-back).
     pub(crate) fn commit_batch(
         &self,
         items: &[BatchItem],
         checkpoint: &FolderState,
         alerts_mailbox: &str,
     ) -> Result<Committed> {
-        let trees = self.tx_trees();
         let bytes: u64 = items
             .iter()
             .map(|i| match i {
@@ -1324,60 +1046,9 @@ impl Store {
         self.ensure_space(bytes)?;
         self.sync_pack()?;
         let at = now();
-        let outcome = trees
-            .transaction(|tx| {
-                let tx = Tx::new(tx);
-                let mut out = BatchOutcome::default();
-                let mut tracked = Vec::new();
-                let mut created = Vec::new();
-                for item in items {
-                    match item {
-                        BatchItem::Tracked(d) => {
-                            if apply_activity(&tx, d, &at, alerts_mailbox, &mut out, &mut created)?
-                            {
-                                tracked.push(d.activity.source.uid);
-                            }
-                        }
-                        BatchItem::Quarantined {
-                            source,
-                            reason,
-                            raw,
-                            size,
-                        } => {
-                            let skey = keys::source(source);
-                            if tx.quarantine_by_source.get(&skey)?.is_some()
-                                || tx.by_source.get(&skey)?.is_some()
-                            {
-                                out.replayed += 1;
-                                continue;
-                            }
-                            let id = next_id(tx.meta, "next_quarantine_id")?;
-                            let e = QuarantineEntry {
-                                id,
-                                source: source.clone(),
-                                reason: reason.clone(),
-                                size: *size,
-                                at: at.clone(),
-                            };
-                            tx.quarantine.insert(&id.to_be_bytes(), enc(&e))?;
-                            tx.quarantine_raw
-                                .insert(&id.to_be_bytes(), raw.as_slice())?;
-                            tx.quarantine_by_source.insert(skey, &id.to_be_bytes())?;
-                            out.quarantined += 1;
-                        }
-                    }
-                }
-                tx.folders.insert(
-                    keys::folder(&checkpoint.mailbox, &checkpoint.folder),
-                    enc(checkpoint),
-                )?;
-                Ok(Committed {
-                    outcome: out,
-                    tracked_uids: tracked,
-                    created,
-                })
-            })
-            .map_err(tx_err)?;
+        let outcome = Engine::transaction(self, |tx| {
+            batch::apply_batch(tx, items, checkpoint, &at, alerts_mailbox)
+        })?;
         let raised_alerts = items
             .iter()
             .any(|i| matches!(i, BatchItem::Tracked(d) if !d.activity.alerts.is_empty()));
@@ -1389,419 +1060,309 @@ impl Store {
     }
 }
 
-/// The batch transaction's trees by name (sled hands them over as a slice).
-struct Tx<'a> {
-    acts: &'a TransactionalTree,
-    by_msgid: &'a TransactionalTree,
-    by_source: &'a TransactionalTree,
-    by_regarding: &'a TransactionalTree,
-    folders: &'a TransactionalTree,
-    quarantine: &'a TransactionalTree,
-    quarantine_raw: &'a TransactionalTree,
-    quarantine_by_source: &'a TransactionalTree,
-    alerts: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
-    by_token: &'a TransactionalTree,
-    by_thread: &'a TransactionalTree,
-    by_subject: &'a TransactionalTree,
-    records: &'a TransactionalTree,
-    record_by_email: &'a TransactionalTree,
-    record_by_name: &'a TransactionalTree,
-    by_parent: &'a TransactionalTree,
+/// Declares the named trees once: the store's handles, the transaction's view of them, and
+/// the order sled hands a transaction's trees over in, so no tree is ever taken by position.
+macro_rules! trees {
+    ($($name:ident),* $(,)?) => {
+        /// The store's sled trees, each opened by its name.
+        struct Trees {
+            $($name: sled::Tree,)*
+        }
+
+        impl Trees {
+            fn open(db: &sled::Db) -> std::result::Result<Trees, sled::Error> {
+                Ok(Trees { $($name: db.open_tree(stringify!($name))?,)* })
+            }
+
+            /// Every tree, in the order [`SledTx::new`] takes them back.
+            fn all(&self) -> Vec<&sled::Tree> {
+                vec![$(&self.$name,)*]
+            }
+        }
+
+        /// A sled transaction over every tree, by name. Not every transaction writes every
+        /// tree (the blobs and mailboxes trees are written outside of one).
+        #[allow(dead_code)]
+        pub(crate) struct SledTx<'a> {
+            $($name: &'a TransactionalTree,)*
+        }
+
+        impl<'a> SledTx<'a> {
+            fn new(t: &'a [TransactionalTree]) -> SledTx<'a> {
+                let mut t = t.iter();
+                SledTx { $($name: t.next().expect("one transactional tree per tree"),)* }
+            }
+        }
+    };
 }
 
-/// How many trees [`Tx`] holds. A transaction may put more trees after them (the outbox does).
-const TX_TREES: usize = 17;
-
-impl Store {
-    /// The trees of the batch transaction, in the order [`Tx::new`] names them.
-    fn tx_trees(&self) -> [&sled::Tree; TX_TREES] {
-        let t = &self.t;
-        [
-            &t.activities,
-            &t.activity_by_msgid,
-            &t.activity_by_source,
-            &t.activity_by_regarding,
-            &t.folders,
-            &t.quarantine,
-            &t.quarantine_raw,
-            &t.quarantine_by_source,
-            &t.alerts,
-            &t.meta,
-            &t.activity_by_token,
-            &t.activity_by_thread,
-            &t.activity_by_subject,
-            &t.records,
-            &t.record_by_email,
-            &t.record_by_name,
-            &t.activity_by_parent,
-        ]
-    }
+trees! {
+    meta,
+    records,
+    record_by_email,
+    record_by_name,
+    activities,
+    activity_by_msgid,
+    activity_by_source,
+    activity_by_regarding,
+    folders,
+    mailboxes,
+    quarantine,
+    quarantine_raw,
+    quarantine_by_source,
+    alerts,
+    manual_links,
+    rule_bindings,
+    activity_by_token,
+    activity_by_thread,
+    activity_by_subject,
+    activity_by_parent,
+    blobs,
+    outbox,
 }
 
-impl<'a> Tx<'a> {
-    fn new(t: &'a [TransactionalTree]) -> Tx<'a> {
-        Tx {
-            acts: &t[0],
-            by_msgid: &t[1],
-            by_source: &t[2],
-            by_regarding: &t[3],
-            folders: &t[4],
-            quarantine: &t[5],
-            quarantine_raw: &t[6],
-            quarantine_by_source: &t[7],
-            alerts: &t[8],
-            meta: &t[9],
-            by_token: &t[10],
-            by_thread: &t[11],
-            by_subject: &t[12],
-            records: &t[13],
-            record_by_email: &t[14],
-            record_by_name: &t[15],
-            by_parent: &t[16],
+impl From<UnabortableTransactionError> for StoreError {
+    fn from(e: UnabortableTransactionError) -> StoreError {
+        match e {
+            UnabortableTransactionError::Conflict => StoreError::Conflict,
+            UnabortableTransactionError::Storage(e) => StoreError::Sled(e),
         }
     }
 }
 
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<String>>;
+impl From<Broken> for StoreError {
+    fn from(b: Broken) -> StoreError {
+        StoreError::Corrupt {
+            tree: "transaction",
+            message: b.0,
+        }
+    }
+}
 
 /// Dense, restart-proof ids (sled's `generate_id` jumps by a million after a restart, which
 /// makes poor activity numbers for people to type).
-fn next_id(meta: &TransactionalTree, counter: &str) -> TxResult<u64> {
+fn next_id(meta: &TransactionalTree, counter: &str) -> Result<u64> {
     let cur = meta.get(counter)?.map(|v| keys::u64_of(&v)).unwrap_or(0) + 1;
     meta.insert(counter, &cur.to_be_bytes())?;
     Ok(cur)
 }
 
-/// Points activity `id` at `regarding`, keeping the `activity_by_regarding` index in step.
-fn set_regarding(
-    by_regarding: &TransactionalTree,
-    a: &mut Activity,
-    id: u64,
-    regarding: Option<String>,
-) -> TxResult<()> {
-    if let Some(old) = &a.regarding {
-        by_regarding.remove(keys::regarding(old, id))?;
-    }
-    a.regarding = regarding;
-    if let Some(new) = &a.regarding {
-        by_regarding.insert(keys::regarding(new, id), &[])?;
-    }
-    Ok(())
+fn id_of(v: Option<sled::IVec>) -> Option<u64> {
+    v.map(|v| keys::u64_of(&v))
 }
 
-fn load(acts: &TransactionalTree, id: u64) -> TxResult<Option<Activity>> {
-    acts.get(id.to_be_bytes())?
-        .map(|v| serde_json::from_slice(&v).map_err(abort))
-        .transpose()
+impl Lookups for SledTx<'_> {
+    type Error = StoreError;
+    fn activity(&self, id: u64) -> Result<Option<Activity>> {
+        self.activities
+            .get(id.to_be_bytes())?
+            .map(|v| dec("activities", &v))
+            .transpose()
+    }
+    fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
+        Ok(id_of(self.activity_by_msgid.get(keys::msgid(key, d))?))
+    }
+    fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
+        Ok(id_of(self.activity_by_source.get(keys::source(s))?))
+    }
+    fn activity_by_token(&self, token: &str) -> Result<Option<u64>> {
+        Ok(id_of(self.activity_by_token.get(keys::token(token))?))
+    }
+    fn activity_by_thread(&self, bytes: &[u8]) -> Result<Option<u64>> {
+        Ok(id_of(self.activity_by_thread.get(bytes)?))
+    }
+    fn record(&self, reference: &str) -> Result<Option<Record>> {
+        self.records
+            .get(reference.as_bytes())?
+            .map(|v| dec("records", &v))
+            .transpose()
+    }
 }
 
-/// Decoded Outlook Thread-Index (22-byte header + 5 bytes per reply), or `None`.
-fn thread_bytes(ti: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let b = base64::engine::general_purpose::STANDARD
-        .decode(ti.trim())
-        .ok()?;
-    (b.len() >= 22 && (b.len() - 22) % 5 == 0).then_some(b)
+impl BatchTx for SledTx<'_> {
+    fn is_quarantined(&self, s: &Source) -> Result<bool> {
+        Ok(self.quarantine_by_source.get(keys::source(s))?.is_some())
+    }
+
+    fn next_id(&self, c: Counter) -> Result<u64> {
+        next_id(
+            self.meta,
+            match c {
+                Counter::Activity => "next_activity_id",
+                Counter::Quarantine => "next_quarantine_id",
+            },
+        )
+    }
+
+    fn insert_activity(&self, a: &Activity, find: Findable<'_>) -> Result<()> {
+        let id = a.id.to_be_bytes();
+        self.activities.insert(&id, enc_activity(&mut a.clone()))?;
+        self.activity_by_msgid
+            .insert(keys::msgid(&a.dedup_key, a.direction), &id)?;
+        self.activity_by_source
+            .insert(keys::source(&a.source), &id)?;
+        if let Some(r) = &a.regarding {
+            self.activity_by_regarding
+                .insert(keys::regarding(r, a.id), &[])?;
+        }
+        if let (Some(t), true) = (&a.token, find.by_token) {
+            self.activity_by_token.insert(keys::token(t), &id)?;
+        }
+        if find.awaiting_parent {
+            for parent in a.in_reply_to.iter().chain(&a.references) {
+                self.activity_by_parent
+                    .insert(keys::regarding(parent, a.id), &[])?;
+            }
+        }
+        if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
+            self.activity_by_thread.insert(ti, &id)?;
+        }
+        if let Some(norm) = find.subject_key {
+            self.activity_by_subject
+                .insert(keys::regarding(norm, a.id), &[])?;
+        }
+        Ok(())
+    }
+
+    fn update_activity(&self, before: &Activity, after: &Activity) -> Result<()> {
+        let id = after.id;
+        let sources = |a: &Activity| -> Vec<Source> {
+            std::iter::once(&a.source)
+                .chain(&a.other_sources)
+                .cloned()
+                .collect()
+        };
+        let (old, new) = (sources(before), sources(after));
+        for s in old.iter().filter(|s| !new.contains(s)) {
+            self.activity_by_source.remove(keys::source(s))?;
+        }
+        for s in new.iter().filter(|s| !old.contains(s)) {
+            self.activity_by_source
+                .insert(keys::source(s), &id.to_be_bytes())?;
+        }
+        if before.regarding != after.regarding {
+            if let Some(r) = &before.regarding {
+                self.activity_by_regarding.remove(keys::regarding(r, id))?;
+            }
+            if let Some(r) = &after.regarding {
+                self.activity_by_regarding
+                    .insert(keys::regarding(r, id), &[])?;
+            }
+        }
+        self.activities
+            .insert(&id.to_be_bytes(), enc_activity(&mut after.clone()))?;
+        Ok(())
+    }
+
+    fn insert_record_once(&self, r: &Record) -> Result<()> {
+        let rref = r.reference().to_string();
+        if self.records.get(rref.as_bytes())?.is_none() {
+            self.records.insert(rref.as_bytes(), enc(r))?;
+            for e in &r.emails {
+                self.record_by_email
+                    .insert(keys::record_email(e, &rref), &[])?;
+            }
+            self.record_by_name
+                .insert(keys::record_name(&r.rtype, &r.name, &rref), &[])?;
+        }
+        Ok(())
+    }
+
+    fn raise_alert(&self, mailbox: &str, alert: &Alert, at: &str) -> Result<()> {
+        let key = keys::alert(mailbox, &alert.message);
+        let prev = self.alerts.get(&key)?;
+        let raised = StoredAlert::raise(prev.as_deref(), mailbox, alert, at);
+        self.alerts.insert(key, enc(&raised))?;
+        Ok(())
+    }
+
+    fn quarantine(&self, e: &QuarantineEntry, raw: &[u8]) -> Result<()> {
+        let id = e.id.to_be_bytes();
+        self.quarantine.insert(&id, enc(e))?;
+        self.quarantine_raw.insert(&id, raw)?;
+        self.quarantine_by_source
+            .insert(keys::source(&e.source), &id)?;
+        Ok(())
+    }
+
+    fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
+        self.folders
+            .insert(keys::folder(&st.mailbox, &st.folder), enc(st))?;
+        Ok(())
+    }
 }
 
-/// Point reads that correlation needs, from the batch transaction or from the committed store.
-trait Lookups {
-    fn get_msgid(&self, key: &[u8]) -> Option<u64>;
-    fn get_token(&self, token: &str) -> Option<u64>;
-    fn get_thread(&self, bytes: &[u8]) -> Option<u64>;
-    fn get_activity(&self, id: u64) -> Option<Activity>;
-}
-
-impl Lookups for Tx<'_> {
-    fn get_msgid(&self, key: &[u8]) -> Option<u64> {
-        self.by_msgid
-            .get(key)
-            .ok()
-            .flatten()
-            .map(|v| keys::u64_of(&v))
-    }
-    fn get_token(&self, token: &str) -> Option<u64> {
-        self.by_token
-            .get(token.to_ascii_uppercase().as_bytes())
-            .ok()
-            .flatten()
-            .map(|v| keys::u64_of(&v))
-    }
-    fn get_thread(&self, bytes: &[u8]) -> Option<u64> {
-        self.by_thread
-            .get(bytes)
-            .ok()
-            .flatten()
-            .map(|v| keys::u64_of(&v))
-    }
-    fn get_activity(&self, id: u64) -> Option<Activity> {
-        load(self.acts, id).ok().flatten()
+impl SledTx<'_> {
+    /// The outbox entry of a queued send, in the transaction that creates its activity.
+    pub(crate) fn put_outbox(&self, e: &OutboxEntry) -> Result<()> {
+        self.outbox.insert(&e.activity.to_be_bytes(), enc(e))?;
+        Ok(())
     }
 }
 
 impl Lookups for Store {
-    fn get_msgid(&self, key: &[u8]) -> Option<u64> {
-        self.t
-            .activity_by_msgid
-            .get(key)
-            .ok()
-            .flatten()
-            .map(|v| keys::u64_of(&v))
+    type Error = StoreError;
+    fn activity(&self, id: u64) -> Result<Option<Activity>> {
+        self.activity_meta(id)
     }
-    fn get_token(&self, token: &str) -> Option<u64> {
-        self.t
-            .activity_by_token
-            .get(token.to_ascii_uppercase().as_bytes())
-            .ok()
-            .flatten()
-            .map(|v| keys::u64_of(&v))
+    fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
+        Ok(id_of(self.t.activity_by_msgid.get(keys::msgid(key, d))?))
     }
-    fn get_thread(&self, bytes: &[u8]) -> Option<u64> {
-        self.t
-            .activity_by_thread
-            .get(bytes)
-            .ok()
-            .flatten()
-            .map(|v| keys::u64_of(&v))
+    fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
+        Store::activity_by_source(self, s)
     }
-    fn get_activity(&self, id: u64) -> Option<Activity> {
-        self.activity(id).ok().flatten()
+    fn activity_by_token(&self, token: &str) -> Result<Option<u64>> {
+        Ok(id_of(self.t.activity_by_token.get(keys::token(token))?))
+    }
+    fn activity_by_thread(&self, bytes: &[u8]) -> Result<Option<u64>> {
+        Ok(id_of(self.t.activity_by_thread.get(bytes)?))
+    }
+    fn record(&self, reference: &str) -> Result<Option<Record>> {
+        self.t
+            .records
+            .get(reference.as_bytes())?
+            .map(|v| dec("records", &v))
+            .transpose()
     }
 }
 
-/// `a` was written no later than `b` (by Date; unknown dates do not rule a match out).
-fn not_after(a: &Activity, b: &Activity) -> bool {
-    match (&a.date, &b.date) {
-        (Some(x), Some(y)) => crate::time::parse_date(x) <= crate::time::parse_date(y),
-        _ => true,
+impl Scans for Store {
+    fn awaiting_parent(&self, message_id: &str) -> Result<Vec<u64>> {
+        self.t
+            .activity_by_parent
+            .scan_prefix(keys::regarding_prefix(message_id))
+            .map(|kv| Ok(keys::u64_suffix(&kv?.0)))
+            .collect()
     }
-}
-
-/// Correlation in Dynamics' order (DESIGN §4.10): In-Reply-To, References (newest first),
-/// the tracking token (an earlier message with it), then an Outlook Thread-Index that extends a
-/// tracked one's.
-fn correlate(l: &dyn Lookups, a: &Activity) -> Option<Correlation> {
-    let found = |method: CorrelationMethod, id: u64| {
-        Some(Correlation {
-            method,
-            activity: id,
-        })
-    };
-    let by_id = |m: &str| {
-        [Direction::Outgoing, Direction::Incoming]
-            .iter()
-            .find_map(|d| l.get_msgid(&keys::msgid(m, *d)))
-            .filter(|id| *id != a.id)
-    };
-    if let Some(id) = a.in_reply_to.as_deref().and_then(by_id) {
-        return found(CorrelationMethod::InReplyTo, id);
-    }
-    if let Some(id) = a.references.iter().rev().find_map(|r| by_id(r)) {
-        return found(CorrelationMethod::References, id);
-    }
-    if let Some(t) = &a.token {
-        if let Some(id) = l.get_token(t).filter(|id| *id != a.id) {
-            if l.get_activity(id).is_some_and(|e| not_after(&e, a)) {
-                return found(CorrelationMethod::Token, id);
+    fn extending_thread(&self, bytes: &[u8]) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for kv in self.t.activity_by_thread.scan_prefix(bytes) {
+            let (k, v) = kv?;
+            if k.len() > bytes.len() {
+                out.push(keys::u64_of(&v));
             }
         }
+        Ok(out)
     }
-    if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
-        let mut len = ti.len();
-        while len > 22 {
-            len -= 5;
-            if let Some(id) = l.get_thread(&ti[..len]) {
-                return found(CorrelationMethod::ThreadIndex, id);
-            }
-        }
-    }
-    None
 }
 
-/// Creates the unresolved sender's record (once: a second message from it finds it), or
-/// returns the existing one's reference.
-fn create_sender(tx: &Tx<'_>, r: &Record) -> TxResult<String> {
-    let rref = r.reference().to_string();
-    if tx.records.get(rref.as_bytes())?.is_none() {
-        tx.records.insert(rref.as_bytes(), enc(r))?;
-        for e in &r.emails {
-            tx.record_by_email
-                .insert(keys::record_email(e, &rref), &[])?;
-        }
-        tx.record_by_name
-            .insert(keys::record_name(&r.rtype, &r.name, &rref), &[])?;
+impl Engine for Store {
+    type Tx<'t> = SledTx<'t>;
+    fn transaction<T>(&self, f: impl Fn(&SledTx<'_>) -> Result<T>) -> Result<T> {
+        self.t
+            .all()
+            .as_slice()
+            .transaction(|t| {
+                f(&SledTx::new(t)).map_err(|e| match e {
+                    StoreError::Conflict => ConflictableTransactionError::Conflict,
+                    e => ConflictableTransactionError::Abort(e),
+                })
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })
     }
-    Ok(rref)
-}
-
-/// Applies one tracked message inside the batch transaction; `false` when the message is not
-/// tracked (other mail that the filter leaves out).
-fn apply_activity(
-    tx: &Tx<'_>,
-    d: &Draft,
-    at: &str,
-    alerts_mailbox: &str,
-    out: &mut BatchOutcome,
-    created: &mut Vec<Activity>,
-) -> TxResult<bool> {
-    let a = &d.activity;
-    let skey = keys::source(&a.source);
-    if tx.by_source.get(&skey)?.is_some() {
-        out.replayed += 1;
-        return Ok(true);
-    }
-    let mkey = keys::msgid(&a.dedup_key, a.direction);
-    if let Some(idv) = tx.by_msgid.get(&mkey)? {
-        merge_copy(tx, a, keys::u64_of(&idv), skey, out)?;
-        out.merged += 1;
-        return Ok(true);
-    }
-    if !d.keep {
-        out.skipped += 1;
-        return Ok(false);
-    }
-    let mut a = a.clone();
-    a.inherits = d.inherit;
-    if let Some(c) = correlate(tx, &a) {
-        a.correlation = Some(c);
-    }
-    if d.only_if_correlated && a.correlation.is_none() {
-        out.skipped += 1;
-        return Ok(false);
-    }
-    if d.inherit && a.regarding.is_none() {
-        inherit_regarding(tx, d, &mut a)?;
-    }
-    if let (Some(r), Some(from)) = (&d.create_sender, a.from.as_mut()) {
-        if from.record.is_none() {
-            from.record = Some(create_sender(tx, r)?);
-        }
-    }
-    let id = next_id(tx.meta, "next_activity_id")?;
-    a.id = id;
-    a.tracked_at = at.to_string();
-    for al in &a.alerts {
-        let key = keys::alert(alerts_mailbox, &al.message);
-        let prev = tx.alerts.get(&key)?;
-        tx.alerts.insert(
-            key,
-            enc(&StoredAlert::raise(prev.as_deref(), alerts_mailbox, al, at)),
-        )?;
-    }
-    tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut a))?;
-    tx.by_msgid.insert(mkey, &id.to_be_bytes())?;
-    tx.by_source.insert(skey, &id.to_be_bytes())?;
-    index_new(tx, d, &a)?;
-    out.created += 1;
-    a.body_text = String::new();
-    a.attachments = Vec::new();
-    created.push(a);
-    Ok(true)
-}
-
-/// A copy of tracked activity `id` (same Message-ID and direction): the first copy keeps the
-/// regarding (DESIGN §4.7); this one adds its source. A copy from the same mailbox and folder
-/// under a new UIDVALIDITY replaces the stale source instead (a folder reset, DESIGN §3.1).
-fn merge_copy(
-    tx: &Tx<'_>,
-    a: &Activity,
-    id: u64,
-    skey: Vec<u8>,
-    out: &mut BatchOutcome,
-) -> TxResult<()> {
-    let Some(mut cur) = load(tx.acts, id)? else {
-        return Err(abort(format!("index points to missing activity {id}")));
-    };
-    let same_place = |s: &Source| {
-        s.mailbox == a.source.mailbox
-            && s.folder == a.source.folder
-            && s.uidvalidity != a.source.uidvalidity
-    };
-    if same_place(&cur.source) {
-        tx.by_source.remove(keys::source(&cur.source))?;
-        cur.source = a.source.clone();
-    } else if let Some(s) = cur.other_sources.iter_mut().find(|s| same_place(s)) {
-        tx.by_source.remove(keys::source(s))?;
-        *s = a.source.clone();
-    } else {
-        cur.other_sources.push(a.source.clone());
-    }
-    // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
-    // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
-    // A folder without a regarding keeps the link; another mailbox's copy never changes
-    // it (the first mailbox wins, §4.7).
-    let same_mailbox = std::iter::once(&cur.source)
-        .chain(&cur.other_sources)
-        .filter(|s| **s != a.source)
-        .any(|s| s.mailbox == a.source.mailbox);
-    if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
-        set_regarding(tx.by_regarding, &mut cur, id, a.regarding.clone())?;
-        out.relinked += 1;
-    }
-    tx.by_source.insert(skey, &id.to_be_bytes())?;
-    tx.acts.insert(&id.to_be_bytes(), enc_activity(&mut cur))?;
-    Ok(())
-}
-
-/// A message whose folder rule gives no regarding takes the one of the activity it correlates
-/// to (DESIGN §4.10), if the mailbox owner may write that record; else it is tracked unlinked,
-/// with an alert that says why.
-fn inherit_regarding(tx: &Tx<'_>, d: &Draft, a: &mut Activity) -> TxResult<()> {
-    let Some(c) = &a.correlation else {
-        return Ok(());
-    };
-    let Some(earlier) = load(tx.acts, c.activity)?.and_then(|e| e.regarding) else {
-        return Ok(());
-    };
-    let rec: Option<Record> = tx
-        .records
-        .get(earlier.as_bytes())?
-        .and_then(|v| serde_json::from_slice(&v).ok());
-    match rec {
-        Some(r) if !d.writer.can_write(&r) => a.alerts.push(Alert {
-            level: AlertLevel::Warning,
-            message: format!(
-                "{} may not write {earlier} (correlated by {}): tracked unlinked",
-                d.writer.user, c.method
-            ),
-        }),
-        _ => a.regarding = Some(earlier),
-    }
-    Ok(())
-}
-
-/// The indexes a new activity joins besides Message-ID and source: regarding, tracking
-/// token, late correlation (its parents), Thread-Index and subject.
-fn index_new(tx: &Tx<'_>, d: &Draft, a: &Activity) -> TxResult<()> {
-    let id = a.id;
-    if let Some(r) = &a.regarding {
-        tx.by_regarding.insert(keys::regarding(r, id), &[])?;
-    }
-    if let Some(t) = &a.token {
-        // The index names the earliest message with the token: the one replies correlate to.
-        let keep = tx
-            .get_token(t)
-            .and_then(|e| tx.get_activity(e))
-            .is_some_and(|e| not_after(&e, a));
-        if !keep {
-            tx.by_token
-                .insert(t.to_ascii_uppercase().as_bytes(), &id.to_be_bytes())?;
-        }
-    }
-    if a.correlation.is_none() {
-        // Its original may be tracked later: let late correlation find this one from it.
-        for parent in a.in_reply_to.iter().chain(&a.references) {
-            tx.by_parent.insert(keys::regarding(parent, id), &[])?;
-        }
-    }
-    if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
-        tx.by_thread.insert(ti, &id.to_be_bytes())?;
-    }
-    if let Some(norm) = &d.subject_key {
-        tx.by_subject.insert(keys::regarding(norm, id), &[])?;
-    }
-    Ok(())
 }
 
 impl RecordLookup for Store {
@@ -1851,6 +1412,13 @@ impl ActivityLookup for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sled_engine_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        crate::track::conformance::suite(&store);
+    }
 
     /// Alerts keyed by server text grew without bound.
     #[test]

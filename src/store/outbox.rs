@@ -7,13 +7,11 @@
 //! store happens next: `Sending` is durable before the first SMTP byte, `Sent` before the Sent
 //! copy is appended. So a crash leaves an entry in a state that says what may have happened.
 
-use super::{
-    apply_activity, dec, enc, keys, next_id, now, tx_err, BatchOutcome, Result, Store, StoreError,
-    Tx, TX_TREES,
-};
+use super::{dec, enc, keys, next_id, now, BatchOutcome, Result, Store, StoreError};
 use crate::model::{Draft, Source};
+use crate::track::batch::apply_activity;
+use crate::track::tx::Engine;
 use serde::{Deserialize, Serialize};
-use sled::transaction::Transactional;
 use std::collections::BTreeMap;
 
 /// Folder name of the pseudo source of an activity created in the CRM (it has no IMAP copy
@@ -127,30 +125,22 @@ impl Store {
     pub(crate) fn enqueue_outgoing(&self, draft: &Draft, entry: &OutboxEntry) -> Result<u64> {
         self.ensure_space(draft.activity.body_text.len() as u64 + 8192)?;
         self.sync_pack()?;
-        // The batch transaction's trees, then the outbox.
-        let mut trees = self.tx_trees().to_vec();
-        trees.push(&self.t.outbox);
         let at = now();
-        let id = trees
-            .as_slice()
-            .transaction(|tx| {
-                let outbox = &tx[TX_TREES];
-                let txs = Tx::new(tx);
-                let mut out = BatchOutcome::default();
-                let mut created = Vec::new();
-                apply_activity(&txs, draft, &at, &entry.mailbox, &mut out, &mut created)?;
-                let Some(a) = created.first() else {
-                    return Err(super::abort(format!(
-                        "message {} is already tracked: nothing queued",
-                        entry.message_id
-                    )));
-                };
-                let mut e = entry.clone();
-                e.activity = a.id;
-                outbox.insert(&a.id.to_be_bytes(), enc(&e))?;
-                Ok(a.id)
-            })
-            .map_err(tx_err)?;
+        let id = Engine::transaction(self, |tx| {
+            let mut out = BatchOutcome::default();
+            let mut created = Vec::new();
+            apply_activity(tx, draft, &at, &entry.mailbox, &mut out, &mut created)?;
+            let Some(a) = created.first() else {
+                return Err(StoreError::NotFound(format!(
+                    "message {} is already tracked: nothing queued",
+                    entry.message_id
+                )));
+            };
+            let mut e = entry.clone();
+            e.activity = a.id;
+            tx.put_outbox(&e)?;
+            Ok(a.id)
+        })?;
         self.flush()?;
         Ok(id)
     }
@@ -180,22 +170,17 @@ impl Store {
     pub(crate) fn next_token_numbers(&self, user: &str) -> Result<(u32, u64)> {
         let ukey = format!("token_user:{user}");
         let ckey = format!("token_counter:{user}");
-        let (u, c) = self
-            .t
-            .meta
-            .transaction(|m| {
-                let u = match m.get(ukey.as_bytes())? {
-                    Some(v) => keys::u64_of(&v),
-                    None => {
-                        let u = next_id(m, "token_users")?;
-                        m.insert(ukey.as_bytes(), &u.to_be_bytes())?;
-                        u
-                    }
-                };
-                let c = next_id(m, &ckey)?;
-                Ok((u, c))
-            })
-            .map_err(tx_err)?;
+        let (u, c) = Engine::transaction(self, |tx| {
+            let u = match tx.meta.get(ukey.as_bytes())? {
+                Some(v) => keys::u64_of(&v),
+                None => {
+                    let u = next_id(tx.meta, "token_users")?;
+                    tx.meta.insert(ukey.as_bytes(), &u.to_be_bytes())?;
+                    u
+                }
+            };
+            Ok((u, next_id(tx.meta, &ckey)?))
+        })?;
         self.flush()?;
         Ok((u32::try_from(u).unwrap_or(u32::MAX), c))
     }

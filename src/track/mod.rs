@@ -2,8 +2,15 @@
 //! regarding and dedup key. Pure functions over a [`RecordLookup`], so the rules are tested
 //! without IMAP or sled; the store applies the result in its transaction.
 
+pub(crate) mod batch;
+#[cfg(test)]
+pub(crate) mod conformance;
+pub(crate) mod correlate;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod parties;
 pub mod rules;
+pub(crate) mod tx;
 use crate::token;
 
 use crate::config::{MailboxConfig, OtherMail, UnresolvedSender};

@@ -1,0 +1,102 @@
+//! What the tracking rules need from a store, and nothing more (DESIGN §5.1): point reads,
+//! the few scans late correlation makes, and the writes of the batch transaction, in terms of
+//! activities, sources and records. An engine implements these over its own transaction
+//! (sled's trees today; the in-memory engine of the tests); the rules in [`super::batch`] and
+//! [`super::correlate`] never see a key, a tree or a table, so a second engine does not mean
+//! writing them again.
+
+use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
+
+/// A rule found the store inconsistent (an index that names a missing activity). Engines turn
+/// it into their own error type, which aborts the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Broken(pub String);
+
+/// Point reads, inside a transaction (where earlier writes of the same transaction are seen)
+/// or on the committed store.
+pub(crate) trait Lookups {
+    /// The engine's error; a rule's [`Broken`] converts into it.
+    type Error: From<Broken>;
+    /// An activity, its body text left out where the engine keeps bodies apart (the rules read
+    /// headers, links and sources only).
+    fn activity(&self, id: u64) -> Result<Option<Activity>, Self::Error>;
+    /// The activity of this dedup key and direction (one per pair: DESIGN §4.7).
+    fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>, Self::Error>;
+    /// The activity tracked from exactly this source.
+    fn activity_by_source(&self, s: &Source) -> Result<Option<u64>, Self::Error>;
+    /// The earliest tracked activity whose subject carries tracking token `token` (compared
+    /// case-insensitively): the one replies correlate to.
+    fn activity_by_token(&self, token: &str) -> Result<Option<u64>, Self::Error>;
+    /// The activity whose decoded Outlook Thread-Index is exactly `bytes`.
+    fn activity_by_thread(&self, bytes: &[u8]) -> Result<Option<u64>, Self::Error>;
+    /// A record by its `type:key` reference.
+    fn record(&self, reference: &str) -> Result<Option<Record>, Self::Error>;
+}
+
+/// Which counter a new id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    Activity,
+    Quarantine,
+}
+
+/// How a new activity is to be found later, besides its id, dedup key, source and regarding,
+/// which every engine indexes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Findable<'a> {
+    /// It is the earliest activity with its tracking token ([`Lookups::activity_by_token`]
+    /// must return it from now on).
+    pub by_token: bool,
+    /// It correlated to nothing yet: late correlation looks it up by the Message-IDs it
+    /// names (In-Reply-To, References) when one of them is tracked later.
+    pub awaiting_parent: bool,
+    /// Its normalised subject, for smart matching.
+    pub subject_key: Option<&'a str>,
+}
+
+/// The writes of one transaction. All of them commit together or none does; an error from any
+/// method aborts the transaction (an engine may run the rules again after a conflict, so the
+/// rules keep no state across a call).
+pub(crate) trait BatchTx: Lookups {
+    /// Whether this source is already in quarantine.
+    fn is_quarantined(&self, s: &Source) -> Result<bool, Self::Error>;
+    /// The next id of a counter: dense, never reused.
+    fn next_id(&self, c: Counter) -> Result<u64, Self::Error>;
+    /// Writes a new activity (its `id` already taken from [`Counter::Activity`]) with its
+    /// source, dedup key, regarding, and what `find` asks for.
+    fn insert_activity(&self, a: &Activity, find: Findable<'_>) -> Result<(), Self::Error>;
+    /// Writes a changed activity: `before` is what [`Lookups::activity`] returned, and the
+    /// engine moves its source and regarding lookups from `before`'s to `after`'s.
+    fn update_activity(&self, before: &Activity, after: &Activity) -> Result<(), Self::Error>;
+    /// Writes a record unless one with its reference exists (then leaves that one alone).
+    fn insert_record_once(&self, r: &Record) -> Result<(), Self::Error>;
+    /// Raises an alert of `mailbox` at `at`: a new one, or the same text raised again.
+    fn raise_alert(&self, mailbox: &str, alert: &Alert, at: &str) -> Result<(), Self::Error>;
+    /// Keeps a message that could not be tracked, with its raw bytes.
+    fn quarantine(&self, e: &QuarantineEntry, raw: &[u8]) -> Result<(), Self::Error>;
+    /// Writes a folder's checkpoint.
+    fn put_checkpoint(&self, st: &FolderState) -> Result<(), Self::Error>;
+}
+
+/// The reads late correlation makes on the committed store (a transaction need not offer
+/// them: sled's cannot scan).
+pub(crate) trait Scans: Lookups {
+    /// Activities tracked uncorrelated that name `message_id` in In-Reply-To or References.
+    fn awaiting_parent(&self, message_id: &str) -> Result<Vec<u64>, Self::Error>;
+    /// Activities whose decoded Thread-Index extends `bytes` (longer, with `bytes` as prefix).
+    fn extending_thread(&self, bytes: &[u8]) -> Result<Vec<u64>, Self::Error>;
+}
+
+/// An engine: committed reads and scans, and transactions over [`BatchTx`].
+pub(crate) trait Engine: Scans + super::ActivityLookup {
+    /// The engine's transaction.
+    type Tx<'t>: BatchTx<Error = Self::Error>
+    where
+        Self: 't;
+    /// Runs `f` in one transaction and commits what it wrote; on an error nothing is written.
+    /// `f` may run more than once (after a conflict).
+    fn transaction<T>(
+        &self,
+        f: impl Fn(&Self::Tx<'_>) -> Result<T, Self::Error>,
+    ) -> Result<T, Self::Error>;
+}
