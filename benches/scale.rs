@@ -10,7 +10,8 @@
 //!
 //! Knobs: SCALE_MAILBOXES (1000), SCALE_FOLDERS (1: tracked folders per mailbox; with more,
 //! `INBOX/Tracked/F1`… under one rule, IDLE on one and NOTIFY for the others, deliveries and
-//! latency trials spread over them), SCALE_MESSAGES (10000), SCALE_TRIALS (100), SCALE_DEBUG=1
+//! latency trials spread over them), SCALE_MESSAGES (10000), SCALE_TRIALS (100), SCALE_KEEP=1 (keep the work
+//! dir, data dir included, for a look afterwards), SCALE_DEBUG=1
 //! (echo the agent's log). Run: `./scripts/bench.sh` (or `cargo bench --bench scale`).
 //!
 //! IDLE needs inotify on the server: every `imap` process (all run as one mail uid) takes an
@@ -362,4 +363,7 @@ fn main() {
     );
     println!("| drag-to-activity under load, {trials} trials: p50 / p90 / p99 | {p50:.0} / {p90:.0} / {p99:.0} ms |");
     drop(dovecot);
+    if std::env::var_os("SCALE_KEEP").is_some() {
+        eprintln!("kept the work dir: {}", tmp.keep().display());
+    }
 }
