@@ -240,6 +240,9 @@ fn pg_activity_with_every_field_round_trips() {
             .unwrap(),
         None
     );
+    // The scan's other form (a prefix of 0xff bytes has no successor) runs too.
+    use crate::track::tx::Scans as _;
+    assert!(store.extending_thread(&[0xff; 3]).unwrap().is_empty());
     use crate::track::ActivityLookup as _;
     let found = store.by_subject("about full");
     assert_eq!(found.len(), 1);
@@ -248,4 +251,12 @@ fn pg_activity_with_every_field_round_trips() {
         found[0].1[..2],
         ["alice@example.com".to_string(), "bob@acme.com".into()]
     );
+}
+
+#[test]
+fn pg_prefix_successor_bounds_the_thread_scan() {
+    assert_eq!(super::successor(b"ab"), Some(b"ac".to_vec()));
+    assert_eq!(super::successor(&[1, 0xff, 0xff]), Some(vec![2]));
+    assert_eq!(super::successor(&[0xff, 0xff]), None);
+    assert_eq!(super::successor(&[]), None);
 }

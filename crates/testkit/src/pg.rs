@@ -155,10 +155,15 @@ fn external(server: &str) -> PgCluster {
     );
     let mut c = postgres::Client::connect(server, postgres::NoTls)
         .unwrap_or_else(|e| panic!("connecting to FOLDERTRACK_TEST_PG_URL: {e}"));
-    c.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
-    ))
-    .unwrap_or_else(|e| panic!("creating database {database}: {e}"));
+    // One statement per call: several in one string run as one transaction, which CREATE
+    // DATABASE refuses.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {database}"),
+        format!("CREATE DATABASE {database}"),
+    ] {
+        c.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql} on FOLDERTRACK_TEST_PG_URL: {e}"));
+    }
     let sep = if server.contains('?') { '&' } else { '?' };
     PgCluster {
         url: format!("{server}{sep}dbname={database}"),
