@@ -8,6 +8,7 @@
 //! - [`agent`]: `foldertrack run` as a child process, ready from its log, killed on drop.
 //! - [`smtp`]: the aiosmtpd test server, delivering over LMTP into the test's Dovecot.
 //! - [`pki`]: a throw-away CA and server certificate.
+//! - [`pg`]: a private, throw-away PostgreSQL cluster (or a fresh database on a given server).
 //!
 //! Everything but [`sandbox`] is behind the default `harness` feature. The harness is test code:
 //! it panics, naming what failed, because a set-up step that fails is the test's failure. The
@@ -28,6 +29,8 @@ pub mod env;
 pub mod http;
 #[cfg(feature = "harness")]
 pub mod imap;
+#[cfg(feature = "harness")]
+pub mod pg;
 #[cfg(feature = "harness")]
 pub mod pki;
 #[cfg(feature = "harness")]

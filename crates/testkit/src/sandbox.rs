@@ -756,7 +756,7 @@ fn check_parents_traversable(dir: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn effective_uid() -> Result<u32, SandboxError> {
+pub(crate) fn effective_uid() -> Result<u32, SandboxError> {
     if let Ok(status) = fs::read_to_string("/proc/self/status") {
         let euid = status
             .lines()

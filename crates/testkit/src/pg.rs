@@ -1,0 +1,201 @@
+//! A private, throw-away PostgreSQL for the PostgreSQL engine's tests: a cluster of its own in
+//! a temp dir, reached over a Unix socket in that dir (no TCP port, so parallel tests never
+//! collide), stopped on drop. With `FOLDERTRACK_TEST_PG_URL` set, a fresh database on that
+//! server instead (a CI service, CockroachDB, YugabyteDB), dropped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The superuser the private cluster is created with.
+pub const USER: &str = "foldertrack";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's PostgreSQL database.
+pub struct PgCluster {
+    url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A cluster this process started: its dir, its binaries, whether they run as `postgres`.
+    Private {
+        dir: tempfile::TempDir,
+        bin: PathBuf,
+        as_postgres: bool,
+    },
+    /// A database created on the server of `FOLDERTRACK_TEST_PG_URL`.
+    External { server: String, database: String },
+}
+
+impl PgCluster {
+    /// Starts a private cluster, or creates a database on `FOLDERTRACK_TEST_PG_URL`'s server.
+    /// `None` when PostgreSQL is not installed outside CI (the test prints SKIPPED and
+    /// returns); under CI (env `CI` set) a missing PostgreSQL panics.
+    pub fn start() -> Option<PgCluster> {
+        if let Ok(server) = std::env::var("FOLDERTRACK_TEST_PG_URL") {
+            return Some(external(&server));
+        }
+        let bin = bin_dir();
+        if !crate::require(
+            bin.is_some(),
+            "PostgreSQL (/usr/lib/postgresql/*/bin/initdb)",
+        ) {
+            return None;
+        }
+        Some(private(bin.expect("checked above")))
+    }
+
+    /// The connection URL of the test's database (for psql and for the engine).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The Unix socket directory of a private cluster (`None` on an external server).
+    pub fn socket_dir(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Private { dir, .. } => Some(dir.path()),
+            Kind::External { .. } => None,
+        }
+    }
+}
+
+/// The newest `/usr/lib/postgresql/N/bin` that has `initdb`.
+fn bin_dir() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// A PostgreSQL program of `bin`, run as the `postgres` user when we are root.
+fn command(bin: &Path, as_postgres: bool, program: &str) -> Command {
+    let exe = bin.join(program);
+    if !as_postgres {
+        return Command::new(exe);
+    }
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(exe);
+    c
+}
+
+/// Runs a PostgreSQL program of `bin`, as the `postgres` user when we are root (the server
+/// refuses to run as root), and panics with its output if it fails.
+fn run(bin: &Path, as_postgres: bool, program: &str, args: &[&str]) {
+    let mut cmd = command(bin, as_postgres, program);
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `initdb` and `pg_ctl start` in a fresh temp dir; the socket lives in the dir itself.
+fn private(bin: PathBuf) -> PgCluster {
+    let dir = tempfile::Builder::new()
+        .prefix("ft-pg-")
+        .tempdir_in("/tmp")
+        .expect("a temp dir for PostgreSQL");
+    let as_postgres = crate::sandbox::effective_uid().expect("our uid") == 0;
+    if as_postgres {
+        let st = Command::new("chown")
+            .args(["postgres:", &dir.path().display().to_string()])
+            .status()
+            .expect("running chown");
+        assert!(st.success(), "chown postgres: {}", dir.path().display());
+    }
+    let data = dir.path().join("data").display().to_string();
+    let sock = dir.path().display().to_string();
+    run(
+        &bin,
+        as_postgres,
+        "initdb",
+        &["-D", &data, "-A", "trust", "-U", USER, "-N"],
+    );
+    // Any port: with no TCP listener it only names the socket, which is in our own dir.
+    let port = 20_000 + (std::process::id() % 20_000) + COUNTER.fetch_add(1, Ordering::Relaxed);
+    let opts = format!("-p {port} -k {sock} -c listen_addresses='' -c fsync=off");
+    let log = dir.path().join("log").display().to_string();
+    run(
+        &bin,
+        as_postgres,
+        "pg_ctl",
+        &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+    );
+    PgCluster {
+        url: format!("postgresql:///postgres?host={sock}&port={port}&user={USER}"),
+        kind: Kind::Private {
+            dir,
+            bin,
+            as_postgres,
+        },
+    }
+}
+
+/// A fresh database on the server of `server` (a URL), named after this process and a count.
+fn external(server: &str) -> PgCluster {
+    let database = format!(
+        "ft_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut c = postgres::Client::connect(server, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connecting to FOLDERTRACK_TEST_PG_URL: {e}"));
+    // One statement per call: several in one string run as one transaction, which CREATE
+    // DATABASE refuses.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {database}"),
+        format!("CREATE DATABASE {database}"),
+    ] {
+        c.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql} on FOLDERTRACK_TEST_PG_URL: {e}"));
+    }
+    let sep = if server.contains('?') { '&' } else { '?' };
+    PgCluster {
+        url: format!("{server}{sep}dbname={database}"),
+        kind: Kind::External {
+            server: server.to_string(),
+            database,
+        },
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        match &self.kind {
+            Kind::Private {
+                dir,
+                bin,
+                as_postgres,
+            } => {
+                let data = dir.path().join("data").display().to_string();
+                let mut cmd = command(bin, *as_postgres, "pg_ctl");
+                let _ = cmd
+                    .args(["-D", &data, "-m", "immediate", "stop"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            Kind::External { server, database } => {
+                if let Ok(mut c) = postgres::Client::connect(server, postgres::NoTls) {
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {database}"));
+                }
+            }
+        }
+    }
+}

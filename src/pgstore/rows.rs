@@ -1,0 +1,340 @@
+//! An activity as rows: the `activities` row and its child rows (sources, parties,
+//! references, attachments), written and read back whole. Each function takes any client (the
+//! committed store's or a transaction's), so the reads inside a transaction and outside it are
+//! one code.
+
+use super::{corrupt, PgError};
+use crate::model::{
+    Activity, AttachmentMeta, Correlation, CorrelationMethod, Direction, Party, Source,
+};
+use postgres::{GenericClient, Row};
+
+type Result<T> = std::result::Result<T, PgError>;
+
+/// The lookups an inserted activity carries besides its data (see `Findable`): set at insert,
+/// left alone by updates, as sled's index entries are.
+pub(super) struct Keys<'a> {
+    pub token: Option<String>,
+    pub thread: Option<Vec<u8>>,
+    pub subject: Option<&'a str>,
+}
+
+/// A u32 or u64 from the model as a PostgreSQL bigint (ids, UIDs and sizes all fit).
+pub(super) fn big(n: impl Into<u64>) -> i64 {
+    i64::try_from(n.into()).unwrap_or(i64::MAX)
+}
+
+fn unsigned<T: TryFrom<i64>>(n: i64, what: &str) -> Result<T> {
+    T::try_from(n).map_err(|_| corrupt(format!("{what} {n} is out of range")))
+}
+
+/// Inserts the `activities` row of a new activity, then its child rows.
+pub(super) fn insert(c: &mut impl GenericClient, a: &Activity, k: &Keys<'_>) -> Result<()> {
+    let date_at = a
+        .date
+        .as_deref()
+        .and_then(|d| crate::time::try_parse_date(d).ok())
+        .map(|s| s as f64);
+    let alerts = serde_json::to_value(&a.alerts).map_err(|e| corrupt(e.to_string()))?;
+    let corr = a.correlation.as_ref();
+    c.execute(
+        "INSERT INTO activities (id, dedup_key, direction, subject, message_id, date, date_at,
+             regarding, in_reply_to, token, token_key, thread_index, thread_key, subject_key,
+             correlation_method, correlation_activity, inherits, tracked_at, size, body_text,
+             body_blob, alerts)
+         VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::float8), $8, $9, $10, $11, $12, $13,
+             $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+        &[
+            &big(a.id),
+            &a.dedup_key,
+            &a.direction.as_str(),
+            &a.subject,
+            &a.message_id,
+            &a.date,
+            &date_at,
+            &a.regarding,
+            &a.in_reply_to,
+            &a.token,
+            &k.token,
+            &a.thread_index,
+            &k.thread,
+            &k.subject,
+            &corr.map(|c| c.method.as_str()),
+            &corr.map(|c| big(c.activity)),
+            &a.inherits,
+            &a.tracked_at,
+            &big(a.size),
+            &a.body_text,
+            &a.body_blob,
+            &alerts,
+        ],
+    )?;
+    insert_children(c, a)
+}
+
+/// Rewrites a changed activity: its columns (not the lookups of [`Keys`]) and all its child
+/// rows. A source another activity held moves to this one, as sled's index entry would.
+pub(super) fn update(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
+    let date_at = a
+        .date
+        .as_deref()
+        .and_then(|d| crate::time::try_parse_date(d).ok())
+        .map(|s| s as f64);
+    let alerts = serde_json::to_value(&a.alerts).map_err(|e| corrupt(e.to_string()))?;
+    let corr = a.correlation.as_ref();
+    let n = c.execute(
+        "UPDATE activities SET subject = $2, message_id = $3, date = $4,
+             date_at = to_timestamp($5::float8), regarding = $6, in_reply_to = $7, token = $8,
+             thread_index = $9, correlation_method = $10, correlation_activity = $11,
+             inherits = $12, tracked_at = $13, size = $14, body_text = $15, body_blob = $16,
+             alerts = $17
+         WHERE id = $1",
+        &[
+            &big(a.id),
+            &a.subject,
+            &a.message_id,
+            &a.date,
+            &date_at,
+            &a.regarding,
+            &a.in_reply_to,
+            &a.token,
+            &a.thread_index,
+            &corr.map(|c| c.method.as_str()),
+            &corr.map(|c| big(c.activity)),
+            &a.inherits,
+            &a.tracked_at,
+            &big(a.size),
+            &a.body_text,
+            &a.body_blob,
+            &alerts,
+        ],
+    )?;
+    if n == 0 {
+        return Err(corrupt(format!("activity {} to update is missing", a.id)));
+    }
+    for table in ["sources", "parties", "activity_references", "attachments"] {
+        c.execute(
+            &format!("DELETE FROM {table} WHERE activity_id = $1"),
+            &[&big(a.id)],
+        )?;
+    }
+    insert_children(c, a)
+}
+
+fn insert_children(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
+    let id = big(a.id);
+    for (i, s) in std::iter::once(&a.source)
+        .chain(&a.other_sources)
+        .enumerate()
+    {
+        c.execute(
+            "INSERT INTO sources (mailbox, folder, uidvalidity, uid, activity_id, position)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (mailbox, folder, uidvalidity, uid)
+             DO UPDATE SET activity_id = excluded.activity_id, position = excluded.position",
+            &[
+                &s.mailbox,
+                &s.folder,
+                &big(s.uidvalidity),
+                &big(s.uid),
+                &id,
+                &(i as i32),
+            ],
+        )?;
+    }
+    insert_parties(c, a)?;
+    for (i, m) in a.references.iter().enumerate() {
+        c.execute(
+            "INSERT INTO activity_references (activity_id, position, message_id)
+             VALUES ($1, $2, $3)",
+            &[&id, &(i as i32), m],
+        )?;
+    }
+    for (i, t) in a.attachments.iter().enumerate() {
+        c.execute(
+            "INSERT INTO attachments (activity_id, position, name, mime_type, size, sha256,
+                 skipped) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &id,
+                &(i as i32),
+                &t.name,
+                &t.mime_type,
+                &big(t.size),
+                &t.sha256,
+                &t.skipped,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn insert_parties(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
+    let roles: [(&str, &[Party]); 4] = [
+        ("from", a.from.as_slice()),
+        ("to", &a.to),
+        ("cc", &a.cc),
+        ("bcc", &a.bcc),
+    ];
+    for (role, parties) in roles {
+        for (i, p) in parties.iter().enumerate() {
+            c.execute(
+                "INSERT INTO parties (activity_id, role, position, address, name, record,
+                     records) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &big(a.id),
+                    &role,
+                    &(i as i32),
+                    &p.address,
+                    &p.name,
+                    &p.record,
+                    &p.records,
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Activity `id` with everything it holds, or `None`.
+pub(super) fn load(c: &mut impl GenericClient, id: u64) -> Result<Option<Activity>> {
+    let Some(row) = c.query_opt(
+        "SELECT id, dedup_key, direction, subject, message_id, date, regarding, in_reply_to,
+             token, thread_index, correlation_method, correlation_activity, inherits,
+             tracked_at, size, body_text, body_blob, alerts
+         FROM activities WHERE id = $1",
+        &[&big(id)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let mut a = from_row(&row)?;
+    let mut sources = load_sources(c, id)?.into_iter();
+    a.source = sources
+        .next()
+        .ok_or_else(|| corrupt(format!("activity {id} has no source")))?;
+    a.other_sources = sources.collect();
+    load_parties(c, &mut a)?;
+    a.references = c
+        .query(
+            "SELECT message_id FROM activity_references WHERE activity_id = $1
+             ORDER BY position",
+            &[&big(id)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    a.attachments = load_attachments(c, id)?;
+    Ok(Some(a))
+}
+
+/// The columns of an `activities` row; the child rows are left empty.
+fn from_row(r: &Row) -> Result<Activity> {
+    let text: String = r.get("direction");
+    let direction = Direction::from_text(&text)
+        .ok_or_else(|| corrupt(format!("unknown direction {text:?}")))?;
+    let correlation = match (
+        r.get::<_, Option<String>>("correlation_method"),
+        r.get::<_, Option<i64>>("correlation_activity"),
+    ) {
+        (Some(m), Some(id)) => Some(Correlation {
+            method: CorrelationMethod::from_text(&m)
+                .ok_or_else(|| corrupt(format!("unknown correlation method {m:?}")))?,
+            activity: unsigned(id, "correlation activity")?,
+        }),
+        _ => None,
+    };
+    let alerts = serde_json::from_value(r.get("alerts")).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Activity {
+        id: unsigned(r.get("id"), "activity id")?,
+        subject: r.get("subject"),
+        message_id: r.get("message_id"),
+        dedup_key: r.get("dedup_key"),
+        direction,
+        regarding: r.get("regarding"),
+        from: None,
+        to: Vec::new(),
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        date: r.get("date"),
+        in_reply_to: r.get("in_reply_to"),
+        references: Vec::new(),
+        thread_index: r.get("thread_index"),
+        body_text: r.get("body_text"),
+        body_blob: r.get("body_blob"),
+        attachments: Vec::new(),
+        source: Source {
+            mailbox: String::new(),
+            folder: String::new(),
+            uidvalidity: 0,
+            uid: 0,
+        },
+        other_sources: Vec::new(),
+        size: unsigned(r.get("size"), "size")?,
+        tracked_at: r.get("tracked_at"),
+        alerts,
+        correlation,
+        token: r.get("token"),
+        inherits: r.get("inherits"),
+    })
+}
+
+fn load_sources(c: &mut impl GenericClient, id: u64) -> Result<Vec<Source>> {
+    c.query(
+        "SELECT mailbox, folder, uidvalidity, uid FROM sources WHERE activity_id = $1
+         ORDER BY position",
+        &[&big(id)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Source {
+            mailbox: r.get(0),
+            folder: r.get(1),
+            uidvalidity: unsigned(r.get(2), "uidvalidity")?,
+            uid: unsigned(r.get(3), "uid")?,
+        })
+    })
+    .collect()
+}
+
+fn load_parties(c: &mut impl GenericClient, a: &mut Activity) -> Result<()> {
+    let rows = c.query(
+        "SELECT role, address, name, record, records FROM parties WHERE activity_id = $1
+         ORDER BY role, position",
+        &[&big(a.id)],
+    )?;
+    for r in rows {
+        let p = Party {
+            address: r.get(1),
+            name: r.get(2),
+            record: r.get(3),
+            records: r.get(4),
+        };
+        match r.get::<_, &str>(0) {
+            "from" => a.from = Some(p),
+            "to" => a.to.push(p),
+            "cc" => a.cc.push(p),
+            "bcc" => a.bcc.push(p),
+            other => return Err(corrupt(format!("unknown party role {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+fn load_attachments(c: &mut impl GenericClient, id: u64) -> Result<Vec<AttachmentMeta>> {
+    c.query(
+        "SELECT name, mime_type, size, sha256, skipped FROM attachments WHERE activity_id = $1
+         ORDER BY position",
+        &[&big(id)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(AttachmentMeta {
+            name: r.get(0),
+            mime_type: r.get(1),
+            size: unsigned(r.get(2), "attachment size")?,
+            sha256: r.get(3),
+            skipped: r.get(4),
+        })
+    })
+    .collect()
+}

@@ -1,0 +1,195 @@
+//! The PostgreSQL schema and its versioned migrations. The tables are the product's reporting
+//! surface (DESIGN §5.1): a person or a reporting tool reads `activities`, `parties`, `sources`
+//! with plain SQL, so every field of an activity is a column or a child row, never an opaque
+//! blob. The SQL stays within what CockroachDB and YugabyteDB also run: no advisory locks, no
+//! LISTEN/NOTIFY, ids from sequences rather than a counter row every writer updates.
+
+use super::PgError;
+use postgres::{GenericClient, IsolationLevel};
+
+/// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A
+/// migration is never edited once released; a change is a new one.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this binary writes and reads.
+pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Version 1: activities and their child rows, records, quarantine, alerts, checkpoints.
+const V1: &str = r#"
+CREATE SEQUENCE activity_id_seq;
+CREATE SEQUENCE quarantine_id_seq;
+
+-- One row per tracked email. `date` is the header's value as parsed, `date_at` the same as a
+-- timestamp for range queries (NULL when unparsable). `token_key`, `thread_key` and
+-- `subject_key` are lookups the tracking rules make (set at insert, at most one activity per
+-- token and per Thread-Index); `token` and `thread_index` are the values as found.
+CREATE TABLE activities (
+    id                   bigint PRIMARY KEY,
+    dedup_key            text NOT NULL,
+    direction            text NOT NULL,
+    subject              text,
+    message_id           text,
+    date                 text,
+    date_at              timestamptz,
+    regarding            text,
+    in_reply_to          text,
+    token                text,
+    token_key            text,
+    thread_index         text,
+    thread_key           bytea,
+    subject_key          text,
+    correlation_method   text,
+    correlation_activity bigint,
+    inherits             boolean NOT NULL,
+    tracked_at           text NOT NULL,
+    size                 bigint NOT NULL,
+    body_text            text NOT NULL,
+    body_blob            text,
+    alerts               jsonb NOT NULL,
+    UNIQUE (dedup_key, direction)
+);
+CREATE UNIQUE INDEX activities_token_key ON activities (token_key);
+CREATE UNIQUE INDEX activities_thread_key ON activities (thread_key);
+CREATE INDEX activities_subject_key ON activities (subject_key, id);
+CREATE INDEX activities_regarding ON activities (regarding, id);
+CREATE INDEX activities_date_at ON activities (date_at);
+
+-- Where the copies of an activity live: position 0 is the first source, then other_sources.
+CREATE TABLE sources (
+    mailbox     text NOT NULL,
+    folder      text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    uid         bigint NOT NULL,
+    activity_id bigint NOT NULL REFERENCES activities (id),
+    position    integer NOT NULL,
+    PRIMARY KEY (mailbox, folder, uidvalidity, uid)
+);
+CREATE INDEX sources_activity ON sources (activity_id, position);
+
+CREATE TABLE parties (
+    activity_id bigint NOT NULL REFERENCES activities (id),
+    role        text NOT NULL CHECK (role IN ('from', 'to', 'cc', 'bcc')),
+    position    integer NOT NULL,
+    address     text,
+    name        text,
+    record      text,
+    records     text[] NOT NULL,
+    PRIMARY KEY (activity_id, role, position)
+);
+CREATE INDEX parties_address ON parties (address);
+CREATE INDEX parties_record ON parties (record);
+
+CREATE TABLE activity_references (
+    activity_id bigint NOT NULL REFERENCES activities (id),
+    position    integer NOT NULL,
+    message_id  text NOT NULL,
+    PRIMARY KEY (activity_id, position)
+);
+
+-- Activities that correlated to nothing yet, by a Message-ID they name (In-Reply-To,
+-- References): late correlation links them when that message is tracked.
+CREATE TABLE awaiting_parent (
+    message_id  text NOT NULL,
+    activity_id bigint NOT NULL REFERENCES activities (id),
+    PRIMARY KEY (message_id, activity_id)
+);
+
+CREATE TABLE attachments (
+    activity_id bigint NOT NULL REFERENCES activities (id),
+    position    integer NOT NULL,
+    name        text,
+    mime_type   text NOT NULL,
+    size        bigint NOT NULL,
+    sha256      text NOT NULL,
+    skipped     text,
+    PRIMARY KEY (activity_id, position)
+);
+
+CREATE TABLE records (
+    reference text PRIMARY KEY,
+    type      text NOT NULL,
+    key       text NOT NULL,
+    name      text NOT NULL,
+    owner     text,
+    shared    boolean NOT NULL,
+    teams     text[] NOT NULL,
+    emails    text[] NOT NULL
+);
+
+CREATE TABLE quarantine (
+    id          bigint PRIMARY KEY,
+    mailbox     text NOT NULL,
+    folder      text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    uid         bigint NOT NULL,
+    reason      text NOT NULL,
+    size        bigint NOT NULL,
+    at          text NOT NULL,
+    raw         bytea NOT NULL
+);
+CREATE INDEX quarantine_source ON quarantine (mailbox, folder, uidvalidity, uid);
+
+-- An alert raised again updates its row (count, last time) instead of adding one.
+CREATE TABLE alerts (
+    mailbox  text NOT NULL,
+    message  text NOT NULL,
+    level    text NOT NULL,
+    count    bigint NOT NULL,
+    first_at text NOT NULL,
+    at       text NOT NULL,
+    PRIMARY KEY (mailbox, message)
+);
+
+CREATE TABLE checkpoints (
+    mailbox         text NOT NULL,
+    folder          text NOT NULL,
+    uidvalidity     bigint NOT NULL,
+    last_uid        bigint NOT NULL,
+    uid_next        bigint NOT NULL,
+    messages        bigint NOT NULL,
+    last_sync       text,
+    rule            text,
+    regarding       text,
+    synced_uid_next bigint NOT NULL,
+    PRIMARY KEY (mailbox, folder)
+);
+"#;
+
+/// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database
+/// whose schema is newer than this binary knows (an older binary would misread it). Two
+/// processes migrating at once: one of them fails on `schema_version`'s primary key and
+/// nothing of its attempt is written; it can open again.
+pub(crate) fn migrate(client: &mut postgres::Client) -> Result<(), PgError> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::Serializable)
+        .start()?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )?;
+    let found = version(&mut tx)?;
+    if found > VERSION {
+        return Err(PgError::SchemaTooNew {
+            found,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The highest schema version applied (0 on an empty database).
+pub(crate) fn version(c: &mut impl GenericClient) -> Result<i32, PgError> {
+    let row = c.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])?;
+    Ok(row.get(0))
+}
