@@ -423,10 +423,15 @@ impl Store {
             Some(v) => {
                 let found: u32 = String::from_utf8_lossy(&v).parse().unwrap_or(0);
                 if found > SCHEMA_VERSION {
-                    Err(StoreError::NewerSchema { found })
-                } else {
-                    Ok(())
+                    return Err(StoreError::NewerSchema { found });
                 }
+                if self.t.meta.get(ACTIVITY_COUNT)?.is_none() {
+                    // A store from before the counter: count once.
+                    let n = self.t.activities.len() as u64;
+                    self.t.meta.insert(ACTIVITY_COUNT, &n.to_be_bytes())?;
+                    self.db.flush()?;
+                }
+                Ok(())
             }
         }
     }
@@ -621,8 +626,15 @@ impl Store {
         })
     }
 
+    /// How many activities the store holds, from the counter the batch transaction keeps:
+    /// counting sled's tree is a full scan, which `status` and every metrics scrape made, and
+    /// which pulled every activity through sled's cache (measured: +11 MB of RSS for a
+    /// `status` on 10,000 activities, and the agent kept it).
     pub(crate) fn activity_count(&self) -> usize {
-        self.t.activities.len()
+        match self.t.meta.get(ACTIVITY_COUNT) {
+            Ok(Some(v)) => keys::u64_of(&v) as usize,
+            _ => self.t.activities.len(),
+        }
     }
 
     /// The activity tracked from this exact source, if any.
@@ -1139,6 +1151,9 @@ impl From<Broken> for StoreError {
     }
 }
 
+/// The `meta` key of the number of activities (kept by [`SledTx::insert_activity`]).
+const ACTIVITY_COUNT: &str = "activity_count";
+
 /// Dense, restart-proof ids (sled's `generate_id` jumps by a million after a restart, which
 /// makes poor activity numbers for people to type).
 fn next_id(meta: &TransactionalTree, counter: &str) -> Result<u64> {
@@ -1197,6 +1212,7 @@ impl BatchTx for SledTx<'_> {
     fn insert_activity(&self, a: &Activity, find: Findable<'_>) -> Result<()> {
         let id = a.id.to_be_bytes();
         self.activities.insert(&id, enc_activity(&mut a.clone()))?;
+        next_id(self.meta, ACTIVITY_COUNT)?;
         self.activity_by_msgid
             .insert(keys::msgid(&a.dedup_key, a.direction), &id)?;
         self.activity_by_source
@@ -1412,6 +1428,27 @@ impl ActivityLookup for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_activity_count_is_kept_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        use crate::track::conformance::{activity, commit, draft};
+        let items: Vec<_> = (1..=3)
+            .map(|uid| draft(activity("m", "F", uid, &format!("<{uid}@c>"))))
+            .collect();
+        commit(&store, &items).unwrap();
+        commit(&store, &items).unwrap(); // a replay adds none
+        assert_eq!(store.activity_count(), 3);
+        assert_eq!(store.t.activities.len(), 3);
+        // A store from before the counter gets it at open.
+        store.t.meta.remove(ACTIVITY_COUNT).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(store.t.meta.get(ACTIVITY_COUNT).unwrap().is_some());
+        assert_eq!(store.activity_count(), 3);
+    }
 
     #[test]
     fn sled_engine_passes_the_conformance_suite() {
