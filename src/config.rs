@@ -1449,4 +1449,55 @@ password_env = "ALICE_PW"
             "mailbox[0].token_file"
         );
     }
+
+    #[test]
+    fn store_settings_are_checked_and_never_show_the_password() {
+        assert_eq!(parse(GOOD).unwrap().store, StoreEngine::Sled);
+        let with = |store: &str| format!("{GOOD}[store]\n{store}\n");
+        // The line of `[store]`; its keys follow.
+        let at = GOOD.matches('\n').count() + 1;
+        let url = "postgresql://ft:s3cret@db.example.com/crm";
+        let c = parse(&with(&format!("engine = \"postgres\"\nurl = \"{url}\""))).unwrap();
+        let StoreEngine::Postgres(pg) = &c.store else {
+            panic!("postgres expected")
+        };
+        assert_eq!(pg.tls, PgTls::VerifyFull, "verify-full by default");
+        assert_eq!(pg.url().unwrap(), url);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgresql://ft:***@db.example.com/crm"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("host=/run/pg user=ft password=s3cret dbname=crm"),
+            "host=/run/pg user=ft password=*** dbname=crm"
+        );
+        assert_eq!(
+            redact_url("postgresql:///crm?host=/run&password=s3cret&user=ft"),
+            "postgresql:///crm?host=/run&password=***&user=ft"
+        );
+        let err = |store: &str| parse(&with(store)).unwrap_err();
+        let e = err("engine = \"postgres\"");
+        assert_eq!((e.line, e.key.as_str()), (Some(at + 1), "store.url"));
+        let e = err("engine = \"postgres\"\nurl = \"postgresql://h/db\"\nurl_env = \"X\"");
+        assert_eq!((e.line, e.key.as_str()), (Some(at + 2), "store.url"));
+        let e = err("engine = \"postgres\"\nurl = \"postgresql://h/db\"\ntls = \"disable\"");
+        assert_eq!((e.line, e.key.as_str()), (Some(at + 3), "store.tls"));
+        assert!(e.message.contains("allow_plaintext"), "{}", e.message);
+        let e = err("engine = \"mysql\"");
+        assert_eq!(e.key, "store.engine");
+        let e = err("url = \"postgresql://h/db\"");
+        assert!(e.message.contains("engine = \"postgres\""), "{}", e.message);
+        let ok = parse(&with(
+            "engine = \"postgres\"\nurl_env = \"FT_TEST_UNSET_URL\"\ntls = \"disable\"\nallow_plaintext = true\nca_file = \"ca.pem\"",
+        ))
+        .unwrap();
+        let StoreEngine::Postgres(pg) = &ok.store else {
+            panic!("postgres expected")
+        };
+        assert_eq!(pg.tls, PgTls::Disable);
+        assert_eq!(pg.ca_file.as_deref(), Some(Path::new("/etc/ft/ca.pem")));
+        assert!(pg.url().unwrap_err().contains("FT_TEST_UNSET_URL"));
+    }
 }
