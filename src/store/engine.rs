@@ -279,3 +279,319 @@ impl ActivityLookup for Store {
         }
     }
 }
+
+/// The product's store methods, the same on both engines: what the CLI, the agent and the
+/// outbox see through [`Store`] (the rules themselves are held to `track::conformance`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Alert;
+    use crate::model::{AlertLevel, Direction};
+    use crate::store::{OutboxEntry, SendState, ALERT_MAX_AGE_DAYS, MAX_ALERTS, OUTBOX_FOLDER};
+    use crate::track::conformance::{activity, checkpoint, draft, record};
+
+    fn suite(store: &Store) {
+        records_in_key_order_across_pages(store);
+        batches_listings_and_links(store);
+        alerts_are_capped_and_age_out(store);
+        quarantine_and_blobs(store);
+        outbox_and_token_numbers(store);
+    }
+
+    fn records_in_key_order_across_pages(store: &Store) {
+        // More than a page of PostgreSQL's streaming read (200), in a mixed insertion order.
+        let mut recs: Vec<Record> = (0..450)
+            .rev()
+            .map(|i| record("account", &format!("a{i:04}"), None))
+            .collect();
+        let mut bob = record("contact", "bob", Some("systemuser:alice"));
+        bob.emails = vec!["Bob@Acme.com".into()];
+        bob.name = "Bob Builder".into();
+        recs.push(bob.clone());
+        store.put_records(&recs).unwrap();
+        let all = store.records(None).unwrap();
+        assert_eq!(all.len(), 451);
+        assert_eq!(all[0].key, "a0000");
+        assert_eq!(all[449].key, "a0449");
+        assert_eq!(all[450].key, "bob", "type:key order");
+        let streamed: Vec<Record> = store
+            .records_iter(Some("account"))
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(streamed.len(), 450);
+        assert_eq!(store.by_email("bob@acme.com"), vec![bob.clone()]);
+        assert_eq!(store.by_name("contact", "BOB builder"), vec![bob.clone()]);
+        assert!(store.by_name("account", "Bob Builder").is_empty());
+        // Replaced, not doubled.
+        bob.name = "Robert Builder".into();
+        store.put_records(&[bob]).unwrap();
+        assert_eq!(
+            store.records(Some("contact")).unwrap()[0].name,
+            "Robert Builder"
+        );
+    }
+
+    fn batches_listings_and_links(store: &Store) {
+        let mut a = activity("alice", "INBOX/Acme", 1, "<one@t>");
+        a.regarding = Some("account:a0001".into());
+        a.body_text = "long ".repeat(200);
+        store.keep_body_out(&mut a);
+        let b = activity("alice", "INBOX/Acme", 2, "<two@t>");
+        let cp = checkpoint("alice", "INBOX/Acme", 2);
+        let done = store
+            .commit_batch(&[draft(a), draft(b)], &cp, "alice")
+            .unwrap();
+        assert_eq!(done.outcome.created, 2);
+        assert_eq!(done.tracked_uids, vec![1, 2]);
+        assert_eq!(store.activity_count(), 2);
+        let all = store.activities(None).unwrap();
+        assert_eq!(all[0].body_text, "long ".repeat(200), "the body comes back");
+        let acme = RecordRef::new("account", "a0001");
+        let linked = store.activities(Some(&acme)).unwrap();
+        assert_eq!(linked.len(), 1);
+        let id = linked[0].id;
+        assert_eq!(store.activities_iter().count(), 2);
+        let src = crate::track::conformance::source("alice", "INBOX/Acme", 2);
+        assert_eq!(store.activity_by_source(&src).unwrap(), Some(all[1].id));
+        assert_eq!(store.counterpart(&all[0]).unwrap(), None);
+        // Checkpoints, rename, bindings, mailbox state.
+        assert_eq!(
+            store
+                .folder_state("alice", "INBOX/Acme")
+                .unwrap()
+                .unwrap()
+                .last_uid,
+            2
+        );
+        store
+            .rename_folder_state("alice", "INBOX/Acme", "INBOX/Acme2")
+            .unwrap();
+        assert!(store.folder_state("alice", "INBOX/Acme").unwrap().is_none());
+        assert_eq!(store.folder_states().unwrap()[0].folder, "INBOX/Acme2");
+        let binding = RuleBinding {
+            folder: "INBOX/Acme2".into(),
+            uidvalidity: 1,
+        };
+        store
+            .put_rule_binding("alice", "INBOX/Acme", &binding)
+            .unwrap();
+        assert_eq!(
+            store.rule_binding("alice", "INBOX/Acme").unwrap(),
+            Some(binding)
+        );
+        let mut st = store.mailbox_state("alice").unwrap();
+        assert_eq!(st.name, "alice");
+        st.failed("refused");
+        store.put_mailbox_state(&st).unwrap();
+        assert_eq!(store.mailbox_state("alice").unwrap().outages.len(), 1);
+        // A link by hand, found by its folder, then cleared.
+        let other = all[1].id;
+        assert!(store.link_by_hand(other, &acme).unwrap());
+        assert!(!store.link_by_hand(999_999, &acme).unwrap());
+        assert_eq!(store.activities(Some(&acme)).unwrap().len(), 2);
+        assert_eq!(
+            store.manual_links_in("alice", "INBOX/Acme").unwrap(),
+            vec![(other, 2)]
+        );
+        store.clear_manual_link(other).unwrap();
+        assert!(store
+            .manual_links_in("alice", "INBOX/Acme")
+            .unwrap()
+            .is_empty());
+        assert!(store.relink(id, None).unwrap());
+        assert_eq!(store.activities(Some(&acme)).unwrap().len(), 1);
+    }
+
+    fn alerts_are_capped_and_age_out(store: &Store) {
+        let alert = |message: String| Alert {
+            level: AlertLevel::Warning,
+            message,
+        };
+        for i in 0..MAX_ALERTS + 5 {
+            store
+                .add_alert("carol", alert(format!("server said {i}")))
+                .unwrap();
+        }
+        store
+            .add_alert("carol", alert("server said 7".into()))
+            .unwrap();
+        let carol: Vec<StoredAlert> = store
+            .alerts(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.mailbox == "carol")
+            .collect();
+        assert_eq!(carol.len(), MAX_ALERTS);
+        let seven = carol
+            .iter()
+            .find(|a| a.alert.message == "server said 7")
+            .unwrap();
+        assert_eq!(seven.count, 2, "raised again: counted, not added");
+        assert_eq!(store.alerts(3).unwrap().len(), 3);
+    }
+
+    fn quarantine_and_blobs(store: &Store) {
+        let item = BatchItem::Quarantined {
+            source: crate::track::conformance::source("bob", "INBOX", 9),
+            reason: "cannot parse".into(),
+            raw: b"raw bytes".to_vec(),
+            size: 9,
+        };
+        store
+            .commit_batch(&[item], &checkpoint("bob", "INBOX", 9), "bob")
+            .unwrap();
+        let q = store.quarantine().unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(store.quarantine_count(), 1);
+        assert_eq!(
+            store.quarantine_entry(q[0].id).unwrap().unwrap().reason,
+            "cannot parse"
+        );
+        assert_eq!(
+            store.quarantine_raw(q[0].id).unwrap().unwrap(),
+            b"raw bytes"
+        );
+        assert!(store.quarantine_remove(q[0].id).unwrap());
+        assert!(!store.quarantine_remove(q[0].id).unwrap());
+        assert_eq!(store.quarantine_count(), 0);
+        store.put_blob("ab12", b"attachment").unwrap();
+        store.put_blob("ab12", b"attachment").unwrap();
+        assert_eq!(store.blob("ab12").unwrap().unwrap(), b"attachment");
+        assert_eq!(store.blob("cd34").unwrap(), None);
+        store.flush().unwrap();
+        assert!(store.schema_version().unwrap() >= 1);
+        assert!(store.disk_usage() > 0);
+    }
+
+    fn outbox_and_token_numbers(store: &Store) {
+        assert_eq!(
+            store.next_token_numbers("systemuser:alice").unwrap(),
+            (1, 1)
+        );
+        assert_eq!(
+            store.next_token_numbers("systemuser:alice").unwrap(),
+            (1, 2)
+        );
+        assert_eq!(store.next_token_numbers("systemuser:bob").unwrap(), (2, 1));
+        let src = store.outbox_source("alice").unwrap();
+        assert_eq!(src.folder, OUTBOX_FOLDER);
+        assert_ne!(store.outbox_source("alice").unwrap().uid, src.uid);
+        let mut a = activity("alice", "x", 0, "<sent@t>");
+        a.direction = Direction::Outgoing;
+        a.source = src;
+        let BatchItem::Tracked(d) = draft(a) else {
+            unreachable!()
+        };
+        let entry = OutboxEntry {
+            activity: 0,
+            mailbox: "alice".into(),
+            message_id: "<sent@t>".into(),
+            raw_sha256: "ab12".into(),
+            raw_size: 10,
+            from: "alice@example.com".into(),
+            recipients: vec!["carol@globex.com".into()],
+            state: SendState::Queued,
+            attempts: 0,
+            queued_at: 1,
+            next_attempt: 1,
+            last_error: None,
+            sent_at: None,
+            server_reply: None,
+            sent_copy: None,
+            copy_error: None,
+        };
+        let id = store.enqueue_outgoing(&d, &entry).unwrap();
+        let mut e = store.outbox_entry(id).unwrap().unwrap();
+        assert_eq!(e.activity, id);
+        assert_eq!(
+            store.activity(id).unwrap().unwrap().direction,
+            Direction::Outgoing
+        );
+        // The same message again: refused, and nothing of it written.
+        let n = store.activity_count();
+        assert!(matches!(
+            store.enqueue_outgoing(&d, &entry),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.activity_count(), n);
+        e.state = SendState::Sent;
+        store.put_outbox_entry(&e).unwrap();
+        assert_eq!(store.outbox_entries().unwrap(), vec![e.clone()]);
+        let summary = store.outbox_summary().unwrap();
+        assert_eq!(summary["alice"].counts[&SendState::Sent], 1);
+        e.activity = 999_999;
+        assert!(matches!(
+            store.put_outbox_entry(&e),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn sled_store_serves_the_product() {
+        let dir = tempfile::tempdir().unwrap();
+        suite(&Store::open(dir.path(), 1 << 20).unwrap());
+    }
+
+    #[test]
+    fn postgres_store_serves_the_product() {
+        let Some(pg) = testkit::pg::PgCluster::start() else {
+            return;
+        };
+        let store = Store {
+            backend: Backend::Pg(PgStore::open(pg.url()).unwrap()),
+        };
+        suite(&store);
+        // An alert not raised again for ALERT_MAX_AGE_DAYS goes at the mailbox's next alert.
+        let Backend::Pg(p) = &store.backend else {
+            unreachable!()
+        };
+        let old =
+            crate::time::rfc3339_utc(crate::time::unix_now() - (ALERT_MAX_AGE_DAYS + 1) * 86_400);
+        p.sql()
+            .unwrap()
+            .execute(
+                "INSERT INTO alerts (mailbox, message, level, count, first_at, at)
+                 VALUES ('dave', 'ancient', 'warning', 1, $1, $1)",
+                &[&old],
+            )
+            .unwrap();
+        let fresh = Alert {
+            level: AlertLevel::Info,
+            message: "fresh".into(),
+        };
+        store.add_alert("dave", fresh).unwrap();
+        let dave: Vec<String> = store
+            .alerts(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.mailbox == "dave")
+            .map(|a| a.alert.message)
+            .collect();
+        assert_eq!(dave, vec!["fresh".to_string()]);
+    }
+
+    /// The agent calls the store from its async tasks: PostgreSQL's blocking client must not
+    /// panic there, on either runtime flavour.
+    #[test]
+    fn postgres_store_runs_on_async_tasks() {
+        let Some(pg) = testkit::pg::PgCluster::start() else {
+            return;
+        };
+        let store = std::sync::Arc::new(Store {
+            backend: Backend::Pg(PgStore::open(pg.url()).unwrap()),
+        });
+        for multi in [true, false] {
+            let rt = match multi {
+                true => tokio::runtime::Builder::new_multi_thread().build(),
+                false => tokio::runtime::Builder::new_current_thread().build(),
+            }
+            .unwrap();
+            let s = store.clone();
+            let n = rt.block_on(async move { s.records(None).unwrap().len() });
+            assert_eq!(n, 0);
+        }
+        // Dropped on a runtime thread: the pooled clients close off it.
+        let rt = tokio::runtime::Builder::new_multi_thread().build().unwrap();
+        rt.block_on(async move { drop(store) });
+    }
+}

@@ -1,13 +1,13 @@
 //! The PostgreSQL engine (DESIGN §5.1): the storage traits of [`crate::track::tx`] over real
 //! tables ([`schema`]), so that the tracking rules run unchanged on a database many agents and
-//! reporting tools share. Not yet wired to the CLI or the agent: it is the engine's core, held
-//! to the same conformance suite as sled and the in-memory engine.
+//! reporting tools share, and the product's store methods ([`product`]) that
+//! [`crate::store::Store`] dispatches to when `[store] engine = "postgres"`.
 //!
 //! The traits are synchronous (sled is), so this uses the `postgres` crate, the blocking
-//! wrapper over tokio-postgres: it must not be called from a tokio runtime thread (the agent's
-//! store calls already run in `spawn_blocking`). Connections come from a small pool of
+//! wrapper over tokio-postgres: it must not be called on a tokio runtime thread, so `Store`
+//! runs every call through [`crate::store::blocking`]. Connections come from a small pool of
 //! clients, so concurrent writers really run concurrently and conflict as they would in
-//! production. No TLS yet.
+//! production. TLS: [`tls`].
 
 mod product;
 mod rows;
