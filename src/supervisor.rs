@@ -40,6 +40,14 @@ pub async fn run(
             .mode(0o700)
             .create(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        // No lock keeps a second agent out: an agent whose control socket answers is one.
+        let socket = crate::control::socket_path(&config.data_dir);
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            return Err(crate::store::StoreError::AgentRunning {
+                dir: config.data_dir.clone(),
+            }
+            .into());
+        }
     }
     let agent = AgentHandle::new(std::process::id());
     let stop = CancellationToken::new();

@@ -38,6 +38,13 @@ pub enum StoreError {
         /// The holder's pid, from the lock file, when it could be read.
         pid: Option<String>,
     },
+    /// An agent of this data dir is running already (on PostgreSQL, where no lock stops a
+    /// second one: its control socket answered).
+    #[error("data dir {dir} is in use by another foldertrack process: its agent answers on the control socket; stop it first (one agent per configuration: two would track the same mailboxes twice)")]
+    AgentRunning {
+        /// The data dir.
+        dir: PathBuf,
+    },
     /// The data dir cannot be created, locked or read.
     #[error("cannot use data dir {dir}: {source}")]
     Io {
