@@ -1190,7 +1190,7 @@ fn store_settings(
             return Err(loc.err(
                 Some(span),
                 "store.tls",
-                "tls = \"disable\" sends the database password and every tracked mail in clear text: set allow_plaintext = true in [store] if that is really wanted (e.g. a server on loopback or a Unix socket)",
+                "tls = \"disable\" sends the database password and every tracked mail in clear text: set allow_plaintext = true in [store] if that is really wanted (e.g. a server on loopback; over a Unix socket TLS does not apply anyway)",
             ))
         }
         Some(("disable", _)) => PgTls::Disable,

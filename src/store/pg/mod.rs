@@ -169,7 +169,17 @@ impl PgStore {
             user: String::new(),
             source: e,
         })?;
-        let tls = tls::connector(settings.tls, settings.ca_file.as_deref())?;
+        // A Unix socket is local: TLS does not apply there (libpq ignores sslmode for it too,
+        // and the server would refuse the TLS request on it).
+        let local = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        let tls = match local {
+            true => None,
+            false => tls::connector(settings.tls, settings.ca_file.as_deref())?,
+        };
         config.ssl_mode(match tls {
             Some(_) => postgres::config::SslMode::Require,
             None => postgres::config::SslMode::Disable,

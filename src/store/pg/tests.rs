@@ -297,4 +297,26 @@ fn pg_tls_modes_verify_full_require_and_disable() {
     assert!(encrypted(&any));
     let plain = PgStore::open_with(pg.url(), &settings(PgTls::Disable, None)).unwrap();
     assert!(!encrypted(&plain));
+    // On the cluster's Unix socket TLS does not apply: verify-full (the default) connects.
+    let dir = pg.socket_dir().unwrap().display().to_string();
+    let port = pg
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let local = format!(
+        "postgresql:///postgres?host={dir}&port={port}&user={}",
+        testkit::pg::USER
+    );
+    let s = PgSettings {
+        url: PgUrl::Literal(local.clone()),
+        tls: PgTls::VerifyFull,
+        ca_file: None,
+    };
+    let over_socket = PgStore::open_with(&local, &s).unwrap();
+    assert!(!encrypted(&over_socket));
 }
