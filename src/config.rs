@@ -244,6 +244,100 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub metrics: MetricsSettings,
     pub health: HealthSettings,
+    /// Where the CRM store lives (`[store]`): sled in `data_dir`, or PostgreSQL.
+    pub store: StoreEngine,
+}
+
+/// The store's engine (`[store] engine`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum StoreEngine {
+    /// sled in the data dir (the default): one process holds it at a time.
+    #[default]
+    Sled,
+    /// A PostgreSQL database, shared by every agent and command that names it.
+    Postgres(PgSettings),
+}
+
+/// How to reach the PostgreSQL database. Its `Debug` never shows a password.
+#[derive(Clone, PartialEq)]
+pub struct PgSettings {
+    /// The connection string, or the environment variable holding it.
+    pub url: PgUrl,
+    pub tls: PgTls,
+    /// Certificates the server's must chain to (`verify-full`); default the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the connection string is (`url` or `url_env`).
+#[derive(Clone, PartialEq)]
+pub enum PgUrl {
+    /// Written in the config file.
+    Literal(String),
+    /// Read from this environment variable when the store is opened.
+    Env(String),
+}
+
+/// `[store] tls`, as libpq's `sslmode` of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTls {
+    /// Encrypted, and the certificate must match the host name and chain to `ca_file`.
+    VerifyFull,
+    /// Encrypted, any certificate accepted.
+    Require,
+    /// Plaintext (only with `allow_plaintext = true`).
+    Disable,
+}
+
+impl PgSettings {
+    /// The connection string (read from the environment for `url_env`). The error names the
+    /// variable, never a value.
+    pub fn url(&self) -> Result<String, String> {
+        match &self.url {
+            PgUrl::Literal(u) => Ok(u.clone()),
+            PgUrl::Env(v) => std::env::var(v).map_err(|_| {
+                format!("environment variable {v} (store.url_env) is not set: it holds the PostgreSQL connection URL")
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match &self.url {
+            PgUrl::Literal(u) => redact_url(u),
+            PgUrl::Env(v) => format!("${v}"),
+        };
+        f.debug_struct("PgSettings")
+            .field("url", &url)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// A PostgreSQL connection string with any password replaced by `***`: the one in a URL's
+/// user info (`postgresql://user:secret@host`) and any `password=` parameter or pair.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let auth_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..auth_end].rfind('@') {
+            if let Some(colon) = out[rest..rest + at].find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let start = from + i + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |j| start + j);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
 }
 
 /// How the `/metrics` and `/healthz` endpoint answers.
@@ -310,6 +404,19 @@ struct RawConfig {
     smtp: Option<smtp::RawSmtp>,
     metrics: Option<RawMetrics>,
     health: Option<RawHealth>,
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    engine: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    url_env: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -513,6 +620,7 @@ impl Config {
                 )?,
             },
         };
+        let store = store_settings(&loc, raw.store.as_ref(), &resolve)?;
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
             let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
@@ -530,6 +638,7 @@ impl Config {
             });
         }
         Ok(Config {
+            store,
             metrics_listen,
             metrics,
             health,
@@ -1011,6 +1120,95 @@ fn metrics_settings(
     Ok((Some(listen), metrics))
 }
 
+/// `[store]`: the engine, and for PostgreSQL exactly one of `url` and `url_env`, the TLS mode
+/// (`disable` only with `allow_plaintext = true`) and an optional `ca_file`.
+fn store_settings(
+    loc: &Locator<'_>,
+    raw: Option<&RawStore>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<StoreEngine, ConfigError> {
+    let Some(s) = raw else {
+        return Ok(StoreEngine::Sled);
+    };
+    let engine = s.engine.as_ref().map_or("sled", |e| e.get_ref().as_str());
+    match engine {
+        "sled" => {
+            let pg_only = [
+                ("store.url", s.url.as_ref()),
+                ("store.url_env", s.url_env.as_ref()),
+                ("store.tls", s.tls.as_ref()),
+                ("store.ca_file", s.ca_file.as_ref()),
+            ];
+            if let Some((key, v)) = pg_only.iter().find_map(|(k, v)| v.map(|v| (k, v))) {
+                return Err(loc.err(
+                    Some(v.span()),
+                    key,
+                    "is for engine = \"postgres\" (the sled store lives in data_dir)",
+                ));
+            }
+            return Ok(StoreEngine::Sled);
+        }
+        "postgres" => {}
+        other => {
+            return Err(loc.err(
+                s.engine.as_ref().map(|e| e.span()),
+                "store.engine",
+                format!("unknown engine `{other}`: write \"sled\" (the default) or \"postgres\""),
+            ))
+        }
+    }
+    let url = match (&s.url, &s.url_env) {
+        (Some(u), None) => PgUrl::Literal(u.get_ref().clone()),
+        (None, Some(v)) if !v.get_ref().trim().is_empty() => PgUrl::Env(v.get_ref().clone()),
+        (Some(u), Some(_)) => {
+            return Err(loc.err(Some(u.span()), "store.url", "set url or url_env, not both"))
+        }
+        _ => {
+            return Err(loc.err(
+                s.engine.as_ref().map(|e| e.span()),
+                "store.url",
+                "engine = \"postgres\" needs url = \"postgresql://user@host/database\" or url_env = \"VARIABLE\" (an environment variable holding the URL, e.g. with its password)",
+            ))
+        }
+    };
+    if let Some(u) = &s.url {
+        if u.get_ref().parse::<postgres::Config>().is_err() {
+            return Err(loc.err(
+                Some(u.span()),
+                "store.url",
+                format!(
+                    "`{}` is not a PostgreSQL connection string (postgresql://user@host:port/database)",
+                    redact_url(u.get_ref())
+                ),
+            ));
+        }
+    }
+    let tls = match s.tls.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+        None | Some(("verify-full", _)) => PgTls::VerifyFull,
+        Some(("require", _)) => PgTls::Require,
+        Some(("disable", span)) if !s.allow_plaintext => {
+            return Err(loc.err(
+                Some(span),
+                "store.tls",
+                "tls = \"disable\" sends the database password and every tracked mail in clear text: set allow_plaintext = true in [store] if that is really wanted (e.g. a server on loopback; over a Unix socket TLS does not apply anyway)",
+            ))
+        }
+        Some(("disable", _)) => PgTls::Disable,
+        Some((other, span)) => {
+            return Err(loc.err(
+                Some(span),
+                "store.tls",
+                format!("unknown mode `{other}`: write \"verify-full\" (the default), \"require\" or \"disable\""),
+            ))
+        }
+    };
+    Ok(StoreEngine::Postgres(PgSettings {
+        url,
+        tls,
+        ca_file: s.ca_file.as_ref().map(|f| resolve(f.get_ref())),
+    }))
+}
+
 /// `password_env` or `password_file` (not both; `key` names the first in errors), or `None`
 /// when neither is set. Shared by the IMAP and SMTP sides.
 fn password_source(
@@ -1250,5 +1448,56 @@ password_env = "ALICE_PW"
             parse(&token_without_oauth).unwrap_err().key,
             "mailbox[0].token_file"
         );
+    }
+
+    #[test]
+    fn store_settings_are_checked_and_never_show_the_password() {
+        assert_eq!(parse(GOOD).unwrap().store, StoreEngine::Sled);
+        let with = |store: &str| format!("{GOOD}[store]\n{store}\n");
+        // The line of `[store]`; its keys follow.
+        let at = GOOD.matches('\n').count() + 1;
+        let url = "postgresql://ft:s3cret@db.example.com/crm";
+        let c = parse(&with(&format!("engine = \"postgres\"\nurl = \"{url}\""))).unwrap();
+        let StoreEngine::Postgres(pg) = &c.store else {
+            panic!("postgres expected")
+        };
+        assert_eq!(pg.tls, PgTls::VerifyFull, "verify-full by default");
+        assert_eq!(pg.url().unwrap(), url);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgresql://ft:***@db.example.com/crm"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("host=/run/pg user=ft password=s3cret dbname=crm"),
+            "host=/run/pg user=ft password=*** dbname=crm"
+        );
+        assert_eq!(
+            redact_url("postgresql:///crm?host=/run&password=s3cret&user=ft"),
+            "postgresql:///crm?host=/run&password=***&user=ft"
+        );
+        let err = |store: &str| parse(&with(store)).unwrap_err();
+        let e = err("engine = \"postgres\"");
+        assert_eq!((e.line, e.key.as_str()), (Some(at + 1), "store.url"));
+        let e = err("engine = \"postgres\"\nurl = \"postgresql://h/db\"\nurl_env = \"X\"");
+        assert_eq!((e.line, e.key.as_str()), (Some(at + 2), "store.url"));
+        let e = err("engine = \"postgres\"\nurl = \"postgresql://h/db\"\ntls = \"disable\"");
+        assert_eq!((e.line, e.key.as_str()), (Some(at + 3), "store.tls"));
+        assert!(e.message.contains("allow_plaintext"), "{}", e.message);
+        let e = err("engine = \"mysql\"");
+        assert_eq!(e.key, "store.engine");
+        let e = err("url = \"postgresql://h/db\"");
+        assert!(e.message.contains("engine = \"postgres\""), "{}", e.message);
+        let ok = parse(&with(
+            "engine = \"postgres\"\nurl_env = \"FT_TEST_UNSET_URL\"\ntls = \"disable\"\nallow_plaintext = true\nca_file = \"ca.pem\"",
+        ))
+        .unwrap();
+        let StoreEngine::Postgres(pg) = &ok.store else {
+            panic!("postgres expected")
+        };
+        assert_eq!(pg.tls, PgTls::Disable);
+        assert_eq!(pg.ca_file.as_deref(), Some(Path::new("/etc/ft/ca.pem")));
+        assert!(pg.url().unwrap_err().contains("FT_TEST_UNSET_URL"));
     }
 }

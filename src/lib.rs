@@ -34,9 +34,6 @@ pub mod oauth;
 // Only `outbox::Outgoing`, which `protocol::Request` carries.
 #[warn(missing_docs)]
 pub mod outbox;
-/// The PostgreSQL engine of the storage boundary (DESIGN §5.1); not yet used by the agent.
-#[allow(dead_code)]
-pub(crate) mod pgstore;
 // Stage 3, which `tests/fuzz.rs` and `tests/fixtures_parse.rs` drive directly.
 pub mod parse;
 // What `main.rs` sends and prints: requests and replies.

@@ -169,7 +169,7 @@ impl Metrics {
         );
         registry.register(
             "store_bytes",
-            "Disk used by the data dir's store and attachment blobs",
+            "Bytes the store takes: sled's files and blob packs in the data dir, or the PostgreSQL database's size",
             m.store_bytes.clone(),
         );
         registry.register(

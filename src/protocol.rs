@@ -217,7 +217,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<ImportError>().is_some()
         || matches!(
             e.downcast_ref::<StoreError>(),
-            Some(StoreError::Locked { .. })
+            Some(StoreError::Locked { .. } | StoreError::AgentRunning { .. })
         )
     {
         2

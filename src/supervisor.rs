@@ -32,6 +32,23 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let store = Arc::new(open_store_waiting(&config).await?);
+    if store.is_postgres() {
+        // The data dir holds only the control socket then (sled's open makes it otherwise).
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        // No lock keeps a second agent out: an agent whose control socket answers is one.
+        let socket = crate::control::socket_path(&config.data_dir);
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            return Err(crate::store::StoreError::AgentRunning {
+                dir: config.data_dir.clone(),
+            }
+            .into());
+        }
+    }
     let agent = AgentHandle::new(std::process::id());
     let stop = CancellationToken::new();
     let shared = Arc::new(RwLock::new(config.clone()));
@@ -154,7 +171,7 @@ fn command_handler(
 async fn open_store_waiting(config: &Config) -> Result<Store> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Store::open(&config.data_dir, config.cache_bytes) {
+        match Store::open_config(config) {
             Err(crate::store::StoreError::Locked { .. })
                 if tokio::time::Instant::now() < deadline
                     && tokio::net::UnixStream::connect(crate::control::socket_path(

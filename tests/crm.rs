@@ -324,6 +324,19 @@ fn attachments_are_deduplicated_blobs_and_come_back_byte_for_byte() {
         hex::encode(sha2::Sha256::digest(&o.stdout)),
         att["sha256"].as_str().unwrap()
     );
+    // Stored once, though two messages carry it: PostgreSQL's blobs table has one row.
+    if let Some(pg) = &e.pg {
+        let mut sql = postgres::Client::connect(pg.url(), postgres::NoTls).unwrap();
+        let row = sql
+            .query_one(
+                "SELECT count(*), sum(length(bytes))::bigint FROM blobs",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1, "one blob row");
+        assert_eq!(row.get::<_, i64>(1) as u64, att["size"].as_u64().unwrap());
+        return;
+    }
     // Stored once: the packs hold the file's bytes one time, though two messages carry it.
     let packed: u64 = walk(&e.work.join("data/blobs"))
         .iter()

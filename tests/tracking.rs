@@ -528,3 +528,37 @@ fn fixtures_corpus_is_tracked_or_quarantined_with_expected_fields() {
         .unwrap();
     assert_eq!(big["attachments"][0]["size"], 6 * 1024 * 1024);
 }
+
+/// The suite runs on the engine it was asked for (`FOLDERTRACK_TEST_ENGINE`): `status` names
+/// it, from the CLI and from a running agent, and on PostgreSQL the tracked mail is in the
+/// database's tables, not in the data dir.
+#[test]
+fn store_is_the_engine_the_tests_ask_for() {
+    let e = alice();
+    e.imap("alice").append(
+        ACME,
+        b"From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: engine check\r\nMessage-ID: <engine@t>\r\n\r\nhi\r\n",
+    );
+    e.ok(&["sync"]);
+    let st = e.status();
+    let store = st["store"].as_str().unwrap_or_default().to_string();
+    let _agent = e.start_agent();
+    let live = e.status();
+    assert!(live["agent"].as_str().unwrap().starts_with("running"));
+    assert_eq!(live["store"], st["store"]);
+    match &e.pg {
+        None => assert_eq!(store, "sled"),
+        Some(pg) => {
+            assert!(store.starts_with("postgres ("), "{store}");
+            assert!(!e.work.join("data/db").exists(), "no sled files");
+            let mut sql = postgres::Client::connect(pg.url(), postgres::NoTls).unwrap();
+            let row = sql
+                .query_one("SELECT subject, regarding FROM activities", &[])
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), "engine check");
+            assert_eq!(row.get::<_, String>(1), "account:acme");
+            // Commands read the database beside the running agent (no data dir lock).
+            assert_eq!(e.activities().len(), 1);
+        }
+    }
+}

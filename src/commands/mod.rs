@@ -18,15 +18,19 @@ pub(crate) mod status;
 pub(crate) mod sync;
 
 use crate::agent::AgentHandle;
-use crate::config::Config;
+use crate::config::{Config, StoreEngine};
 use crate::protocol::{PartialFailure, Reply, Request};
 use crate::store::{Store, StoreError};
 use anyhow::Result;
 use std::sync::Arc;
 
-/// Runs `req`: against the store here when it is free, else through the running agent.
+/// Runs `req`: against the store here when it is free, else through the running agent. On
+/// PostgreSQL the store is never held by one process: see [`dispatch_shared`].
 pub async fn dispatch(req: Request, config: &Config) -> Reply {
-    match Store::open(&config.data_dir, config.cache_bytes) {
+    if config.store != StoreEngine::Sled {
+        return dispatch_shared(req, config).await;
+    }
+    match Store::open_config(config) {
         Ok(store) => {
             let store = Arc::new(store);
             execute(req, config, &store, None).await
@@ -42,10 +46,35 @@ pub async fn dispatch(req: Request, config: &Config) -> Reply {
     }
 }
 
-/// Runs an export request: streamed row by row to `out` when the store is free here, else
-/// answered by the running agent (buffered there, then printed).
+/// A command on a PostgreSQL store: it reads and writes the database directly, with or without
+/// an agent. Only the requests that are about the running agent itself go to it when its
+/// control socket answers: `sync` (wakes its tasks instead of syncing beside them), `status`
+/// (its live task states), and sending (its queue sends, so a message is never sent by two
+/// processes at once).
+async fn dispatch_shared(req: Request, config: &Config) -> Reply {
+    let about_agent = matches!(
+        req,
+        Request::Sync { .. }
+            | Request::Status { .. }
+            | Request::ActivitiesSend { .. }
+            | Request::OutboxRetry { .. }
+    );
+    if about_agent {
+        // No agent (no socket, or a stale one): the connect fails at once and we go on here.
+        if let Ok(reply) = crate::control::call(&config.data_dir, &req).await {
+            return reply;
+        }
+    }
+    match Store::open_config(config) {
+        Ok(store) => execute(req, config, &Arc::new(store), None).await,
+        Err(e) => Reply::from_result(Err(e.into())),
+    }
+}
+
+/// Runs an export request: streamed row by row to `out` when the store is free here (always
+/// on PostgreSQL), else answered by the running agent (buffered there, then printed).
 pub async fn export(req: Request, config: &Config, out: &mut dyn std::io::Write) -> Reply {
-    match Store::open(&config.data_dir, config.cache_bytes) {
+    match Store::open_config(config) {
         Ok(store) => {
             let r = match &req {
                 Request::ActivitiesExport { filter, format } => {

@@ -33,6 +33,8 @@ pub(crate) struct Status {
     pub data_dir: String,
     /// `running (pid N)` when a `run` agent answered, else `not running`.
     pub agent: String,
+    /// The store's engine: `sled`, or `postgres (host, database, user)`.
+    pub store: String,
     pub schema_version: u32,
     pub mailboxes: Vec<MailboxStatus>,
     pub activities: usize,
@@ -328,6 +330,7 @@ impl Status {
                 || "not running".to_string(),
                 |a| format!("running (pid {})", a.pid),
             ),
+            store: store.describe(),
             schema_version: store.schema_version()?,
             mailboxes,
             activities: store.activity_count(),
@@ -338,8 +341,8 @@ impl Status {
 
     pub(crate) fn to_text(&self) -> String {
         let mut s = format!(
-            "data dir {} (schema {}); agent {}\n",
-            self.data_dir, self.schema_version, self.agent
+            "data dir {}; store {} (schema {}); agent {}\n",
+            self.data_dir, self.store, self.schema_version, self.agent
         );
         for a in self
             .alerts

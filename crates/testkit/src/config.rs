@@ -230,6 +230,8 @@ pub struct Config {
     /// `[metrics]` with these extra keys.
     metrics: Option<String>,
     mailboxes: Vec<Mailbox>,
+    /// `[store]` keys, as TOML lines (none: sled in the data dir).
+    store: Option<String>,
 }
 
 impl Config {
@@ -265,6 +267,13 @@ impl Config {
         self
     }
 
+    /// A `[store]` table with these keys, as TOML lines (an [`crate::Env`] on PostgreSQL sets
+    /// it in every config it writes).
+    pub fn store(mut self, toml: &str) -> Config {
+        self.store = Some(toml.to_string());
+        self
+    }
+
     /// Adds a mailbox.
     pub fn mailbox(mut self, m: Mailbox) -> Config {
         self.mailboxes.push(m);
@@ -277,6 +286,13 @@ impl Config {
         let mut out = format!("data_dir = {}\n{}", toml_str(dir), self.top);
         if let Some(keys) = &self.metrics {
             out.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+            out.push_str(keys);
+            if !keys.is_empty() && !keys.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        if let Some(keys) = &self.store {
+            out.push_str("[store]\n");
             out.push_str(keys);
             if !keys.is_empty() && !keys.ends_with('\n') {
                 out.push('\n');

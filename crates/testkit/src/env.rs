@@ -72,12 +72,35 @@ pub fn env_with(opts: SandboxOptions) -> Env {
     let dovecot = Sandbox::start(&tmp.path().join("dovecot"), &opts).expect("start dovecot");
     std::fs::write(work.join(PASSWORD_FILE), PASSWORD).expect("writing the password file");
     std::fs::write(work.join(WRONG_PASSWORD_FILE), "wrong").expect("writing a password file");
+    let pg = postgres().then(|| {
+        crate::pg::PgCluster::start().expect(
+            "FOLDERTRACK_TEST_ENGINE=postgres needs PostgreSQL (apt-get install postgresql)",
+        )
+    });
     Env {
         dovecot,
         work,
         bin: foldertrack_bin(),
+        pg,
         _tmp: tmp,
     }
+}
+
+/// Whether the tests run the product on PostgreSQL (`FOLDERTRACK_TEST_ENGINE=postgres`): every
+/// [`Env`] then has a database of its own, which every config it writes names.
+pub fn postgres() -> bool {
+    std::env::var("FOLDERTRACK_TEST_ENGINE").is_ok_and(|e| e == "postgres")
+}
+
+/// For a test that is about sled by nature (the data dir's lock, its files, a full disk):
+/// `true` (and `SKIPPED: …` with `reason` on stderr) when the tests run on PostgreSQL.
+pub fn sled_only(reason: &str) -> bool {
+    if !postgres() {
+        return false;
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED on PostgreSQL: {reason}");
+    true
 }
 
 /// One test's world; everything is removed (and Dovecot stopped) on drop.
@@ -87,6 +110,9 @@ pub struct Env {
     /// The work dir: `foldertrack.toml`, password files, `data/`, `agent.log`.
     pub work: PathBuf,
     bin: PathBuf,
+    /// The test's PostgreSQL database when the tests run on PostgreSQL ([`postgres`]); stopped
+    /// after everything above it.
+    pub pg: Option<crate::pg::PgCluster>,
     // Declared last: dropped after the sandbox, which must stop before its directory goes.
     _tmp: tempfile::TempDir,
 }
@@ -118,9 +144,21 @@ impl Env {
         self.import_records(RECORDS);
     }
 
-    /// Writes `work/foldertrack.toml`; returns its path.
+    /// Writes `work/foldertrack.toml` (with `[store]` naming this env's database on
+    /// PostgreSQL); returns its path.
     pub fn write_config(&self, config: &Config) -> PathBuf {
-        config.write(&self.work)
+        self.with_store(config).write(&self.work)
+    }
+
+    /// `config` as this env runs it: on PostgreSQL, with `[store]` naming its database.
+    pub fn with_store(&self, config: &Config) -> Config {
+        match &self.pg {
+            Some(pg) => config.clone().store(&format!(
+                "engine = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\nallow_plaintext = true\n",
+                pg.url()
+            )),
+            None => config.clone(),
+        }
     }
 
     /// The config file's path.

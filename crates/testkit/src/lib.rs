@@ -40,7 +40,7 @@ pub mod smtp;
 pub use crate::{
     agent::{Agent, AgentSpec},
     config::{acme, standard_rules, Config, Mailbox, Rule, ACME, RECORDS},
-    env::{cast, env, env_with, Env},
+    env::{cast, env, env_with, postgres, sled_only, Env},
     imap::Imap,
 };
 

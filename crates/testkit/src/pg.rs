@@ -44,7 +44,30 @@ impl PgCluster {
         ) {
             return None;
         }
-        Some(private(bin.expect("checked above")))
+        Some(private(bin.expect("checked above"), None))
+    }
+
+    /// A private cluster that also listens on 127.0.0.1 with TLS on (`tls`: its certificate
+    /// and key), its URL over TCP to `localhost`, for the engine's TLS tests. `None` as
+    /// [`PgCluster::start`], and on `FOLDERTRACK_TEST_PG_URL` (an external server's TLS is not
+    /// ours to set up).
+    pub fn start_tls(tls: &crate::sandbox::TlsFiles) -> Option<PgCluster> {
+        if std::env::var_os("FOLDERTRACK_TEST_PG_URL").is_some() {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: a TLS test needs a private cluster, not FOLDERTRACK_TEST_PG_URL"
+            );
+            return None;
+        }
+        let bin = bin_dir();
+        if !crate::require(
+            bin.is_some(),
+            "PostgreSQL (/usr/lib/postgresql/*/bin/initdb)",
+        ) {
+            return None;
+        }
+        Some(private(bin.expect("checked above"), Some(tls)))
     }
 
     /// The connection URL of the test's database (for psql and for the engine).
@@ -104,8 +127,9 @@ fn run(bin: &Path, as_postgres: bool, program: &str, args: &[&str]) {
     );
 }
 
-/// `initdb` and `pg_ctl start` in a fresh temp dir; the socket lives in the dir itself.
-fn private(bin: PathBuf) -> PgCluster {
+/// `initdb` and `pg_ctl start` in a fresh temp dir; the socket lives in the dir itself. With
+/// `tls`, also a TCP listener on 127.0.0.1 with TLS on, and the URL goes there.
+fn private(bin: PathBuf, tls: Option<&crate::sandbox::TlsFiles>) -> PgCluster {
     let dir = tempfile::Builder::new()
         .prefix("ft-pg-")
         .tempdir_in("/tmp")
@@ -126,9 +150,43 @@ fn private(bin: PathBuf) -> PgCluster {
         "initdb",
         &["-D", &data, "-A", "trust", "-U", USER, "-N"],
     );
-    // Any port: with no TCP listener it only names the socket, which is in our own dir.
-    let port = 20_000 + (std::process::id() % 20_000) + COUNTER.fetch_add(1, Ordering::Relaxed);
-    let opts = format!("-p {port} -k {sock} -c listen_addresses='' -c fsync=off");
+    // Any port: with no TCP listener it only names the socket, which is in our own dir. With
+    // TLS, a port the system just gave out (PostgreSQL cannot be told to take port 0).
+    let port = match tls {
+        None => 20_000 + (std::process::id() % 20_000) + COUNTER.fetch_add(1, Ordering::Relaxed),
+        Some(_) => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port() as u32,
+    };
+    let mut opts = format!("-p {port} -k {sock} -c fsync=off");
+    match tls {
+        None => opts.push_str(" -c listen_addresses=''"),
+        Some(files) => {
+            let data = dir.path().join("data");
+            for (from, to) in [
+                (&files.cert_pem, "server.pem"),
+                (&files.key_pem, "server.key"),
+            ] {
+                std::fs::copy(from, data.join(to)).expect("copying the server's TLS files");
+                let path = data.join(to).display().to_string();
+                if as_postgres {
+                    let st = Command::new("chown")
+                        .args(["postgres:", &path])
+                        .status()
+                        .expect("running chown");
+                    assert!(st.success(), "chown postgres: {path}");
+                }
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod 600 the TLS files");
+            }
+            opts.push_str(
+                " -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=server.pem \
+                 -c ssl_key_file=server.key",
+            );
+        }
+    }
     let log = dir.path().join("log").display().to_string();
     run(
         &bin,
@@ -136,8 +194,12 @@ fn private(bin: PathBuf) -> PgCluster {
         "pg_ctl",
         &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
     );
+    let url = match tls {
+        None => format!("postgresql:///postgres?host={sock}&port={port}&user={USER}"),
+        Some(_) => format!("postgresql://{USER}@localhost:{port}/postgres"),
+    };
     PgCluster {
-        url: format!("postgresql:///postgres?host={sock}&port={port}&user={USER}"),
+        url,
         kind: Kind::Private {
             dir,
             bin,

@@ -1,18 +1,20 @@
 //! The PostgreSQL engine (DESIGN §5.1): the storage traits of [`crate::track::tx`] over real
 //! tables ([`schema`]), so that the tracking rules run unchanged on a database many agents and
-//! reporting tools share. Not yet wired to the CLI or the agent: it is the engine's core, held
-//! to the same conformance suite as sled and the in-memory engine.
+//! reporting tools share, and the product's store methods ([`product`]) that
+//! [`crate::store::Store`] dispatches to when `[store] engine = "postgres"`.
 //!
 //! The traits are synchronous (sled is), so this uses the `postgres` crate, the blocking
-//! wrapper over tokio-postgres: it must not be called from a tokio runtime thread (the agent's
-//! store calls already run in `spawn_blocking`). Connections come from a small pool of
+//! wrapper over tokio-postgres: it must not be called on a tokio runtime thread, so `Store`
+//! runs every call through [`crate::store::blocking`]. Connections come from a small pool of
 //! clients, so concurrent writers really run concurrently and conflict as they would in
-//! production. No TLS yet.
+//! production. TLS: [`tls`].
 
+mod product;
 mod rows;
 pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
 use crate::track::tx::{BatchTx, Broken, Counter, Engine, Findable, Lookups, Scans};
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 /// What can go wrong in the PostgreSQL engine.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PgError {
+pub enum PgError {
     /// The server could not be reached or refused us. Names where and as whom, never the
     /// password.
     #[error(
@@ -49,6 +51,12 @@ pub(crate) enum PgError {
          (version {known}): upgrade foldertrack, or point it at another database"
     )]
     SchemaTooNew { found: i32, known: i32 },
+    /// TLS to the server cannot be set up (`[store] tls`, `ca_file`).
+    #[error("PostgreSQL TLS: {0}")]
+    Tls(String),
+    /// Something a command names is not there (aborts the transaction it is raised in).
+    #[error("{0}")]
+    NotFound(String),
     /// A stored value the model cannot hold, or an inconsistency a rule found.
     #[error("the PostgreSQL store is inconsistent: {0}")]
     Corrupt(String),
@@ -92,6 +100,8 @@ const IDLE: usize = 8;
 /// A PostgreSQL database holding foldertrack's tables.
 pub(crate) struct PgStore {
     config: postgres::Config,
+    /// TLS for new connections (`None`: plaintext).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     idle: Mutex<Vec<Client>>,
     /// Transactions run again after a conflict, since open (for tests and, later, metrics).
     retries: AtomicU64,
@@ -103,6 +113,16 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("target", &describe(&self.config))
             .finish()
+    }
+}
+
+impl Drop for PgStore {
+    /// A `postgres::Client` shuts its connection (and its own runtime) down when dropped,
+    /// which must not happen on an async task's thread: the idle ones go through
+    /// [`crate::store::blocking`].
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::store::blocking(move || drop(idle));
     }
 }
 
@@ -129,6 +149,7 @@ fn describe(c: &postgres::Config) -> (String, String, String) {
 impl PgStore {
     /// Connects to the database of `conninfo` (a `postgresql://` URL or `key=value` pairs)
     /// and brings its schema to this binary's version ([`schema::migrate`]).
+    #[cfg(test)]
     pub(crate) fn open(conninfo: &str) -> Result<PgStore> {
         let config: postgres::Config = conninfo.parse().map_err(|e| PgError::Connect {
             host: "(unparsable connection string)".into(),
@@ -136,8 +157,43 @@ impl PgStore {
             user: String::new(),
             source: e,
         })?;
+        PgStore::connect(config, None)
+    }
+
+    /// Connects as the `[store]` settings say: `url` (a `postgresql://` URL or `key=value`
+    /// pairs) over TLS as `settings.tls` asks, and migrates the schema.
+    pub(crate) fn open_with(url: &str, settings: &crate::config::PgSettings) -> Result<PgStore> {
+        let mut config: postgres::Config = url.parse().map_err(|e| PgError::Connect {
+            host: "(unparsable connection string)".into(),
+            dbname: String::new(),
+            user: String::new(),
+            source: e,
+        })?;
+        // A Unix socket is local: TLS does not apply there (libpq ignores sslmode for it too,
+        // and the server would refuse the TLS request on it).
+        let local = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        let tls = match local {
+            true => None,
+            false => tls::connector(settings.tls, settings.ca_file.as_deref())?,
+        };
+        config.ssl_mode(match tls {
+            Some(_) => postgres::config::SslMode::Require,
+            None => postgres::config::SslMode::Disable,
+        });
+        PgStore::connect(config, tls)
+    }
+
+    fn connect(
+        config: postgres::Config,
+        tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ) -> Result<PgStore> {
         let store = PgStore {
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
             retries: AtomicU64::new(0),
         };
@@ -154,7 +210,11 @@ impl PgStore {
                 return Ok(c);
             }
         }
-        self.config.connect(NoTls).map_err(|source| {
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        connected.map_err(|source| {
             let (host, dbname, user) = describe(&self.config);
             PgError::Connect {
                 host,
@@ -197,7 +257,14 @@ impl PgStore {
         })
     }
 
+    /// Host, database and user, for `status` and messages (never the password).
+    pub(crate) fn target(&self) -> String {
+        let (host, dbname, user) = describe(&self.config);
+        format!("{host}, database {dbname}, user {user}")
+    }
+
     /// How many transactions ran again after a conflict since the store was opened.
+    #[cfg(test)]
     pub(crate) fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }

@@ -9,7 +9,7 @@ use postgres::{GenericClient, IsolationLevel};
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A
 /// migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes and reads.
 pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -153,6 +153,59 @@ CREATE TABLE checkpoints (
     synced_uid_next bigint NOT NULL,
     PRIMARY KEY (mailbox, folder)
 );
+"#;
+
+/// Version 2: what the product keeps besides the tracking rules' tables, so that one database
+/// (and one backup of it) is the whole state: blobs, each mailbox's health, links made by
+/// hand, rule bindings, the outbox and the tracking token counters.
+const V2: &str = r#"
+-- Attachments, outgoing messages as sent: content-addressed, shared by every activity.
+CREATE TABLE blobs (
+    sha256 text PRIMARY KEY,
+    bytes  bytea NOT NULL
+);
+
+-- Each mailbox's incoming health for `status` (last attempt, success, error, outages).
+CREATE TABLE mailbox_state (
+    mailbox text PRIMARY KEY,
+    state   jsonb NOT NULL
+);
+
+-- Activities whose regarding was set by hand (`activities link`): a rule does not move them.
+CREATE TABLE manual_links (
+    activity_id bigint PRIMARY KEY REFERENCES activities (id)
+);
+
+-- The folder (by UIDVALIDITY) an exact rule is bound to, so a renamed folder stays tracked.
+CREATE TABLE rule_bindings (
+    mailbox     text NOT NULL,
+    rule        text NOT NULL,
+    folder      text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    PRIMARY KEY (mailbox, rule)
+);
+
+-- Email activities created in the CRM on their way out: `state` for SQL, `entry` the whole.
+CREATE TABLE outbox (
+    activity_id bigint PRIMARY KEY REFERENCES activities (id),
+    mailbox     text NOT NULL,
+    message_id  text NOT NULL,
+    state       text NOT NULL,
+    entry       jsonb NOT NULL
+);
+CREATE INDEX outbox_state ON outbox (state);
+CREATE SEQUENCE outbox_uid_seq;
+
+-- Tracking token numbers: a row per user (its number, fixed at its first send, and its
+-- counter), so writers of different users never update one row.
+CREATE SEQUENCE token_user_seq;
+CREATE TABLE token_users (
+    user_ref text PRIMARY KEY,
+    number   bigint NOT NULL UNIQUE,
+    counter  bigint NOT NULL
+);
+
+CREATE INDEX records_type ON records (type);
 "#;
 
 /// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database

@@ -260,3 +260,63 @@ fn pg_prefix_successor_bounds_the_thread_scan() {
     assert_eq!(super::successor(&[0xff, 0xff]), None);
     assert_eq!(super::successor(&[]), None);
 }
+
+/// `[store] tls` against a server with TLS on: `verify-full` connects when the certificate
+/// chains to `ca_file` and refuses one that does not, `require` connects to any certificate,
+/// and the connection really is encrypted (the server's `pg_stat_ssl` says so).
+#[test]
+fn pg_tls_modes_verify_full_require_and_disable() {
+    use crate::config::{PgSettings, PgTls, PgUrl};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, files) = testkit::pki::pki(dir.path());
+    let Some(pg) = PgCluster::start_tls(&files) else {
+        return;
+    };
+    let settings = |tls, ca_file: Option<&std::path::Path>| PgSettings {
+        url: PgUrl::Literal(pg.url().to_string()),
+        tls,
+        ca_file: ca_file.map(Into::into),
+    };
+    let encrypted = |store: &PgStore| -> bool {
+        let mut c = store.sql().unwrap();
+        c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let verified = PgStore::open_with(pg.url(), &settings(PgTls::VerifyFull, Some(&ca))).unwrap();
+    assert!(encrypted(&verified));
+    let other = testkit::pki::unrelated_ca(dir.path());
+    let err = PgStore::open_with(pg.url(), &settings(PgTls::VerifyFull, Some(&other)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate") || err.contains("TLS"), "{err}");
+    let any = PgStore::open_with(pg.url(), &settings(PgTls::Require, None)).unwrap();
+    assert!(encrypted(&any));
+    let plain = PgStore::open_with(pg.url(), &settings(PgTls::Disable, None)).unwrap();
+    assert!(!encrypted(&plain));
+    // On the cluster's Unix socket TLS does not apply: verify-full (the default) connects.
+    let dir = pg.socket_dir().unwrap().display().to_string();
+    let port = pg
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let local = format!(
+        "postgresql:///postgres?host={dir}&port={port}&user={}",
+        testkit::pg::USER
+    );
+    let s = PgSettings {
+        url: PgUrl::Literal(local.clone()),
+        tls: PgTls::VerifyFull,
+        ca_file: None,
+    };
+    let over_socket = PgStore::open_with(&local, &s).unwrap();
+    assert!(!encrypted(&over_socket));
+}
