@@ -410,32 +410,42 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
         .collect())
 }
 
+/// Activities, their sources and attachments, one side: each activity's canonical JSON in
+/// id order.
+fn tally_activities(
+    acts: impl Iterator<Item = std::result::Result<crate::model::Activity, StoreError>>,
+) -> std::result::Result<[Tally; 3], StoreError> {
+    let mut t = [Tally::new(true), Tally::new(false), Tally::new(false)];
+    for a in acts {
+        let a = a?;
+        t[0].add_json(&a);
+        for s in std::iter::once(&a.source).chain(&a.other_sources) {
+            t[1].add_json(&(a.id, s));
+        }
+        for x in &a.attachments {
+            t[2].add_json(&(a.id, x));
+        }
+    }
+    Ok(t)
+}
+
+/// Both sides at once (each waits mostly on its own store: sled's reads, PostgreSQL's round
+/// trips).
 fn verify_activities(
     sled: &SledStore,
     pg: &PgStore,
     kinds: &mut BTreeMap<&'static str, Pair>,
 ) -> Result<()> {
-    let mut acts = Pair::new(true);
-    let mut sources = Pair::new(false);
-    let mut attachments = Pair::new(false);
-    let mut tally = |a: &crate::model::Activity, side: fn(&mut Pair) -> &mut Tally| {
-        side(&mut acts).add_json(a);
-        for s in std::iter::once(&a.source).chain(&a.other_sources) {
-            side(&mut sources).add_json(&(a.id, s));
-        }
-        for t in &a.attachments {
-            side(&mut attachments).add_json(&(a.id, t));
-        }
-    };
-    for a in sled.activities_from(0) {
-        tally(&a?, |p| &mut p.sled);
-    }
-    for a in pg.activities_iter() {
-        tally(&a?, |p| &mut p.pg);
-    }
-    kinds.insert("activities", acts);
-    kinds.insert("sources", sources);
-    kinds.insert("attachments", attachments);
+    let (s, p) = std::thread::scope(|scope| {
+        let s = scope.spawn(|| tally_activities(sled.activities_from(0)));
+        let p = tally_activities(pg.activities_iter());
+        (s.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), p)
+    });
+    let ([a, so, at], [pa, pso, pat]) = (s?, p?);
+    let pair = |sled, pg| Pair { sled, pg };
+    kinds.insert("activities", pair(a, pa));
+    kinds.insert("sources", pair(so, pso));
+    kinds.insert("attachments", pair(at, pat));
     Ok(())
 }
 
