@@ -78,7 +78,9 @@ fn run(config: &Config, dir: &Path) -> anyhow::Result<String> {
     Err(PartialFailure {
         stdout: text,
         message: format!(
-            "the copy does not match the sled store: {} differ (see the table)",
+            "the copy does not match the sled store: {} differ (see the table). If the sled \
+             store changed since the copy started (an agent ran on it), copy it again into a \
+             new, empty database",
             differ.join(", ")
         ),
     }
