@@ -106,7 +106,7 @@ impl PgStore {
 
     /// What the database holds already, by table (only the non-empty ones).
     pub(crate) fn copy_target_contents(&self) -> Result<Vec<(&'static str, i64)>> {
-        const TABLES: [&str; 9] = [
+        const TABLES: [&str; 10] = [
             "activities",
             "records",
             "quarantine",
@@ -115,6 +115,7 @@ impl PgStore {
             "outbox",
             "alerts",
             "mailbox_state",
+            "rule_bindings",
             "token_users",
         ];
         self.with(|c| {
