@@ -108,6 +108,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The store itself: `store copy --from-sled DIR` moves a sled store into PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Start a private Dovecot with sample mail, folders and rules, and track it.
     #[cfg(feature = "demo")]
     Demo {
@@ -122,6 +127,17 @@ enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy a sled data dir (stop its agent first) into the empty PostgreSQL database of this
+    /// config's [store], then verify counts and checksums; run again to resume.
+    Copy {
+        /// The sled store's data dir.
+        #[arg(long = "from-sled", value_name = "DIR")]
+        from_sled: PathBuf,
     },
 }
 
@@ -395,6 +411,9 @@ async fn run(cli: Cli) -> Reply {
             OutboxCmd::Cancel { id } => Request::OutboxCancel { id },
         },
         Command::Status { json } => Request::Status { json },
+        Command::Store {
+            cmd: StoreCmd::Copy { from_sled },
+        } => return commands::store::copy_from_sled(&config, &from_sled),
         #[cfg(feature = "demo")]
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Completions { .. } => unreachable!("handled above"),

@@ -15,6 +15,7 @@ pub mod records;
 pub(crate) mod rules;
 pub mod show;
 pub(crate) mod status;
+pub mod store;
 pub(crate) mod sync;
 
 use crate::agent::AgentHandle;

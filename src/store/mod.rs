@@ -4,6 +4,8 @@
 //! default) or to a PostgreSQL database ([`pg`], `[store] engine = "postgres"`).
 //! The tracking rules themselves live in [`crate::track`] and run unchanged on both.
 
+/// `store copy --from-sled`: a sled store into an empty PostgreSQL database.
+pub(crate) mod copy;
 mod engine;
 mod keys;
 pub(crate) mod outbox;

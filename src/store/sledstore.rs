@@ -32,6 +32,10 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Reading the whole store out, for `store copy --from-sled`.
+mod dump;
+pub(crate) use dump::{Counters, TokenUser};
+
 /// Space kept free on the data dir's filesystem. sled 0.34 does not recover from a write
 /// that fails for lack of space (its flusher waits forever: found by the full-disk test), so
 /// foldertrack refuses to start a write that could get near that point.

@@ -9,6 +9,8 @@
 //! clients, so concurrent writers really run concurrently and conflict as they would in
 //! production. TLS: [`tls`].
 
+/// `store copy --from-sled`: bulk writes and whole-store reads.
+pub(crate) mod copy;
 mod product;
 mod rows;
 pub(crate) mod schema;
