@@ -6,7 +6,8 @@
 //! Run: `scripts/bench.sh` (installs Dovecot and `time`, then `cargo bench --bench sync`).
 //! Knobs: BENCH_CONFIG (top-level config lines for foldertrack, `\n`-separated, e.g.
 //! `batch_bytes = 16777216`), BENCH_SIZES (10000; e.g. 1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (0; 1 runs it
-//! at BENCH_NAIVE_SIZE, 10000), BENCH_SHARED (path of the
+//! at BENCH_NAIVE_SIZE, 10000), BENCH_PG (1: the same sync into a private PostgreSQL too; 0
+//! skips it), BENCH_SHARED (path of the
 //! baseline scripts; default `../shared/bench` beside the repo). Without the baseline scripts
 //! the mail is generated here (APPEND) and the raw pump is a built-in socket client.
 
@@ -314,6 +315,15 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
         "foldertrack sync (empty store, $Tracked written back)".into(),
         med(ft),
     ));
+    if knob("BENCH_PG", 1) == 1 {
+        if let Some(m) = sync_into_postgres(port, folder, runs, count) {
+            rows.push((
+                "foldertrack sync into PostgreSQL (private cluster, Unix socket; empty database)"
+                    .into(),
+                m,
+            ));
+        }
+    }
 
     if naive && shared.join("naive_ingest.py").exists() {
         let db = tmp.path().join("naive.db");
@@ -330,6 +340,46 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
     }
     drop(dovecot);
     rows
+}
+
+/// The same sync with `[store] engine = "postgres"`: a fresh private cluster per run (started
+/// before the clock), reached over its Unix socket. `None` when PostgreSQL is not installed.
+fn sync_into_postgres(port: u16, folder: &str, runs: usize, count: usize) -> Option<Measure> {
+    let bin = testkit::env::foldertrack_bin();
+    let mut ms = Vec::new();
+    for _ in 0..runs {
+        let pg = testkit::pg::PgCluster::start()?;
+        let work = tempfile::Builder::new()
+            .prefix("ft-bench-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(work.path().join("password"), "pass").unwrap();
+        Config::new()
+            .store(&format!(
+                "engine = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\nallow_plaintext = true\n",
+                pg.url()
+            ))
+            .mailbox(Mailbox::new("user1", port).rule(Rule::unlinked("INBOX/Tracked/Acme")))
+            .write(work.path());
+        imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
+        ms.push(timed(Command::new(&bin).current_dir(work.path()).args([
+            "--config",
+            "foldertrack.toml",
+            "sync",
+        ])));
+        let out = Command::new(&bin)
+            .current_dir(work.path())
+            .args(["--config", "foldertrack.toml", "status", "--json"])
+            .output()
+            .unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let n = st["activities"].as_u64().unwrap() + st["quarantined"].as_u64().unwrap();
+        assert_eq!(
+            n as usize, count,
+            "every message tracked or quarantined (PostgreSQL)"
+        );
+    }
+    Some(med(ms))
 }
 
 fn main() {
