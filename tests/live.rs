@@ -229,6 +229,11 @@ fn manual_link_is_reset_to_the_folder_rule_at_the_next_pass() {
     e.imap("alice")
         .append("INBOX/Tracked/Acme", &mail("by hand", "<h@x>"));
     wait_count(&e, 1, 30);
+    // The catch-up that tracked it runs more rounds, and any pass resets a hand-set link: link
+    // it once the worker waits in IDLE, so that only the `sync` below starts the next pass.
+    wait_for("the worker back in IDLE", 30, || {
+        e.status()["mailboxes"][0]["live"]["state"] == "idle"
+    });
     let id = one_by_subject(&e, "by hand")["id"].to_string();
     e.ok(&["activities", "link", &id, "contact:carol"]);
     assert_eq!(one_by_subject(&e, "by hand")["regarding"], "contact:carol");
