@@ -701,24 +701,17 @@ impl SledStore {
 
     // ---- late correlation -------------------------------------------------------------------
 
-    /// Late correlation ([`crate::track::correlate::recorrelate`]) for activities given by id,
-    /// read back a few hundred at a time (without their bodies), so memory does not grow with
-    /// the pass.
+    /// Late correlation ([`crate::track::correlate::recorrelate_ids`]); flushed when it
+    /// changed any activity.
     pub(crate) fn recorrelate_ids(
         &self,
         ids: &[u64],
         writer: &crate::model::Writer,
         smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
-        let mut n = 0;
-        for chunk in ids.chunks(256) {
-            let mut acts = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                if let Some(a) = self.activity_meta(*id)? {
-                    acts.push(a);
-                }
-            }
-            n += self.recorrelate(&acts, writer, smart)?;
+        let n = crate::track::correlate::recorrelate_ids(self, ids, writer, smart)?;
+        if n > 0 {
+            self.flush()?;
         }
         Ok(n)
     }
@@ -731,20 +724,6 @@ impl SledStore {
             .get(id.to_be_bytes())?
             .map(|v| dec("activities", &v))
             .transpose()
-    }
-
-    /// Late correlation of the activities a pass created; flushed when it changed any.
-    pub(crate) fn recorrelate(
-        &self,
-        created: &[Activity],
-        writer: &crate::model::Writer,
-        smart: Option<&crate::token::TokenFormat>,
-    ) -> Result<u32> {
-        let n = crate::track::correlate::recorrelate(self, created, writer, smart)?;
-        if n > 0 {
-            self.flush()?;
-        }
-        Ok(n)
     }
 
     // ---- attachment blobs --------------------------------------------------------------------

@@ -112,6 +112,28 @@ pub(crate) fn recorrelate<E: Engine>(
     Ok(n)
 }
 
+/// [`recorrelate`] for activities given by id, read back a few hundred at a time (through
+/// [`Lookups::activity`], which leaves out what the engine keeps apart), so memory does not
+/// grow with the pass.
+pub(crate) fn recorrelate_ids<E: Engine>(
+    e: &E,
+    ids: &[u64],
+    writer: &Writer,
+    smart: Option<&crate::token::TokenFormat>,
+) -> Result<u32, E::Error> {
+    let mut n = 0;
+    for chunk in ids.chunks(256) {
+        let mut acts = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            if let Some(a) = e.activity(*id)? {
+                acts.push(a);
+            }
+        }
+        n += recorrelate(e, &acts, writer, smart)?;
+    }
+    Ok(n)
+}
+
 /// Activities tracked before `x` that may answer it: they name its Message-ID, extend its
 /// Thread-Index, or carry its token.
 fn children<E: Engine>(e: &E, x: &Activity) -> Result<Vec<(u64, CorrelationMethod)>, E::Error> {

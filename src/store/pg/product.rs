@@ -582,34 +582,15 @@ impl PgStore {
 
     // ---- late correlation ------------------------------------------------------------------
 
-    /// Late correlation for activities given by id, read back a few hundred at a time.
+    /// Late correlation ([`crate::track::correlate::recorrelate_ids`]).
     pub(crate) fn recorrelate_ids(
         &self,
         ids: &[u64],
         writer: &crate::model::Writer,
         smart: Option<&crate::token::TokenFormat>,
     ) -> Result<u32> {
-        let mut n = 0;
-        for chunk in ids.chunks(256) {
-            let mut acts = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                if let Some(a) = Lookups::activity(self, *id)? {
-                    acts.push(a);
-                }
-            }
-            n += self.recorrelate(&acts, writer, smart)?;
-        }
-        Ok(n)
-    }
-
-    pub(crate) fn recorrelate(
-        &self,
-        created: &[Activity],
-        writer: &crate::model::Writer,
-        smart: Option<&crate::token::TokenFormat>,
-    ) -> Result<u32> {
-        Ok(crate::track::correlate::recorrelate(
-            self, created, writer, smart,
+        Ok(crate::track::correlate::recorrelate_ids(
+            self, ids, writer, smart,
         )?)
     }
 
