@@ -6,7 +6,7 @@
 //! The progress lives in `copy_progress` (one row), created by the copy itself rather than by
 //! a schema migration: it is bookkeeping of one admin command, not part of the product's data.
 
-use super::rows::big;
+use super::rows::{self, big};
 use super::{corrupt, PgError, PgStore, PgTx};
 use crate::model::{Activity, QuarantineEntry, Record};
 use crate::store::sledstore::TokenUser;
@@ -160,19 +160,7 @@ impl PgStore {
                      shared = excluded.shared, teams = excluded.teams, emails = excluded.emails",
             )?;
             for r in recs {
-                tx.execute(
-                    &st,
-                    &[
-                        &r.reference().to_string(),
-                        &r.rtype,
-                        &r.key,
-                        &r.name,
-                        &r.owner,
-                        &r.shared,
-                        &r.teams,
-                        &r.emails,
-                    ],
-                )?;
+                tx.execute(&st, &rows::record_params(r, &r.reference().to_string()))?;
             }
             Ok(())
         })

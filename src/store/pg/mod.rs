@@ -433,16 +433,7 @@ impl BatchTx for PgTx<'_> {
             c.execute(
                 "INSERT INTO records (reference, type, key, name, owner, shared, teams, emails)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (reference) DO NOTHING",
-                &[
-                    &r.reference().to_string(),
-                    &r.rtype,
-                    &r.key,
-                    &r.name,
-                    &r.owner,
-                    &r.shared,
-                    &r.teams,
-                    &r.emails,
-                ],
+                &rows::record_params(r, &r.reference().to_string()),
             )?;
             Ok(())
         })

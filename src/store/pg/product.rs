@@ -5,7 +5,7 @@
 //! [`StoreError`]; the batch and the outgoing activity go through the same rules
 //! ([`crate::track::batch`]) inside [`Engine::transaction`], as on sled.
 
-use super::rows::big;
+use super::rows::{self, big};
 use super::{corrupt, load_record, PgError, PgStore, PgTx};
 use crate::model::{Activity, Alert, AlertLevel, Direction, Draft, Record, RecordRef, Source};
 use crate::store::{
@@ -161,16 +161,7 @@ impl PgStore {
                              key = excluded.key, name = excluded.name, owner = excluded.owner,
                              shared = excluded.shared, teams = excluded.teams,
                              emails = excluded.emails",
-                        &[
-                            &r.reference().to_string(),
-                            &r.rtype,
-                            &r.key,
-                            &r.name,
-                            &r.owner,
-                            &r.shared,
-                            &r.teams,
-                            &r.emails,
-                        ],
+                        &rows::record_params(r, &r.reference().to_string()),
                     )?;
                 }
                 Ok(())

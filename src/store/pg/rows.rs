@@ -5,7 +5,7 @@
 
 use super::{corrupt, PgError};
 use crate::model::{
-    Activity, AttachmentMeta, Correlation, CorrelationMethod, Direction, Party, Source,
+    Activity, AttachmentMeta, Correlation, CorrelationMethod, Direction, Party, Record, Source,
 };
 use postgres::{GenericClient, Row};
 
@@ -20,6 +20,17 @@ pub(super) struct Keys<'a> {
 }
 
 /// A u32 or u64 from the model as a PostgreSQL bigint (ids, UIDs and sizes all fit).
+/// A record's columns, in the order `records (reference, type, key, name, owner, shared,
+/// teams, emails)` lists them: the statements that write a record all take this list.
+pub(super) fn record_params<'a>(
+    r: &'a Record,
+    reference: &'a String,
+) -> [&'a (dyn postgres::types::ToSql + Sync); 8] {
+    [
+        reference, &r.rtype, &r.key, &r.name, &r.owner, &r.shared, &r.teams, &r.emails,
+    ]
+}
+
 pub(super) fn big(n: impl Into<u64>) -> i64 {
     i64::try_from(n.into()).unwrap_or(i64::MAX)
 }
