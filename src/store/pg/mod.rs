@@ -351,15 +351,7 @@ fn load_record(c: &mut impl GenericClient, reference: &str) -> Result<Option<Rec
          WHERE reference = $1",
         &[&reference],
     )?;
-    Ok(row.map(|r| Record {
-        rtype: r.get(0),
-        key: r.get(1),
-        name: r.get(2),
-        emails: r.get(3),
-        owner: r.get(4),
-        shared: r.get(5),
-        teams: r.get(6),
-    }))
+    Ok(row.as_ref().map(rows::record_of))
 }
 
 impl BatchTx for PgTx<'_> {

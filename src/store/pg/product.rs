@@ -42,18 +42,6 @@ fn u64_of(n: i64, what: &str) -> std::result::Result<u64, PgError> {
 
 const RECORD_COLUMNS: &str = "type, key, name, emails, owner, shared, teams";
 
-fn record_of(r: &Row) -> Record {
-    Record {
-        rtype: r.get(0),
-        key: r.get(1),
-        name: r.get(2),
-        emails: r.get(3),
-        owner: r.get(4),
-        shared: r.get(5),
-        teams: r.get(6),
-    }
-}
-
 const CHECKPOINT_COLUMNS: &str = "mailbox, folder, uidvalidity, last_uid, uid_next, messages, \
      last_sync, rule, regarding, synced_uid_next";
 
@@ -192,7 +180,10 @@ impl PgStore {
                  ORDER BY reference COLLATE \"C\" LIMIT {PAGE}"
             );
             let rows = self.with(|c| Ok(c.query(&sql, &[&rtype, after])?))?;
-            Ok(rows.iter().map(|r| (r.get(7), record_of(r))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(7), rows::record_of(r)))
+                .collect())
         };
         paged(page)
     }
@@ -301,7 +292,7 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Vec<Record> {
-        self.with(|c| Ok(c.query(sql, params)?.iter().map(record_of).collect()))
+        self.with(|c| Ok(c.query(sql, params)?.iter().map(rows::record_of).collect()))
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "record lookup could not read PostgreSQL");
                 Vec::new()

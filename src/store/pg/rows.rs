@@ -31,6 +31,19 @@ pub(super) fn record_params<'a>(
     ]
 }
 
+/// A record from a row of `SELECT type, key, name, emails, owner, shared, teams`.
+pub(super) fn record_of(r: &Row) -> Record {
+    Record {
+        rtype: r.get(0),
+        key: r.get(1),
+        name: r.get(2),
+        emails: r.get(3),
+        owner: r.get(4),
+        shared: r.get(5),
+        teams: r.get(6),
+    }
+}
+
 pub(super) fn big(n: impl Into<u64>) -> i64 {
     i64::try_from(n.into()).unwrap_or(i64::MAX)
 }
