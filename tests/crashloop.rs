@@ -302,6 +302,9 @@ fn crash_loop(cycles: usize) {
                 log_tail(&e, 60)
             );
         }
+        // Kill first, then read the log to tell where it landed: reading it before (a whole
+        // file) let the agent log past the commit it was aimed at.
+        agent.kill(); // SIGKILL
         let phase = if finished_first_pass(&e) {
             in_work += 1;
             "during work"
@@ -309,7 +312,6 @@ fn crash_loop(cycles: usize) {
             in_start_up += 1;
             "during start-up"
         };
-        agent.kill(); // SIGKILL
         let phase = if killed_after_a_commit(&e) {
             after_commit += 1;
             "during work, right after a batch commit"
