@@ -12,8 +12,7 @@ use crate::model::{Activity, QuarantineEntry, Record};
 use crate::store::sledstore::TokenUser;
 use crate::store::{FolderState, MailboxState, OutboxEntry, RuleBinding, StoredAlert};
 use crate::track::tx::BatchTx;
-use postgres::{Client, Transaction};
-use std::cell::RefCell;
+use postgres::Transaction;
 
 type Result<T> = std::result::Result<T, PgError>;
 
@@ -76,8 +75,8 @@ impl PgStore {
     /// Runs `f` in one READ COMMITTED transaction (the copy is the database's only writer:
     /// nothing to serialize against), committed when it succeeds.
     fn copy_tx<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
-        self.with(|c: &mut Client| {
-            let mut tx = c.transaction()?;
+        self.with(|c| {
+            let mut tx = c.parts().0.transaction()?;
             let out = f(&mut tx)?;
             tx.commit()?;
             Ok(out)
@@ -146,7 +145,7 @@ impl PgStore {
 
     /// Moves the copy on to `phase` (`done` also notes the time).
     pub(crate) fn copy_set_phase(&self, phase: &str) -> Result<()> {
-        self.with(|c| set_phase(c, phase))
+        self.with(|c| set_phase(c.parts().0, phase))
     }
 
     /// Inserts or replaces a batch of records, in one transaction.
@@ -234,9 +233,8 @@ impl PgStore {
     /// moves on to `next`: all in one transaction, so a resumed copy runs it again whole.
     pub(crate) fn copy_state(&self, s: State<'_>, next: &str) -> Result<()> {
         self.with(|c| {
-            let t = PgTx {
-                tx: RefCell::new(c.transaction()?),
-            };
+            let (client, stmts) = c.parts();
+            let t = PgTx::new(client.transaction()?, stmts);
             for st in s.checkpoints {
                 t.put_checkpoint(&st.map_err(from_store)?)?;
             }

@@ -11,6 +11,7 @@
 
 /// `store copy --from-sled`: bulk writes and whole-store reads.
 pub(crate) mod copy;
+mod db;
 mod product;
 mod rows;
 pub(crate) mod schema;
@@ -21,6 +22,7 @@ mod tls;
 use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
 use crate::track::tx::{BatchTx, Broken, Counter, Engine, Findable, Lookups, Scans};
 use crate::track::ActivityLookup;
+use db::{Conn, Db, Statements};
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, IsolationLevel, NoTls, Transaction};
 use rows::big;
@@ -104,7 +106,7 @@ pub(crate) struct PgStore {
     config: postgres::Config,
     /// TLS for new connections (`None`: plaintext).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     /// Transactions run again after a conflict, since open (for tests and, later, metrics).
     retries: AtomicU64,
 }
@@ -199,16 +201,16 @@ impl PgStore {
             idle: Mutex::new(Vec::new()),
             retries: AtomicU64::new(0),
         };
-        let mut c = store.client()?;
-        schema::migrate(&mut c)?;
+        let mut c = store.conn()?;
+        schema::migrate(&mut c.client)?;
         store.give_back(c);
         Ok(store)
     }
 
     /// An idle connection, or a new one.
-    fn client(&self) -> Result<Client> {
+    fn conn(&self) -> Result<Conn> {
         if let Some(c) = self.idle.lock().expect("pool poisoned").pop() {
-            if !c.is_closed() {
+            if !c.client.is_closed() {
                 return Ok(c);
             }
         }
@@ -216,7 +218,7 @@ impl PgStore {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
         };
-        connected.map_err(|source| {
+        let client = connected.map_err(|source| {
             let (host, dbname, user) = describe(&self.config);
             PgError::Connect {
                 host,
@@ -224,36 +226,41 @@ impl PgStore {
                 user,
                 source,
             }
+        })?;
+        Ok(Conn {
+            client,
+            stmts: Statements::default(),
         })
     }
 
     /// Returns a connection to the pool (a closed one, or one too many, is dropped).
-    fn give_back(&self, c: Client) {
+    fn give_back(&self, c: Conn) {
         let mut idle = self.idle.lock().expect("pool poisoned");
-        if !c.is_closed() && idle.len() < IDLE {
+        if !c.client.is_closed() && idle.len() < IDLE {
             idle.push(c);
         }
     }
 
     /// Runs `f` on a pooled connection, outside of a transaction (one statement reads
     /// committed data on its own).
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let mut c = self.client()?;
-        let out = f(&mut c);
+    fn with<T>(&self, f: impl FnOnce(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
+        let mut c = self.conn()?;
+        let out = f(&mut Db::new(&mut c.client, &mut c.stmts));
         self.give_back(c);
         out
     }
 
     /// Runs `f` in a read-only snapshot, for reads of several statements (an activity and
     /// its child rows) that must see one committed state.
-    fn snapshot<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn snapshot<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'_>>) -> Result<T>) -> Result<T> {
         self.with(|c| {
-            let mut tx = c
+            let (client, stmts) = c.parts();
+            let mut tx = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
-            let out = f(&mut tx)?;
+            let out = f(&mut Db::new(&mut tx, stmts))?;
             tx.commit()?;
             Ok(out)
         })
@@ -274,7 +281,7 @@ impl PgStore {
     /// A plain SQL client on the store's database, for tests and reporting-like checks.
     #[cfg(test)]
     pub(crate) fn sql(&self) -> Result<Client> {
-        self.client()
+        Ok(self.conn()?.client)
     }
 }
 
@@ -282,15 +289,30 @@ impl PgStore {
 /// `&mut self`: the cell lends the transaction to one statement at a time.
 pub(crate) struct PgTx<'t> {
     tx: RefCell<Transaction<'t>>,
+    stmts: RefCell<&'t mut Statements>,
 }
 
-impl PgTx<'_> {
-    fn with<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
-        f(&mut self.tx.borrow_mut())
+impl<'t> PgTx<'t> {
+    fn new(tx: Transaction<'t>, stmts: &'t mut Statements) -> PgTx<'t> {
+        PgTx {
+            tx: RefCell::new(tx),
+            stmts: RefCell::new(stmts),
+        }
     }
 
-    fn snapshot<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>) -> Result<T> {
+        let mut tx = self.tx.borrow_mut();
+        let mut stmts = self.stmts.borrow_mut();
+        f(&mut Db::new(&mut *tx, &mut **stmts))
+    }
+
+    fn snapshot<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>) -> Result<T> {
         self.with(f)
+    }
+
+    /// Commits the transaction.
+    fn commit(self) -> Result<()> {
+        Ok(self.tx.into_inner().commit()?)
     }
 }
 
@@ -334,7 +356,12 @@ lookups!(PgStore);
 lookups!(PgTx<'_>);
 
 /// The id column of the row of `table` keyed by source `s` (sources, quarantine).
-fn by_source(c: &mut impl GenericClient, table: &str, id: &str, s: &Source) -> Result<Option<u64>> {
+fn by_source(
+    c: &mut Db<'_, impl GenericClient>,
+    table: &str,
+    id: &str,
+    s: &Source,
+) -> Result<Option<u64>> {
     let sql = format!(
         "SELECT {id} FROM {table}
          WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid = $4 LIMIT 1"
@@ -345,7 +372,7 @@ fn by_source(c: &mut impl GenericClient, table: &str, id: &str, s: &Source) -> R
     )?)
 }
 
-fn load_record(c: &mut impl GenericClient, reference: &str) -> Result<Option<Record>> {
+fn load_record(c: &mut Db<'_, impl GenericClient>, reference: &str) -> Result<Option<Record>> {
     let row = c.query_opt(
         "SELECT type, key, name, emails, owner, shared, teams FROM records
          WHERE reference = $1",
@@ -497,7 +524,7 @@ impl BatchTx for PgTx<'_> {
 
 /// The ids of the rows `sql` returns (one `bigint` column).
 fn ids(
-    c: &mut Client,
+    c: &mut Db<'_, impl GenericClient>,
     sql: &str,
     params: &[&(dyn postgres::types::ToSql + Sync)],
 ) -> Result<Vec<u64>> {
@@ -601,17 +628,16 @@ impl Engine for PgStore {
 impl PgStore {
     /// One run of `f` in a transaction, committed when `f` succeeds.
     fn attempt<T>(&self, f: &impl Fn(&PgTx<'_>) -> Result<T>) -> Result<T> {
-        let mut c = self.client()?;
+        let mut c = self.conn()?;
         let out = (|| {
             let tx = c
+                .client
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
                 .start()?;
-            let tx = PgTx {
-                tx: RefCell::new(tx),
-            };
+            let tx = PgTx::new(tx, &mut c.stmts);
             let out = f(&tx)?;
-            tx.tx.into_inner().commit()?;
+            tx.commit()?;
             Ok(out)
         })();
         self.give_back(c);

@@ -117,7 +117,7 @@ impl PgStore {
     // ---- meta ------------------------------------------------------------------------------
 
     pub(crate) fn schema_version(&self) -> Result<u32> {
-        let v = self.with(super::schema::version)?;
+        let v = self.with(|c| super::schema::version(c.parts().0))?;
         Ok(u32::try_from(v).unwrap_or(0))
     }
 

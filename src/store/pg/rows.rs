@@ -3,6 +3,7 @@
 //! committed store's or a transaction's), so the reads inside a transaction and outside it are
 //! one code.
 
+use super::db::Db;
 use super::{corrupt, PgError};
 use crate::model::{
     Activity, AttachmentMeta, Correlation, CorrelationMethod, Direction, Party, Record, Source,
@@ -53,7 +54,7 @@ fn unsigned<T: TryFrom<i64>>(n: i64, what: &str) -> Result<T> {
 }
 
 /// Inserts the `activities` row of a new activity, then its child rows.
-pub(super) fn insert(c: &mut impl GenericClient, a: &Activity, k: &Keys<'_>) -> Result<()> {
+pub(super) fn insert(c: &mut Db<'_, impl GenericClient>, a: &Activity, k: &Keys<'_>) -> Result<()> {
     let date_at = a
         .date
         .as_deref()
@@ -98,7 +99,7 @@ pub(super) fn insert(c: &mut impl GenericClient, a: &Activity, k: &Keys<'_>) -> 
 
 /// Rewrites a changed activity: its columns (not the lookups of [`Keys`]) and all its child
 /// rows. A source another activity held moves to this one, as sled's index entry would.
-pub(super) fn update(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
+pub(super) fn update(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result<()> {
     let date_at = a
         .date
         .as_deref()
@@ -145,7 +146,7 @@ pub(super) fn update(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
     insert_children(c, a)
 }
 
-fn insert_children(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
+fn insert_children(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result<()> {
     let id = big(a.id);
     for (i, s) in std::iter::once(&a.source)
         .chain(&a.other_sources)
@@ -192,7 +193,7 @@ fn insert_children(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
     Ok(())
 }
 
-fn insert_parties(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
+fn insert_parties(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result<()> {
     let roles: [(&str, &[Party]); 4] = [
         ("from", a.from.as_slice()),
         ("to", &a.to),
@@ -220,7 +221,7 @@ fn insert_parties(c: &mut impl GenericClient, a: &Activity) -> Result<()> {
 }
 
 /// Activity `id` with everything it holds, or `None`.
-pub(super) fn load(c: &mut impl GenericClient, id: u64) -> Result<Option<Activity>> {
+pub(super) fn load(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Option<Activity>> {
     let Some(row) = c.query_opt(
         "SELECT id, dedup_key, direction, subject, message_id, date, regarding, in_reply_to,
              token, thread_index, correlation_method, correlation_activity, inherits,
@@ -302,7 +303,7 @@ fn from_row(r: &Row) -> Result<Activity> {
     })
 }
 
-fn load_sources(c: &mut impl GenericClient, id: u64) -> Result<Vec<Source>> {
+fn load_sources(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Vec<Source>> {
     c.query(
         "SELECT mailbox, folder, uidvalidity, uid FROM sources WHERE activity_id = $1
          ORDER BY position",
@@ -320,7 +321,7 @@ fn load_sources(c: &mut impl GenericClient, id: u64) -> Result<Vec<Source>> {
     .collect()
 }
 
-fn load_parties(c: &mut impl GenericClient, a: &mut Activity) -> Result<()> {
+fn load_parties(c: &mut Db<'_, impl GenericClient>, a: &mut Activity) -> Result<()> {
     let rows = c.query(
         "SELECT role, address, name, record, records FROM parties WHERE activity_id = $1
          ORDER BY role, position",
@@ -344,7 +345,7 @@ fn load_parties(c: &mut impl GenericClient, a: &mut Activity) -> Result<()> {
     Ok(())
 }
 
-fn load_attachments(c: &mut impl GenericClient, id: u64) -> Result<Vec<AttachmentMeta>> {
+fn load_attachments(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Vec<AttachmentMeta>> {
     c.query(
         "SELECT name, mime_type, size, sha256, skipped FROM attachments WHERE activity_id = $1
          ORDER BY position",
