@@ -222,7 +222,7 @@ pub struct AttachmentMeta {
 }
 
 /// Where a tracked copy of the message lives on the IMAP server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Source {
     /// The mailbox's name in the config.
     pub mailbox: String,

@@ -14,7 +14,8 @@
 //! checksum (sha256 over each activity's canonical JSON in id order; for the other kinds an
 //! order-free sum of each item's sha256, so that neither side's sort order matters).
 
-use super::pg::copy::{CopiedActivity, State};
+use super::pg::bulk::NewActivity;
+use super::pg::copy::State;
 use super::pg::PgStore;
 use super::sledstore::TokenUser;
 use super::{SledStore, StoreError};
@@ -309,10 +310,11 @@ fn copy_activities(sled: &SledStore, pg: &PgStore, note: &mut dyn FnMut(String))
     for a in sled.activities_from(after) {
         let activity = a?;
         let (token_key, thread_key) = sled.activity_keys(&activity)?;
-        batch.push(CopiedActivity {
+        batch.push(NewActivity {
             activity,
             token_key,
             thread_key,
+            subject_key: None, // copied after the activities, from sled's subject index
         });
         let cut = stop.is_some_and(|s| n + batch.len() as u64 >= s);
         if batch.len() == ACTIVITY_BATCH || cut {

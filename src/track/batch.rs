@@ -70,6 +70,11 @@ pub(crate) fn apply_batch<T: BatchTx>(
     alerts_mailbox: &str,
 ) -> Result<Committed, T::Error> {
     let mut c = Committed::default();
+    let tracked = items
+        .iter()
+        .filter(|i| matches!(i, BatchItem::Tracked(_)))
+        .count();
+    tx.reserve_ids(Counter::Activity, tracked)?;
     for item in items {
         match item {
             BatchItem::Tracked(d) => {

@@ -60,8 +60,14 @@ pub(crate) struct Findable<'a> {
 pub(crate) trait BatchTx: Lookups {
     /// Whether this source is already in quarantine.
     fn is_quarantined(&self, s: &Source) -> Result<bool, Self::Error>;
-    /// The next id of a counter: dense, never reused.
+    /// The next id of a counter: unique and increasing, never reused (an engine may leave
+    /// gaps: ids it drew for a transaction that aborted, or reserved and did not give out).
     fn next_id(&self, c: Counter) -> Result<u64, Self::Error>;
+    /// About `n` ids of `c` are about to be taken: an engine whose every draw is a round trip
+    /// may draw them at once.
+    fn reserve_ids(&self, _c: Counter, _n: usize) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Writes a new activity (its `id` already taken from [`Counter::Activity`]) with its
     /// source, dedup key, regarding, and what `find` asks for.
     fn insert_activity(&self, a: &Activity, find: Findable<'_>) -> Result<(), Self::Error>;

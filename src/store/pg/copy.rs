@@ -6,9 +6,11 @@
 //! The progress lives in `copy_progress` (one row), created by the copy itself rather than by
 //! a schema migration: it is bookkeeping of one admin command, not part of the product's data.
 
+use super::bulk::NewActivity;
+use super::db::Db;
 use super::rows::{self, big};
 use super::{corrupt, PgError, PgStore, PgTx};
-use crate::model::{Activity, QuarantineEntry, Record};
+use crate::model::{QuarantineEntry, Record};
 use crate::store::sledstore::TokenUser;
 use crate::store::{FolderState, MailboxState, OutboxEntry, RuleBinding, StoredAlert};
 use crate::track::tx::BatchTx;
@@ -30,13 +32,6 @@ pub(crate) struct CopyProgress {
     pub last_blob: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
-}
-
-/// An activity as the copy writes it: its row and child rows, and its lookups.
-pub(crate) struct CopiedActivity {
-    pub activity: Activity,
-    pub token_key: Option<String>,
-    pub thread_key: Option<Vec<u8>>,
 }
 
 /// The rest of the state, written in one transaction with the phase after it.
@@ -74,10 +69,11 @@ fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value> {
 impl PgStore {
     /// Runs `f` in one READ COMMITTED transaction (the copy is the database's only writer:
     /// nothing to serialize against), committed when it succeeds.
-    fn copy_tx<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn copy_tx<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'_>>) -> Result<T>) -> Result<T> {
         self.with(|c| {
-            let mut tx = c.parts().0.transaction()?;
-            let out = f(&mut tx)?;
+            let (client, stmts) = c.parts();
+            let mut tx = client.transaction()?;
+            let out = f(&mut Db::new(&mut tx, stmts))?;
             tx.commit()?;
             Ok(out)
         })
@@ -151,15 +147,11 @@ impl PgStore {
     /// Inserts or replaces a batch of records, in one transaction.
     pub(crate) fn copy_records(&self, recs: &[Record]) -> Result<()> {
         self.copy_tx(|tx| {
-            let st = tx.prepare(
-                "INSERT INTO records (reference, type, key, name, owner, shared, teams, emails)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (reference) DO UPDATE SET type = excluded.type,
-                     key = excluded.key, name = excluded.name, owner = excluded.owner,
-                     shared = excluded.shared, teams = excluded.teams, emails = excluded.emails",
-            )?;
             for r in recs {
-                tx.execute(&st, &rows::record_params(r, &r.reference().to_string()))?;
+                tx.execute(
+                    rows::UPSERT_RECORD,
+                    &rows::record_params(r, &r.reference().to_string()),
+                )?;
             }
             Ok(())
         })
@@ -168,11 +160,8 @@ impl PgStore {
     /// Stores a batch of blobs (kept once) and the last one's key as progress.
     pub(crate) fn copy_blobs(&self, blobs: &[(String, Vec<u8>)]) -> Result<()> {
         self.copy_tx(|tx| {
-            let st = tx.prepare(
-                "INSERT INTO blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )?;
             for (sha, bytes) in blobs {
-                tx.execute(&st, &[sha, bytes])?;
+                tx.execute(rows::INSERT_BLOB, &[sha, bytes])?;
             }
             if let Some((last, _)) = blobs.last() {
                 tx.execute("UPDATE copy_progress SET last_blob = $1", &[last])?;
@@ -183,12 +172,12 @@ impl PgStore {
 
     /// Inserts a batch of activities with their own ids (rows, child rows and lookups, the
     /// columns the engine's insert writes) and the highest id as progress, in one transaction.
-    pub(crate) fn copy_activities(&self, batch: &[CopiedActivity]) -> Result<()> {
+    pub(crate) fn copy_activities(&self, batch: &[NewActivity]) -> Result<()> {
         self.copy_tx(|tx| {
             if batch.is_empty() {
                 return Ok(());
             }
-            insert_batch(tx, batch)?;
+            super::bulk::insert(tx, batch)?;
             if let Some(last) = batch.iter().map(|a| a.activity.id).max() {
                 tx.execute(
                     "UPDATE copy_progress SET last_activity = greatest(last_activity, $1)",
@@ -202,9 +191,9 @@ impl PgStore {
     /// Sets smart matching's subject keys of a batch of activities: (key, activity id).
     pub(crate) fn copy_subject_keys(&self, batch: &[(String, u64)]) -> Result<()> {
         self.copy_tx(|tx| {
-            let st = tx.prepare("UPDATE activities SET subject_key = $1 WHERE id = $2")?;
+            let st = "UPDATE activities SET subject_key = $1 WHERE id = $2";
             for (k, id) in batch {
-                if tx.execute(&st, &[k, &big(*id)])? == 0 {
+                if tx.execute(st, &[k, &big(*id)])? == 0 {
                     return Err(corrupt(format!(
                         "subject key of activity {id}, which is not in the sled store"
                     )));
@@ -217,12 +206,10 @@ impl PgStore {
     /// Adds a batch of (Message-ID, activity id) awaiting a parent.
     pub(crate) fn copy_awaiting(&self, batch: &[(String, u64)]) -> Result<()> {
         self.copy_tx(|tx| {
-            let st = tx.prepare(
-                "INSERT INTO awaiting_parent (message_id, activity_id) VALUES ($1, $2)
-                 ON CONFLICT DO NOTHING",
-            )?;
+            let st = "INSERT INTO awaiting_parent (message_id, activity_id) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING";
             for (m, id) in batch {
-                tx.execute(&st, &[m, &big(*id)])?;
+                tx.execute(st, &[m, &big(*id)])?;
             }
             Ok(())
         })
@@ -242,7 +229,7 @@ impl PgStore {
                 let (e, raw) = q.map_err(from_store)?;
                 t.quarantine(&e, &raw)?;
             }
-            let mut tx = t.tx.into_inner();
+            let mut tx = t.into_inner()?;
             for m in s.mailboxes {
                 let m = m.map_err(from_store)?;
                 tx.execute(
@@ -490,206 +477,6 @@ fn set_phase(c: &mut impl postgres::GenericClient, phase: &str) -> Result<()> {
     c.execute(
         "UPDATE copy_progress SET phase = $1, finished_at = $2",
         &[&phase, &done],
-    )?;
-    Ok(())
-}
-
-/// A batch of activities as one multi-row statement per table (`unnest` of one array per
-/// column): a few round trips per batch instead of several per activity. The columns are
-/// the ones [`rows::insert`] writes; the verification reads them back through the engine's
-/// own reads, so a column written wrong here shows as a checksum mismatch.
-fn insert_batch(tx: &mut Transaction<'_>, batch: &[CopiedActivity]) -> Result<()> {
-    insert_activity_rows(tx, batch)?;
-    insert_sources(tx, batch)?;
-    insert_parties(tx, batch)?;
-    let (mut id, mut pos, mut msg) = (Vec::new(), Vec::new(), Vec::new());
-    for a in batch.iter().map(|c| &c.activity) {
-        for (i, m) in a.references.iter().enumerate() {
-            id.push(big(a.id));
-            pos.push(i as i32);
-            msg.push(m.as_str());
-        }
-    }
-    tx.execute(
-        "INSERT INTO activity_references (activity_id, position, message_id)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])",
-        &[&id, &pos, &msg],
-    )?;
-    let (mut id, mut pos) = (Vec::new(), Vec::new());
-    let (mut name, mut mime, mut size, mut sha, mut skipped) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for a in batch.iter().map(|c| &c.activity) {
-        for (i, t) in a.attachments.iter().enumerate() {
-            id.push(big(a.id));
-            pos.push(i as i32);
-            name.push(t.name.as_deref());
-            mime.push(t.mime_type.as_str());
-            size.push(big(t.size));
-            sha.push(t.sha256.as_str());
-            skipped.push(t.skipped.as_deref());
-        }
-    }
-    tx.execute(
-        "INSERT INTO attachments (activity_id, position, name, mime_type, size, sha256, skipped)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::bigint[],
-             $6::text[], $7::text[])",
-        &[&id, &pos, &name, &mime, &size, &sha, &skipped],
-    )?;
-    Ok(())
-}
-
-fn insert_activity_rows(tx: &mut Transaction<'_>, batch: &[CopiedActivity]) -> Result<()> {
-    let acts = || batch.iter().map(|c| &c.activity);
-    let id: Vec<i64> = acts().map(|a| big(a.id)).collect();
-    let dedup: Vec<&str> = acts().map(|a| a.dedup_key.as_str()).collect();
-    let direction: Vec<&str> = acts().map(|a| a.direction.as_str()).collect();
-    let subject: Vec<Option<&str>> = acts().map(|a| a.subject.as_deref()).collect();
-    let message_id: Vec<Option<&str>> = acts().map(|a| a.message_id.as_deref()).collect();
-    let date: Vec<Option<&str>> = acts().map(|a| a.date.as_deref()).collect();
-    let date_at: Vec<Option<f64>> = acts()
-        .map(|a| {
-            a.date
-                .as_deref()
-                .and_then(|d| crate::time::try_parse_date(d).ok())
-                .map(|s| s as f64)
-        })
-        .collect();
-    let regarding: Vec<Option<&str>> = acts().map(|a| a.regarding.as_deref()).collect();
-    let in_reply_to: Vec<Option<&str>> = acts().map(|a| a.in_reply_to.as_deref()).collect();
-    let token: Vec<Option<&str>> = acts().map(|a| a.token.as_deref()).collect();
-    let token_key: Vec<Option<&str>> = batch.iter().map(|c| c.token_key.as_deref()).collect();
-    let thread_index: Vec<Option<&str>> = acts().map(|a| a.thread_index.as_deref()).collect();
-    let thread_key: Vec<Option<&[u8]>> = batch.iter().map(|c| c.thread_key.as_deref()).collect();
-    let method: Vec<Option<&str>> = acts()
-        .map(|a| a.correlation.as_ref().map(|c| c.method.as_str()))
-        .collect();
-    let corr: Vec<Option<i64>> = acts()
-        .map(|a| a.correlation.as_ref().map(|c| big(c.activity)))
-        .collect();
-    let inherits: Vec<bool> = acts().map(|a| a.inherits).collect();
-    let tracked_at: Vec<&str> = acts().map(|a| a.tracked_at.as_str()).collect();
-    let size: Vec<i64> = acts().map(|a| big(a.size)).collect();
-    let body: Vec<&str> = acts().map(|a| a.body_text.as_str()).collect();
-    let body_blob: Vec<Option<&str>> = acts().map(|a| a.body_blob.as_deref()).collect();
-    let alerts: Vec<serde_json::Value> = acts().map(|a| json(&a.alerts)).collect::<Result<_>>()?;
-    tx.execute(
-        "INSERT INTO activities (id, dedup_key, direction, subject, message_id, date, date_at,
-             regarding, in_reply_to, token, token_key, thread_index, thread_key,
-             correlation_method, correlation_activity, inherits, tracked_at, size, body_text,
-             body_blob, alerts)
-         SELECT i, dk, dir, subj, mid, d, to_timestamp(dat), reg, irt, tok, tk, ti, thk, cm, ca,
-             inh, ta, sz, bt, bb, al
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-             $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-             $13::bytea[], $14::text[], $15::bigint[], $16::bool[], $17::text[], $18::bigint[],
-             $19::text[], $20::text[], $21::jsonb[])
-             AS t(i, dk, dir, subj, mid, d, dat, reg, irt, tok, tk, ti, thk, cm, ca, inh, ta, sz,
-                  bt, bb, al)",
-        &[
-            &id,
-            &dedup,
-            &direction,
-            &subject,
-            &message_id,
-            &date,
-            &date_at,
-            &regarding,
-            &in_reply_to,
-            &token,
-            &token_key,
-            &thread_index,
-            &thread_key,
-            &method,
-            &corr,
-            &inherits,
-            &tracked_at,
-            &size,
-            &body,
-            &body_blob,
-            &alerts,
-        ],
-    )?;
-    Ok(())
-}
-
-/// Sources, position 0 the first; a source listed twice goes to the later activity, as the
-/// engine's insert (`ON CONFLICT … DO UPDATE`) would leave it.
-fn insert_sources(tx: &mut Transaction<'_>, batch: &[CopiedActivity]) -> Result<()> {
-    type Key<'a> = (&'a str, &'a str, u32, u32);
-    let mut rows: std::collections::HashMap<Key<'_>, (i64, i32)> = Default::default();
-    for a in batch.iter().map(|c| &c.activity) {
-        for (i, s) in std::iter::once(&a.source)
-            .chain(&a.other_sources)
-            .enumerate()
-        {
-            let k = (s.mailbox.as_str(), s.folder.as_str(), s.uidvalidity, s.uid);
-            rows.insert(k, (big(a.id), i as i32));
-        }
-    }
-    let (mut mb, mut f, mut uv, mut uid, mut id, mut pos) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for ((m, fo, v, u), (a, p)) in rows {
-        mb.push(m);
-        f.push(fo);
-        uv.push(big(v));
-        uid.push(big(u));
-        id.push(a);
-        pos.push(p);
-    }
-    tx.execute(
-        "INSERT INTO sources (mailbox, folder, uidvalidity, uid, activity_id, position)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-             $6::int[])
-         ON CONFLICT (mailbox, folder, uidvalidity, uid)
-         DO UPDATE SET activity_id = excluded.activity_id, position = excluded.position",
-        &[&mb, &f, &uv, &uid, &id, &pos],
-    )?;
-    Ok(())
-}
-
-fn insert_parties(tx: &mut Transaction<'_>, batch: &[CopiedActivity]) -> Result<()> {
-    let (mut id, mut role, mut pos, mut addr, mut name, mut record, mut records) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for a in batch.iter().map(|c| &c.activity) {
-        let roles: [(&str, &[crate::model::Party]); 4] = [
-            ("from", a.from.as_slice()),
-            ("to", &a.to),
-            ("cc", &a.cc),
-            ("bcc", &a.bcc),
-        ];
-        for (r, parties) in roles {
-            for (i, p) in parties.iter().enumerate() {
-                id.push(big(a.id));
-                role.push(r);
-                pos.push(i as i32);
-                addr.push(p.address.as_deref());
-                name.push(p.name.as_deref());
-                record.push(p.record.as_deref());
-                // A text[] per row: carried as JSON (arrays of arrays must be rectangular).
-                records.push(json(&p.records)?);
-            }
-        }
-    }
-    tx.execute(
-        "INSERT INTO parties (activity_id, role, position, address, name, record, records)
-         SELECT i, r, p, a, n, rec,
-             ARRAY(SELECT jsonb_array_elements_text(recs))
-         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-             $7::jsonb[]) AS t(i, r, p, a, n, rec, recs)",
-        &[&id, &role, &pos, &addr, &name, &record, &records],
     )?;
     Ok(())
 }

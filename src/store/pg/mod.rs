@@ -9,24 +9,28 @@
 //! clients, so concurrent writers really run concurrently and conflict as they would in
 //! production. TLS: [`tls`].
 
+pub(crate) mod bulk;
 /// `store copy --from-sled`: bulk writes and whole-store reads.
 pub(crate) mod copy;
 mod db;
+mod pending;
 mod product;
 mod rows;
 pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod tx;
 
-use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
-use crate::track::tx::{BatchTx, Broken, Counter, Engine, Findable, Lookups, Scans};
+pub(crate) use tx::PgTx;
+
+use crate::model::{Activity, Direction, Record, Source};
+use crate::track::tx::{Broken, Engine, Lookups, Scans};
 use crate::track::ActivityLookup;
 use db::{Conn, Db, Statements};
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, IsolationLevel, NoTls, Transaction};
 use rows::big;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -285,75 +289,50 @@ impl PgStore {
     }
 }
 
-/// A transaction of the PostgreSQL engine. The trait methods take `&self`, the client's
-/// `&mut self`: the cell lends the transaction to one statement at a time.
-pub(crate) struct PgTx<'t> {
-    tx: RefCell<Transaction<'t>>,
-    stmts: RefCell<&'t mut Statements>,
-}
-
-impl<'t> PgTx<'t> {
-    fn new(tx: Transaction<'t>, stmts: &'t mut Statements) -> PgTx<'t> {
-        PgTx {
-            tx: RefCell::new(tx),
-            stmts: RefCell::new(stmts),
-        }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>) -> Result<T> {
-        let mut tx = self.tx.borrow_mut();
-        let mut stmts = self.stmts.borrow_mut();
-        f(&mut Db::new(&mut *tx, &mut **stmts))
-    }
-
-    fn snapshot<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>) -> Result<T> {
-        self.with(f)
-    }
-
-    /// Commits the transaction.
-    fn commit(self) -> Result<()> {
-        Ok(self.tx.into_inner().commit()?)
-    }
-}
-
 /// The id of a one-column `bigint` row, if any.
 fn id_of(row: Option<postgres::Row>) -> Result<Option<u64>> {
     row.map(|r| u64::try_from(r.get::<_, i64>(0)).map_err(|_| corrupt("negative id")))
         .transpose()
 }
 
-/// Point reads, the same SQL on the committed store and inside a transaction.
-macro_rules! lookups {
-    ($ty:ty) => {
-        impl Lookups for $ty {
-            type Error = PgError;
-            fn activity(&self, id: u64) -> Result<Option<Activity>> {
-                self.snapshot(|c| rows::load(c, id))
-            }
-            fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
-                let sql = "SELECT id FROM activities WHERE dedup_key = $1 AND direction = $2";
-                self.with(|c| id_of(c.query_opt(sql, &[&key, &d.as_str()])?))
-            }
-            fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
-                self.with(|c| by_source(c, "sources", "activity_id", s))
-            }
-            fn activity_by_token(&self, token: &str) -> Result<Option<u64>> {
-                let sql = "SELECT id FROM activities WHERE token_key = $1";
-                self.with(|c| id_of(c.query_opt(sql, &[&token.to_ascii_uppercase()])?))
-            }
-            fn activity_by_thread(&self, bytes: &[u8]) -> Result<Option<u64>> {
-                let sql = "SELECT id FROM activities WHERE thread_key = $1";
-                self.with(|c| id_of(c.query_opt(sql, &[&bytes])?))
-            }
-            fn record(&self, reference: &str) -> Result<Option<Record>> {
-                self.with(|c| load_record(c, reference))
-            }
-        }
-    };
+/// Point reads on the committed store; the transaction's ([`tx`]) see its new activities
+/// first, then the same SQL.
+impl Lookups for PgStore {
+    type Error = PgError;
+    fn activity(&self, id: u64) -> Result<Option<Activity>> {
+        self.snapshot(|c| rows::load(c, id))
+    }
+    fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
+        self.with(|c| dedup_id(c, key, d))
+    }
+    fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
+        self.with(|c| by_source(c, "sources", "activity_id", s))
+    }
+    fn activity_by_token(&self, token: &str) -> Result<Option<u64>> {
+        self.with(|c| token_id(c, token))
+    }
+    fn activity_by_thread(&self, bytes: &[u8]) -> Result<Option<u64>> {
+        self.with(|c| thread_id(c, bytes))
+    }
+    fn record(&self, reference: &str) -> Result<Option<Record>> {
+        self.with(|c| load_record(c, reference))
+    }
 }
 
-lookups!(PgStore);
-lookups!(PgTx<'_>);
+fn dedup_id(c: &mut Db<'_, impl GenericClient>, key: &str, d: Direction) -> Result<Option<u64>> {
+    let sql = "SELECT id FROM activities WHERE dedup_key = $1 AND direction = $2";
+    id_of(c.query_opt(sql, &[&key, &d.as_str()])?)
+}
+
+fn token_id(c: &mut Db<'_, impl GenericClient>, token: &str) -> Result<Option<u64>> {
+    let sql = "SELECT id FROM activities WHERE token_key = $1";
+    id_of(c.query_opt(sql, &[&token.to_ascii_uppercase()])?)
+}
+
+fn thread_id(c: &mut Db<'_, impl GenericClient>, bytes: &[u8]) -> Result<Option<u64>> {
+    let sql = "SELECT id FROM activities WHERE thread_key = $1";
+    id_of(c.query_opt(sql, &[&bytes])?)
+}
 
 /// The id column of the row of `table` keyed by source `s` (sources, quarantine).
 fn by_source(
@@ -379,147 +358,6 @@ fn load_record(c: &mut Db<'_, impl GenericClient>, reference: &str) -> Result<Op
         &[&reference],
     )?;
     Ok(row.as_ref().map(rows::record_of))
-}
-
-impl BatchTx for PgTx<'_> {
-    fn is_quarantined(&self, s: &Source) -> Result<bool> {
-        self.with(|c| Ok(by_source(c, "quarantine", "id", s)?.is_some()))
-    }
-
-    /// From a sequence: no row every writer updates, so writers do not queue on it; an
-    /// aborted transaction leaves a gap (ids are unique and increasing, not dense).
-    fn next_id(&self, counter: Counter) -> Result<u64> {
-        let sql = match counter {
-            Counter::Activity => "SELECT nextval('activity_id_seq')",
-            Counter::Quarantine => "SELECT nextval('quarantine_id_seq')",
-        };
-        self.with(|c| id_of(Some(c.query_one(sql, &[])?)))?
-            .ok_or_else(|| corrupt("a sequence gave no value"))
-    }
-
-    fn insert_activity(&self, a: &Activity, find: Findable<'_>) -> Result<()> {
-        let token = a
-            .token
-            .as_ref()
-            .filter(|_| find.by_token)
-            .map(|t| t.to_ascii_uppercase());
-        let thread = a
-            .thread_index
-            .as_deref()
-            .and_then(crate::track::correlate::thread_bytes);
-        self.with(|c| {
-            // One activity per token and per Thread-Index, the newest written: the previous
-            // holder gives its key up (sled's index entry is overwritten the same way).
-            if let Some(t) = &token {
-                let sql = "UPDATE activities SET token_key = NULL WHERE token_key = $1";
-                c.execute(sql, &[t])?;
-            }
-            if let Some(t) = &thread {
-                let sql = "UPDATE activities SET thread_key = NULL WHERE thread_key = $1";
-                c.execute(sql, &[t])?;
-            }
-            let keys = rows::Keys {
-                token,
-                thread,
-                subject: find.subject_key,
-            };
-            rows::insert(c, a, &keys)?;
-            if find.awaiting_parent {
-                for parent in a.in_reply_to.iter().chain(&a.references) {
-                    c.execute(
-                        "INSERT INTO awaiting_parent (message_id, activity_id) VALUES ($1, $2)
-                         ON CONFLICT DO NOTHING",
-                        &[parent, &big(a.id)],
-                    )?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn update_activity(&self, before: &Activity, after: &Activity) -> Result<()> {
-        if before.id != after.id {
-            return Err(corrupt(format!(
-                "activity {} updated as {}",
-                before.id, after.id
-            )));
-        }
-        self.with(|c| rows::update(c, after))
-    }
-
-    fn insert_record_once(&self, r: &Record) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO records (reference, type, key, name, owner, shared, teams, emails)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (reference) DO NOTHING",
-                &rows::record_params(r, &r.reference().to_string()),
-            )?;
-            Ok(())
-        })
-    }
-
-    fn raise_alert(&self, mailbox: &str, alert: &Alert, at: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO alerts (mailbox, message, level, count, first_at, at)
-                 VALUES ($1, $2, $3, 1, $4, $4)
-                 ON CONFLICT (mailbox, message) DO UPDATE
-                 SET count = alerts.count + 1, at = excluded.at, level = excluded.level",
-                &[&mailbox, &alert.message, &alert.level.as_str(), &at],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn quarantine(&self, e: &QuarantineEntry, raw: &[u8]) -> Result<()> {
-        let s = &e.source;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO quarantine (id, mailbox, folder, uidvalidity, uid, reason, size,
-                     at, raw) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &big(e.id),
-                    &s.mailbox,
-                    &s.folder,
-                    &big(s.uidvalidity),
-                    &big(s.uid),
-                    &e.reason,
-                    &big(e.size),
-                    &e.at,
-                    &raw,
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO checkpoints (mailbox, folder, uidvalidity, last_uid, uid_next,
-                     messages, last_sync, rule, regarding, synced_uid_next)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
-                     last_uid = excluded.last_uid, uid_next = excluded.uid_next,
-                     messages = excluded.messages, last_sync = excluded.last_sync,
-                     rule = excluded.rule, regarding = excluded.regarding,
-                     synced_uid_next = excluded.synced_uid_next",
-                &[
-                    &st.mailbox,
-                    &st.folder,
-                    &big(st.uidvalidity),
-                    &big(st.last_uid),
-                    &big(st.uid_next),
-                    &big(st.messages),
-                    &st.last_sync,
-                    &st.rule,
-                    &st.regarding,
-                    &big(st.synced_uid_next),
-                ],
-            )?;
-            Ok(())
-        })
-    }
 }
 
 /// The ids of the rows `sql` returns (one `bigint` column).

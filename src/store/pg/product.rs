@@ -143,12 +143,7 @@ impl PgStore {
             tx.with(|c| {
                 for r in recs {
                     c.execute(
-                        "INSERT INTO records (reference, type, key, name, owner, shared, teams,
-                             emails) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                         ON CONFLICT (reference) DO UPDATE SET type = excluded.type,
-                             key = excluded.key, name = excluded.name, owner = excluded.owner,
-                             shared = excluded.shared, teams = excluded.teams,
-                             emails = excluded.emails",
+                        rows::UPSERT_RECORD,
                         &rows::record_params(r, &r.reference().to_string()),
                     )?;
                 }
@@ -582,10 +577,7 @@ impl PgStore {
     /// outgoing message, so one database backup holds everything).
     pub(crate) fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
         self.with(|c| {
-            c.execute(
-                "INSERT INTO blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&sha256, &bytes],
-            )?;
+            c.execute(rows::INSERT_BLOB, &[&sha256, &bytes])?;
             Ok(())
         })?;
         Ok(())

@@ -12,15 +12,18 @@ use postgres::{GenericClient, Row};
 
 type Result<T> = std::result::Result<T, PgError>;
 
-/// The lookups an inserted activity carries besides its data (see `Findable`): set at insert,
-/// left alone by updates, as sled's index entries are.
-pub(super) struct Keys<'a> {
-    pub token: Option<String>,
-    pub thread: Option<Vec<u8>>,
-    pub subject: Option<&'a str>,
-}
-
 /// A u32 or u64 from the model as a PostgreSQL bigint (ids, UIDs and sizes all fit).
+/// Inserts or replaces a record, with [`record_params`].
+pub(super) const UPSERT_RECORD: &str = "INSERT INTO records (reference, type, key, name, owner,
+         shared, teams, emails) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (reference) DO UPDATE SET type = excluded.type, key = excluded.key,
+         name = excluded.name, owner = excluded.owner, shared = excluded.shared,
+         teams = excluded.teams, emails = excluded.emails";
+
+/// Stores a blob (sha256, bytes) once.
+pub(super) const INSERT_BLOB: &str =
+    "INSERT INTO blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
 /// A record's columns, in the order `records (reference, type, key, name, owner, shared,
 /// teams, emails)` lists them: the statements that write a record all take this list.
 pub(super) fn record_params<'a>(
@@ -51,50 +54,6 @@ pub(super) fn big(n: impl Into<u64>) -> i64 {
 
 fn unsigned<T: TryFrom<i64>>(n: i64, what: &str) -> Result<T> {
     T::try_from(n).map_err(|_| corrupt(format!("{what} {n} is out of range")))
-}
-
-/// Inserts the `activities` row of a new activity, then its child rows.
-pub(super) fn insert(c: &mut Db<'_, impl GenericClient>, a: &Activity, k: &Keys<'_>) -> Result<()> {
-    let date_at = a
-        .date
-        .as_deref()
-        .and_then(|d| crate::time::try_parse_date(d).ok())
-        .map(|s| s as f64);
-    let alerts = serde_json::to_value(&a.alerts).map_err(|e| corrupt(e.to_string()))?;
-    let corr = a.correlation.as_ref();
-    c.execute(
-        "INSERT INTO activities (id, dedup_key, direction, subject, message_id, date, date_at,
-             regarding, in_reply_to, token, token_key, thread_index, thread_key, subject_key,
-             correlation_method, correlation_activity, inherits, tracked_at, size, body_text,
-             body_blob, alerts)
-         VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::float8), $8, $9, $10, $11, $12, $13,
-             $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-        &[
-            &big(a.id),
-            &a.dedup_key,
-            &a.direction.as_str(),
-            &a.subject,
-            &a.message_id,
-            &a.date,
-            &date_at,
-            &a.regarding,
-            &a.in_reply_to,
-            &a.token,
-            &k.token,
-            &a.thread_index,
-            &k.thread,
-            &k.subject,
-            &corr.map(|c| c.method.as_str()),
-            &corr.map(|c| big(c.activity)),
-            &a.inherits,
-            &a.tracked_at,
-            &big(a.size),
-            &a.body_text,
-            &a.body_blob,
-            &alerts,
-        ],
-    )?;
-    insert_children(c, a)
 }
 
 /// Rewrites a changed activity: its columns (not the lookups of [`Keys`]) and all its child
@@ -137,87 +96,14 @@ pub(super) fn update(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result
     if n == 0 {
         return Err(corrupt(format!("activity {} to update is missing", a.id)));
     }
-    for table in ["sources", "parties", "activity_references", "attachments"] {
-        c.execute(
-            &format!("DELETE FROM {table} WHERE activity_id = $1"),
-            &[&big(a.id)],
-        )?;
-    }
-    insert_children(c, a)
-}
-
-fn insert_children(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result<()> {
-    let id = big(a.id);
-    for (i, s) in std::iter::once(&a.source)
-        .chain(&a.other_sources)
-        .enumerate()
-    {
-        c.execute(
-            "INSERT INTO sources (mailbox, folder, uidvalidity, uid, activity_id, position)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (mailbox, folder, uidvalidity, uid)
-             DO UPDATE SET activity_id = excluded.activity_id, position = excluded.position",
-            &[
-                &s.mailbox,
-                &s.folder,
-                &big(s.uidvalidity),
-                &big(s.uid),
-                &id,
-                &(i as i32),
-            ],
-        )?;
-    }
-    insert_parties(c, a)?;
-    for (i, m) in a.references.iter().enumerate() {
-        c.execute(
-            "INSERT INTO activity_references (activity_id, position, message_id)
-             VALUES ($1, $2, $3)",
-            &[&id, &(i as i32), m],
-        )?;
-    }
-    for (i, t) in a.attachments.iter().enumerate() {
-        c.execute(
-            "INSERT INTO attachments (activity_id, position, name, mime_type, size, sha256,
-                 skipped) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &id,
-                &(i as i32),
-                &t.name,
-                &t.mime_type,
-                &big(t.size),
-                &t.sha256,
-                &t.skipped,
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-fn insert_parties(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result<()> {
-    let roles: [(&str, &[Party]); 4] = [
-        ("from", a.from.as_slice()),
-        ("to", &a.to),
-        ("cc", &a.cc),
-        ("bcc", &a.bcc),
-    ];
-    for (role, parties) in roles {
-        for (i, p) in parties.iter().enumerate() {
-            c.execute(
-                "INSERT INTO parties (activity_id, role, position, address, name, record,
-                     records) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &big(a.id),
-                    &role,
-                    &(i as i32),
-                    &p.address,
-                    &p.name,
-                    &p.record,
-                    &p.records,
-                ],
-            )?;
-        }
-    }
-    Ok(())
+    c.execute(
+        "WITH s AS (DELETE FROM sources WHERE activity_id = $1),
+             p AS (DELETE FROM parties WHERE activity_id = $1),
+             r AS (DELETE FROM activity_references WHERE activity_id = $1)
+         DELETE FROM attachments WHERE activity_id = $1",
+        &[&big(a.id)],
+    )?;
+    super::bulk::insert_children(c, &[a])
 }
 
 /// Activity `id` with everything it holds, or `None`.
