@@ -169,6 +169,7 @@ pub(crate) fn enqueue(
         &ctx,
         source,
         store,
+        store,
     );
     let mut draft = match item {
         BatchItem::Tracked(d) => d,

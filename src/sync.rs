@@ -17,7 +17,7 @@ use crate::imap::{connect, timed, ImapError};
 use crate::model::{Alert, Source};
 use crate::parse;
 use crate::store::{BatchItem, BatchOutcome, MailboxState, RuleBinding, Store, StoreError};
-use crate::track::{self, rules, rules::RuleMatch, FolderContext};
+use crate::track::{self, rules, rules::RuleMatch, FolderContext, RecordLookup};
 use serde::Serialize;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -487,6 +487,7 @@ pub(crate) fn track_one(
     ctx: &FolderContext<'_>,
     source: Source,
     store: &Store,
+    records: &dyn RecordLookup,
 ) -> BatchItem {
     #[cfg(feature = "failpoints")]
     if let Some(reason) = failpoint(&m.raw) {
@@ -536,7 +537,7 @@ pub(crate) fn track_one(
             // Tracking is guarded like parsing: a bug there quarantines one message, it does
             // not take the worker (and its batch) down.
             let src = source.clone();
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| track::build(p, ctx, src, m.size, store, store))) {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| track::build(p, ctx, src, m.size, records, store))) {
                 Ok(mut d) => {
                     store.keep_body_out(&mut d.activity);
                     BatchItem::Tracked(Box::new(d))
@@ -612,13 +613,15 @@ pub fn process_batch(
     let chunk = msgs.len().div_ceil(workers).max(1);
     let ctx = &ctx;
     let source = &source;
+    // A batch names the same few addresses again and again: each is looked up once.
+    let records = &track::MemoRecords::new(store);
     let parsed: Vec<Vec<BatchItem>> = std::thread::scope(|scope| {
         let handles: Vec<_> = msgs
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|m| track_one(m, ctx, source(m.uid), store))
+                        .map(|m| track_one(m, ctx, source(m.uid), store, records))
                         .collect::<Vec<_>>()
                 })
             })
@@ -711,6 +714,7 @@ pub fn replay(
         },
         &ctx,
         source.clone(),
+        store,
         store,
     );
     if let BatchItem::Quarantined { reason, .. } = &item {

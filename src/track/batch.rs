@@ -75,6 +75,7 @@ pub(crate) fn apply_batch<T: BatchTx>(
         .filter(|i| matches!(i, BatchItem::Tracked(_)))
         .count();
     tx.reserve_ids(Counter::Activity, tracked)?;
+    prefetch(tx, items)?;
     for item in items {
         match item {
             BatchItem::Tracked(d) => {
@@ -106,6 +107,26 @@ pub(crate) fn apply_batch<T: BatchTx>(
     }
     tx.put_checkpoint(checkpoint)?;
     Ok(c)
+}
+
+/// Tells the engine what the batch's messages will look up: their sources, their dedup keys
+/// and the Message-IDs correlation asks for.
+fn prefetch<T: BatchTx>(tx: &T, items: &[BatchItem]) -> Result<(), T::Error> {
+    let mut sources = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len() * 2);
+    for item in items {
+        match item {
+            BatchItem::Tracked(d) => {
+                let a = &d.activity;
+                sources.push(&a.source);
+                keys.push(a.dedup_key.as_str());
+                keys.extend(a.in_reply_to.as_deref());
+                keys.extend(a.references.iter().map(String::as_str));
+            }
+            BatchItem::Quarantined { source, .. } => sources.push(source),
+        }
+    }
+    tx.prefetch(&sources, &keys)
 }
 
 /// Applies one tracked message; `false` when the message is not tracked (other mail that the

@@ -112,6 +112,7 @@ where
     abort_leaves_nothing(e);
     batch_commits_with_checkpoint(e);
     scans(e);
+    a_batch_sees_its_own_messages(e);
     concurrent_writers(e);
     dedup_under_a_race(e);
 }
@@ -203,6 +204,67 @@ where
     assert_eq!(e.extending_thread(&root).unwrap(), vec![id]);
     let own = super::correlate::thread_bytes(&thread_index(2)).unwrap();
     assert!(e.extending_thread(&own).unwrap().is_empty());
+}
+
+/// Within one batch, a copy merges into a message written earlier in the same batch, a reply
+/// correlates to it, and a copy of an activity committed before merges into that one; after
+/// the commit every lookup and scan answers as if each had been written on its own. (An
+/// engine may hold a batch's new activities back until commit: this is what it must hide.)
+fn a_batch_sees_its_own_messages<E: Engine>(e: &E)
+where
+    E::Error: std::fmt::Debug,
+{
+    let before = commit(e, &[draft(activity("s5", "Old", 1, "<old@t>"))]).unwrap();
+    let old = before.created[0].id;
+    let mut reply = activity("s5", "F", 3, "<r@t>");
+    reply.in_reply_to = Some("<new@t>".into());
+    let mut orphan = activity("s5", "F", 5, "<o@t>");
+    orphan.in_reply_to = Some("<nobody@t>".into());
+    let items = [
+        draft(activity("s5", "F", 1, "<new@t>")),
+        draft(activity("s5", "F", 2, "<new@t>")),
+        draft(reply),
+        draft(activity("s5", "F", 4, "<old@t>")),
+        draft(orphan),
+        draft(activity("s5", "F", 1, "<new@t>")),
+    ];
+    let c = commit(e, &items).unwrap();
+    let o = c.outcome;
+    assert_eq!((o.created, o.merged, o.replayed), (3, 2, 1));
+    let new = e
+        .activity_by_dedup("<new@t>", Direction::Incoming)
+        .unwrap()
+        .unwrap();
+    let stored = e.activity(new).unwrap().unwrap();
+    assert_eq!(stored.source, source("s5", "F", 1));
+    assert_eq!(stored.other_sources, vec![source("s5", "F", 2)]);
+    assert_eq!(
+        e.activity_by_source(&source("s5", "F", 2)).unwrap(),
+        Some(new)
+    );
+    let r = e.activity_by_dedup("<r@t>", Direction::Incoming).unwrap();
+    let r = e.activity(r.unwrap()).unwrap().unwrap();
+    assert_eq!(r.correlation.map(|c| c.activity), Some(new));
+    let old_now = e.activity(old).unwrap().unwrap();
+    assert_eq!(old_now.other_sources, vec![source("s5", "F", 4)]);
+    assert_eq!(
+        e.activity_by_source(&source("s5", "F", 4)).unwrap(),
+        Some(old)
+    );
+    let orphan = e.activity_by_dedup("<o@t>", Direction::Incoming).unwrap();
+    assert_eq!(
+        e.awaiting_parent("<nobody@t>").unwrap(),
+        vec![orphan.unwrap()]
+    );
+    let ids = [r.id, 999_999, new];
+    let read: Vec<u64> = e.activities(&ids).unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(
+        read,
+        vec![r.id, new],
+        "activities() keeps the order, skips what is not there"
+    );
+    let waiting = e.awaiting_parents(&["<nobody@t>", "<none@t>"]).unwrap();
+    assert_eq!(waiting, vec![("<nobody@t>".to_string(), orphan.unwrap())]);
 }
 
 /// An Outlook Thread-Index: the 22-byte header of one conversation and `replies` child blocks.

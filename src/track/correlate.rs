@@ -79,6 +79,11 @@ pub(crate) fn recorrelate<E: Engine>(
     smart: Option<&crate::token::TokenFormat>,
 ) -> Result<u32, E::Error> {
     let mut n = 0;
+    let ids: Vec<&str> = created
+        .iter()
+        .filter_map(|x| x.message_id.as_deref())
+        .collect();
+    let waiting = e.awaiting_parents(&ids)?;
     for x in created {
         if x.correlation.is_none() {
             let c = match correlate(e, x)? {
@@ -89,7 +94,7 @@ pub(crate) fn recorrelate<E: Engine>(
                 n += u32::from(correlate_late(e, x.id, c, writer)?);
             }
         }
-        for (child, method) in children(e, x)? {
+        for (child, method) in children(e, x, &waiting)? {
             let Some(c) = e.activity(child)? else {
                 continue;
             };
@@ -113,7 +118,7 @@ pub(crate) fn recorrelate<E: Engine>(
 }
 
 /// [`recorrelate`] for activities given by id, read back a few hundred at a time (through
-/// [`Lookups::activity`], which leaves out what the engine keeps apart), so memory does not
+/// [`Lookups::activities`], which leaves out what the engine keeps apart), so memory does not
 /// grow with the pass.
 pub(crate) fn recorrelate_ids<E: Engine>(
     e: &E,
@@ -123,24 +128,23 @@ pub(crate) fn recorrelate_ids<E: Engine>(
 ) -> Result<u32, E::Error> {
     let mut n = 0;
     for chunk in ids.chunks(256) {
-        let mut acts = Vec::with_capacity(chunk.len());
-        for id in chunk {
-            if let Some(a) = e.activity(*id)? {
-                acts.push(a);
-            }
-        }
-        n += recorrelate(e, &acts, writer, smart)?;
+        n += recorrelate(e, &e.activities(chunk)?, writer, smart)?;
     }
     Ok(n)
 }
 
 /// Activities tracked before `x` that may answer it: they name its Message-ID, extend its
 /// Thread-Index, or carry its token.
-fn children<E: Engine>(e: &E, x: &Activity) -> Result<Vec<(u64, CorrelationMethod)>, E::Error> {
+/// `waiting` holds what awaits the Message-IDs of the activities being recorrelated.
+fn children<E: Engine>(
+    e: &E,
+    x: &Activity,
+    waiting: &[(String, u64)],
+) -> Result<Vec<(u64, CorrelationMethod)>, E::Error> {
     let mut out = Vec::new();
     if let Some(m) = &x.message_id {
-        for id in e.awaiting_parent(m)? {
-            out.push((id, CorrelationMethod::References));
+        for (_, id) in waiting.iter().filter(|(w, _)| w == m) {
+            out.push((*id, CorrelationMethod::References));
         }
     }
     if let Some(ti) = x.thread_index.as_deref().and_then(thread_bytes) {

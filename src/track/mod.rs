@@ -28,6 +28,44 @@ pub trait RecordLookup {
     fn by_name(&self, rtype: &str, name: &str) -> Vec<Record>;
 }
 
+/// A [`RecordLookup`] that asks its store once per address: a batch's messages name the same
+/// few people again and again, and on a database server every ask is a round trip. Lives for
+/// one batch, so a record changed meanwhile is seen by the next batch.
+pub(crate) struct MemoRecords<'a, L: ?Sized> {
+    inner: &'a L,
+    by_email: std::sync::Mutex<std::collections::HashMap<String, Vec<Record>>>,
+}
+
+impl<'a, L: RecordLookup + ?Sized> MemoRecords<'a, L> {
+    pub(crate) fn new(inner: &'a L) -> Self {
+        MemoRecords {
+            inner,
+            by_email: Default::default(),
+        }
+    }
+}
+
+impl<L: RecordLookup + ?Sized> RecordLookup for MemoRecords<'_, L> {
+    fn get(&self, r: &RecordRef) -> Option<Record> {
+        self.inner.get(r)
+    }
+    fn by_email(&self, email: &str) -> Vec<Record> {
+        let memo = |m: &std::collections::HashMap<String, Vec<Record>>| m.get(email).cloned();
+        if let Some(found) = memo(&self.by_email.lock().unwrap_or_else(|p| p.into_inner())) {
+            return found;
+        }
+        let found = self.inner.by_email(email);
+        self.by_email
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(email.to_string(), found.clone());
+        found
+    }
+    fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
+        self.inner.by_name(rtype, name)
+    }
+}
+
 /// What the tracker knows about the folder a message sits in.
 #[derive(Debug, Clone)]
 pub struct FolderContext<'a> {

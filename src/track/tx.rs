@@ -20,6 +20,15 @@ pub(crate) trait Lookups {
     /// An activity, its body text left out where the engine keeps bodies apart (the rules read
     /// headers, links and sources only).
     fn activity(&self, id: u64) -> Result<Option<Activity>, Self::Error>;
+    /// The activities of `ids` that exist, in the order of `ids`: an engine whose every read
+    /// is a round trip reads them at once.
+    fn activities(&self, ids: &[u64]) -> Result<Vec<Activity>, Self::Error> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.activity(*id)?);
+        }
+        Ok(out)
+    }
     /// The activity of this dedup key and direction (one per pair: DESIGN §4.7).
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>, Self::Error>;
     /// The activity tracked from exactly this source.
@@ -68,6 +77,11 @@ pub(crate) trait BatchTx: Lookups {
     fn reserve_ids(&self, _c: Counter, _n: usize) -> Result<(), Self::Error> {
         Ok(())
     }
+    /// The coming messages will look up these sources and these dedup keys (in both
+    /// directions): an engine whose every read is a round trip may read them all at once.
+    fn prefetch(&self, _sources: &[&Source], _dedup_keys: &[&str]) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Writes a new activity (its `id` already taken from [`Counter::Activity`]) with its
     /// source, dedup key, regarding, and what `find` asks for.
     fn insert_activity(&self, a: &Activity, find: Findable<'_>) -> Result<(), Self::Error>;
@@ -89,6 +103,19 @@ pub(crate) trait BatchTx: Lookups {
 pub(crate) trait Scans: Lookups {
     /// Activities tracked uncorrelated that name `message_id` in In-Reply-To or References.
     fn awaiting_parent(&self, message_id: &str) -> Result<Vec<u64>, Self::Error>;
+    /// [`Scans::awaiting_parent`] of several Message-IDs at once: (Message-ID, activity)
+    /// pairs, each Message-ID's activities in increasing order.
+    fn awaiting_parents(&self, message_ids: &[&str]) -> Result<Vec<(String, u64)>, Self::Error> {
+        let mut out = Vec::new();
+        for m in message_ids {
+            out.extend(
+                self.awaiting_parent(m)?
+                    .into_iter()
+                    .map(|id| (m.to_string(), id)),
+            );
+        }
+        Ok(out)
+    }
     /// Activities whose decoded Thread-Index extends `bytes` (longer, with `bytes` as prefix).
     fn extending_thread(&self, bytes: &[u8]) -> Result<Vec<u64>, Self::Error>;
 }

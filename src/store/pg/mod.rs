@@ -302,6 +302,9 @@ impl Lookups for PgStore {
     fn activity(&self, id: u64) -> Result<Option<Activity>> {
         self.snapshot(|c| rows::load(c, id))
     }
+    fn activities(&self, ids: &[u64]) -> Result<Vec<Activity>> {
+        self.snapshot(|c| rows::load_many(c, ids))
+    }
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
         self.with(|c| dedup_id(c, key, d))
     }
@@ -377,6 +380,17 @@ impl Scans for PgStore {
         let sql = "SELECT activity_id FROM awaiting_parent WHERE message_id = $1
                    ORDER BY activity_id";
         self.with(|c| ids(c, sql, &[&message_id]))
+    }
+
+    fn awaiting_parents(&self, message_ids: &[&str]) -> Result<Vec<(String, u64)>> {
+        let sql = "SELECT message_id, activity_id FROM awaiting_parent
+                   WHERE message_id = ANY($1) ORDER BY message_id, activity_id";
+        self.with(|c| {
+            c.query(sql, &[&message_ids])?
+                .iter()
+                .map(|r| Ok((r.get(0), rows::unsigned(r.get(1), "activity id")?)))
+                .collect()
+        })
     }
 
     /// A range scan on the `thread_key` index: every key that starts with `bytes` and is

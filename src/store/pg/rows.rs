@@ -52,7 +52,7 @@ pub(super) fn big(n: impl Into<u64>) -> i64 {
     i64::try_from(n.into()).unwrap_or(i64::MAX)
 }
 
-fn unsigned<T: TryFrom<i64>>(n: i64, what: &str) -> Result<T> {
+pub(super) fn unsigned<T: TryFrom<i64>>(n: i64, what: &str) -> Result<T> {
     T::try_from(n).map_err(|_| corrupt(format!("{what} {n} is out of range")))
 }
 
@@ -108,34 +108,40 @@ pub(super) fn update(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result
 
 /// Activity `id` with everything it holds, or `None`.
 pub(super) fn load(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Option<Activity>> {
-    let Some(row) = c.query_opt(
-        "SELECT id, dedup_key, direction, subject, message_id, date, regarding, in_reply_to,
-             token, thread_index, correlation_method, correlation_activity, inherits,
-             tracked_at, size, body_text, body_blob, alerts
-         FROM activities WHERE id = $1",
-        &[&big(id)],
-    )?
-    else {
-        return Ok(None);
-    };
-    let mut a = from_row(&row)?;
-    let mut sources = load_sources(c, id)?.into_iter();
-    a.source = sources
-        .next()
-        .ok_or_else(|| corrupt(format!("activity {id} has no source")))?;
-    a.other_sources = sources.collect();
-    load_parties(c, &mut a)?;
-    a.references = c
+    Ok(load_many(c, &[id])?.pop())
+}
+
+/// The activities of `ids` that exist, in the order of `ids`, with everything they hold: five
+/// statements (the rows, then each kind of child row) however many there are.
+pub(super) fn load_many(c: &mut Db<'_, impl GenericClient>, ids: &[u64]) -> Result<Vec<Activity>> {
+    let keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+    let mut found: std::collections::HashMap<u64, Activity> = c
         .query(
-            "SELECT message_id FROM activity_references WHERE activity_id = $1
-             ORDER BY position",
-            &[&big(id)],
+            "SELECT id, dedup_key, direction, subject, message_id, date, regarding, in_reply_to,
+                 token, thread_index, correlation_method, correlation_activity, inherits,
+                 tracked_at, size, body_text, body_blob, alerts
+             FROM activities WHERE id = ANY($1)",
+            &[&keys],
         )?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
-    a.attachments = load_attachments(c, id)?;
-    Ok(Some(a))
+        .map(|r| from_row(r).map(|a| (a.id, a)))
+        .collect::<Result<_>>()?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    load_sources(c, &keys, &mut found)?;
+    load_parties(c, &keys, &mut found)?;
+    for r in c.query(
+        "SELECT activity_id, message_id FROM activity_references WHERE activity_id = ANY($1)
+         ORDER BY activity_id, position",
+        &[&keys],
+    )? {
+        if let Some(a) = found.get_mut(&unsigned(r.get(0), "activity id")?) {
+            a.references.push(r.get(1));
+        }
+    }
+    load_attachments(c, &keys, &mut found)?;
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
 /// The columns of an `activities` row; the child rows are left empty.
@@ -189,38 +195,59 @@ fn from_row(r: &Row) -> Result<Activity> {
     })
 }
 
-fn load_sources(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Vec<Source>> {
-    c.query(
-        "SELECT mailbox, folder, uidvalidity, uid FROM sources WHERE activity_id = $1
-         ORDER BY position",
-        &[&big(id)],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(Source {
-            mailbox: r.get(0),
-            folder: r.get(1),
-            uidvalidity: unsigned(r.get(2), "uidvalidity")?,
-            uid: unsigned(r.get(3), "uid")?,
-        })
-    })
-    .collect()
+/// Sources in their order: the first is the activity's source, the rest its other sources.
+fn load_sources(
+    c: &mut Db<'_, impl GenericClient>,
+    keys: &[i64],
+    found: &mut std::collections::HashMap<u64, Activity>,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for r in c.query(
+        "SELECT activity_id, mailbox, folder, uidvalidity, uid FROM sources
+         WHERE activity_id = ANY($1) ORDER BY activity_id, position",
+        &[&keys],
+    )? {
+        let id = unsigned(r.get(0), "activity id")?;
+        let s = Source {
+            mailbox: r.get(1),
+            folder: r.get(2),
+            uidvalidity: unsigned(r.get(3), "uidvalidity")?,
+            uid: unsigned(r.get(4), "uid")?,
+        };
+        if let Some(a) = found.get_mut(&id) {
+            match seen.insert(id) {
+                true => a.source = s,
+                false => a.other_sources.push(s),
+            }
+        }
+    }
+    match found.keys().find(|id| !seen.contains(*id)) {
+        Some(id) => Err(corrupt(format!("activity {id} has no source"))),
+        None => Ok(()),
+    }
 }
 
-fn load_parties(c: &mut Db<'_, impl GenericClient>, a: &mut Activity) -> Result<()> {
+fn load_parties(
+    c: &mut Db<'_, impl GenericClient>,
+    keys: &[i64],
+    found: &mut std::collections::HashMap<u64, Activity>,
+) -> Result<()> {
     let rows = c.query(
-        "SELECT role, address, name, record, records FROM parties WHERE activity_id = $1
-         ORDER BY role, position",
-        &[&big(a.id)],
+        "SELECT activity_id, role, address, name, record, records FROM parties
+         WHERE activity_id = ANY($1) ORDER BY activity_id, role, position",
+        &[&keys],
     )?;
     for r in rows {
-        let p = Party {
-            address: r.get(1),
-            name: r.get(2),
-            record: r.get(3),
-            records: r.get(4),
+        let Some(a) = found.get_mut(&unsigned(r.get(0), "activity id")?) else {
+            continue;
         };
-        match r.get::<_, &str>(0) {
+        let p = Party {
+            address: r.get(2),
+            name: r.get(3),
+            record: r.get(4),
+            records: r.get(5),
+        };
+        match r.get::<_, &str>(1) {
             "from" => a.from = Some(p),
             "to" => a.to.push(p),
             "cc" => a.cc.push(p),
@@ -231,21 +258,25 @@ fn load_parties(c: &mut Db<'_, impl GenericClient>, a: &mut Activity) -> Result<
     Ok(())
 }
 
-fn load_attachments(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Vec<AttachmentMeta>> {
-    c.query(
-        "SELECT name, mime_type, size, sha256, skipped FROM attachments WHERE activity_id = $1
-         ORDER BY position",
-        &[&big(id)],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(AttachmentMeta {
-            name: r.get(0),
-            mime_type: r.get(1),
-            size: unsigned(r.get(2), "attachment size")?,
-            sha256: r.get(3),
-            skipped: r.get(4),
-        })
-    })
-    .collect()
+fn load_attachments(
+    c: &mut Db<'_, impl GenericClient>,
+    keys: &[i64],
+    found: &mut std::collections::HashMap<u64, Activity>,
+) -> Result<()> {
+    for r in c.query(
+        "SELECT activity_id, name, mime_type, size, sha256, skipped FROM attachments
+         WHERE activity_id = ANY($1) ORDER BY activity_id, position",
+        &[&keys],
+    )? {
+        if let Some(a) = found.get_mut(&unsigned(r.get(0), "activity id")?) {
+            a.attachments.push(AttachmentMeta {
+                name: r.get(1),
+                mime_type: r.get(2),
+                size: unsigned(r.get(3), "attachment size")?,
+                sha256: r.get(4),
+                skipped: r.get(5),
+            });
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Rec
 use crate::track::tx::{BatchTx, Counter, Findable, Lookups};
 use postgres::Transaction;
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 type Result<T> = std::result::Result<T, PgError>;
 
@@ -23,6 +24,16 @@ pub(crate) struct PgTx<'t> {
     pending: RefCell<Pending>,
     /// Activity ids drawn and not yet taken, the next last.
     ids: RefCell<Vec<u64>>,
+    /// What [`BatchTx::prefetch`] read of the written activities: `None` for a key looked
+    /// for and not there.
+    known: RefCell<Known>,
+}
+
+/// Lookups read ahead for a batch, answered without a round trip.
+#[derive(Default)]
+struct Known {
+    sources: HashMap<Source, Option<u64>>,
+    dedup: HashMap<(String, Direction), Option<u64>>,
 }
 
 impl<'t> PgTx<'t> {
@@ -32,6 +43,7 @@ impl<'t> PgTx<'t> {
             stmts: RefCell::new(stmts),
             pending: RefCell::default(),
             ids: RefCell::default(),
+            known: RefCell::default(),
         }
     }
 
@@ -60,6 +72,8 @@ impl<'t> PgTx<'t> {
         if new.is_empty() {
             return Ok(());
         }
+        // What was read ahead said "not there" of what is written now.
+        *self.known.borrow_mut() = Known::default();
         self.db(|c| {
             let tokens: Vec<&str> = new.iter().filter_map(|n| n.token_key.as_deref()).collect();
             if !tokens.is_empty() {
@@ -116,11 +130,17 @@ impl Lookups for PgTx<'_> {
         if let Some(id) = self.pending.borrow().by_dedup(key, d) {
             return Ok(Some(id));
         }
+        if let Some(known) = self.known.borrow().dedup.get(&(key.to_string(), d)) {
+            return Ok(*known);
+        }
         self.db(|c| dedup_id(c, key, d))
     }
     fn activity_by_source(&self, s: &Source) -> Result<Option<u64>> {
         if let Some(id) = self.pending.borrow().by_source(s) {
             return Ok(Some(id));
+        }
+        if let Some(known) = self.known.borrow().sources.get(s) {
+            return Ok(*known);
         }
         self.db(|c| by_source(c, "sources", "activity_id", s))
     }
@@ -144,6 +164,62 @@ impl Lookups for PgTx<'_> {
 impl BatchTx for PgTx<'_> {
     fn is_quarantined(&self, s: &Source) -> Result<bool> {
         self.db(|c| Ok(by_source(c, "quarantine", "id", s)?.is_some()))
+    }
+
+    /// Two statements for the whole batch: which of these sources are tracked, and which
+    /// activities have these dedup keys.
+    fn prefetch(&self, sources: &[&Source], keys: &[&str]) -> Result<()> {
+        let (mb, f, uv, uid): (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) =
+            sources
+                .iter()
+                .fold(Default::default(), |(mut mb, mut f, mut uv, mut uid), s| {
+                    mb.push(&s.mailbox);
+                    f.push(&s.folder);
+                    uv.push(big(s.uidvalidity));
+                    uid.push(big(s.uid));
+                    (mb, f, uv, uid)
+                });
+        let mut known = Known::default();
+        for s in sources {
+            known.sources.insert((*s).clone(), None);
+        }
+        for k in keys {
+            for d in [Direction::Incoming, Direction::Outgoing] {
+                known.dedup.insert((k.to_string(), d), None);
+            }
+        }
+        self.db(|c| {
+            for r in c.query(
+                "SELECT s.mailbox, s.folder, s.uidvalidity, s.uid, s.activity_id FROM sources s
+                 JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS k(m, f, v, u)
+                     ON s.mailbox = k.m AND s.folder = k.f AND s.uidvalidity = k.v
+                     AND s.uid = k.u",
+                &[&mb, &f, &uv, &uid],
+            )? {
+                let s = Source {
+                    mailbox: r.get(0),
+                    folder: r.get(1),
+                    uidvalidity: rows::unsigned(r.get(2), "uidvalidity")?,
+                    uid: rows::unsigned(r.get(3), "uid")?,
+                };
+                known
+                    .sources
+                    .insert(s, Some(rows::unsigned(r.get(4), "activity id")?));
+            }
+            for r in c.query(
+                "SELECT dedup_key, direction, id FROM activities WHERE dedup_key = ANY($1)",
+                &[&keys],
+            )? {
+                let text: String = r.get(1);
+                let d = Direction::from_text(&text)
+                    .ok_or_else(|| corrupt(format!("unknown direction {text:?}")))?;
+                let id = rows::unsigned(r.get(2), "activity id")?;
+                known.dedup.insert((r.get(0), d), Some(id));
+            }
+            Ok(())
+        })?;
+        *self.known.borrow_mut() = known;
+        Ok(())
     }
 
     /// Draws `n` activity ids from the sequence in one round trip.
@@ -211,6 +287,15 @@ impl BatchTx for PgTx<'_> {
         if self.pending.borrow_mut().update(after) {
             return Ok(());
         }
+        // Sources move with the update: what was read ahead of them is read again.
+        let mut known = self.known.borrow_mut();
+        for s in [before, after]
+            .into_iter()
+            .flat_map(|a| std::iter::once(&a.source).chain(&a.other_sources))
+        {
+            known.sources.remove(s);
+        }
+        drop(known);
         self.db(|c| rows::update(c, after))
     }
 
