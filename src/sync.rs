@@ -479,9 +479,6 @@ pub struct FolderRun<'a> {
 }
 
 /// Parses and tracks one message; a parser panic quarantines it instead of killing the sync.
-/// Attachments are stored as blobs while the parsed message holds them, unless they are over
-/// `max_attachment_size` or have a blocked extension (DESIGN §4.12): then they are listed with
-/// the reason.
 pub(crate) fn track_one(
     m: &RawMessage,
     ctx: &FolderContext<'_>,
@@ -489,14 +486,24 @@ pub(crate) fn track_one(
     store: &Store,
     records: &dyn RecordLookup,
 ) -> BatchItem {
+    match parse_one(m, ctx, source.clone(), store) {
+        Ok(p) => build_one(p, m, ctx, source, store, records),
+        Err(quarantined) => quarantined,
+    }
+}
+
+/// Parses one message, or quarantines it with the reason. Attachments are stored as blobs
+/// while the parsed message holds them, unless they are over `max_attachment_size` or have a
+/// blocked extension (DESIGN §4.12): then they are listed with the reason.
+fn parse_one(
+    m: &RawMessage,
+    ctx: &FolderContext<'_>,
+    source: Source,
+    store: &Store,
+) -> Result<parse::ParsedMessage, BatchItem> {
     #[cfg(feature = "failpoints")]
     if let Some(reason) = failpoint(&m.raw) {
-        return BatchItem::Quarantined {
-            source,
-            reason,
-            size: m.size,
-            raw: m.raw.clone(),
-        };
+        return Err(quarantined(m, source, reason));
     }
     let crm = &ctx.mailbox.crm;
     let mut blob_error = None;
@@ -526,49 +533,55 @@ pub(crate) fn track_one(
     let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         parse::parse_message_with(&m.raw, &mut sink)
     }));
-    let item = match (parsed, blob_error) {
-        (Ok(Ok(_)), Some(e)) => BatchItem::Quarantined {
-            source,
-            reason: format!("an attachment could not be stored: {e}"),
-            size: m.size,
-            raw: m.raw.clone(),
-        },
-        (Ok(Ok(p)), None) => {
-            // Tracking is guarded like parsing: a bug there quarantines one message, it does
-            // not take the worker (and its batch) down.
-            let src = source.clone();
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| track::build(p, ctx, src, m.size, records, store))) {
-                Ok(mut d) => {
-                    store.keep_body_out(&mut d.activity);
-                    BatchItem::Tracked(Box::new(d))
-                }
-                Err(_) => BatchItem::Quarantined {
-                    source,
-                    reason: "tracking crashed on this message (a bug: please report it with the raw message)".into(),
-                    size: m.size,
-                    raw: m.raw.clone(),
-                },
-            }
+    let reason = match (parsed, blob_error) {
+        (Ok(Ok(p)), None) => return Ok(p),
+        (Ok(Ok(_)), Some(e)) => format!("an attachment could not be stored: {e}"),
+        (Ok(Err(e)), _) => format!("cannot parse: {e}"),
+        (Err(_), _) => {
+            "the parser crashed on this message (a bug: please report it with the raw message)"
+                .into()
         }
-        (Ok(Err(e)), _) => BatchItem::Quarantined {
-            source,
-            reason: format!("cannot parse: {e}"),
-            size: m.size,
-            raw: m.raw.clone(),
-        },
-        (Err(_), _) => BatchItem::Quarantined {
-            source,
-            reason:
-                "the parser crashed on this message (a bug: please report it with the raw message)"
-                    .into(),
-            size: m.size,
-            raw: m.raw.clone(),
-        },
     };
-    if let BatchItem::Quarantined { reason, source, .. } = &item {
-        tracing::warn!(uid = source.uid, %reason, "message quarantined");
+    Err(quarantined(m, source, reason))
+}
+
+/// Tracks a parsed message. Tracking is guarded like parsing: a bug there quarantines one
+/// message, it does not take the worker (and its batch) down.
+fn build_one(
+    p: parse::ParsedMessage,
+    m: &RawMessage,
+    ctx: &FolderContext<'_>,
+    source: Source,
+    store: &Store,
+    records: &dyn RecordLookup,
+) -> BatchItem {
+    let src = source.clone();
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        track::build(p, ctx, src, m.size, records, store)
+    }));
+    match built {
+        Ok(mut d) => {
+            store.keep_body_out(&mut d.activity);
+            BatchItem::Tracked(Box::new(d))
+        }
+        Err(_) => quarantined(
+            m,
+            source,
+            "tracking crashed on this message (a bug: please report it with the raw message)"
+                .into(),
+        ),
     }
-    item
+}
+
+/// A message kept in quarantine with its raw bytes and why (logged).
+fn quarantined(m: &RawMessage, source: Source, reason: String) -> BatchItem {
+    tracing::warn!(uid = source.uid, %reason, "message quarantined");
+    BatchItem::Quarantined {
+        source,
+        reason,
+        size: m.size,
+        raw: m.raw.clone(),
+    }
 }
 
 /// Parses and tracks one fetched batch: pure work, run on a blocking worker.
@@ -620,8 +633,19 @@ pub fn process_batch(
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    part.iter()
-                        .map(|m| track_one(m, ctx, source(m.uid), store, records))
+                    // Parsed first, so that the addresses of the whole part are looked up
+                    // at once (one round trip on a database server), then tracked.
+                    let parsed: Vec<_> = part
+                        .iter()
+                        .map(|m| (m, parse_one(m, ctx, source(m.uid), store)))
+                        .collect();
+                    records.prefetch(parsed.iter().filter_map(|(_, p)| p.as_ref().ok()));
+                    parsed
+                        .into_iter()
+                        .map(|(m, p)| match p {
+                            Ok(p) => build_one(p, m, ctx, source(m.uid), store, records),
+                            Err(quarantined) => quarantined,
+                        })
                         .collect::<Vec<_>>()
                 })
             })

@@ -263,6 +263,15 @@ impl RecordLookup for Store {
             Backend::Pg(p) => blocking(|| p.by_email(email)),
         }
     }
+    fn by_emails(&self, emails: &[&str]) -> Vec<(String, Vec<Record>)> {
+        match &self.backend {
+            Backend::Sled(s) => emails
+                .iter()
+                .map(|e| (e.to_string(), s.by_email(e)))
+                .collect(),
+            Backend::Pg(p) => blocking(|| p.by_emails(emails)),
+        }
+    }
     fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
         match &self.backend {
             Backend::Sled(s) => s.by_name(rtype, name),

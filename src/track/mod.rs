@@ -24,6 +24,14 @@ pub trait RecordLookup {
     fn get(&self, r: &RecordRef) -> Option<Record>;
     /// Records having this (lower-case) address.
     fn by_email(&self, email: &str) -> Vec<Record>;
+    /// [`RecordLookup::by_email`] of several addresses: (address, its records) for each. An
+    /// engine whose every read is a round trip reads them at once.
+    fn by_emails(&self, emails: &[&str]) -> Vec<(String, Vec<Record>)> {
+        emails
+            .iter()
+            .map(|e| (e.to_string(), self.by_email(e)))
+            .collect()
+    }
     /// Records of `rtype` whose name equals `name`, case-insensitively.
     fn by_name(&self, rtype: &str, name: &str) -> Vec<Record>;
 }
@@ -42,6 +50,29 @@ impl<'a, L: RecordLookup + ?Sized> MemoRecords<'a, L> {
             inner,
             by_email: Default::default(),
         }
+    }
+
+    /// Looks up, at once, every address these messages name that is not looked up yet.
+    pub(crate) fn prefetch<'p>(&self, parsed: impl Iterator<Item = &'p ParsedMessage>) {
+        let mut wanted: std::collections::BTreeSet<&str> = Default::default();
+        {
+            let memo = self.by_email.lock().unwrap_or_else(|p| p.into_inner());
+            for p in parsed {
+                let addrs = p.from.iter().chain(&p.to).chain(&p.cc).chain(&p.bcc);
+                for a in addrs.filter_map(|a| a.address.as_deref()) {
+                    if !memo.contains_key(a) {
+                        wanted.insert(a);
+                    }
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let wanted: Vec<&str> = wanted.into_iter().collect();
+        let found = self.inner.by_emails(&wanted);
+        let mut memo = self.by_email.lock().unwrap_or_else(|p| p.into_inner());
+        memo.extend(found);
     }
 }
 

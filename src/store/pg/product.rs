@@ -272,6 +272,49 @@ impl PgStore {
         self.records_where(&sql, &[&email.to_ascii_lowercase()])
     }
 
+    /// [`PgStore::by_email`] of several addresses in one statement; an address no record has
+    /// comes back with none.
+    pub(crate) fn by_emails(&self, emails: &[&str]) -> Vec<(String, Vec<Record>)> {
+        let lower: Vec<String> = emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let sql = format!(
+            "SELECT DISTINCT ON (m.e, r.reference COLLATE \"C\") m.e, {RECORD_COLUMNS}
+             FROM records r CROSS JOIN LATERAL unnest(r.emails) AS x(e)
+                 JOIN unnest($1::text[]) AS m(e) ON lower(x.e) = m.e
+             ORDER BY m.e, r.reference COLLATE \"C\""
+        );
+        let mut found: std::collections::HashMap<String, Vec<Record>> =
+            lower.iter().map(|e| (e.clone(), Vec::new())).collect();
+        let rows = self.with(|c| Ok(c.query(&sql, &[&lower])?));
+        match rows {
+            Ok(rows) => {
+                for r in rows {
+                    let e: String = r.get(0);
+                    let rec = Record {
+                        rtype: r.get(1),
+                        key: r.get(2),
+                        name: r.get(3),
+                        emails: r.get(4),
+                        owner: r.get(5),
+                        shared: r.get(6),
+                        teams: r.get(7),
+                    };
+                    found.entry(e).or_default().push(rec);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking up records by address failed"),
+        }
+        emails
+            .iter()
+            .zip(lower)
+            .map(|(asked, l)| {
+                (
+                    asked.to_string(),
+                    found.get(&l).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// Records of `rtype` whose name equals `name`, case-insensitively.
     pub(crate) fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
         let sql = format!(

@@ -34,6 +34,9 @@ pub(crate) struct PgTx<'t> {
 struct Known {
     sources: HashMap<Source, Option<u64>>,
     dedup: HashMap<(String, Direction), Option<u64>>,
+    /// The written activities the dedup keys found (a copy merges into its activity, a reply
+    /// inherits from its parent), unless their message was found already tracked.
+    activities: HashMap<u64, Activity>,
 }
 
 impl<'t> PgTx<'t> {
@@ -124,6 +127,9 @@ impl Lookups for PgTx<'_> {
         if let Some(a) = self.pending.borrow().activity(id) {
             return Ok(Some(a.clone()));
         }
+        if let Some(a) = self.known.borrow().activities.get(&id) {
+            return Ok(Some(a.clone()));
+        }
         self.db(|c| rows::load(c, id))
     }
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
@@ -166,8 +172,8 @@ impl BatchTx for PgTx<'_> {
         self.db(|c| Ok(by_source(c, "quarantine", "id", s)?.is_some()))
     }
 
-    /// Two statements for the whole batch: which of these sources are tracked, and which
-    /// activities have these dedup keys.
+    /// A few statements for the whole batch: which of these sources are tracked, which
+    /// activities have these dedup keys, and those activities (five statements, if any).
     fn prefetch(&self, sources: &[&Source], keys: &[&str]) -> Result<()> {
         let (mb, f, uv, uid): (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) =
             sources
@@ -215,6 +221,17 @@ impl BatchTx for PgTx<'_> {
                     .ok_or_else(|| corrupt(format!("unknown direction {text:?}")))?;
                 let id = rows::unsigned(r.get(2), "activity id")?;
                 known.dedup.insert((r.get(0), d), Some(id));
+            }
+            let replayed: std::collections::HashSet<u64> =
+                known.sources.values().flatten().copied().collect();
+            let mut wanted: Vec<u64> = known.dedup.values().flatten().copied().collect();
+            wanted.retain(|id| !replayed.contains(id));
+            wanted.sort_unstable();
+            wanted.dedup();
+            if !wanted.is_empty() {
+                for a in rows::load_many(c, &wanted)? {
+                    known.activities.insert(a.id, a);
+                }
             }
             Ok(())
         })?;
@@ -289,6 +306,9 @@ impl BatchTx for PgTx<'_> {
         }
         // Sources move with the update: what was read ahead of them is read again.
         let mut known = self.known.borrow_mut();
+        if let Some(a) = known.activities.get_mut(&after.id) {
+            *a = after.clone();
+        }
         for s in [before, after]
             .into_iter()
             .flat_map(|a| std::iter::once(&a.source).chain(&a.other_sources))
