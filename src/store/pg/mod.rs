@@ -102,15 +102,61 @@ type Result<T> = std::result::Result<T, PgError>;
 
 /// How many times a transaction runs before its conflict is returned as an error.
 const ATTEMPTS: u32 = 50;
-/// Idle connections kept for reuse; more are opened while more threads need one.
-const IDLE: usize = 8;
+/// Connections open at most: a thread that needs one beyond them waits for one to be given
+/// back. A thousand mailbox workers so share a few connections (the server's default
+/// `max_connections` is 100, and each connection is a server process), and a batch commit
+/// waits its turn instead of failing.
+pub(crate) const MAX_CONNECTIONS: usize = 16;
+
+/// The connections: the idle ones, and how many are open (idle or lent out).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+/// A connection lent out of the pool, given back when dropped; dropped by a panic (it may be in
+/// the middle of a transaction), it is closed and counted out instead.
+struct Lent<'a> {
+    store: &'a PgStore,
+    conn: Option<Conn>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect("a lent connection")
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("a lent connection")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            match std::thread::panicking() {
+                true => {
+                    drop(c);
+                    self.store.forget();
+                }
+                false => self.store.give_back(c),
+            }
+        }
+    }
+}
 
 /// A PostgreSQL database holding foldertrack's tables.
 pub(crate) struct PgStore {
     config: postgres::Config,
     /// TLS for new connections (`None`: plaintext).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    idle: Mutex<Vec<Conn>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is given back or closed.
+    freed: std::sync::Condvar,
     /// Transactions run again after a conflict, since open (for tests and, later, metrics).
     retries: AtomicU64,
 }
@@ -129,7 +175,7 @@ impl Drop for PgStore {
     /// which must not happen on an async task's thread: the idle ones go through
     /// [`crate::store::blocking`].
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let idle = std::mem::take(&mut self.pool.lock().unwrap_or_else(|p| p.into_inner()).idle);
         crate::store::blocking(move || drop(idle));
     }
 }
@@ -202,22 +248,52 @@ impl PgStore {
         let store = PgStore {
             config,
             tls,
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::default(),
+            freed: std::sync::Condvar::new(),
             retries: AtomicU64::new(0),
         };
-        let mut c = store.conn()?;
-        schema::migrate(&mut c.client)?;
-        store.give_back(c);
+        schema::migrate(&mut store.conn()?.client)?;
         Ok(store)
     }
 
-    /// An idle connection, or a new one.
-    fn conn(&self) -> Result<Conn> {
-        if let Some(c) = self.idle.lock().expect("pool poisoned").pop() {
-            if !c.client.is_closed() {
-                return Ok(c);
+    /// An idle connection, or a new one while fewer than [`MAX_CONNECTIONS`] are open; else
+    /// waits for one to be given back.
+    fn conn(&self) -> Result<Lent<'_>> {
+        let lent = |c| Lent {
+            store: self,
+            conn: Some(c),
+        };
+        let mut pool = self.pool.lock().expect("pool poisoned");
+        loop {
+            match pool.idle.pop() {
+                Some(c) if !c.client.is_closed() => return Ok(lent(c)),
+                Some(closed) => {
+                    pool.open -= 1;
+                    drop(closed);
+                }
+                None if pool.open < MAX_CONNECTIONS => break,
+                None => pool = self.freed.wait(pool).expect("pool poisoned"),
             }
         }
+        pool.open += 1;
+        drop(pool);
+        match self.open_conn() {
+            Ok(c) => Ok(lent(c)),
+            Err(e) => {
+                self.forget();
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a connection out of the pool (closed, failed to open, or taken away).
+    fn forget(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+        self.freed.notify_one();
+    }
+
+    /// A new connection.
+    fn open_conn(&self) -> Result<Conn> {
         let connected = match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
@@ -237,21 +313,23 @@ impl PgStore {
         })
     }
 
-    /// Returns a connection to the pool (a closed one, or one too many, is dropped).
+    /// Returns a connection to the pool (a closed one is dropped).
     fn give_back(&self, c: Conn) {
-        let mut idle = self.idle.lock().expect("pool poisoned");
-        if !c.client.is_closed() && idle.len() < IDLE {
-            idle.push(c);
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match c.client.is_closed() {
+            true => pool.open -= 1,
+            false => pool.idle.push(c),
         }
+        drop(pool);
+        self.freed.notify_one();
     }
 
     /// Runs `f` on a pooled connection, outside of a transaction (one statement reads
     /// committed data on its own).
     fn with<T>(&self, f: impl FnOnce(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
         let mut c = self.conn()?;
-        let out = f(&mut Db::new(&mut c.client, &mut c.stmts));
-        self.give_back(c);
-        out
+        let c = &mut *c;
+        f(&mut Db::new(&mut c.client, &mut c.stmts))
     }
 
     /// Runs `f` in a read-only snapshot, for reads of several statements (an activity and
@@ -285,7 +363,9 @@ impl PgStore {
     /// A plain SQL client on the store's database, for tests and reporting-like checks.
     #[cfg(test)]
     pub(crate) fn sql(&self) -> Result<Client> {
-        Ok(self.conn()?.client)
+        let c = self.conn()?.conn.take().expect("a lent connection");
+        self.forget();
+        Ok(c.client)
     }
 }
 
@@ -481,19 +561,16 @@ impl PgStore {
     /// One run of `f` in a transaction, committed when `f` succeeds.
     fn attempt<T>(&self, f: &impl Fn(&PgTx<'_>) -> Result<T>) -> Result<T> {
         let mut c = self.conn()?;
-        let out = (|| {
-            let tx = c
-                .client
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()?;
-            let tx = PgTx::new(tx, &mut c.stmts);
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        self.give_back(c);
-        out
+        let c = &mut *c;
+        let tx = c
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::Serializable)
+            .start()?;
+        let tx = PgTx::new(tx, &mut c.stmts);
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 }
 

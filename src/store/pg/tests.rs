@@ -320,3 +320,40 @@ fn pg_tls_modes_verify_full_require_and_disable() {
     let over_socket = PgStore::open_with(&local, &s).unwrap();
     assert!(!encrypted(&over_socket));
 }
+
+/// Many threads at once share at most `MAX_CONNECTIONS` connections: the others wait their
+/// turn (a thousand mailbox workers must not open a thousand server processes), and every one
+/// of them gets its answer.
+#[test]
+fn pg_connections_are_bounded_and_threads_wait_their_turn() {
+    let Some((_pg, store)) = store() else { return };
+    let threads = 3 * super::MAX_CONNECTIONS;
+    let seen: Vec<i64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    store
+                        .with(|c| {
+                            let n = c.query_one(
+                                "SELECT count(*) FROM pg_stat_activity
+                                 WHERE datname = current_database() AND backend_type = 'client backend'",
+                                &[],
+                            )?;
+                            c.execute("SELECT pg_sleep(0.05)", &[])?;
+                            Ok(n.get::<_, i64>(0))
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(seen.len(), threads, "every thread got its answer");
+    let most = *seen.iter().max().unwrap();
+    assert!(
+        most <= super::MAX_CONNECTIONS as i64,
+        "{most} connections open at once, over {}",
+        super::MAX_CONNECTIONS
+    );
+    assert!(most > 1, "the threads did run concurrently ({most})");
+}
