@@ -8,7 +8,7 @@
 //! and drag-to-activity latency (APPEND → the agent's commit of that mailbox's batch) while all
 //! mailboxes are live.
 //!
-//! Knobs: SCALE_MAILBOXES (1000), SCALE_FOLDERS (1: tracked folders per mailbox; with more,
+//! Knobs: SCALE_ENGINE (sled; `postgres`: a private PostgreSQL cluster), SCALE_MAILBOXES (1000), SCALE_FOLDERS (1: tracked folders per mailbox; with more,
 //! `INBOX/Tracked/F1`… under one rule, IDLE on one and NOTIFY for the others, deliveries and
 //! latency trials spread over them), SCALE_MESSAGES (10000), SCALE_TRIALS (100), SCALE_KEEP=1 (keep the work
 //! dir, data dir included, for a look afterwards), SCALE_DEBUG=1
@@ -80,13 +80,16 @@ fn folders(n: usize) -> Vec<String> {
     (1..=n).map(|k| format!("INBOX/Tracked/F{k}")).collect()
 }
 
-fn write_config(work: &Path, port: u16, users: usize, nfolders: usize) {
+fn write_config(work: &Path, port: u16, users: usize, nfolders: usize, store: Option<&str>) {
     let rule = if nfolders <= 1 {
         "INBOX/Tracked"
     } else {
         "INBOX/Tracked/*"
     };
     let mut c = Config::new();
+    if let Some(store) = store {
+        c = c.store(store);
+    }
     for i in 1..=users {
         c = c.mailbox(Mailbox::new(&format!("user{i}"), port).rule(Rule::unlinked(rule)));
     }
@@ -180,7 +183,19 @@ fn main() {
     std::fs::write(work.join("password"), "pass").unwrap();
 
     // Baseline: the agent with one mailbox, idle.
-    write_config(&work, port, 1, nfolders);
+    // SCALE_ENGINE=postgres: the store in a private PostgreSQL cluster (Unix socket).
+    let pg = (std::env::var("SCALE_ENGINE").as_deref() == Ok("postgres")).then(|| {
+        testkit::pg::PgCluster::start().expect("SCALE_ENGINE=postgres needs PostgreSQL installed")
+    });
+    let store = pg.as_ref().map(|pg| {
+        format!(
+            "engine = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\nallow_plaintext = true\n",
+            pg.url()
+        )
+    });
+    let store = store.as_deref();
+    eprintln!("store engine: {}", if pg.is_some() { "postgres" } else { "sled" });
+    write_config(&work, port, 1, nfolders, store);
     let one = start_agent(&work, "SCALE_DEBUG", &[]);
     wait_idle(&work, 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
@@ -188,7 +203,7 @@ fn main() {
     one.stop();
 
     // All mailboxes.
-    write_config(&work, port, users, nfolders);
+    write_config(&work, port, users, nfolders, store);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
     let agent = start_agent(&work, "SCALE_DEBUG", &["batch committed", "ERROR"]);
