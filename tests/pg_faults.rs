@@ -2,8 +2,8 @@
 //! (`testkit::pg::PgCluster`) that the tests stop, start, lock and fill, and a private Dovecot.
 //!
 //! - a URL that is not one, and a refused password: exit 2, a clear error, never the password;
-//! - the database down when `sync` starts: exit 1, the error names host, database and user,
-//!   never the password; the next `sync` tracks everything once;
+//! - the database down when `sync` (or `run`) starts: exit 1, the error names host, database
+//!   and user, never the password; the next `sync` tracks everything once;
 //! - the database down, then restarted, while `run` goes on: the mailbox backs off, `/healthz`
 //!   says 503 naming the database, an alert is raised, and when it is back the agent resumes on
 //!   its own: every message delivered before, during and after the outage tracked once;
@@ -141,19 +141,20 @@ fn sync_with_the_database_down_exits_1_naming_host_database_and_user_never_the_p
     assert_tracked_once(&e, &url, 3);
     pg.stop_server("fast");
     deliver(&e, 3, 5);
-    let o = e
-        .command()
-        .args(["sync"])
-        .env("RUST_LOG", "trace")
-        .output()
-        .unwrap();
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "a runtime failure: {out}");
     let sock = pg.socket_dir().unwrap().display().to_string();
-    assert!(out.contains(&sock), "names the host: {out}");
-    assert!(out.contains("database \"ft\""), "names the database: {out}");
-    assert!(out.contains("user \"ft\""), "names the user: {out}");
-    assert!(!out.contains(SECRET), "never the password: {out}");
+    // `run` too (a service manager starts it again: exit 1, not 2).
+    for cmd in ["sync", "run"] {
+        let (code, out) = run_traced(&e, &[cmd]);
+        assert_eq!(code, Some(1), "`{cmd}`: a runtime failure: {out}");
+        assert!(out.contains(&sock), "names the host: {out}");
+        assert!(out.contains("database \"ft\""), "names the database: {out}");
+        assert!(out.contains("user \"ft\""), "names the user: {out}");
+        assert!(
+            out.contains("is the server running"),
+            "says what to check: {out}"
+        );
+        assert!(!out.contains(SECRET), "never the password: {out}");
+    }
     pg.start_server();
     e.ok(&["sync"]);
     assert_tracked_once(&e, &url, 5);
