@@ -194,7 +194,10 @@ fn main() {
         )
     });
     let store = store.as_deref();
-    eprintln!("store engine: {}", if pg.is_some() { "postgres" } else { "sled" });
+    eprintln!(
+        "store engine: {}",
+        if pg.is_some() { "postgres" } else { "sled" }
+    );
     write_config(&work, port, 1, nfolders, store);
     let one = start_agent(&work, "SCALE_DEBUG", &[]);
     wait_idle(&work, 1, Duration::from_secs(60));

@@ -3,7 +3,9 @@
 # (unit, golden fixtures, the integration tests that start private Dovecot instances on
 # loopback, and the test kit's own tests: `--workspace` includes crates/testkit), then the
 # suites that matter for data again on PostgreSQL (FOLDERTRACK_TEST_ENGINE=postgres: each test
-# gets a private PostgreSQL cluster that its configs name in `[store]`).
+# gets a private PostgreSQL cluster that its configs name in `[store]`). The PostgreSQL fault
+# tests (`--test pg_faults`: the database down, restarted, locked, full) start clusters of
+# their own whatever the engine, so the first run covers them.
 #
 # Arguments go to the first (sled) run only. FOLDERTRACK_TEST_ENGINES=sled skips the
 # PostgreSQL pass (e.g. while iterating on something else).

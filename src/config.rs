@@ -266,6 +266,10 @@ pub struct PgSettings {
     pub tls: PgTls,
     /// Certificates the server's must chain to (`verify-full`); default the web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// The longest one SQL statement may run (`statement_timeout`, seconds; default 30): the
+    /// server cancels a statement stuck longer (behind another session's lock, say), and the
+    /// agent backs off and tries again.
+    pub statement_timeout: std::time::Duration,
 }
 
 /// Where the connection string is (`url` or `url_env`).
@@ -311,6 +315,7 @@ impl fmt::Debug for PgSettings {
             .field("url", &url)
             .field("tls", &self.tls)
             .field("ca_file", &self.ca_file)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
@@ -417,6 +422,7 @@ struct RawStore {
     ca_file: Option<Spanned<String>>,
     #[serde(default)]
     allow_plaintext: bool,
+    statement_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1121,7 +1127,8 @@ fn metrics_settings(
 }
 
 /// `[store]`: the engine, and for PostgreSQL exactly one of `url` and `url_env`, the TLS mode
-/// (`disable` only with `allow_plaintext = true`) and an optional `ca_file`.
+/// (`disable` only with `allow_plaintext = true`), an optional `ca_file` and the
+/// `statement_timeout` in seconds (1 to 86400, default 30).
 fn store_settings(
     loc: &Locator<'_>,
     raw: Option<&RawStore>,
@@ -1143,6 +1150,13 @@ fn store_settings(
                 return Err(loc.err(
                     Some(v.span()),
                     key,
+                    "is for engine = \"postgres\" (the sled store lives in data_dir)",
+                ));
+            }
+            if let Some(t) = &s.statement_timeout {
+                return Err(loc.err(
+                    Some(t.span()),
+                    "store.statement_timeout",
                     "is for engine = \"postgres\" (the sled store lives in data_dir)",
                 ));
             }
@@ -1202,10 +1216,18 @@ fn store_settings(
             ))
         }
     };
+    let statement_timeout = std::time::Duration::from_secs(positive(
+        loc,
+        &s.statement_timeout,
+        "store.statement_timeout",
+        crate::defaults::STATEMENT_TIMEOUT.as_secs(),
+        86_400,
+    )?);
     Ok(StoreEngine::Postgres(PgSettings {
         url,
         tls,
         ca_file: s.ca_file.as_ref().map(|f| resolve(f.get_ref())),
+        statement_timeout,
     }))
 }
 
@@ -1499,5 +1521,26 @@ password_env = "ALICE_PW"
         assert_eq!(pg.tls, PgTls::Disable);
         assert_eq!(pg.ca_file.as_deref(), Some(Path::new("/etc/ft/ca.pem")));
         assert!(pg.url().unwrap_err().contains("FT_TEST_UNSET_URL"));
+    }
+
+    #[test]
+    fn store_statement_timeout_defaults_to_30_s_and_is_checked() {
+        let with = |store: &str| format!("{GOOD}[store]\n{store}\n");
+        let pg = "engine = \"postgres\"\nurl = \"postgresql://h/db\"\n";
+        let timeout = |extra: &str| match parse(&with(&format!("{pg}{extra}"))).map(|c| c.store) {
+            Ok(StoreEngine::Postgres(s)) => Ok(s.statement_timeout.as_secs()),
+            Ok(other) => panic!("postgres expected, got {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(timeout("").unwrap(), 30);
+        assert_eq!(timeout("statement_timeout = 5").unwrap(), 5);
+        for bad in ["statement_timeout = 0", "statement_timeout = 86401"] {
+            let e = timeout(bad).unwrap_err();
+            assert_eq!(e.key, "store.statement_timeout", "{bad}");
+            assert!(e.message.contains("between 1 and 86400"), "{}", e.message);
+        }
+        let e = parse(&with("statement_timeout = 5")).unwrap_err();
+        assert_eq!(e.key, "store.statement_timeout");
+        assert!(e.message.contains("engine = \"postgres\""), "{}", e.message);
     }
 }

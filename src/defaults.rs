@@ -8,3 +8,7 @@ use std::time::Duration;
 /// How long one IMAP command may take before the connection is considered dead, unless the
 /// configuration's `command_timeout` says otherwise.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long one SQL statement on PostgreSQL may run before the server cancels it, unless
+/// `[store] statement_timeout` says otherwise.
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);

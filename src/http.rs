@@ -27,7 +27,9 @@ pub(crate) struct Shared {
 ///
 /// Unhealthy: a mailbox whose incoming side is disabled (permanent error, as Dynamics' mailbox
 /// status), a mailbox whose passes have failed for longer than `lag_threshold` (an open
-/// outage), or a folder behind the server for longer than `lag_threshold`.
+/// outage), a folder behind the server for longer than `lag_threshold`, or a store that cannot
+/// be read (the PostgreSQL server down or refusing us: read here, at each request, so that it
+/// shows at once, also while no mail arrives to make a pass fail).
 ///
 /// The server's error text and the IMAP user names it holds are left out (a scraper needs the
 /// reason, not the detail) unless `[metrics] detail = true`; `status` always has them.
@@ -36,6 +38,7 @@ pub(crate) fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> V
     let detail = config.metrics.detail;
     let now = crate::time::unix_now();
     let mut out = Vec::new();
+    let mut store_down = None;
     for mb in &config.mailboxes {
         if let Some(l) = agent.live(&mb.name) {
             if let crate::worker::WorkerState::Disabled { reason } = &l.state {
@@ -47,25 +50,33 @@ pub(crate) fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> V
                 continue;
             }
         }
-        if let Ok(st) = store.mailbox_state(&mb.name) {
-            if let Some(o) = st.outages.last().filter(|o| o.to.is_none()) {
-                let since = now - crate::time::parse_date(&o.from);
-                if since > threshold.as_secs() as i64 {
-                    let why = if detail {
-                        format!(": {}", st.last_error.as_deref().unwrap_or(&o.error))
-                    } else {
-                        String::new()
-                    };
-                    out.push(format!(
-                        "mailbox {}: failing since {} ({} s, over lag_threshold {} s){why}",
-                        mb.name,
-                        o.from,
-                        since,
-                        threshold.as_secs(),
-                    ));
-                }
+        let st = match store.mailbox_state(&mb.name) {
+            Ok(st) => st,
+            Err(e) => {
+                store_down.get_or_insert(e);
+                continue;
+            }
+        };
+        if let Some(o) = st.outages.last().filter(|o| o.to.is_none()) {
+            let since = now - crate::time::parse_date(&o.from);
+            if since > threshold.as_secs() as i64 {
+                let why = if detail {
+                    format!(": {}", st.last_error.as_deref().unwrap_or(&o.error))
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "mailbox {}: failing since {} ({} s, over lag_threshold {} s){why}",
+                    mb.name,
+                    o.from,
+                    since,
+                    threshold.as_secs(),
+                ));
             }
         }
+    }
+    if let Some(e) = store_down {
+        out.insert(0, store_problem(store, &e, detail));
     }
     for (m, f, n, d) in crate::metrics::metrics().lagging(threshold) {
         out.push(format!(
@@ -75,6 +86,21 @@ pub(crate) fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> V
         ));
     }
     out
+}
+
+/// The store cannot be read (the PostgreSQL server is down, refuses us, or a statement fails):
+/// nothing can be tracked until it can. Names the engine and where it is (host and database;
+/// the user and the error's text only with `detail`, as for a mailbox).
+fn store_problem(store: &Store, e: &crate::store::StoreError, detail: bool) -> String {
+    if detail {
+        return format!("store: cannot read {}: {e}", store.describe());
+    }
+    let at = store.describe();
+    let at = match at.split_once(", user ") {
+        Some((where_, _)) => format!("{where_})"),
+        None => at,
+    };
+    format!("store: cannot read {at} (why: the agent's log)")
 }
 
 /// A warning for a `[metrics] listen` address off loopback: the endpoint has no

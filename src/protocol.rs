@@ -209,7 +209,8 @@ impl Reply {
 }
 
 /// Exit code for an error: 2 for the caller's mistakes (usage, config, input file, a held
-/// data dir), 1 for everything that went wrong at run time.
+/// data dir, credentials or a database name the PostgreSQL server refuses), 1 for everything
+/// that went wrong at run time (a database that is down included).
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<ConfigError>().is_some()
         || e.downcast_ref::<UsageError>().is_some()
@@ -219,6 +220,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
             e.downcast_ref::<StoreError>(),
             Some(StoreError::Locked { .. } | StoreError::AgentRunning { .. })
         )
+        || matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Postgres(p)) if p.is_refused())
     {
         2
     } else {

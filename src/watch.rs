@@ -88,6 +88,7 @@ pub(crate) async fn watch_mailbox(t: Task) {
         connects: 0,
         auto: AutoPoll::default(),
         found: false,
+        unrecorded: None,
     };
     runner.run(worker).instrument(span).await;
     let m = crate::metrics::metrics();
@@ -109,6 +110,8 @@ struct MailboxWorker {
     auto: AutoPoll,
     /// Whether the last catch-up tracked something (for `poll_interval = "auto"`).
     found: bool,
+    /// A failure the store could not record (it was failing itself), written when it can.
+    unrecorded: Option<Unrecorded>,
 }
 
 /// What exists only while connected.
@@ -159,7 +162,12 @@ impl Worker for MailboxWorker {
                 self.disconnect();
                 let e = SyncError::Imap(e);
                 let w = WorkError::transient(&e);
-                record(&self.store, &self.mb, &Err::<(), _>(e));
+                record(
+                    &self.store,
+                    &self.mb,
+                    &mut self.unrecorded,
+                    &Err::<(), _>(e),
+                );
                 w
             });
         }
@@ -227,7 +235,12 @@ impl MailboxWorker {
         } else {
             e.to_string()
         };
-        record(&self.store, &self.mb, &Err::<(), _>(e));
+        record(
+            &self.store,
+            &self.mb,
+            &mut self.unrecorded,
+            &Err::<(), _>(e),
+        );
         if !permanent {
             return WorkError::transient(message);
         }
@@ -297,7 +310,7 @@ impl MailboxWorker {
                 None,
             )
             .await;
-            record(&self.store, &self.mb, &result);
+            record(&self.store, &self.mb, &mut self.unrecorded, &result);
             let report = result?;
             self.found |= report.created() > 0;
             self.live
@@ -587,22 +600,84 @@ async fn set_notify(conn: &mut Connected, names: &[String]) -> bool {
     }
 }
 
-/// Records a pass's (or login's) outcome in the persisted health.
-fn record<T: sync::PassResult>(store: &Store, mb: &MailboxConfig, result: &Result<T, SyncError>) {
-    let mut state = match store.mailbox_state(&mb.name) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the mailbox state");
-            return;
-        }
-    };
-    state.last_attempt = Some(crate::time::humantime_now());
-    if let Err(e) = sync::record_result(store, &mut state, result) {
-        tracing::error!(error = %e, "cannot record the mailbox state");
-    }
+/// A failed pass whose outcome the store could not take because the store itself failed
+/// (PostgreSQL down or restarting, its disk full): kept in memory, and written as an outage
+/// from `since` and an alert once the store answers again. Nothing else needs keeping: the
+/// folder's checkpoint did not move either, so the next pass fetches the same messages again.
+#[derive(Debug)]
+struct Unrecorded {
+    since: String,
+    error: String,
+    attempts: u32,
+}
+
+/// Records a pass's (or login's) outcome in the persisted health, after what `unrecorded` kept
+/// while the store could not take it. When the store still cannot, a failure is kept there
+/// (the first one's time and text, and how many) for the next time.
+fn record<T: sync::PassResult>(
+    store: &Store,
+    mb: &MailboxConfig,
+    unrecorded: &mut Option<Unrecorded>,
+    result: &Result<T, SyncError>,
+) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "pass failed");
     }
+    let now = crate::time::humantime_now();
+    let written = store.mailbox_state(&mb.name).and_then(|mut state| {
+        state.last_attempt = Some(now.clone());
+        if let Some(u) = unrecorded.as_ref() {
+            record_late(store, mb, &mut state, u, &now)?;
+        }
+        sync::record_result(store, &mut state, result)
+    });
+    match written {
+        Ok(()) => {
+            if let Some(u) = unrecorded.take() {
+                tracing::info!(since = %u.since, "the store answers again: its outage is recorded");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the pass's outcome in the store; kept until the store answers again");
+            if let Err(failure) = result {
+                let u = unrecorded.get_or_insert_with(|| Unrecorded {
+                    since: now,
+                    error: failure.to_string(),
+                    attempts: 0,
+                });
+                u.attempts += 1;
+            }
+        }
+    }
+}
+
+/// Writes what [`Unrecorded`] kept: the outage (opened at `u.since` unless one is open) and an
+/// alert naming when the store could not be used and why.
+fn record_late(
+    store: &Store,
+    mb: &MailboxConfig,
+    state: &mut crate::store::MailboxState,
+    u: &Unrecorded,
+    now: &str,
+) -> Result<(), crate::store::StoreError> {
+    let open = state.outages.last().is_some_and(|o| o.to.is_none());
+    state.failed(&u.error);
+    state.consecutive_errors += u.attempts.saturating_sub(1);
+    if !open {
+        if let Some(o) = state.outages.last_mut() {
+            o.from = u.since.clone();
+        }
+    }
+    store.add_alert(
+        &mb.name,
+        Alert {
+            level: AlertLevel::Warning,
+            message: format!(
+                "the store could not be used from {} to {now} ({} failed attempt(s), recorded once it answered again): {}",
+                u.since, u.attempts, u.error
+            ),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -59,6 +59,13 @@ impl AgentSpec {
         self
     }
 
+    /// Another `RUST_LOG` than `foldertrack=debug` (`trace`: every crate's every line, for a
+    /// test that no secret is ever logged).
+    pub fn rust_log(mut self, filter: &str) -> AgentSpec {
+        self.rust_log = filter.to_string();
+        self
+    }
+
     /// Echo every log line on stderr (a bench's debug knob).
     pub fn echo(mut self, on: bool) -> AgentSpec {
         self.echo = on;

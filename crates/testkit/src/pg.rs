@@ -19,11 +19,16 @@ pub struct PgCluster {
 }
 
 enum Kind {
-    /// A cluster this process started: its dir, its binaries, whether they run as `postgres`.
+    /// A cluster this process started: its dir, its binaries, whether they run as `postgres`,
+    /// and the server options it was started with (to start it again alike).
     Private {
         dir: tempfile::TempDir,
         bin: PathBuf,
         as_postgres: bool,
+        opts: String,
+        port: u32,
+        /// tmpfs mounted in `dir` ([`PgCluster::tmpfs_tablespace`]), unmounted after the stop.
+        mounts: std::sync::Mutex<Vec<PathBuf>>,
     },
     /// A database created on the server of `FOLDERTRACK_TEST_PG_URL`.
     External { server: String, database: String },
@@ -81,6 +86,158 @@ impl PgCluster {
             Kind::Private { dir, .. } => Some(dir.path()),
             Kind::External { .. } => None,
         }
+    }
+
+    /// Whether this is a private cluster, which [`PgCluster::stop_server`],
+    /// [`PgCluster::start_server`] and [`PgCluster::create_login`] need. On an external server
+    /// (`FOLDERTRACK_TEST_PG_URL`) this prints `SKIPPED: …` with `what` and returns false: the
+    /// test cannot stop a shared server or change its authentication.
+    pub fn require_private(&self, what: &str) -> bool {
+        if matches!(self.kind, Kind::Private { .. }) {
+            return true;
+        }
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {what} needs a private cluster, not FOLDERTRACK_TEST_PG_URL"
+        );
+        false
+    }
+
+    /// The data dir of a private cluster.
+    pub fn data_dir(&self) -> PathBuf {
+        let Kind::Private { dir, .. } = &self.kind else {
+            panic!("an external server's data dir is not ours")
+        };
+        dir.path().join("data")
+    }
+
+    /// Stops the private cluster's server with `pg_ctl stop -m mode`: `fast` disconnects the
+    /// clients and shuts down cleanly, `immediate` ends every server process at once (as a
+    /// crash would; the next start recovers from the WAL). Returns once it is down.
+    pub fn stop_server(&self, mode: &str) {
+        let Kind::Private {
+            dir,
+            bin,
+            as_postgres,
+            ..
+        } = &self.kind
+        else {
+            panic!("an external server is not ours to stop")
+        };
+        let data = dir.path().join("data").display().to_string();
+        run(
+            bin,
+            *as_postgres,
+            "pg_ctl",
+            &["-D", &data, "-m", mode, "-w", "stop"],
+        );
+    }
+
+    /// Starts the private cluster's server again after [`PgCluster::stop_server`]: the same
+    /// data dir, port and options. Returns once it accepts connections.
+    pub fn start_server(&self) {
+        let Kind::Private {
+            dir,
+            bin,
+            as_postgres,
+            opts,
+            ..
+        } = &self.kind
+        else {
+            panic!("an external server is not ours to start")
+        };
+        pg_ctl_start(bin, *as_postgres, dir.path(), opts);
+    }
+
+    /// A tablespace `name` on a tmpfs of `megabytes` mounted in the private cluster's dir (root
+    /// only), which the database's tables can be moved to so that they run out of space while
+    /// the server's own files (its WAL) do not; unmounted after the server stops on drop. The
+    /// mount point, or `None` when it cannot be mounted (not root).
+    pub fn tmpfs_tablespace(&self, name: &str, megabytes: u32) -> Option<PathBuf> {
+        let Kind::Private {
+            dir,
+            as_postgres,
+            mounts,
+            ..
+        } = &self.kind
+        else {
+            panic!("an external server's disks are not ours")
+        };
+        let at = dir.path().join(name);
+        std::fs::create_dir_all(&at).expect("creating the tablespace's mount point");
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={megabytes}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            return None;
+        }
+        mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(at.clone());
+        if *as_postgres {
+            let st = Command::new("chown")
+                .args(["postgres:", &at.display().to_string()])
+                .status()
+                .expect("running chown");
+            assert!(st.success(), "chown postgres: {}", at.display());
+        }
+        let sql = format!("CREATE TABLESPACE {name} LOCATION '{}'", at.display());
+        self.client()
+            .batch_execute(&sql)
+            .expect("CREATE TABLESPACE");
+        Some(at)
+    }
+
+    /// A superuser SQL session on the test's database.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connecting to the test's PostgreSQL: {e}"))
+    }
+
+    /// On a private cluster (whose other users are trusted), a role `user` that must log in with
+    /// `password` (SCRAM-SHA-256, over the socket) and owns a database of its name: the URL of
+    /// that database as `user` with `password`, written `postgresql://user:password@/user?host=…`.
+    /// Returns once the server asks that role for its password.
+    pub fn create_login(&self, user: &str, password: &str) -> String {
+        let Kind::Private { dir, port, .. } = &self.kind else {
+            panic!("an external server's authentication is not ours to change")
+        };
+        let mut c = self.client();
+        let pw = password.replace('\'', "''");
+        c.batch_execute(&format!("CREATE ROLE {user} LOGIN PASSWORD '{pw}'"))
+            .expect("CREATE ROLE");
+        c.batch_execute(&format!("CREATE DATABASE {user} OWNER {user}"))
+            .expect("CREATE DATABASE");
+        // The first matching line counts: this role's line goes before the file's `trust` ones.
+        let hba = self.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
+        std::fs::write(&hba, format!("local all {user} scram-sha-256\n{old}"))
+            .expect("writing pg_hba.conf");
+        c.batch_execute("SELECT pg_reload_conf()")
+            .expect("reloading the configuration");
+        let sock = dir.path().display();
+        let without = format!("postgresql:///{user}?host={sock}&port={port}&user={user}");
+        // The reload is asynchronous: wait until a login without the password is refused.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while postgres::Client::connect(&without, postgres::NoTls).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pg_hba.conf was not reloaded in 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        format!("postgresql://{user}:{password}@/{user}?host={sock}&port={port}")
     }
 }
 
@@ -187,13 +344,7 @@ fn private(bin: PathBuf, tls: Option<&crate::sandbox::TlsFiles>) -> PgCluster {
             );
         }
     }
-    let log = dir.path().join("log").display().to_string();
-    run(
-        &bin,
-        as_postgres,
-        "pg_ctl",
-        &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
-    );
+    pg_ctl_start(&bin, as_postgres, dir.path(), &opts);
     let url = match tls {
         None => format!("postgresql:///postgres?host={sock}&port={port}&user={USER}"),
         Some(_) => format!("postgresql://{USER}@localhost:{port}/postgres"),
@@ -204,8 +355,24 @@ fn private(bin: PathBuf, tls: Option<&crate::sandbox::TlsFiles>) -> PgCluster {
             dir,
             bin,
             as_postgres,
+            opts,
+            port,
+            mounts: Default::default(),
         },
     }
+}
+
+/// `pg_ctl start` of the cluster in `dir` (data in `dir/data`, its log appended to `dir/log`),
+/// waiting until it accepts connections.
+fn pg_ctl_start(bin: &Path, as_postgres: bool, dir: &Path, opts: &str) {
+    let data = dir.join("data").display().to_string();
+    let log = dir.join("log").display().to_string();
+    run(
+        bin,
+        as_postgres,
+        "pg_ctl",
+        &["-D", &data, "-o", opts, "-l", &log, "-w", "start"],
+    );
 }
 
 /// A fresh database on the server of `server` (a URL), named after this process and a count.
@@ -243,6 +410,8 @@ impl Drop for PgCluster {
                 dir,
                 bin,
                 as_postgres,
+                mounts,
+                ..
             } => {
                 let data = dir.path().join("data").display().to_string();
                 let mut cmd = command(bin, *as_postgres, "pg_ctl");
@@ -252,6 +421,10 @@ impl Drop for PgCluster {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
+                // The server is down: nothing holds the mounts' files any more.
+                for m in mounts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    let _ = Command::new("umount").arg(m).status();
+                }
             }
             Kind::External { server, database } => {
                 if let Ok(mut c) = postgres::Client::connect(server, postgres::NoTls) {

@@ -13,6 +13,7 @@ pub(crate) mod bulk;
 /// `store copy --from-sled`: bulk writes and whole-store reads.
 pub(crate) mod copy;
 mod db;
+mod faults;
 mod pending;
 mod product;
 mod rows;
@@ -39,20 +40,21 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The server could not be reached or refused us. Names where and as whom, never the
-    /// password.
+    /// password. The message holds the whole cause ([`faults::text`]), so it has no `source`.
     #[error(
-        "cannot connect to PostgreSQL at {host}, database {dbname:?}, user {user:?}: {source}"
+        "cannot connect to PostgreSQL at {host}, database {dbname:?}, user {user:?}: {}{}",
+        faults::text(.cause),
+        faults::connect_hint(.cause)
     )]
     Connect {
         host: String,
         dbname: String,
         user: String,
-        #[source]
-        source: postgres::Error,
+        cause: postgres::Error,
     },
-    /// A statement failed.
-    #[error("PostgreSQL: {0}")]
-    Db(#[from] postgres::Error),
+    /// A statement failed (the whole cause in the message, as `Connect`).
+    #[error("PostgreSQL: {}{}", faults::text(.0), faults::statement_hint(.0))]
+    Db(postgres::Error),
     /// The database was migrated by a newer foldertrack; this one would misread it.
     #[error(
         "the database's schema is version {found}, newer than this foldertrack knows \
@@ -68,6 +70,12 @@ pub enum PgError {
     /// A stored value the model cannot hold, or an inconsistency a rule found.
     #[error("the PostgreSQL store is inconsistent: {0}")]
     Corrupt(String),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> PgError {
+        PgError::Db(e)
+    }
 }
 
 impl From<Broken> for PgError {
@@ -209,7 +217,7 @@ impl PgStore {
             host: "(unparsable connection string)".into(),
             dbname: String::new(),
             user: String::new(),
-            source: e,
+            cause: e,
         })?;
         PgStore::connect(config, None)
     }
@@ -221,7 +229,7 @@ impl PgStore {
             host: "(unparsable connection string)".into(),
             dbname: String::new(),
             user: String::new(),
-            source: e,
+            cause: e,
         })?;
         // A Unix socket is local: TLS does not apply there (libpq ignores sslmode for it too,
         // and the server would refuse the TLS request on it).
@@ -238,6 +246,7 @@ impl PgStore {
             Some(_) => postgres::config::SslMode::Require,
             None => postgres::config::SslMode::Disable,
         });
+        faults::session_limits(&mut config, settings);
         PgStore::connect(config, tls)
     }
 
@@ -304,7 +313,7 @@ impl PgStore {
                 host,
                 dbname,
                 user,
-                source,
+                cause: source,
             }
         })?;
         Ok(Conn {
@@ -313,15 +322,25 @@ impl PgStore {
         })
     }
 
-    /// Returns a connection to the pool (a closed one is dropped).
+    /// Returns a connection to the pool. A closed one drops the idle ones too: the server went
+    /// away (restarted, crashed) and took them along, which each would otherwise show by
+    /// failing one more attempt.
     fn give_back(&self, c: Conn) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        match c.client.is_closed() {
-            true => pool.open -= 1,
-            false => pool.idle.push(c),
-        }
+        let stale = match c.client.is_closed() {
+            true => {
+                let stale = std::mem::take(&mut pool.idle);
+                pool.open -= 1 + stale.len();
+                stale
+            }
+            false => {
+                pool.idle.push(c);
+                Vec::new()
+            }
+        };
         drop(pool);
-        self.freed.notify_one();
+        drop(stale);
+        self.freed.notify_all();
     }
 
     /// Runs `f` on a pooled connection, outside of a transaction (one statement reads

@@ -276,6 +276,7 @@ fn pg_tls_modes_verify_full_require_and_disable() {
         url: PgUrl::Literal(pg.url().to_string()),
         tls,
         ca_file: ca_file.map(Into::into),
+        statement_timeout: crate::defaults::STATEMENT_TIMEOUT,
     };
     let encrypted = |store: &PgStore| -> bool {
         let mut c = store.sql().unwrap();
@@ -316,6 +317,7 @@ fn pg_tls_modes_verify_full_require_and_disable() {
         url: PgUrl::Literal(local.clone()),
         tls: PgTls::VerifyFull,
         ca_file: None,
+        statement_timeout: crate::defaults::STATEMENT_TIMEOUT,
     };
     let over_socket = PgStore::open_with(&local, &s).unwrap();
     assert!(!encrypted(&over_socket));
