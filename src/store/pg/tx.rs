@@ -55,7 +55,7 @@ impl<'t> PgTx<'t> {
     fn db<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>) -> Result<T> {
         let mut tx = self.tx.borrow_mut();
         let mut stmts = self.stmts.borrow_mut();
-        f(&mut Db::new(&mut *tx, &mut **stmts))
+        f(&mut Db::new(&mut *tx, &mut stmts))
     }
 
     /// Runs `f` on the transaction with every new activity written first, for statements that
