@@ -378,8 +378,46 @@ fn sync_into_postgres(port: u16, folder: &str, runs: usize, count: usize) -> Opt
             n as usize, count,
             "every message tracked or quarantined (PostgreSQL)"
         );
+        if ms.len() == runs {
+            sizes_on_postgres(pg.url(), count);
+        }
     }
     Some(med(ms))
+}
+
+/// Where the bytes go on PostgreSQL: the database, and per activity each table with its
+/// indexes and TOAST (printed, for README's "where the time goes").
+fn sizes_on_postgres(url: &str, count: usize) {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect for sizes");
+    let db: i64 = c
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .unwrap()
+        .get(0);
+    let mut line = format!(
+        "PostgreSQL after {count} messages: database {:.1} MB",
+        db as f64 / 1e6
+    );
+    for table in [
+        "activities",
+        "parties",
+        "sources",
+        "activity_references",
+        "attachments",
+        "blobs",
+    ] {
+        let bytes: i64 = c
+            .query_one(
+                "SELECT pg_total_relation_size($1::text::regclass)",
+                &[&table],
+            )
+            .unwrap()
+            .get(0);
+        line.push_str(&format!(
+            "; {table} {:.0} B/activity",
+            bytes as f64 / count.max(1) as f64
+        ));
+    }
+    eprintln!("{line}");
 }
 
 fn main() {

@@ -112,15 +112,20 @@ pub(super) fn load(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Option
 }
 
 /// The activities of `ids` that exist, in the order of `ids`, with everything they hold: five
-/// statements (the rows, then each kind of child row) however many there are.
+/// statements (the rows, then each kind of child row) however many there are. Each looks its
+/// ids up one by one in the index (`LATERAL … OFFSET 0`, which the planner cannot flatten): as
+/// `= ANY($1)` the planner scanned whole tables while a first sync filled them.
 pub(super) fn load_many(c: &mut Db<'_, impl GenericClient>, ids: &[u64]) -> Result<Vec<Activity>> {
-    let keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+    let mut keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
     let mut found: std::collections::HashMap<u64, Activity> = c
         .query(
-            "SELECT id, dedup_key, direction, subject, message_id, date, regarding, in_reply_to,
-                 token, thread_index, correlation_method, correlation_activity, inherits,
-                 tracked_at, size, body_text, body_blob, alerts
-             FROM activities WHERE id = ANY($1)",
+            "SELECT a.* FROM unnest($1::bigint[]) AS k(want)
+             CROSS JOIN LATERAL (SELECT id, dedup_key, direction, subject, message_id, date,
+                 regarding, in_reply_to, token, thread_index, correlation_method,
+                 correlation_activity, inherits, tracked_at, size, body_text, body_blob, alerts
+                 FROM activities WHERE id = k.want OFFSET 0) a",
             &[&keys],
         )?
         .iter()
@@ -132,8 +137,10 @@ pub(super) fn load_many(c: &mut Db<'_, impl GenericClient>, ids: &[u64]) -> Resu
     load_sources(c, &keys, &mut found)?;
     load_parties(c, &keys, &mut found)?;
     for r in c.query(
-        "SELECT activity_id, message_id FROM activity_references WHERE activity_id = ANY($1)
-         ORDER BY activity_id, position",
+        "SELECT k.id, r.message_id FROM unnest($1::bigint[]) AS k(id)
+         CROSS JOIN LATERAL (SELECT message_id, position FROM activity_references
+             WHERE activity_id = k.id OFFSET 0) r
+         ORDER BY k.id, r.position",
         &[&keys],
     )? {
         if let Some(a) = found.get_mut(&unsigned(r.get(0), "activity id")?) {
@@ -203,8 +210,9 @@ fn load_sources(
 ) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for r in c.query(
-        "SELECT activity_id, mailbox, folder, uidvalidity, uid FROM sources
-         WHERE activity_id = ANY($1) ORDER BY activity_id, position",
+        "SELECT k.id, s.mailbox, s.folder, s.uidvalidity, s.uid FROM unnest($1::bigint[]) AS k(id)
+         CROSS JOIN LATERAL (SELECT * FROM sources WHERE activity_id = k.id OFFSET 0) s
+         ORDER BY k.id, s.position",
         &[&keys],
     )? {
         let id = unsigned(r.get(0), "activity id")?;
@@ -233,8 +241,10 @@ fn load_parties(
     found: &mut std::collections::HashMap<u64, Activity>,
 ) -> Result<()> {
     let rows = c.query(
-        "SELECT activity_id, role, address, name, record, records FROM parties
-         WHERE activity_id = ANY($1) ORDER BY activity_id, role, position",
+        "SELECT k.id, p.role, p.address, p.name, p.record, p.records
+         FROM unnest($1::bigint[]) AS k(id)
+         CROSS JOIN LATERAL (SELECT * FROM parties WHERE activity_id = k.id OFFSET 0) p
+         ORDER BY k.id, p.role, p.position",
         &[&keys],
     )?;
     for r in rows {
@@ -264,8 +274,10 @@ fn load_attachments(
     found: &mut std::collections::HashMap<u64, Activity>,
 ) -> Result<()> {
     for r in c.query(
-        "SELECT activity_id, name, mime_type, size, sha256, skipped FROM attachments
-         WHERE activity_id = ANY($1) ORDER BY activity_id, position",
+        "SELECT k.id, t.name, t.mime_type, t.size, t.sha256, t.skipped
+         FROM unnest($1::bigint[]) AS k(id)
+         CROSS JOIN LATERAL (SELECT * FROM attachments WHERE activity_id = k.id OFFSET 0) t
+         ORDER BY k.id, t.position",
         &[&keys],
     )? {
         if let Some(a) = found.get_mut(&unsigned(r.get(0), "activity id")?) {

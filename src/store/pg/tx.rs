@@ -196,10 +196,11 @@ impl BatchTx for PgTx<'_> {
         }
         self.db(|c| {
             for r in c.query(
-                "SELECT s.mailbox, s.folder, s.uidvalidity, s.uid, s.activity_id FROM sources s
-                 JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS k(m, f, v, u)
-                     ON s.mailbox = k.m AND s.folder = k.f AND s.uidvalidity = k.v
-                     AND s.uid = k.u",
+                "SELECT k.m, k.f, k.v, k.u, s.activity_id
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS k(m, f, v, u)
+                 CROSS JOIN LATERAL (SELECT activity_id FROM sources
+                     WHERE mailbox = k.m AND folder = k.f AND uidvalidity = k.v AND uid = k.u
+                     OFFSET 0) s",
                 &[&mb, &f, &uv, &uid],
             )? {
                 let s = Source {
@@ -213,7 +214,9 @@ impl BatchTx for PgTx<'_> {
                     .insert(s, Some(rows::unsigned(r.get(4), "activity id")?));
             }
             for r in c.query(
-                "SELECT dedup_key, direction, id FROM activities WHERE dedup_key = ANY($1)",
+                "SELECT k.key, a.direction, a.id FROM unnest($1::text[]) AS k(key)
+                 CROSS JOIN LATERAL (SELECT direction, id FROM activities
+                     WHERE dedup_key = k.key OFFSET 0) a",
                 &[&keys],
             )? {
                 let text: String = r.get(1);
