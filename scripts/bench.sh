@@ -5,7 +5,7 @@
 #  2. scale: 1,000 mailboxes on one agent, 10,000 messages delivered while it runs, latency
 #     under that load (benches/scale.rs).
 # Knobs: BENCH_SIZES (1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (1), BENCH_NAIVE_SIZE
-# (10000), BENCH_PG (1; 0 skips the PostgreSQL row), BENCH_SHARED (../shared/bench), BENCH_SCALE (1; 0 skips it), SCALE_MAILBOXES (1000),
+# (10000), BENCH_PG (1; 0 skips the PostgreSQL row), BENCH_SHARED (../shared/bench), BENCH_SCALE (1; 0 skips it), SCALE_ENGINE (sled; postgres), SCALE_MAILBOXES (1000),
 # SCALE_MESSAGES (10000), SCALE_TRIALS (100), BENCH_LATENCY (0; 1 adds benches/latency.rs),
 # BENCH_CONFIG (extra top-level foldertrack.toml lines for the sync bench, e.g. "batch_bytes = 16777216").
 set -euo pipefail
