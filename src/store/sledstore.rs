@@ -157,6 +157,29 @@ fn tx_err(e: TransactionError<String>) -> StoreError {
     }
 }
 
+/// Removes the snapshots sled was writing when it was killed (`snap.<lsn>.generating`). sled
+/// 0.34 writes a snapshot at every open and renames it when whole, but on the next open it
+/// reads the file with the highest name, `.generating` or not: one cut short by a SIGKILL
+/// fails the open with "Read corrupted data" for ever (sled issues 1527, 1533; found by the
+/// crash loop, a kill 34 ms into start-up). The previous whole snapshot and the log are what
+/// recovery needs; an unfinished one holds nothing they do not. Called with the lock held.
+fn remove_incomplete_snapshots(db: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(db) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "removing a snapshot sled did not finish writing (the agent was killed while it wrote it)");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 impl SledStore {
     /// Opens (creating) the store in `dir`, taking its lock.
     ///
@@ -188,6 +211,7 @@ impl SledStore {
         }
         lock.set_len(0).map_err(io)?;
         write!(lock, "{}", std::process::id()).map_err(io)?;
+        remove_incomplete_snapshots(&dir.join("db")).map_err(io)?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
@@ -1332,6 +1356,31 @@ impl ActivityLookup for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SIGKILL while sled writes its snapshot leaves `snap.<lsn>.generating` cut short; sled
+    /// would read it at the next open and refuse the store as corrupted.
+    #[test]
+    fn a_snapshot_cut_short_by_a_kill_does_not_make_the_store_unopenable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        use crate::track::conformance::{activity, commit, draft};
+        commit(&store, &[draft(activity("m", "F", 1, "<kept@c>"))]).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        // What the kill leaves: the newest name, a few bytes of a snapshot, no checksum.
+        let cut = dir
+            .path()
+            .join("db")
+            .join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(
+            &cut,
+            b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10",
+        )
+        .unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).expect("the store opens");
+        assert_eq!(store.activity_count(), 1);
+        assert!(!cut.exists(), "the unfinished snapshot is gone");
+    }
 
     #[test]
     fn the_activity_count_is_kept_not_counted() {
