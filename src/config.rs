@@ -246,6 +246,46 @@ pub struct Config {
     pub health: HealthSettings,
     /// Where the CRM store lives (`[store]`): sled in `data_dir`, or PostgreSQL.
     pub store: StoreEngine,
+    /// This agent among several on one PostgreSQL store (`[agent]`).
+    pub agent: AgentSettings,
+}
+
+/// `[agent]`: this agent's name and its mailbox leases, when several agents share one
+/// PostgreSQL store (DESIGN §5.2). On sled one agent holds every mailbox and these are unused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSettings {
+    /// How the agent appears in `status`, `agents` and the lease table. Default: the host
+    /// name, plus the data dir when `--data-dir` names it (several agents on one host).
+    pub name: String,
+    /// Whether `name` was written in the config (then `--data-dir` leaves it alone).
+    pub name_set: bool,
+    /// A lease not renewed for this long lapses, and another agent may take the mailbox.
+    pub lease_ttl: std::time::Duration,
+    /// How often an agent renews its leases (at most a third of `lease_ttl`).
+    pub lease_renew: std::time::Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            name: host_name(),
+            name_set: false,
+            lease_ttl: std::time::Duration::from_secs(20),
+            lease_renew: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// The machine's host name (`localhost` when it cannot be read).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer and its length are valid; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        _ => "localhost".into(),
+    }
 }
 
 /// The store's engine (`[store] engine`).
@@ -410,6 +450,15 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     health: Option<RawHealth>,
     store: Option<RawStore>,
+    agent: Option<RawAgent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Option<Spanned<String>>,
+    lease_ttl: Option<Spanned<i64>>,
+    lease_renew: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -627,6 +676,7 @@ impl Config {
             },
         };
         let store = store_settings(&loc, raw.store.as_ref(), &resolve)?;
+        let agent = agent_settings(&loc, raw.agent.as_ref())?;
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
             let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
@@ -645,6 +695,7 @@ impl Config {
         }
         Ok(Config {
             store,
+            agent,
             metrics_listen,
             metrics,
             health,
@@ -655,6 +706,16 @@ impl Config {
             fetch,
             cache_bytes,
         })
+    }
+
+    /// `--data-dir DIR`: this run keeps its control socket and local files in `dir`, so that
+    /// one config file serves several agents on one host; the default agent name then names
+    /// the dir too.
+    pub fn override_data_dir(&mut self, dir: &Path) {
+        self.data_dir = dir.to_path_buf();
+        if !self.agent.name_set {
+            self.agent.name = format!("{}:{}", host_name(), dir.display());
+        }
     }
 
     pub fn mailbox(&self, name: &str) -> Option<&MailboxConfig> {
@@ -1129,6 +1190,39 @@ fn metrics_settings(
 /// `[store]`: the engine, and for PostgreSQL exactly one of `url` and `url_env`, the TLS mode
 /// (`disable` only with `allow_plaintext = true`), an optional `ca_file` and the
 /// `statement_timeout` in seconds (1 to 86400, default 30).
+fn agent_settings(loc: &Locator<'_>, raw: Option<&RawAgent>) -> Result<AgentSettings, ConfigError> {
+    let d = AgentSettings::default();
+    let Some(a) = raw else {
+        return Ok(d);
+    };
+    let name = match &a.name {
+        Some(n) if n.get_ref().trim().is_empty() || n.get_ref().len() > 200 => {
+            return Err(loc.err(Some(n.span()), "agent.name", "must be 1 to 200 characters"))
+        }
+        Some(n) => Some(n.get_ref().trim().to_string()),
+        None => None,
+    };
+    let lease_ttl = secs_up_to(loc, "agent.lease_ttl", &a.lease_ttl, d.lease_ttl, 3600)?;
+    let lease_renew = secs_up_to(loc, "agent.lease_renew", &a.lease_renew, d.lease_renew, 1200)?;
+    if lease_renew * 3 > lease_ttl {
+        let span = a.lease_renew.as_ref().or(a.lease_ttl.as_ref()).map(|s| s.span());
+        return Err(loc.err(
+            span,
+            "agent.lease_renew",
+            format!(
+                "must be at most a third of lease_ttl ({} s): an agent renews at least twice before its lease lapses",
+                lease_ttl.as_secs()
+            ),
+        ));
+    }
+    Ok(AgentSettings {
+        name_set: name.is_some(),
+        name: name.unwrap_or(d.name),
+        lease_ttl,
+        lease_renew,
+    })
+}
+
 fn store_settings(
     loc: &Locator<'_>,
     raw: Option<&RawStore>,

@@ -57,6 +57,10 @@ pub(crate) fn problems(config: &Config, store: &Store, agent: &AgentHandle) -> V
                 continue;
             }
         };
+        // Another agent's mailbox is that agent's to report.
+        if !store.holds(&mb.name) {
+            continue;
+        }
         if let Some(o) = st.outages.last().filter(|o| o.to.is_none()) {
             let since = now - crate::time::parse_date(&o.from);
             if since > threshold.as_secs() as i64 {

@@ -23,6 +23,8 @@ pub(crate) mod defaults;
 pub mod export;
 pub(crate) mod http;
 pub(crate) mod imap;
+// Only `lease::LeaseError`, which `supervisor::run` returns (inside anyhow).
+pub(crate) mod lease;
 mod memory;
 pub(crate) mod metrics;
 // The shared data types, which `tests/fuzz.rs` builds and checks.

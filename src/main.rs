@@ -26,6 +26,10 @@ struct Cli {
         default_value = "foldertrack.toml"
     )]
     config: PathBuf,
+    /// The data dir (control socket, local files; sled's store), instead of the config's
+    /// `data_dir`: one config file then serves several agents on one host.
+    #[arg(long, global = true, env = "FOLDERTRACK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -40,6 +44,15 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// Ask the agent that works the mailbox to hand it back; another agent takes it.
+    Release {
+        /// The mailbox's name in the config.
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -102,6 +115,16 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         cmd: QuarantineCmd,
+    },
+    /// The agents sharing a PostgreSQL store, and the mailboxes each works.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One mailbox: `mailbox release NAME` asks its agent to hand it back (maintenance).
+    Mailbox {
+        #[command(subcommand)]
+        cmd: MailboxCmd,
     },
     /// Per mailbox and folder: state, checkpoints, lag, errors, outages, alerts.
     Status {
@@ -332,10 +355,13 @@ async fn run(cli: Cli) -> Reply {
             Err(e) => fail(e),
         };
     }
-    let config = match Config::load(&cli.config) {
+    let mut config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => return fail(e.into()),
     };
+    if let Some(dir) = &cli.data_dir {
+        config.override_data_dir(dir);
+    }
     let req = match cli.command {
         Command::Run => {
             return match foldertrack::supervisor::run(cli.config.clone(), config, shutdown_signal())
@@ -411,6 +437,10 @@ async fn run(cli: Cli) -> Reply {
             OutboxCmd::Cancel { id } => Request::OutboxCancel { id },
         },
         Command::Status { json } => Request::Status { json },
+        Command::Agents { json } => Request::Agents { json },
+        Command::Mailbox {
+            cmd: MailboxCmd::Release { name },
+        } => Request::MailboxRelease { name },
         Command::Store {
             cmd: StoreCmd::Copy { from_sled },
         } => return commands::store::copy_from_sled(&config, &from_sled),

@@ -51,6 +51,8 @@ pub(crate) struct Metrics {
     activities: Gauge,
     quarantined: Gauge,
     outbox: Family<Labels, Gauge>,
+    leases: Family<Labels, Gauge>,
+    takeovers: Counter,
     folders: Mutex<HashMap<(String, String), FolderLag>>,
     /// When the store gauges were last read; held while they are read.
     store_read_at: Mutex<Option<Instant>>,
@@ -118,10 +120,22 @@ impl Metrics {
             activities: Gauge::default(),
             quarantined: Gauge::default(),
             outbox: Family::default(),
+            leases: Family::default(),
+            takeovers: Counter::default(),
             folders: Mutex::new(HashMap::new()),
             store_read_at: Mutex::new(None),
             registry: Registry::default(),
         };
+        registry.register(
+            "leases",
+            "Mailbox leases held, by agent (PostgreSQL with several agents; read from the lease table)",
+            m.leases.clone(),
+        );
+        registry.register(
+            "lease_takeovers",
+            "Mailboxes this agent took over after another agent's lease lapsed",
+            m.takeovers.clone(),
+        );
         registry.register(
             "messages",
             "Messages processed, by mailbox, folder and outcome (tracked: new activity; merged: copy of a tracked message; replayed: already tracked from this source; quarantined; skipped: left out by track_other_mail; failed: in a batch whose commit failed, retried at the next pass)",
@@ -285,6 +299,11 @@ impl Metrics {
         out
     }
 
+    /// This agent took over a lapsed lease.
+    pub(crate) fn takeover(&self) {
+        self.takeovers.inc();
+    }
+
     /// The text exposition. The store gauges are read again when older than
     /// [`STORE_MAX_AGE`].
     pub(crate) fn encode(&self, store: Option<&crate::store::Store>) -> String {
@@ -320,6 +339,13 @@ impl Metrics {
         self.store_bytes.set(s.disk_usage() as i64);
         self.activities.set(s.activity_count() as i64);
         self.quarantined.set(s.quarantine_count() as i64);
+        if let Some(l) = s.leases() {
+            // Every agent seen, so one that left goes back to 0.
+            // (`mailboxes` counts live leases only, whatever the TTL given.)
+            for a in l.agents(60.0).unwrap_or_default() {
+                self.leases.get_or_create(&vec![("agent", a.name)]).set(a.mailboxes);
+            }
+        }
         // Every state of every mailbox seen, so a state that empties goes back to 0.
         for (m, summary) in s.outbox_summary().unwrap_or_default() {
             for st in crate::store::SendState::ALL {

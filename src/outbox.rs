@@ -565,6 +565,10 @@ pub(crate) async fn run_due(config: &Config, store: &Store) -> Result<Option<i64
     let now = unix_now();
     let mut next: Option<i64> = None;
     for e in store.outbox_entries()? {
+        // With several agents, each sends its own mailboxes' mail (the claim is fenced too).
+        if !store.holds(&e.mailbox) {
+            continue;
+        }
         let mut e = settle_interrupted(config, store, e).await?;
         if e.is_due(now) {
             e = attempt_locked(config, store, e.activity).await?;

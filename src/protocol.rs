@@ -92,6 +92,16 @@ pub enum Request {
         /// The record it now regards (`type:key`).
         regarding: String,
     },
+    /// `agents`: the agents sharing the PostgreSQL store and what each holds.
+    Agents {
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// `mailbox release NAME`: asks the mailbox's owner to hand it back.
+    MailboxRelease {
+        /// The mailbox's name in the config.
+        name: String,
+    },
     /// `status`.
     Status {
         /// The JSON report (README "Status") instead of text.

@@ -97,7 +97,7 @@ pub async fn run(
     let mut config = config;
     loop {
         let generation = stop.child_token();
-        let tasks = start(&config, &store, &agent, &generation);
+        let tasks = start(&config, &store, &agent, &generation).await?;
         tracing::info!(mailboxes = config.mailboxes.len(), "agent running");
         #[cfg(unix)]
         let reload = hup.recv();
@@ -118,6 +118,14 @@ pub async fn run(
                 // A changed token_command must not go on serving the old command's token.
                 for m in &config.mailboxes {
                     crate::oauth::forget(&m.name);
+                }
+                let mut c = c;
+                // The control socket is bound in the running data dir, and the leases are
+                // held in the running agent's name: both stay until a restart.
+                c.data_dir = config.data_dir.clone();
+                if c.agent.name != config.agent.name {
+                    tracing::warn!("[agent] name changed: it takes effect at the next restart");
+                    c.agent.name = config.agent.name.clone();
                 }
                 if c.metrics_listen != config.metrics_listen {
                     tracing::warn!("[metrics] listen changed: it takes effect at the next restart");
@@ -187,29 +195,64 @@ async fn open_store_waiting(config: &Config) -> Result<Store> {
     }
 }
 
-fn start(
+/// Starts the agent's tasks: every mailbox's worker on sled; on PostgreSQL the lease manager,
+/// which starts the worker of each mailbox this agent is granted ([`crate::lease`]). Then the
+/// outbox runner.
+///
+/// # Errors
+/// On PostgreSQL, the agent cannot register (its name is in use, the database fails).
+async fn start(
     config: &Config,
     store: &Arc<Store>,
     agent: &AgentHandle,
     cancel: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let logins = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
     let mut handles = Vec::new();
     let mut map = BTreeMap::new();
+    let leased = store.leases().is_some();
     for mb in &config.mailboxes {
         let live = Live::default();
-        let wake = Arc::new(Notify::new());
-        map.insert(mb.name.clone(), (live.clone(), wake.clone()));
-        let task = watch::Task {
-            mb: Arc::new(mb.clone()),
-            limits: config.fetch,
-            store: store.clone(),
-            live,
-            wake,
-            cancel: cancel.clone(),
-            logins: logins.clone(),
-        };
-        handles.push(tokio::spawn(watch::watch_mailbox(task)));
+        if leased {
+            live.set(crate::worker::WorkerState::Elsewhere);
+        }
+        map.insert(mb.name.clone(), (live, Arc::new(Notify::new())));
+    }
+    let task = {
+        let (config, store, map) = (config.clone(), store.clone(), map.clone());
+        move |name: &str, cancel: CancellationToken| {
+            let (live, wake) = map[name].clone();
+            let mb = config.mailbox(name).expect("a configured mailbox").clone();
+            watch::Task {
+                mb: Arc::new(mb),
+                limits: config.fetch,
+                store: store.clone(),
+                live,
+                wake,
+                cancel,
+                logins: logins.clone(),
+            }
+        }
+    };
+    if leased {
+        let spawn: crate::lease::Spawn = Box::new(move |name, cancel| {
+            let t = task(name, cancel);
+            let live = t.live.clone();
+            let name = t.mb.name.clone();
+            tokio::spawn(async move {
+                watch::watch_mailbox(t).await;
+                live.set(crate::worker::WorkerState::Elsewhere);
+                tracing::info!(mailbox = %name, "mailbox worker stopped");
+            })
+        });
+        let names = config.mailboxes.iter().map(|m| m.name.clone()).collect();
+        let manager = crate::lease::Manager::new(store.clone(), config.agent.clone(), names, spawn);
+        manager.register(cancel).await?;
+        handles.push(tokio::spawn(manager.run(cancel.clone())));
+    } else {
+        for mb in &config.mailboxes {
+            handles.push(tokio::spawn(watch::watch_mailbox(task(&mb.name, cancel.clone()))));
+        }
     }
     if config.mailboxes.iter().any(|m| m.smtp.is_some()) {
         let runner = Runner {
@@ -227,7 +270,7 @@ fn start(
         handles.push(tokio::spawn(runner.run(worker)));
     }
     agent.set_tasks(map);
-    handles
+    Ok(handles)
 }
 
 /// The outbox worker: a round settles interrupted sends and sends what is due; then it sleeps

@@ -621,6 +621,11 @@ fn record<T: sync::PassResult>(
     result: &Result<T, SyncError>,
 ) {
     if let Err(e) = result {
+        if matches!(e, SyncError::Store(s) if s.is_fenced()) {
+            // The mailbox is another agent's now: its health is that agent's to write.
+            tracing::warn!(error = %e, "batch refused: the lease moved to another agent");
+            return;
+        }
         tracing::warn!(error = %e, "pass failed");
     }
     let now = crate::time::humantime_now();

@@ -73,6 +73,8 @@ pub(crate) enum WorkerState {
         reason: String,
     },
     Stopped,
+    /// Another agent holds the mailbox's lease (PostgreSQL with several agents).
+    Elsewhere,
 }
 
 impl WorkerState {
@@ -86,6 +88,7 @@ impl WorkerState {
             WorkerState::BackingOff { .. } => "backing off",
             WorkerState::Disabled { .. } => "disabled",
             WorkerState::Stopped => "stopped",
+            WorkerState::Elsewhere => "elsewhere",
         }
     }
 
@@ -93,6 +96,7 @@ impl WorkerState {
     pub(crate) fn detail(&self) -> String {
         match self {
             WorkerState::Starting | WorkerState::Syncing | WorkerState::Stopped => String::new(),
+            WorkerState::Elsewhere => "worked by another agent (see `foldertrack agents`)".into(),
             WorkerState::Connecting { server } => server.clone(),
             WorkerState::Idle { detail, .. } => detail.clone(),
             WorkerState::Polling { next } => format!(

@@ -5,6 +5,7 @@
 //! its own file.
 
 pub(crate) mod activities;
+pub(crate) mod agents;
 pub(crate) mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -126,6 +127,8 @@ pub(crate) async fn execute(
         Request::ActivitiesAttachment { id, n } => return activities::attachment(store, id, n),
         Request::ActivitiesSend { outgoing } => outbox::send(config, store, &outgoing, agent).await,
         Request::Status { json } => status::status(config, store, agent, json),
+        Request::Agents { json } => agents::list(config, store, json),
+        Request::MailboxRelease { name } => agents::release(config, store, &name),
         Request::QuarantineList { json } => quarantine::list(store, json),
         Request::QuarantineShow { id } => quarantine::show(store, id),
         Request::QuarantineReplay { id } => quarantine::replay(config, store, id),

@@ -41,6 +41,19 @@ pub(crate) struct Status {
     pub quarantined: usize,
     /// The most recent stored alerts of every mailbox, newest first.
     pub alerts: Vec<StoredAlert>,
+    /// The agents sharing the PostgreSQL store (empty on sled): name, last seen, how many
+    /// mailboxes each holds.
+    pub agents: Vec<crate::store::pg::lease::AgentRow>,
+}
+
+/// Which agent works a mailbox, until when (PostgreSQL; `null` on sled and while free).
+#[derive(Debug, Serialize)]
+pub(crate) struct LeaseStatus {
+    pub agent: String,
+    /// The fencing token: bumped at every grant.
+    pub epoch: i64,
+    /// When the lease lapses unless renewed (RFC 3339 UTC, the database's clock).
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +72,8 @@ pub(crate) struct MailboxStatus {
     pub health: MailboxState,
     /// What the running agent's task for this mailbox is doing now (only while `run` is going).
     pub live: Option<crate::worker::LiveState>,
+    /// The mailbox's lease (PostgreSQL): which agent works it.
+    pub lease: Option<LeaseStatus>,
     pub folders: Vec<FolderStatus>,
     /// This mailbox's alerts, newest first: stored ones, and the ones `status` works out now
     /// (a rule pointing at a missing record; nothing tracked for `quiet_hours`).
@@ -246,6 +261,7 @@ impl Status {
         let stored_alerts = store.alerts(1000)?;
         let lags = crate::metrics::metrics().folder_lags();
         let now = crate::time::humantime_now();
+        let (mut leases, agents) = leases_and_agents(config, store)?;
         let mut mailboxes = Vec::new();
         for mb in &config.mailboxes {
             let mut health = store.mailbox_state(&mb.name)?;
@@ -319,6 +335,7 @@ impl Status {
                 lag: folders.iter().map(|f| f.lag).sum(),
                 health,
                 live,
+                lease: leases.remove(&mb.name),
                 folders,
                 mailbox_alerts,
             });
@@ -336,6 +353,7 @@ impl Status {
             activities: store.activity_count(),
             quarantined: store.quarantine_count(),
             alerts: stored_alerts.into_iter().take(20).collect(),
+            agents,
         })
     }
 
@@ -352,6 +370,15 @@ impl Status {
             s.push_str(&format!(
                 "  {:<7} {} {}\n",
                 a.alert.level, a.at, a.alert.message
+            ));
+        }
+        for a in &self.agents {
+            s.push_str(&format!(
+                "agent {}: {} mailbox(es), last seen {}{}\n",
+                a.name,
+                a.mailboxes,
+                a.last_seen,
+                if a.live { "" } else { " (lapsed)" }
             ));
         }
         for m in &self.mailboxes {
@@ -371,6 +398,14 @@ impl Status {
                 m.lag,
                 m.outgoing.to_text()
             ));
+            if let Some(l) = &m.lease {
+                s.push_str(&format!(
+                    "  lease: agent {} (epoch {}, until {})\n",
+                    l.agent,
+                    l.epoch,
+                    l.until.as_deref().unwrap_or("-")
+                ));
+            }
             if let Some(l) = &m.live {
                 s.push_str(&format!(
                     "  now: {}{}{} (reconnects {}, last pass {})\n",
@@ -450,6 +485,35 @@ impl Status {
         ));
         s
     }
+}
+
+/// The live leases by mailbox, and the agents, from the lease table (none on sled).
+type LeasesAndAgents = (
+    std::collections::HashMap<String, LeaseStatus>,
+    Vec<crate::store::pg::lease::AgentRow>,
+);
+
+fn leases_and_agents(config: &Config, store: &Store) -> Result<LeasesAndAgents> {
+    let Some(l) = store.leases() else {
+        return Ok(Default::default());
+    };
+    let leases = l
+        .list()?
+        .into_iter()
+        .filter(|r| r.live)
+        .filter_map(|r| {
+            let agent = r.agent?;
+            Some((
+                r.mailbox,
+                LeaseStatus {
+                    agent,
+                    epoch: r.epoch,
+                    until: r.until,
+                },
+            ))
+        })
+        .collect();
+    Ok((leases, l.agents(config.agent.lease_ttl.as_secs_f64())?))
 }
 
 fn indent(t: &str) -> String {

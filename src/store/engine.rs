@@ -72,6 +72,28 @@ impl Store {
         matches!(self.backend, Backend::Pg(_))
     }
 
+    /// The lease table, on PostgreSQL (on sled one agent holds every mailbox).
+    pub(crate) fn leases(&self) -> Option<crate::store::pg::lease::Leases<'_>> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Pg(p) => Some(crate::store::pg::lease::Leases(p)),
+        }
+    }
+
+    /// The fences of this process's leases, on PostgreSQL.
+    pub(crate) fn fences(&self) -> Option<&crate::store::pg::lease::Fences> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Pg(p) => Some(p.fences()),
+        }
+    }
+
+    /// Whether this process may work `mailbox` now: always on sled, and on PostgreSQL unless
+    /// the agent works with leases and does not hold this one.
+    pub(crate) fn holds(&self, mailbox: &str) -> bool {
+        self.fences().is_none_or(|f| f.holds(mailbox))
+    }
+
     /// The engine and where its data is, for `status` (never a password).
     pub(crate) fn describe(&self) -> String {
         match &self.backend {

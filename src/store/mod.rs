@@ -101,6 +101,13 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// A write of a mailbox whose lease this agent no longer holds ([`pg::lease`]).
+    pub(crate) fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Postgres(pg::PgError::Fenced { .. }))
+    }
+}
+
 /// Which folder an exact rule is bound to, so that a renamed folder stays tracked: the folder's
 /// identity is its UIDVALIDITY, which a rename keeps and a delete + create changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

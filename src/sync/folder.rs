@@ -319,6 +319,8 @@ impl<'a> FolderSync<'a> {
             }
             let (mb, store) = (self.mb.clone(), self.store.clone());
             committing = Some(tokio::task::spawn_blocking(move || {
+                #[cfg(feature = "failpoints")]
+                hold_batch(&mb.name, last);
                 (store.commit_batch(&items, &cp, &mb.name), last, n)
             }));
         }
@@ -412,5 +414,23 @@ impl<'a> FolderSync<'a> {
             crate::metrics::metrics().checkpoint(m, f, last_of_all, sel.uid_next);
         }
         Ok(())
+    }
+}
+
+/// Test builds only (`--features failpoints`): while the file `FOLDERTRACK_HOLD_BATCH` names
+/// exists, a batch is held in hand before its commit, so that the fencing test can pause the
+/// agent (SIGSTOP) with a batch in hand and let its lease lapse.
+#[cfg(feature = "failpoints")]
+fn hold_batch(mailbox: &str, last_uid: u32) {
+    let Some(path) = std::env::var_os("FOLDERTRACK_HOLD_BATCH") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    if path.exists() {
+        tracing::warn!(mailbox, last_uid, "failpoint FOLDERTRACK_HOLD_BATCH: holding the batch before its commit");
+        while path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        tracing::warn!(mailbox, last_uid, "failpoint FOLDERTRACK_HOLD_BATCH: committing the held batch");
     }
 }

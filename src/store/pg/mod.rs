@@ -14,6 +14,8 @@ pub(crate) mod bulk;
 pub(crate) mod copy;
 mod db;
 mod faults;
+/// Mailbox leases and the fences of their writes (DESIGN §5.2).
+pub(crate) mod lease;
 mod pending;
 mod product;
 mod rows;
@@ -67,6 +69,17 @@ pub enum PgError {
     /// Something a command names is not there (aborts the transaction it is raised in).
     #[error("{0}")]
     NotFound(String),
+    /// A write of a leased mailbox whose lease this agent no longer holds (another agent was
+    /// granted it, or it lapsed): the transaction rolled back, nothing of it written.
+    #[error(
+        "commit refused: this agent no longer holds the lease of mailbox {mailbox}{}: \
+         another agent works it now; nothing of this batch was written",
+        .epoch.map(|e| format!(" (epoch {e} moved on)")).unwrap_or_default()
+    )]
+    Fenced {
+        mailbox: String,
+        epoch: Option<i64>,
+    },
     /// A stored value the model cannot hold, or an inconsistency a rule found.
     #[error("the PostgreSQL store is inconsistent: {0}")]
     Corrupt(String),
@@ -103,6 +116,20 @@ impl PgError {
         ]
         .iter()
         .any(|s| e.code() == Some(s))
+    }
+}
+
+impl PgError {
+    /// Two processes created the same table or row of the schema at once (see
+    /// [`PgStore::connect`]).
+    fn is_migration_race(&self) -> bool {
+        let PgError::Db(e) = self else {
+            return false;
+        };
+        self.is_retryable()
+            || [SqlState::DUPLICATE_TABLE, SqlState::DUPLICATE_OBJECT]
+                .iter()
+                .any(|s| e.code() == Some(s))
     }
 }
 
@@ -167,6 +194,8 @@ pub(crate) struct PgStore {
     freed: std::sync::Condvar,
     /// Transactions run again after a conflict, since open (for tests and, later, metrics).
     retries: AtomicU64,
+    /// The leases this agent holds, which its mailboxes' writes check.
+    fences: lease::Fences,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -275,9 +304,20 @@ impl PgStore {
             pool: Mutex::default(),
             freed: std::sync::Condvar::new(),
             retries: AtomicU64::new(0),
+            fences: lease::Fences::default(),
         };
-        schema::migrate(&mut store.conn()?.client)?;
-        Ok(store)
+        // Agents started together on an empty database migrate at once: all but one fail on a
+        // table the winner created, and their next attempt finds the schema in place.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let migrated = schema::migrate(&mut store.conn()?.client);
+            match migrated {
+                Err(e) if e.is_migration_race() && attempt < 5 => pause(attempt + 4),
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(store),
+            }
+        }
     }
 
     /// An idle connection, or a new one while fewer than [`MAX_CONNECTIONS`] are open; else

@@ -9,7 +9,8 @@ use super::rows::{self, big};
 use super::{corrupt, load_record, PgError, PgStore, PgTx};
 use crate::model::{Activity, Alert, AlertLevel, Direction, Draft, Record, RecordRef, Source};
 use crate::store::{
-    BatchOutcome, FolderState, MailboxState, OutboxEntry, QuarantineEntry, RuleBinding, StoreError,
+    BatchOutcome, FolderState, MailboxState, OutboxEntry, QuarantineEntry, RuleBinding, SendState,
+    StoreError,
     StoredAlert, ALERT_MAX_AGE_DAYS, MAX_ALERTS, OUTBOX_FOLDER,
 };
 use crate::track::batch::{self, apply_activity, BatchItem, Committed};
@@ -363,7 +364,7 @@ impl PgStore {
     /// Writes a folder checkpoint on its own (the batch writes it in its transaction).
     pub(crate) fn put_folder_state(&self, st: &FolderState) -> Result<()> {
         use crate::track::tx::BatchTx;
-        Ok(Engine::transaction(self, |tx| tx.put_checkpoint(st))?)
+        Ok(self.fenced(&st.mailbox, |tx| tx.put_checkpoint(st))?)
     }
 
     pub(crate) fn mailbox_state(&self, name: &str) -> Result<MailboxState> {
@@ -578,7 +579,7 @@ impl PgStore {
 
     /// Moves a folder's checkpoint to its new name (replacing one there), in one transaction.
     pub(crate) fn rename_folder_state(&self, mailbox: &str, from: &str, to: &str) -> Result<()> {
-        Engine::transaction(self, |tx| {
+        self.fenced(mailbox, |tx| {
             tx.with(|c| {
                 let moved = c.query_opt(
                     "SELECT 1 FROM checkpoints WHERE mailbox = $1 AND folder = $2",
@@ -645,7 +646,7 @@ impl PgStore {
         alerts_mailbox: &str,
     ) -> Result<Committed> {
         let at = crate::time::humantime_now();
-        let outcome = Engine::transaction(self, |tx| {
+        let outcome = self.fenced(&checkpoint.mailbox, |tx| {
             batch::apply_batch(tx, items, checkpoint, &at, alerts_mailbox)
         })?;
         let raised_alerts = items
@@ -745,21 +746,19 @@ impl PgStore {
     }
 
     /// Replaces an entry (it must exist); committed, so durable, before the caller acts.
+    /// Claiming an entry for a send (`sending`) is fenced: only the owner of the mailbox's
+    /// lease sends, so a message goes out once across agents and take-overs.
     pub(crate) fn put_outbox_entry(&self, e: &OutboxEntry) -> Result<()> {
         let entry = json(e)?;
-        let n = self.with(|c| {
-            Ok(c.execute(
-                "UPDATE outbox SET mailbox = $2, message_id = $3, state = $4, entry = $5
-                 WHERE activity_id = $1",
-                &[
-                    &big(e.activity),
-                    &e.mailbox,
-                    &e.message_id,
-                    &e.state.as_str(),
-                    &entry,
-                ],
-            )?)
-        })?;
+        let sql = "UPDATE outbox SET mailbox = $2, message_id = $3, state = $4, entry = $5
+                   WHERE activity_id = $1";
+        let (id, state) = (big(e.activity), e.state.as_str());
+        let n = match e.state {
+            SendState::Sending => self.fenced(&e.mailbox, |tx| {
+                tx.with(|c| Ok(c.execute(sql, &[&id, &e.mailbox, &e.message_id, &state, &entry])?))
+            })?,
+            _ => self.with(|c| Ok(c.execute(sql, &[&id, &e.mailbox, &e.message_id, &state, &entry])?))?,
+        };
         if n == 0 {
             return Err(StoreError::NotFound(format!(
                 "activity {} is not in the outbox",

@@ -9,7 +9,7 @@ use postgres::{GenericClient, IsolationLevel};
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A
 /// migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this binary writes and reads.
 pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -215,6 +215,29 @@ CREATE INDEX records_type ON records (type);
 const V3: &str = r#"
 ALTER TABLE blobs ALTER COLUMN bytes SET STORAGE EXTERNAL;
 ALTER TABLE activities ALTER COLUMN body_text SET STORAGE EXTERNAL;
+"#;
+
+/// Version 4: several agents on one database (DESIGN §5.2). `agents` is who is alive (each
+/// renews `last_seen`); `leases` says which agent works each mailbox until when. `epoch` is
+/// the fencing token: every grant bumps it, and every batch commit of the mailbox checks it in
+/// its own transaction, so an owner that was paused past its lease cannot write after the next
+/// owner was granted. Times are the database's `now()`, never an agent's clock.
+const V4: &str = r#"
+CREATE TABLE agents (
+    name       text PRIMARY KEY,
+    instance   text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_seen  timestamptz NOT NULL
+);
+CREATE TABLE leases (
+    mailbox           text PRIMARY KEY,
+    agent             text,
+    epoch             bigint NOT NULL DEFAULT 0,
+    until             timestamptz,
+    granted_at        timestamptz,
+    release_requested boolean NOT NULL DEFAULT false
+);
+CREATE INDEX leases_agent ON leases (agent);
 "#;
 
 /// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database

@@ -52,7 +52,10 @@ impl<'t> PgTx<'t> {
 
     /// Runs `f` on the transaction as the database has it: the new activities not yet written
     /// are not there (the lookups look at them first).
-    fn db<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>) -> Result<T> {
+    pub(super) fn db<T>(
+        &self,
+        f: impl FnOnce(&mut Db<'_, Transaction<'t>>) -> Result<T>,
+    ) -> Result<T> {
         let mut tx = self.tx.borrow_mut();
         let mut stmts = self.stmts.borrow_mut();
         f(&mut Db::new(&mut *tx, &mut stmts))

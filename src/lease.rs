@@ -1,0 +1,364 @@
+//! Several agents on one PostgreSQL store (DESIGN §5.2): the agent's lease manager. It
+//! registers the agent, takes its fair share of the configured mailboxes from the lease
+//! table, starts a mailbox worker for each lease it is granted, renews them, and stops a
+//! worker the moment its lease is released, lost, or about to lapse unrenewed. The writes of
+//! a leased mailbox are fenced in the store ([`crate::store::pg::lease`]); this module only
+//! decides which mailboxes this agent works.
+//!
+//! Balance: with `n` live agents and `m` mailboxes each agent aims at `ceil(m / n)`. Below
+//! it, an agent takes free or lapsed mailboxes (up to [`GRANT_AT_ONCE`] a round, so 1,000
+//! mailboxes start within seconds while the login semaphore spreads the IMAP logins); above
+//! it, it hands back one mailbox at a time, after that mailbox's worker finished its batch,
+//! so a joining agent takes its share without an IDLE storm.
+
+use crate::config::AgentSettings;
+use crate::store::pg::lease::{Grant, Leases};
+use crate::store::Store;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The most mailboxes granted in one round.
+pub(crate) const GRANT_AT_ONCE: i64 = 64;
+
+/// Starts the worker of one mailbox; it stops when the token is cancelled.
+pub(crate) type Spawn = Box<dyn Fn(&str, CancellationToken) -> JoinHandle<()> + Send>;
+
+/// Why the manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another live process uses this agent's name.
+    #[error("another agent named {name:?} is running (it renewed its registration within the last {ttl_s} s); give each agent its own [agent] name, or run one per --data-dir")]
+    NameInUse { name: String, ttl_s: u64 },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A lease this agent holds, and its mailbox's worker.
+struct Held {
+    epoch: i64,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    /// Past this instant the lease may have lapsed: the worker is stopped before.
+    valid_until: Instant,
+    /// Being handed back: the worker was told to stop, the lease goes when it has.
+    releasing: bool,
+}
+
+/// The lease manager of one agent.
+pub(crate) struct Manager {
+    store: Arc<Store>,
+    settings: AgentSettings,
+    /// This process among all agents ever named alike.
+    instance: String,
+    mailboxes: Vec<String>,
+    spawn: Spawn,
+    held: BTreeMap<String, Held>,
+    /// Mailboxes this agent handed back, not taken again before the instant.
+    cooldown: HashMap<String, Instant>,
+    next_renew: Instant,
+    /// The last renewal failed (logged once per outage).
+    renew_failing: bool,
+}
+
+impl Manager {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        settings: AgentSettings,
+        mailboxes: Vec<String>,
+        spawn: Spawn,
+    ) -> Manager {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let instance = format!("{}-{nanos}", std::process::id());
+        Manager {
+            store,
+            settings,
+            instance,
+            mailboxes,
+            spawn,
+            held: BTreeMap::new(),
+            cooldown: HashMap::new(),
+            next_renew: Instant::now(),
+            renew_failing: false,
+        }
+    }
+
+    fn leases(&self) -> Leases<'_> {
+        self.store
+            .leases()
+            .expect("the lease manager runs on a PostgreSQL store")
+    }
+
+    fn ttl(&self) -> f64 {
+        self.settings.lease_ttl.as_secs_f64()
+    }
+
+    /// How long before a lease's end its worker is stopped: the renewal round may be late by
+    /// a tick, and the database's clock runs a little apart from ours.
+    fn margin(&self) -> Duration {
+        (self.settings.lease_ttl / 10).max(Duration::from_millis(500))
+    }
+
+    /// The pause between rounds.
+    fn tick(&self) -> Duration {
+        (self.settings.lease_renew / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    /// Registers the agent; while another live process has its name, waits for that one's
+    /// registration to lapse (an agent restarted right after a crash), up to twice the TTL.
+    ///
+    /// # Errors
+    /// [`LeaseError::NameInUse`] when the name stays in use; store errors.
+    pub(crate) async fn register(&self, cancel: &CancellationToken) -> Result<(), LeaseError> {
+        let give_up = Instant::now() + self.settings.lease_ttl * 2;
+        let name = &self.settings.name;
+        loop {
+            if self.leases().register(name, &self.instance, self.ttl())? {
+                self.leases().ensure(&self.mailboxes)?;
+                if let Some(f) = self.store.fences() {
+                    f.enable(name);
+                }
+                tracing::info!(agent = %name, mailboxes = self.mailboxes.len(), "agent registered: taking a share of the mailboxes");
+                return Ok(());
+            }
+            if Instant::now() >= give_up || cancel.is_cancelled() {
+                return Err(LeaseError::NameInUse {
+                    name: name.clone(),
+                    ttl_s: self.settings.lease_ttl.as_secs(),
+                });
+            }
+            tracing::warn!(agent = %name, "an agent of this name was seen within the lease TTL: waiting for it to lapse");
+            tokio::time::sleep(self.tick()).await;
+        }
+    }
+
+    /// Works until `cancel`: renews, balances, starts and stops workers. Then stops every
+    /// worker (each finishes its batch), hands every lease back and leaves.
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            self.round().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.tick()) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// One round: renew when due, drop what lapsed, finish hand-backs, balance.
+    async fn round(&mut self) {
+        if Instant::now() >= self.next_renew {
+            self.renew();
+        }
+        self.expire();
+        self.finish_releases();
+        if let Err(e) = self.balance() {
+            tracing::debug!(error = %e, "lease balance round failed; next round tries again");
+        }
+        tokio::task::yield_now().await;
+    }
+
+    /// Renews every held lease: those not renewed were lost (another agent was granted them
+    /// while this one could not renew) and their workers stop now.
+    fn renew(&mut self) {
+        let sent = Instant::now();
+        let held: Vec<(String, i64)> = self.held.iter().map(|(m, h)| (m.clone(), h.epoch)).collect();
+        match self
+            .leases()
+            .renew(&self.settings.name, &self.instance, &held, self.ttl())
+        {
+            Ok((kept, me)) => {
+                if self.renew_failing {
+                    tracing::info!("lease renewals work again");
+                }
+                self.renew_failing = false;
+                self.next_renew = sent + self.settings.lease_renew;
+                if !me {
+                    // Counted out as dead (a pause past the TTL): register again.
+                    tracing::warn!(agent = %self.settings.name, "this agent's registration lapsed; registering again");
+                    let _ = self.leases().register(&self.settings.name, &self.instance, self.ttl());
+                }
+                let kept: HashMap<String, bool> = kept.into_iter().collect();
+                let until = sent + self.settings.lease_ttl;
+                let lost: Vec<String> = self
+                    .held
+                    .keys()
+                    .filter(|m| !kept.contains_key(*m))
+                    .cloned()
+                    .collect();
+                for m in lost {
+                    self.lose(&m, "another agent holds it now");
+                }
+                for (m, asked) in kept {
+                    if let Some(h) = self.held.get_mut(&m) {
+                        h.valid_until = until;
+                        if asked && !h.releasing {
+                            tracing::info!(mailbox = %m, "handing the mailbox back, as asked (mailbox release)");
+                            self.start_release(&m);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !self.renew_failing {
+                    tracing::warn!(error = %e, "cannot renew the mailbox leases; the mailboxes stop before their leases lapse unless the database answers");
+                }
+                self.renew_failing = true;
+                self.next_renew = Instant::now() + self.tick();
+            }
+        }
+    }
+
+    /// Stops the workers of leases about to lapse unrenewed.
+    fn expire(&mut self) {
+        let now = Instant::now() + self.margin();
+        let lapsing: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.valid_until <= now)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in lapsing {
+            self.lose(&m, "its lease could not be renewed in time");
+        }
+    }
+
+    /// The lease of `mailbox` is gone: its writes are refused from now on and its worker
+    /// stops (a batch in hand is refused at commit).
+    fn lose(&mut self, mailbox: &str, why: &str) {
+        if let Some(h) = self.held.remove(mailbox) {
+            if let Some(f) = self.store.fences() {
+                f.lapse(mailbox);
+            }
+            h.cancel.cancel();
+            tracing::warn!(mailbox, epoch = h.epoch, reason = why, "mailbox lease lost: its worker stops");
+        }
+    }
+
+    /// Tells the worker of `mailbox` to stop; the lease goes back once it has.
+    fn start_release(&mut self, mailbox: &str) {
+        if let Some(h) = self.held.get_mut(mailbox) {
+            h.releasing = true;
+            h.cancel.cancel();
+        }
+    }
+
+    /// Hands back the leases whose workers have stopped.
+    fn finish_releases(&mut self) {
+        let done: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.releasing && h.task.is_finished())
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in done {
+            let Some(h) = self.held.remove(&m) else {
+                continue;
+            };
+            if let Some(f) = self.store.fences() {
+                f.drop_lease(&m);
+            }
+            match self.leases().release(&self.settings.name, &m, h.epoch) {
+                Ok(_) => tracing::info!(mailbox = %m, epoch = h.epoch, "mailbox handed back"),
+                Err(e) => tracing::warn!(mailbox = %m, error = %e, "cannot hand the mailbox back; it lapses on its own"),
+            }
+            self.cooldown
+                .insert(m, Instant::now() + self.settings.lease_renew * 2);
+        }
+    }
+
+    /// Takes free mailboxes up to the fair share, or hands one back above it.
+    fn balance(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.renew_failing {
+            return Ok(());
+        }
+        let survey = self.leases().survey(&self.mailboxes, self.ttl())?;
+        let agents = survey.live_agents.max(1);
+        let share = (self.mailboxes.len() as i64 + agents - 1) / agents;
+        let working = self.held.values().filter(|h| !h.releasing).count() as i64;
+        if working < share && survey.free > 0 {
+            let now = Instant::now();
+            self.cooldown.retain(|_, until| *until > now);
+            let except: Vec<String> = self.cooldown.keys().cloned().collect();
+            let n = (share - working).min(GRANT_AT_ONCE);
+            let grants =
+                self.leases()
+                    .grant(&self.settings.name, &self.mailboxes, &except, n, self.ttl())?;
+            for g in grants {
+                self.start(g, now);
+            }
+        } else if working > share && !self.held.values().any(|h| h.releasing) {
+            if let Some(m) = self.held.keys().next_back().cloned() {
+                tracing::info!(mailbox = %m, share, working, "handing a mailbox back to balance the agents");
+                self.start_release(&m);
+            }
+        }
+        Ok(())
+    }
+
+    /// A lease was granted at `at`: fence its writes at the new epoch and start its worker.
+    fn start(&mut self, g: Grant, at: Instant) {
+        if let Some(p) = g.previous.as_deref() {
+            crate::metrics::metrics().takeover();
+            tracing::info!(mailbox = %g.mailbox, epoch = g.epoch, from = p, "mailbox taken over: its lease had lapsed");
+        } else {
+            tracing::info!(mailbox = %g.mailbox, epoch = g.epoch, "mailbox lease granted");
+        }
+        if let Some(f) = self.store.fences() {
+            f.hold(&g.mailbox, g.epoch);
+        }
+        let cancel = CancellationToken::new();
+        let task = (self.spawn)(&g.mailbox, cancel.clone());
+        self.held.insert(
+            g.mailbox,
+            Held {
+                epoch: g.epoch,
+                cancel,
+                task,
+                valid_until: at + self.settings.lease_ttl,
+                releasing: false,
+            },
+        );
+    }
+
+    /// Shutdown: every worker finishes its batch (up to 60 s), then every lease goes back
+    /// and the agent's row goes, so that the others take the mailboxes at their next round.
+    async fn stop_all(mut self) {
+        for h in self.held.values() {
+            h.cancel.cancel();
+        }
+        let held = std::mem::take(&mut self.held);
+        let aborts: Vec<_> = held.values().map(|h| h.task.abort_handle()).collect();
+        let mut back = Vec::new();
+        let mut tasks = Vec::new();
+        for (m, h) in held {
+            back.push((m, h.epoch));
+            tasks.push(h.task);
+        }
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(Duration::from_secs(60), all).await.is_err() {
+            tracing::warn!("mailbox workers did not stop within 60 s; aborting them");
+            for a in aborts {
+                a.abort();
+            }
+        }
+        for (m, epoch) in back {
+            if let Some(f) = self.store.fences() {
+                f.drop_lease(&m);
+            }
+            if let Err(e) = self.leases().release(&self.settings.name, &m, epoch) {
+                tracing::warn!(mailbox = %m, error = %e, "cannot hand the mailbox back; it lapses on its own");
+            }
+        }
+        if let Err(e) = self.leases().leave(&self.settings.name, &self.instance) {
+            tracing::warn!(error = %e, "cannot unregister the agent; the others count it out when it lapses");
+        }
+        tracing::info!(agent = %self.settings.name, "mailboxes handed back");
+    }
+}
