@@ -1203,9 +1203,19 @@ fn agent_settings(loc: &Locator<'_>, raw: Option<&RawAgent>) -> Result<AgentSett
         None => None,
     };
     let lease_ttl = secs_up_to(loc, "agent.lease_ttl", &a.lease_ttl, d.lease_ttl, 3600)?;
-    let lease_renew = secs_up_to(loc, "agent.lease_renew", &a.lease_renew, d.lease_renew, 1200)?;
+    let lease_renew = secs_up_to(
+        loc,
+        "agent.lease_renew",
+        &a.lease_renew,
+        d.lease_renew,
+        1200,
+    )?;
     if lease_renew * 3 > lease_ttl {
-        let span = a.lease_renew.as_ref().or(a.lease_ttl.as_ref()).map(|s| s.span());
+        let span = a
+            .lease_renew
+            .as_ref()
+            .or(a.lease_ttl.as_ref())
+            .map(|s| s.span());
         return Err(loc.err(
             span,
             "agent.lease_renew",

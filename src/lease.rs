@@ -168,12 +168,21 @@ impl Manager {
     /// while this one could not renew) and their workers stop now.
     fn renew(&mut self) {
         let sent = Instant::now();
-        let held: Vec<(String, i64)> = self.held.iter().map(|(m, h)| (m.clone(), h.epoch)).collect();
+        let held: Vec<(String, i64)> = self
+            .held
+            .iter()
+            .map(|(m, h)| (m.clone(), h.epoch))
+            .collect();
         match self
             .leases()
             .renew(&self.settings.name, &self.instance, &held, self.ttl())
         {
             Ok((kept, me)) => {
+                tracing::debug!(
+                    ms = sent.elapsed().as_millis() as u64,
+                    held = held.len(),
+                    "leases renewed"
+                );
                 if self.renew_failing {
                     tracing::info!("lease renewals work again");
                 }
@@ -182,7 +191,9 @@ impl Manager {
                 if !me {
                     // Counted out as dead (a pause past the TTL): register again.
                     tracing::warn!(agent = %self.settings.name, "this agent's registration lapsed; registering again");
-                    let _ = self.leases().register(&self.settings.name, &self.instance, self.ttl());
+                    let _ = self
+                        .leases()
+                        .register(&self.settings.name, &self.instance, self.ttl());
                 }
                 let kept: HashMap<String, bool> = kept.into_iter().collect();
                 let until = sent + self.settings.lease_ttl;
@@ -237,7 +248,12 @@ impl Manager {
                 f.lapse(mailbox);
             }
             h.cancel.cancel();
-            tracing::warn!(mailbox, epoch = h.epoch, reason = why, "mailbox lease lost: its worker stops");
+            tracing::warn!(
+                mailbox,
+                epoch = h.epoch,
+                reason = why,
+                "mailbox lease lost: its worker stops"
+            );
         }
     }
 
@@ -266,7 +282,9 @@ impl Manager {
             }
             match self.leases().release(&self.settings.name, &m, h.epoch) {
                 Ok(_) => tracing::info!(mailbox = %m, epoch = h.epoch, "mailbox handed back"),
-                Err(e) => tracing::warn!(mailbox = %m, error = %e, "cannot hand the mailbox back; it lapses on its own"),
+                Err(e) => {
+                    tracing::warn!(mailbox = %m, error = %e, "cannot hand the mailbox back; it lapses on its own")
+                }
             }
             self.cooldown
                 .insert(m, Instant::now() + self.settings.lease_renew * 2);
@@ -287,9 +305,13 @@ impl Manager {
             self.cooldown.retain(|_, until| *until > now);
             let except: Vec<String> = self.cooldown.keys().cloned().collect();
             let n = (share - working).min(GRANT_AT_ONCE);
-            let grants =
-                self.leases()
-                    .grant(&self.settings.name, &self.mailboxes, &except, n, self.ttl())?;
+            let grants = self.leases().grant(
+                &self.settings.name,
+                &self.mailboxes,
+                &except,
+                n,
+                self.ttl(),
+            )?;
             for g in grants {
                 self.start(g, now);
             }
@@ -342,7 +364,10 @@ impl Manager {
             tasks.push(h.task);
         }
         let all = futures::future::join_all(tasks);
-        if tokio::time::timeout(Duration::from_secs(60), all).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .is_err()
+        {
             tracing::warn!("mailbox workers did not stop within 60 s; aborting them");
             for a in aborts {
                 a.abort();

@@ -343,7 +343,9 @@ impl Metrics {
             // Every agent seen, so one that left goes back to 0.
             // (`mailboxes` counts live leases only, whatever the TTL given.)
             for a in l.agents(60.0).unwrap_or_default() {
-                self.leases.get_or_create(&vec![("agent", a.name)]).set(a.mailboxes);
+                self.leases
+                    .get_or_create(&vec![("agent", a.name)])
+                    .set(a.mailboxes);
             }
         }
         // Every state of every mailbox seen, so a state that empties goes back to 0.

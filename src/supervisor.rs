@@ -251,7 +251,10 @@ async fn start(
         handles.push(tokio::spawn(manager.run(cancel.clone())));
     } else {
         for mb in &config.mailboxes {
-            handles.push(tokio::spawn(watch::watch_mailbox(task(&mb.name, cancel.clone()))));
+            handles.push(tokio::spawn(watch::watch_mailbox(task(
+                &mb.name,
+                cancel.clone(),
+            ))));
         }
     }
     if config.mailboxes.iter().any(|m| m.smtp.is_some()) {

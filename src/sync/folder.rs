@@ -427,10 +427,18 @@ fn hold_batch(mailbox: &str, last_uid: u32) {
     };
     let path = std::path::PathBuf::from(path);
     if path.exists() {
-        tracing::warn!(mailbox, last_uid, "failpoint FOLDERTRACK_HOLD_BATCH: holding the batch before its commit");
+        tracing::warn!(
+            mailbox,
+            last_uid,
+            "failpoint FOLDERTRACK_HOLD_BATCH: holding the batch before its commit"
+        );
         while path.exists() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        tracing::warn!(mailbox, last_uid, "failpoint FOLDERTRACK_HOLD_BATCH: committing the held batch");
+        tracing::warn!(
+            mailbox,
+            last_uid,
+            "failpoint FOLDERTRACK_HOLD_BATCH: committing the held batch"
+        );
     }
 }

@@ -37,6 +37,10 @@ pub struct AgentSpec {
     watch: Vec<String>,
     echo: bool,
     rust_log: String,
+    /// Arguments after `run` (`--data-dir DIR`).
+    args: Vec<String>,
+    /// Environment variables set for the process (fail points).
+    envs: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -49,7 +53,27 @@ impl AgentSpec {
             watch: Vec::new(),
             echo: false,
             rust_log: "foldertrack=debug".into(),
+            args: Vec::new(),
+            envs: Vec::new(),
         }
+    }
+
+    /// One more argument after `run` (e.g. `--data-dir`, to run several agents of one config).
+    pub fn arg(mut self, a: &str) -> AgentSpec {
+        self.args.push(a.to_string());
+        self
+    }
+
+    /// An environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> AgentSpec {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Another log file than `work/agent.log` (several agents in one work dir).
+    pub fn log(mut self, path: &Path) -> AgentSpec {
+        self.log = path.to_path_buf();
+        self
     }
 
     /// Log lines holding any of `patterns` are sent, time-stamped as read, to
@@ -83,6 +107,8 @@ impl AgentSpec {
         let mut child = Command::new(&self.bin)
             .current_dir(&self.work)
             .args(["--config", "foldertrack.toml", "run"])
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", &self.rust_log)
             .env_remove("FOLDERTRACK_LOG_FORMAT")
             .stdout(Stdio::null())

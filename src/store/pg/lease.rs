@@ -217,9 +217,7 @@ impl Leases<'_> {
              RETURNING 1",
             3,
         );
-        self.run(|s| {
-            s.with(|c| Ok(c.query_opt(&sql, &[&name, &instance, &ttl])?.is_some()))
-        })
+        self.run(|s| s.with(|c| Ok(c.query_opt(&sql, &[&name, &instance, &ttl])?.is_some())))
     }
 
     /// The mailboxes of this agent's configuration, each with a lease row (free if new).

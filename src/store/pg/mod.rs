@@ -76,10 +76,7 @@ pub enum PgError {
          another agent works it now; nothing of this batch was written",
         .epoch.map(|e| format!(" (epoch {e} moved on)")).unwrap_or_default()
     )]
-    Fenced {
-        mailbox: String,
-        epoch: Option<i64>,
-    },
+    Fenced { mailbox: String, epoch: Option<i64> },
     /// A stored value the model cannot hold, or an inconsistency a rule found.
     #[error("the PostgreSQL store is inconsistent: {0}")]
     Corrupt(String),

@@ -10,8 +10,7 @@ use super::{corrupt, load_record, PgError, PgStore, PgTx};
 use crate::model::{Activity, Alert, AlertLevel, Direction, Draft, Record, RecordRef, Source};
 use crate::store::{
     BatchOutcome, FolderState, MailboxState, OutboxEntry, QuarantineEntry, RuleBinding, SendState,
-    StoreError,
-    StoredAlert, ALERT_MAX_AGE_DAYS, MAX_ALERTS, OUTBOX_FOLDER,
+    StoreError, StoredAlert, ALERT_MAX_AGE_DAYS, MAX_ALERTS, OUTBOX_FOLDER,
 };
 use crate::track::batch::{self, apply_activity, BatchItem, Committed};
 use crate::track::tx::{Engine, Lookups};
@@ -757,7 +756,8 @@ impl PgStore {
             SendState::Sending => self.fenced(&e.mailbox, |tx| {
                 tx.with(|c| Ok(c.execute(sql, &[&id, &e.mailbox, &e.message_id, &state, &entry])?))
             })?,
-            _ => self.with(|c| Ok(c.execute(sql, &[&id, &e.mailbox, &e.message_id, &state, &entry])?))?,
+            _ => self
+                .with(|c| Ok(c.execute(sql, &[&id, &e.mailbox, &e.message_id, &state, &entry])?))?,
         };
         if n == 0 {
             return Err(StoreError::NotFound(format!(
