@@ -1577,6 +1577,35 @@ password_env = "ALICE_PW"
     }
 
     #[test]
+    fn agent_settings_default_to_the_host_name_and_check_the_lease_times() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.agent.name.is_empty() && !c.agent.name_set);
+        assert_eq!(c.agent.lease_ttl, std::time::Duration::from_secs(20));
+        assert_eq!(c.agent.lease_renew, std::time::Duration::from_secs(5));
+        // `--data-dir` names a second agent of the same config apart.
+        let mut two = c.clone();
+        two.override_data_dir(Path::new("/srv/ft/b"));
+        assert_eq!(two.data_dir, PathBuf::from("/srv/ft/b"));
+        assert_eq!(two.agent.name, format!("{}:/srv/ft/b", c.agent.name));
+        // A name written in the config stays.
+        let text =
+            format!("{GOOD}\n[agent]\nname = \"east-1\"\nlease_ttl = 30\nlease_renew = 10\n");
+        let mut named = parse(&text).unwrap();
+        named.override_data_dir(Path::new("/srv/ft/b"));
+        assert_eq!(named.agent.name, "east-1");
+        assert_eq!(named.agent.lease_ttl, std::time::Duration::from_secs(30));
+        // Renewing less often than a third of the TTL would let leases lapse under a hiccup.
+        let e = parse(&format!(
+            "{GOOD}\n[agent]\nlease_ttl = 10\nlease_renew = 5\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "agent.lease_renew");
+        assert!(e.message.contains("a third of lease_ttl"), "{e}");
+        let e = parse(&format!("{GOOD}\n[agent]\nname = \" \"\n")).unwrap_err();
+        assert_eq!(e.key, "agent.name");
+    }
+
+    #[test]
     fn store_settings_are_checked_and_never_show_the_password() {
         assert_eq!(parse(GOOD).unwrap().store, StoreEngine::Sled);
         let with = |store: &str| format!("{GOOD}[store]\n{store}\n");

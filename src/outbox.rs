@@ -443,7 +443,7 @@ async fn sent_copy(
     e: &mut OutboxEntry,
     raw: &[u8],
 ) -> Result<(), OutboxError> {
-    match append_to_sent(mb, raw).await {
+    match append_to_sent(mb, raw, &e.message_id).await {
         Ok(folder) => {
             e.sent_copy = Some(folder);
             e.copy_error = None;
@@ -458,36 +458,49 @@ async fn sent_copy(
     Ok(())
 }
 
-async fn append_to_sent(mb: &MailboxConfig, raw: &[u8]) -> Result<String, String> {
+/// Appends the Sent copy unless the Sent folder has a message of this Message-ID already, so
+/// that running it twice (a retry, or an old owner of the mailbox that woke up late, DESIGN
+/// §5.2) leaves one copy.
+async fn append_to_sent(
+    mb: &MailboxConfig,
+    raw: &[u8],
+    message_id: &str,
+) -> Result<String, String> {
     let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
-    let folders = crate::imap::folders::list(&mut c.session, &c.peer)
+    let sent = sent_folder(mb, &mut c)
+        .await?
+        .ok_or("the mailbox has no Sent folder (no SPECIAL-USE \\Sent, no folder called Sent; set sent_folder)")?;
+    if !search_sent(&mut c, &sent, message_id).await? {
+        crate::imap::timed(
+            &c.peer,
+            "APPEND to Sent",
+            c.session
+                .append(&sent.server_name, Some("(\\Seen)"), None, raw),
+        )
         .await
         .map_err(|e| e.to_string())?;
-    let sent = crate::imap::folders::find_sent(&folders, mb.sent_folder.as_deref())
-        .ok_or("the mailbox has no Sent folder (no SPECIAL-USE \\Sent, no folder called Sent; set sent_folder)")?
-        .clone();
-    crate::imap::timed(
-        &c.peer,
-        "APPEND to Sent",
-        c.session
-            .append(&sent.server_name, Some("(\\Seen)"), None, raw),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    }
     let _ = c.session.logout().await;
     Ok(sent.name)
 }
 
-/// Looks for `message_id` in the Sent folder: the folder's name when a copy is there.
-async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<String>, String> {
-    let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
+/// The mailbox's Sent folder (SPECIAL-USE `\Sent`, a folder called Sent, or `sent_folder`).
+async fn sent_folder(
+    mb: &MailboxConfig,
+    c: &mut crate::imap::Connected,
+) -> Result<Option<crate::imap::folders::Folder>, String> {
     let folders = crate::imap::folders::list(&mut c.session, &c.peer)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(sent) = crate::imap::folders::find_sent(&folders, mb.sent_folder.as_deref()).cloned()
-    else {
-        return Ok(None);
-    };
+    Ok(crate::imap::folders::find_sent(&folders, mb.sent_folder.as_deref()).cloned())
+}
+
+/// Whether `sent` holds a message of this Message-ID.
+async fn search_sent(
+    c: &mut crate::imap::Connected,
+    sent: &crate::imap::folders::Folder,
+    message_id: &str,
+) -> Result<bool, String> {
     crate::imap::fetch::examine(&mut c.session, &c.peer, &sent.server_name, &sent.name)
         .await
         .map_err(|e| e.to_string())?;
@@ -498,8 +511,17 @@ async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<Str
     let found = crate::imap::timed(&c.peer, "UID SEARCH", c.session.uid_search(&query))
         .await
         .map_err(|e| e.to_string())?;
+    Ok(!found.is_empty())
+}
+
+async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<String>, String> {
+    let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
+    let Some(sent) = sent_folder(mb, &mut c).await? else {
+        return Ok(None);
+    };
+    let found = search_sent(&mut c, &sent, message_id).await?;
     let _ = c.session.logout().await;
-    Ok((!found.is_empty()).then_some(sent.name))
+    Ok(found.then_some(sent.name))
 }
 
 /// Settles an entry left `sending` by a process that died mid-send (see the module doc); any

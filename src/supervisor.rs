@@ -100,59 +100,71 @@ pub async fn run(
         let tasks = start(&config, &store, &agent, &generation).await?;
         tracing::info!(mailboxes = config.mailboxes.len(), "agent running");
         #[cfg(unix)]
-        let reload = hup.recv();
+        let hup_signal = hup.recv();
         #[cfg(not(unix))]
-        let reload = std::future::pending::<Option<()>>();
+        let hup_signal = std::future::pending::<Option<()>>();
         let reload_now = tokio::select! {
             _ = &mut shutdown => false,
-            _ = reload => true,
+            _ = hup_signal => true,
         };
         generation.cancel();
         finish(tasks).await;
         if !reload_now {
             break;
         }
-        match Config::load(&config_path) {
-            Ok(c) => {
-                tracing::info!("configuration reloaded");
-                // A changed token_command must not go on serving the old command's token.
-                for m in &config.mailboxes {
-                    crate::oauth::forget(&m.name);
-                }
-                let mut c = c;
-                // The control socket is bound in the running data dir, and the leases are
-                // held in the running agent's name: both stay until a restart.
-                c.data_dir = config.data_dir.clone();
-                if c.agent.name != config.agent.name {
-                    tracing::warn!("[agent] name changed: it takes effect at the next restart");
-                    c.agent.name = config.agent.name.clone();
-                }
-                if c.metrics_listen != config.metrics_listen {
-                    tracing::warn!("[metrics] listen changed: it takes effect at the next restart");
-                }
-                if let Ok(mut w) = shared.write() {
-                    *w = c.clone();
-                }
-                config = c;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; keeping the previous configuration");
-                for m in &config.mailboxes {
-                    let _ = store.add_alert(
-                        &m.name,
-                        Alert {
-                            level: AlertLevel::Error,
-                            message: format!("configuration reload failed: {e}"),
-                        },
-                    );
-                }
-            }
-        }
+        config = reload(&config_path, config, &shared, &store);
     }
     stop.cancel();
     store.flush()?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// SIGHUP: the config file read again and put in force (the running data dir and agent name
+/// kept), or, when it does not load, the old one kept and an alert raised per mailbox.
+fn reload(
+    config_path: &std::path::Path,
+    config: Config,
+    shared: &RwLock<Config>,
+    store: &Store,
+) -> Config {
+    match Config::load(config_path) {
+        Ok(c) => {
+            tracing::info!("configuration reloaded");
+            // A changed token_command must not go on serving the old command's token.
+            for m in &config.mailboxes {
+                crate::oauth::forget(&m.name);
+            }
+            let mut c = c;
+            // The control socket is bound in the running data dir, and the leases are held in
+            // the running agent's name: both stay until a restart.
+            c.data_dir = config.data_dir.clone();
+            if c.agent.name != config.agent.name {
+                tracing::warn!("[agent] name changed: it takes effect at the next restart");
+                c.agent.name = config.agent.name.clone();
+            }
+            if c.metrics_listen != config.metrics_listen {
+                tracing::warn!("[metrics] listen changed: it takes effect at the next restart");
+            }
+            if let Ok(mut w) = shared.write() {
+                *w = c.clone();
+            }
+            c
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+            for m in &config.mailboxes {
+                let _ = store.add_alert(
+                    &m.name,
+                    Alert {
+                        level: AlertLevel::Error,
+                        message: format!("configuration reload failed: {e}"),
+                    },
+                );
+            }
+            config
+        }
+    }
 }
 
 /// The control socket's answers: each request runs as a command against the running agent's

@@ -382,102 +382,7 @@ impl Status {
             ));
         }
         for m in &self.mailboxes {
-            let incoming = match (&m.incoming.until, &m.incoming.reason) {
-                (Some(u), _) => format!("{} until {u}", m.incoming.state),
-                (None, Some(r)) if m.incoming.state == IncomingState::Disabled => {
-                    format!("disabled: {}", r.trim_start_matches("incoming disabled: "))
-                }
-                _ => m.incoming.state.to_string(),
-            };
-            s.push_str(&format!(
-                "\nmailbox {} on {}: incoming {}; last success {}; lag {}\n  outgoing: {}\n",
-                m.name,
-                m.server,
-                incoming,
-                m.health.last_success.as_deref().unwrap_or("never"),
-                m.lag,
-                m.outgoing.to_text()
-            ));
-            if let Some(l) = &m.lease {
-                s.push_str(&format!(
-                    "  lease: agent {} (epoch {}, until {})\n",
-                    l.agent,
-                    l.epoch,
-                    l.until.as_deref().unwrap_or("-")
-                ));
-            }
-            if let Some(l) = &m.live {
-                s.push_str(&format!(
-                    "  now: {}{}{} (reconnects {}, last pass {})\n",
-                    l.state.label(),
-                    l.mode
-                        .map(|m| format!(" [{}]", m.as_str()))
-                        .unwrap_or_default(),
-                    match l.state.detail() {
-                        d if d.is_empty() => d,
-                        d => format!(": {d}"),
-                    },
-                    l.reconnects,
-                    l.last_pass.as_deref().unwrap_or("-")
-                ));
-            }
-            if let Some(e) = &m.health.last_error {
-                s.push_str(&format!(
-                    "  last error ({} in a row): {e}\n",
-                    m.health.consecutive_errors
-                ));
-            }
-            for o in m.health.outages.iter().rev().take(3) {
-                s.push_str(&format!(
-                    "  outage {} → {}: {}\n",
-                    o.from,
-                    o.to.as_deref().unwrap_or("ongoing"),
-                    o.error
-                ));
-            }
-            let rows: Vec<Vec<String>> = m
-                .folders
-                .iter()
-                .map(|f| {
-                    vec![
-                        f.state.folder.clone(),
-                        f.state.rule.clone().unwrap_or_else(|| "-".into()),
-                        f.state.uidvalidity.to_string(),
-                        f.state.last_uid.to_string(),
-                        f.state.messages.to_string(),
-                        f.lag.to_string(),
-                        f.state.last_sync.clone().unwrap_or_else(|| "-".into()),
-                    ]
-                })
-                .collect();
-            if !rows.is_empty() {
-                s.push_str(&indent(&table(
-                    &[
-                        "FOLDER",
-                        "RULE",
-                        "UIDVALIDITY",
-                        "LAST UID",
-                        "MESSAGES",
-                        "LAG",
-                        "LAST SYNC",
-                    ],
-                    &rows,
-                )));
-            }
-            if !m.mailbox_alerts.is_empty() {
-                s.push_str("  alerts:\n");
-                for a in &m.mailbox_alerts {
-                    let times = if a.count > 1 {
-                        format!(" ({} times since {})", a.count, a.first_at)
-                    } else {
-                        String::new()
-                    };
-                    s.push_str(&format!(
-                        "    {:<7} {} {}{times}\n",
-                        a.level, a.at, a.message
-                    ));
-                }
-            }
+            s.push_str(&m.to_text());
         }
         s.push_str(&format!(
             "\n{} activities, {} quarantined message(s)\n",
@@ -514,6 +419,112 @@ fn leases_and_agents(config: &Config, store: &Store) -> Result<LeasesAndAgents> 
         })
         .collect();
     Ok((leases, l.agents(config.agent.lease_ttl.as_secs_f64())?))
+}
+
+impl MailboxStatus {
+    /// The mailbox's part of the text `status`: its sides, lease, live state, last error,
+    /// outages, folders and alerts.
+    fn to_text(&self) -> String {
+        let m = self;
+        let mut s = String::new();
+        let incoming = match (&m.incoming.until, &m.incoming.reason) {
+            (Some(u), _) => format!("{} until {u}", m.incoming.state),
+            (None, Some(r)) if m.incoming.state == IncomingState::Disabled => {
+                format!("disabled: {}", r.trim_start_matches("incoming disabled: "))
+            }
+            _ => m.incoming.state.to_string(),
+        };
+        s.push_str(&format!(
+            "\nmailbox {} on {}: incoming {}; last success {}; lag {}\n  outgoing: {}\n",
+            m.name,
+            m.server,
+            incoming,
+            m.health.last_success.as_deref().unwrap_or("never"),
+            m.lag,
+            m.outgoing.to_text()
+        ));
+        if let Some(l) = &m.lease {
+            s.push_str(&format!(
+                "  lease: agent {} (epoch {}, until {})\n",
+                l.agent,
+                l.epoch,
+                l.until.as_deref().unwrap_or("-")
+            ));
+        }
+        if let Some(l) = &m.live {
+            s.push_str(&format!(
+                "  now: {}{}{} (reconnects {}, last pass {})\n",
+                l.state.label(),
+                l.mode
+                    .map(|m| format!(" [{}]", m.as_str()))
+                    .unwrap_or_default(),
+                match l.state.detail() {
+                    d if d.is_empty() => d,
+                    d => format!(": {d}"),
+                },
+                l.reconnects,
+                l.last_pass.as_deref().unwrap_or("-")
+            ));
+        }
+        if let Some(e) = &m.health.last_error {
+            s.push_str(&format!(
+                "  last error ({} in a row): {e}\n",
+                m.health.consecutive_errors
+            ));
+        }
+        for o in m.health.outages.iter().rev().take(3) {
+            s.push_str(&format!(
+                "  outage {} → {}: {}\n",
+                o.from,
+                o.to.as_deref().unwrap_or("ongoing"),
+                o.error
+            ));
+        }
+        let rows: Vec<Vec<String>> = m
+            .folders
+            .iter()
+            .map(|f| {
+                vec![
+                    f.state.folder.clone(),
+                    f.state.rule.clone().unwrap_or_else(|| "-".into()),
+                    f.state.uidvalidity.to_string(),
+                    f.state.last_uid.to_string(),
+                    f.state.messages.to_string(),
+                    f.lag.to_string(),
+                    f.state.last_sync.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            s.push_str(&indent(&table(
+                &[
+                    "FOLDER",
+                    "RULE",
+                    "UIDVALIDITY",
+                    "LAST UID",
+                    "MESSAGES",
+                    "LAG",
+                    "LAST SYNC",
+                ],
+                &rows,
+            )));
+        }
+        if !m.mailbox_alerts.is_empty() {
+            s.push_str("  alerts:\n");
+            for a in &m.mailbox_alerts {
+                let times = if a.count > 1 {
+                    format!(" ({} times since {})", a.count, a.first_at)
+                } else {
+                    String::new()
+                };
+                s.push_str(&format!(
+                    "    {:<7} {} {}{times}\n",
+                    a.level, a.at, a.message
+                ));
+            }
+        }
+        s
+    }
 }
 
 fn indent(t: &str) -> String {

@@ -415,3 +415,33 @@ impl Leases<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_refuse_what_the_agent_does_not_hold_and_keep_a_lost_epoch_for_the_database() {
+        let f = Fences::default();
+        // Off: commands write as on sled.
+        assert!(f.holds("alice"));
+        assert!(f.fence("alice").unwrap().is_none());
+        f.enable("east");
+        assert!(!f.holds("alice"));
+        assert!(matches!(
+            f.fence("alice"),
+            Err(PgError::Fenced { epoch: None, .. })
+        ));
+        f.hold("alice", 7);
+        assert!(f.holds("alice"));
+        let fence = f.fence("alice").unwrap().unwrap();
+        assert_eq!((fence.agent.as_str(), fence.epoch), ("east", 7));
+        // Lost: not worked any more, but a batch in hand still goes to the epoch check.
+        f.lapse("alice");
+        assert!(!f.holds("alice"));
+        assert_eq!(f.fence("alice").unwrap().unwrap().epoch, 7);
+        // Handed back: refused here.
+        f.drop_lease("alice");
+        assert!(f.fence("alice").is_err());
+    }
+}
