@@ -7,6 +7,8 @@
 # Knobs: BENCH_SIZES (1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (1), BENCH_NAIVE_SIZE
 # (10000), BENCH_PG (1; 0 skips the PostgreSQL row), BENCH_SHARED (../shared/bench), BENCH_SCALE (1; 0 skips it), SCALE_ENGINE (sled; postgres), SCALE_MAILBOXES (1000),
 # SCALE_MESSAGES (10000), SCALE_TRIALS (100), BENCH_LATENCY (0; 1 adds benches/latency.rs),
+# BENCH_AGENTS (0; 1 adds benches/agents.rs: 2,000 mailboxes over 2 agents on PostgreSQL, with
+# AGENTS_MAILBOXES, AGENTS_COUNT, AGENTS_MESSAGES, AGENTS_TRIALS),
 # BENCH_CONFIG (extra top-level foldertrack.toml lines for the sync bench, e.g. "batch_bytes = 16777216").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +23,7 @@ if [ "${BENCH_SCALE:-1}" = 1 ]; then
   cargo bench --bench scale
 fi
 if [ "${BENCH_LATENCY:-0}" = 1 ]; then cargo bench --bench latency; fi
+if [ "${BENCH_AGENTS:-0}" = 1 ]; then
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  cargo bench --bench agents
+fi

@@ -8,8 +8,8 @@
 //! Balance: with `n` live agents and `m` mailboxes each agent aims at `ceil(m / n)`. Below
 //! it, an agent takes free or lapsed mailboxes (up to [`GRANT_AT_ONCE`] a round, so 1,000
 //! mailboxes start within seconds while the login semaphore spreads the IMAP logins); above
-//! it, it hands back one mailbox at a time, after that mailbox's worker finished its batch,
-//! so a joining agent takes its share without an IDLE storm.
+//! it, it hands back up to [`RELEASE_AT_ONCE`] at a time, each after its worker finished its
+//! batch, so a joining agent takes its share without an IDLE storm.
 
 use crate::config::AgentSettings;
 use crate::store::pg::lease::{Grant, Leases};
@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The most mailboxes granted in one round.
 pub(crate) const GRANT_AT_ONCE: i64 = 64;
+
+/// The most mailboxes being handed back at once (as many as an agent logs in to at once).
+pub(crate) const RELEASE_AT_ONCE: i64 = 16;
 
 /// Starts the worker of one mailbox; it stops when the token is cancelled.
 pub(crate) type Spawn = Box<dyn Fn(&str, CancellationToken) -> JoinHandle<()> + Send>;
@@ -315,8 +318,20 @@ impl Manager {
             for g in grants {
                 self.start(g, now);
             }
-        } else if working > share && !self.held.values().any(|h| h.releasing) {
-            if let Some(m) = self.held.keys().next_back().cloned() {
+        } else if working > share {
+            // Handed back a few at a time: the taker logs in to each (its login semaphore
+            // lets 16 at a time), so there is no storm, and 1,000 move in about a minute.
+            let releasing = self.held.values().filter(|h| h.releasing).count() as i64;
+            let n = (working - share).min(RELEASE_AT_ONCE - releasing).max(0);
+            let give: Vec<String> = self
+                .held
+                .iter()
+                .rev()
+                .filter(|(_, h)| !h.releasing)
+                .take(n as usize)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for m in give {
                 tracing::info!(mailbox = %m, share, working, "handing a mailbox back to balance the agents");
                 self.start_release(&m);
             }
