@@ -13,7 +13,7 @@
 
 use crate::config::AgentSettings;
 use crate::store::pg::lease::{Grant, Leases};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,10 @@ pub enum LeaseError {
     Store(#[from] crate::store::StoreError),
 }
 
+fn not_postgres() -> StoreError {
+    StoreError::Config("mailbox leases need [store] engine = \"postgres\"".into())
+}
+
 /// A lease this agent holds, and its mailbox's worker.
 struct Held {
     epoch: i64,
@@ -66,6 +70,9 @@ pub(crate) struct Manager {
     next_renew: Instant,
     /// The last renewal failed (logged once per outage).
     renew_failing: bool,
+    /// A lease statement that outlived its time limit and still runs: no other is started
+    /// until it ends.
+    stuck: Option<tokio::task::AbortHandle>,
 }
 
 impl Manager {
@@ -89,13 +96,58 @@ impl Manager {
             cooldown: HashMap::new(),
             next_renew: Instant::now(),
             renew_failing: false,
+            stuck: None,
         }
     }
 
-    fn leases(&self) -> Leases<'_> {
-        self.store
-            .leases()
-            .expect("the lease manager runs on a PostgreSQL store")
+    fn leases(&self) -> Result<Leases<'_>, StoreError> {
+        self.store.leases().ok_or_else(not_postgres)
+    }
+
+    /// Runs `f` on the lease table off the runtime, for at most `lease_renew`: a database that
+    /// stops answering (a partition leaves a statement waiting on its socket) must not keep the
+    /// manager from stopping the workers whose leases are about to lapse. `None`: an earlier
+    /// statement is still stuck, nothing was run.
+    async fn sql<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(Leases<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<Result<T, StoreError>> {
+        if let Some(h) = &self.stuck {
+            if !h.is_finished() {
+                return None;
+            }
+            self.stuck = None;
+        }
+        let store = self.store.clone();
+        let mut job =
+            tokio::task::spawn_blocking(move || f(store.leases().ok_or_else(not_postgres)?));
+        let limit = Instant::now() + self.settings.lease_renew;
+        loop {
+            // While it runs, leases about to lapse still stop their workers on time.
+            let lapse = self
+                .held
+                .values()
+                .map(|h| h.valid_until - self.margin())
+                .min()
+                .map_or(limit, |t| t.min(limit));
+            tokio::select! {
+                r = &mut job => {
+                    return Some(r.unwrap_or_else(|e| {
+                        Err(StoreError::Config(format!("lease statement failed: {e}")))
+                    }))
+                }
+                _ = tokio::time::sleep_until(lapse) => {
+                    self.expire();
+                    if Instant::now() >= limit {
+                        self.stuck = Some(job.abort_handle());
+                        return Some(Err(StoreError::Config(format!(
+                            "the database did not answer a lease statement within {} s",
+                            self.settings.lease_renew.as_secs()
+                        ))));
+                    }
+                }
+            }
+        }
     }
 
     fn ttl(&self) -> f64 {
@@ -122,8 +174,8 @@ impl Manager {
         let give_up = Instant::now() + self.settings.lease_ttl * 2;
         let name = &self.settings.name;
         loop {
-            if self.leases().register(name, &self.instance, self.ttl())? {
-                self.leases().ensure(&self.mailboxes)?;
+            if self.leases()?.register(name, &self.instance, self.ttl())? {
+                self.leases()?.ensure(&self.mailboxes)?;
                 if let Some(f) = self.store.fences() {
                     f.enable(name);
                 }
@@ -156,34 +208,48 @@ impl Manager {
 
     /// One round: renew when due, drop what lapsed, finish hand-backs, balance.
     async fn round(&mut self) {
-        if Instant::now() >= self.next_renew {
-            self.renew();
-        }
         self.expire();
-        self.finish_releases();
-        if let Err(e) = self.balance() {
+        if Instant::now() >= self.next_renew {
+            self.renew().await;
+            self.expire();
+        }
+        self.finish_releases().await;
+        if let Some(Err(e)) = self.balance().await {
             tracing::debug!(error = %e, "lease balance round failed; next round tries again");
         }
-        tokio::task::yield_now().await;
     }
 
     /// Renews every held lease: those not renewed were lost (another agent was granted them
     /// while this one could not renew) and their workers stop now.
-    fn renew(&mut self) {
+    async fn renew(&mut self) {
         let sent = Instant::now();
         let held: Vec<(String, i64)> = self
             .held
             .iter()
             .map(|(m, h)| (m.clone(), h.epoch))
             .collect();
-        match self
-            .leases()
-            .renew(&self.settings.name, &self.instance, &held, self.ttl())
-        {
-            Ok((kept, me)) => {
+        let n = held.len();
+        let (name, instance, ttl) = (
+            self.settings.name.clone(),
+            self.instance.clone(),
+            self.ttl(),
+        );
+        let renewed = self
+            .sql(move |l| {
+                let (kept, me) = l.renew(&name, &instance, &held, ttl)?;
+                if !me {
+                    // Counted out as dead (a pause past the TTL): register again.
+                    tracing::warn!(agent = %name, "this agent's registration lapsed; registering again");
+                    l.register(&name, &instance, ttl)?;
+                }
+                Ok(kept)
+            })
+            .await;
+        match renewed {
+            Some(Ok(kept)) => {
                 tracing::debug!(
                     ms = sent.elapsed().as_millis() as u64,
-                    held = held.len(),
+                    held = n,
                     "leases renewed"
                 );
                 if self.renew_failing {
@@ -191,40 +257,38 @@ impl Manager {
                 }
                 self.renew_failing = false;
                 self.next_renew = sent + self.settings.lease_renew;
-                if !me {
-                    // Counted out as dead (a pause past the TTL): register again.
-                    tracing::warn!(agent = %self.settings.name, "this agent's registration lapsed; registering again");
-                    let _ = self
-                        .leases()
-                        .register(&self.settings.name, &self.instance, self.ttl());
-                }
-                let kept: HashMap<String, bool> = kept.into_iter().collect();
-                let until = sent + self.settings.lease_ttl;
-                let lost: Vec<String> = self
-                    .held
-                    .keys()
-                    .filter(|m| !kept.contains_key(*m))
-                    .cloned()
-                    .collect();
-                for m in lost {
-                    self.lose(&m, "another agent holds it now");
-                }
-                for (m, asked) in kept {
-                    if let Some(h) = self.held.get_mut(&m) {
-                        h.valid_until = until;
-                        if asked && !h.releasing {
-                            tracing::info!(mailbox = %m, "handing the mailbox back, as asked (mailbox release)");
-                            self.start_release(&m);
-                        }
-                    }
-                }
+                self.renewed(kept.into_iter().collect(), sent + self.settings.lease_ttl);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 if !self.renew_failing {
                     tracing::warn!(error = %e, "cannot renew the mailbox leases; the mailboxes stop before their leases lapse unless the database answers");
                 }
                 self.renew_failing = true;
                 self.next_renew = Instant::now() + self.tick();
+            }
+            None => self.next_renew = Instant::now() + self.tick(),
+        }
+    }
+
+    /// What a renewal returned: the leases `kept` (with whether someone asked for them back)
+    /// are good until `until`; the others were lost.
+    fn renewed(&mut self, kept: HashMap<String, bool>, until: Instant) {
+        let lost: Vec<String> = self
+            .held
+            .keys()
+            .filter(|m| !kept.contains_key(*m))
+            .cloned()
+            .collect();
+        for m in lost {
+            self.lose(&m, "another agent holds it now");
+        }
+        for (m, asked) in kept {
+            if let Some(h) = self.held.get_mut(&m) {
+                h.valid_until = until;
+                if asked && !h.releasing {
+                    tracing::info!(mailbox = %m, "handing the mailbox back, as asked (mailbox release)");
+                    self.start_release(&m);
+                }
             }
         }
     }
@@ -269,37 +333,60 @@ impl Manager {
     }
 
     /// Hands back the leases whose workers have stopped.
-    fn finish_releases(&mut self) {
-        let done: Vec<String> = self
+    async fn finish_releases(&mut self) {
+        let done: Vec<(String, i64)> = self
             .held
             .iter()
             .filter(|(_, h)| h.releasing && h.task.is_finished())
-            .map(|(m, _)| m.clone())
+            .map(|(m, h)| (m.clone(), h.epoch))
             .collect();
-        for m in done {
-            let Some(h) = self.held.remove(&m) else {
-                continue;
-            };
+        if done.is_empty() {
+            return;
+        }
+        for (m, _) in &done {
+            self.held.remove(m);
             if let Some(f) = self.store.fences() {
-                f.drop_lease(&m);
-            }
-            match self.leases().release(&self.settings.name, &m, h.epoch) {
-                Ok(_) => tracing::info!(mailbox = %m, epoch = h.epoch, "mailbox handed back"),
-                Err(e) => {
-                    tracing::warn!(mailbox = %m, error = %e, "cannot hand the mailbox back; it lapses on its own")
-                }
+                f.drop_lease(m);
             }
             self.cooldown
-                .insert(m, Instant::now() + self.settings.lease_renew * 2);
+                .insert(m.clone(), Instant::now() + self.settings.lease_renew * 2);
+        }
+        let name = self.settings.name.clone();
+        let back = done.clone();
+        let released = self
+            .sql(move |l| {
+                for (m, epoch) in &back {
+                    l.release(&name, m, *epoch)?;
+                }
+                Ok(())
+            })
+            .await;
+        match released {
+            Some(Ok(())) => {
+                for (m, epoch) in done {
+                    tracing::info!(mailbox = %m, epoch, "mailbox handed back");
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot hand mailboxes back; their leases lapse on their own")
+            }
+            None => tracing::warn!(
+                "the database is stuck; the mailboxes handed back lapse on their own"
+            ),
         }
     }
 
-    /// Takes free mailboxes up to the fair share, or hands one back above it.
-    fn balance(&mut self) -> Result<(), crate::store::StoreError> {
+    /// Takes free mailboxes up to the fair share, or hands some back above it. `None` when
+    /// the round did not run (renewals failing, or a statement stuck).
+    async fn balance(&mut self) -> Option<Result<(), StoreError>> {
         if self.renew_failing {
-            return Ok(());
+            return None;
         }
-        let survey = self.leases().survey(&self.mailboxes, self.ttl())?;
+        let (mailboxes, ttl) = (self.mailboxes.clone(), self.ttl());
+        let survey = match self.sql(move |l| l.survey(&mailboxes, ttl)).await? {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
         let agents = survey.live_agents.max(1);
         let share = (self.mailboxes.len() as i64 + agents - 1) / agents;
         let working = self.held.values().filter(|h| !h.releasing).count() as i64;
@@ -308,35 +395,41 @@ impl Manager {
             self.cooldown.retain(|_, until| *until > now);
             let except: Vec<String> = self.cooldown.keys().cloned().collect();
             let n = (share - working).min(GRANT_AT_ONCE);
-            let grants = self.leases().grant(
-                &self.settings.name,
-                &self.mailboxes,
-                &except,
-                n,
-                self.ttl(),
-            )?;
+            let (name, mailboxes) = (self.settings.name.clone(), self.mailboxes.clone());
+            let grants = match self
+                .sql(move |l| l.grant(&name, &mailboxes, &except, n, ttl))
+                .await?
+            {
+                Ok(g) => g,
+                Err(e) => return Some(Err(e)),
+            };
             for g in grants {
                 self.start(g, now);
             }
         } else if working > share {
-            // Handed back a few at a time: the taker logs in to each (its login semaphore
-            // lets 16 at a time), so there is no storm, and 1,000 move in about a minute.
-            let releasing = self.held.values().filter(|h| h.releasing).count() as i64;
-            let n = (working - share).min(RELEASE_AT_ONCE - releasing).max(0);
-            let give: Vec<String> = self
-                .held
-                .iter()
-                .rev()
-                .filter(|(_, h)| !h.releasing)
-                .take(n as usize)
-                .map(|(m, _)| m.clone())
-                .collect();
-            for m in give {
-                tracing::info!(mailbox = %m, share, working, "handing a mailbox back to balance the agents");
-                self.start_release(&m);
-            }
+            self.hand_back(working - share, share);
         }
-        Ok(())
+        Some(Ok(()))
+    }
+
+    /// Starts handing back `surplus` mailboxes, at most [`RELEASE_AT_ONCE`] in flight: the
+    /// taker logs in to each (16 at a time), so there is no storm, and 1,000 move in about a
+    /// minute.
+    fn hand_back(&mut self, surplus: i64, share: i64) {
+        let releasing = self.held.values().filter(|h| h.releasing).count() as i64;
+        let n = surplus.min(RELEASE_AT_ONCE - releasing).max(0);
+        let give: Vec<String> = self
+            .held
+            .iter()
+            .rev()
+            .filter(|(_, h)| !h.releasing)
+            .take(n as usize)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in give {
+            tracing::info!(mailbox = %m, share, "handing a mailbox back to balance the agents");
+            self.start_release(&m);
+        }
     }
 
     /// A lease was granted at `at`: fence its writes at the new epoch and start its worker.
@@ -388,16 +481,22 @@ impl Manager {
                 a.abort();
             }
         }
-        for (m, epoch) in back {
-            if let Some(f) = self.store.fences() {
-                f.drop_lease(&m);
-            }
-            if let Err(e) = self.leases().release(&self.settings.name, &m, epoch) {
-                tracing::warn!(mailbox = %m, error = %e, "cannot hand the mailbox back; it lapses on its own");
+        if let Some(f) = self.store.fences() {
+            for (m, _) in &back {
+                f.drop_lease(m);
             }
         }
-        if let Err(e) = self.leases().leave(&self.settings.name, &self.instance) {
-            tracing::warn!(error = %e, "cannot unregister the agent; the others count it out when it lapses");
+        let (name, instance) = (self.settings.name.clone(), self.instance.clone());
+        let left = self
+            .sql(move |l| {
+                for (m, epoch) in &back {
+                    l.release(&name, m, *epoch)?;
+                }
+                l.leave(&name, &instance)
+            })
+            .await;
+        if !matches!(left, Some(Ok(()))) {
+            tracing::warn!("cannot hand the mailboxes back; their leases lapse on their own, and the others count this agent out when its registration lapses");
         }
         tracing::info!(agent = %self.settings.name, "mailboxes handed back");
     }

@@ -562,3 +562,86 @@ fn the_same_message_in_two_mailboxes_of_two_agents_is_one_activity_with_two_sour
         "each activity has a source in each mailbox"
     );
 }
+
+/// Sends `sig` (`STOP`, `CONT`) to the cluster's server and all its processes: a stopped
+/// server keeps its connections open and answers nothing, as behind a network partition.
+fn signal_database(f: &Fleet, sig: &str) {
+    let pid = std::fs::read_to_string(f.pg.data_dir().join("postmaster.pid"))
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .expect("pgrep");
+    let mut pids = vec![pid];
+    pids.extend(
+        String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_string),
+    );
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(&pids)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pids:?}");
+}
+
+#[test]
+fn an_agent_cut_off_from_the_database_stops_its_workers_before_its_leases_lapse() {
+    let Some(f) = fleet(2) else { return };
+    if !f.pg.require_private("pausing the database") {
+        return;
+    }
+    let mut a = f.start("a", &[]);
+    wait_for("a holds both mailboxes", 30, || {
+        owned_by(&f, &a.name).len() == 2
+    });
+    f.deliver(&mut f.e.imap("m01"), 0);
+    wait_for("f0 tracked", 30, || f.counts().0 == 1);
+    a.drain();
+    // When the leases lapse by the database's clock, read just before the pause.
+    wait_for("a renewal", 10, || f.renewed_within(0.5) == 2);
+    let left: f64 = f
+        .sql()
+        .query_one(
+            "SELECT extract(epoch FROM min(until) - now())::float8 FROM leases WHERE agent = $1",
+            &[&a.name],
+        )
+        .unwrap()
+        .get(0);
+    let lapse = Instant::now() + Duration::from_secs_f64(left);
+    signal_database(&f, "STOP");
+    let paused = Instant::now();
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for m in ["m01", "m02"] {
+            a.wait_line(&format!("{STOPPED} mailbox={m}"), 2 * TTL);
+        }
+    }));
+    signal_database(&f, "CONT");
+    cut.expect("the workers stopped while the database did not answer");
+    let stopped = a
+        .events
+        .iter()
+        .filter(|(_, l)| l.contains(STOPPED))
+        .map(|(at, _)| *at)
+        .max()
+        .unwrap();
+    eprintln!(
+        "database paused with {left:.2} s left on the leases: both workers stopped {:?} later, {:?} before the leases lapsed",
+        stopped - paused,
+        lapse.saturating_duration_since(stopped)
+    );
+    assert!(stopped < lapse, "a worker ran on past its lease");
+    // The database answers again: the agent takes its mailboxes back and tracks on.
+    wait_for("a holds both again", 30, || {
+        owned_by(&f, &a.name).len() == 2
+    });
+    f.deliver(&mut f.e.imap("m02"), 1);
+    wait_for("f1 tracked", 30, || f.counts().0 == 2);
+    assert_eq!(f.counts(), (2, 2, 2));
+}
