@@ -165,12 +165,13 @@ impl Manager {
         (self.settings.lease_renew / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
-    /// Registers the agent; while another live process has its name, waits for that one's
-    /// registration to lapse (an agent restarted right after a crash), up to twice the TTL.
+    /// Registers the agent and takes its first share; while another live process has its name,
+    /// waits for that one's registration to lapse (an agent restarted right after a crash), up
+    /// to twice the TTL.
     ///
     /// # Errors
     /// [`LeaseError::NameInUse`] when the name stays in use; store errors.
-    pub(crate) async fn register(&self, cancel: &CancellationToken) -> Result<(), LeaseError> {
+    pub(crate) async fn register(&mut self, cancel: &CancellationToken) -> Result<(), LeaseError> {
         let give_up = Instant::now() + self.settings.lease_ttl * 2;
         let name = &self.settings.name;
         loop {
@@ -180,6 +181,9 @@ impl Manager {
                     f.enable(name);
                 }
                 tracing::info!(agent = %name, mailboxes = self.mailboxes.len(), "agent registered: taking a share of the mailboxes");
+                // The first share is taken before the agent says it runs: a command sent to
+                // it right after finds its mailboxes held.
+                self.round().await;
                 return Ok(());
             }
             if Instant::now() >= give_up || cancel.is_cancelled() {

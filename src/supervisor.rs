@@ -247,7 +247,10 @@ async fn start(
         }
     };
     if leased {
+        let bell = agent.outbox_bell();
         let spawn: crate::lease::Spawn = Box::new(move |name, cancel| {
+            // A mailbox taken over may have mail queued for sending: look now.
+            bell.notify_one();
             let t = task(name, cancel);
             let live = t.live.clone();
             let name = t.mb.name.clone();
@@ -258,7 +261,8 @@ async fn start(
             })
         });
         let names = config.mailboxes.iter().map(|m| m.name.clone()).collect();
-        let manager = crate::lease::Manager::new(store.clone(), config.agent.clone(), names, spawn);
+        let mut manager =
+            crate::lease::Manager::new(store.clone(), config.agent.clone(), names, spawn);
         manager.register(cancel).await?;
         handles.push(tokio::spawn(manager.run(cancel.clone())));
     } else {
@@ -281,6 +285,12 @@ async fn start(
             config: config.clone(),
             store: store.clone(),
             next: None,
+            // With several agents a send may be queued through another one: each looks at the
+            // queue as often as it renews its leases.
+            max_wait: match leased {
+                true => config.agent.lease_renew,
+                false => Duration::from_secs(60),
+            },
         };
         handles.push(tokio::spawn(runner.run(worker)));
     }
@@ -296,6 +306,8 @@ struct OutboxWorker {
     store: Arc<Store>,
     /// When the next queued entry is due (Unix seconds), from the last round.
     next: Option<i64>,
+    /// The longest sleep between two rounds.
+    max_wait: Duration,
 }
 
 impl Worker for OutboxWorker {
@@ -317,12 +329,14 @@ impl Worker for OutboxWorker {
     }
 
     async fn wait_for_work(&mut self, s: Signals<'_>) -> Result<(), WorkError> {
-        let wait = match self.next {
-            Some(at) => {
-                Duration::from_secs(at.saturating_sub(crate::worker::unix_now()).clamp(1, 60) as u64)
+        let wait =
+            match self.next {
+                Some(at) => Duration::from_secs(
+                    at.saturating_sub(crate::worker::unix_now()).clamp(1, 60) as u64,
+                ),
+                None => self.max_wait,
             }
-            None => Duration::from_secs(60),
-        };
+            .min(self.max_wait);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = s.wake.notified() => {}

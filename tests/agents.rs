@@ -38,6 +38,15 @@ struct Fleet {
     mailboxes: Vec<String>,
 }
 
+/// The `[store]` and `[agent]` tables of the fleet's config.
+fn store_table(pg: &PgCluster) -> String {
+    format!(
+        "engine = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\nallow_plaintext = true\n\
+         [agent]\nlease_ttl = {TTL}\nlease_renew = 1\n",
+        pg.url()
+    )
+}
+
 fn fleet(n: usize) -> Option<Fleet> {
     let pg = PgCluster::start()?;
     let mailboxes: Vec<String> = (1..=n).map(|i| format!("m{i:02}")).collect();
@@ -45,12 +54,7 @@ fn fleet(n: usize) -> Option<Fleet> {
     opts.users
         .extend(mailboxes.iter().map(|u| (u.clone(), PASSWORD.to_string())));
     let e = env_with(opts);
-    let store = format!(
-        "engine = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\nallow_plaintext = true\n\
-         [agent]\nlease_ttl = {TTL}\nlease_renew = 1\n",
-        pg.url()
-    );
-    let mut config = Config::new().metrics().store(&store);
+    let mut config = Config::new().metrics().store(&store_table(&pg));
     for m in &mailboxes {
         e.create_folders(m, &["INBOX/Tracked", ACME]);
         config = config.mailbox(e.mailbox(m).rule(acme()));
@@ -644,4 +648,109 @@ fn an_agent_cut_off_from_the_database_stops_its_workers_before_its_leases_lapse(
     f.deliver(&mut f.e.imap("m02"), 1);
     wait_for("f1 tracked", 30, || f.counts().0 == 2);
     assert_eq!(f.counts(), (2, 2, 2));
+}
+
+#[test]
+fn queued_mail_is_sent_once_by_the_agent_that_holds_its_mailbox() {
+    use testkit::smtp::{lmtp_options, Quirks, Smtp};
+    let Some(pg) = PgCluster::start() else { return };
+    let e = env_with(lmtp_options());
+    let mut smtp = Smtp::new(&e);
+    smtp.start(&Quirks::default());
+    let mailboxes = vec!["alice".to_string(), "bob".to_string()];
+    let mut config = Config::new().store(&store_table(&pg));
+    for m in &mailboxes {
+        e.create_folders(m, &["INBOX/Tracked", ACME]);
+        config = config.mailbox(e.mailbox(m).rule(acme()).smtp(smtp.config_table()));
+    }
+    config.write(&e.work);
+    e.import_records(RECORDS);
+    // Owned by nobody: both mailboxes' owners may link mail to it.
+    e.ok(&[
+        "records",
+        "add",
+        "account:initech",
+        "--name",
+        "Initech",
+        "--email",
+        "info@initech.com",
+    ]);
+    let f = Fleet { e, pg, mailboxes };
+    let mut a = f.start("a", &[]);
+    let mut b = f.start("b", &[]);
+    wait_for("one mailbox each", 30, || {
+        let s = f.shares();
+        s.get(&a.name) == Some(&1) && s.get(&b.name) == Some(&1)
+    });
+    // Every send goes through a's control socket, for both mailboxes.
+    let send = |via: &str, mailbox: &str, subject: &str| {
+        let o =
+            f.e.command()
+                .arg("--data-dir")
+                .arg(f.e.work.join(via))
+                .args([
+                    "activities",
+                    "send",
+                    "--mailbox",
+                    mailbox,
+                    "--to",
+                    "carol@example.com",
+                ])
+                .args([
+                    "--subject",
+                    subject,
+                    "--body",
+                    "Hello Carol.",
+                    "--regarding",
+                    "account:initech",
+                ])
+                .output()
+                .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let owners = f.owners().unwrap();
+    for i in 0..3 {
+        for m in ["alice", "bob"] {
+            let said = send("a", m, &format!("{m} {i}"));
+            if owners[m] != a.name {
+                assert!(
+                    said.contains("queued: agent") && said.contains(&owners[m]),
+                    "{said}"
+                );
+            }
+        }
+    }
+    wait_for("6 messages accepted by the SMTP server", 60, || {
+        smtp.accepted().len() >= 6
+    });
+    // Each sent by the agent that holds its mailbox.
+    for m in [&mut a, &mut b] {
+        m.drain();
+        for (_, l) in m.events.iter().filter(|(_, l)| l.contains("email sent")) {
+            let mb = field(l, "mailbox").unwrap();
+            assert_eq!(owners[mb], m.name, "{mb}'s mail sent by agent {}", m.short);
+        }
+    }
+    // The owner of bob dies; mail queued for bob meanwhile goes out once its lease moved.
+    let (dead, alive) = if owners["bob"] == a.name {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    dead.agent.kill();
+    let via = alive.short.clone();
+    for i in 3..5 {
+        send(&via, "bob", &format!("bob {i}"));
+    }
+    wait_for("8 messages accepted", 60, || smtp.accepted().len() >= 8);
+    std::thread::sleep(Duration::from_secs(2)); // a doubled send would show by now
+    let mut ids = smtp.accepted();
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "each message sent once");
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&f.e.ok(&["outbox", "list", "--json"])).unwrap();
+    assert!(list.iter().all(|x| x["state"] == "sent"), "{list:?}");
 }

@@ -25,6 +25,9 @@ pub(crate) async fn send(
     agent: Option<&crate::agent::AgentHandle>,
 ) -> Result<String> {
     let e = outbox::enqueue(config, store, req).map_err(map_err)?;
+    if let Some(reply) = sent_elsewhere(config, store, &e, agent)? {
+        return Ok(reply);
+    }
     let e = outbox::attempt(config, store, e.activity)
         .await
         .map_err(map_err)?;
@@ -44,6 +47,28 @@ pub(crate) async fn send(
         .into());
     }
     Ok(line)
+}
+
+/// With several agents, an entry of a mailbox another agent works is left to it (the claim
+/// is fenced: only the lease holder sends): the reply says who sends it.
+fn sent_elsewhere(
+    config: &Config,
+    store: &Store,
+    e: &OutboxEntry,
+    agent: Option<&crate::agent::AgentHandle>,
+) -> Result<Option<String>> {
+    let Some(owner) = store.sender_elsewhere(&e.mailbox)? else {
+        return Ok(None);
+    };
+    if let Some(a) = agent {
+        a.wake_outbox();
+    }
+    Ok(Some(format!(
+        "activity {} queued: agent {owner}, which works mailbox {}, sends it within {} s\n",
+        e.activity,
+        e.mailbox,
+        config.agent.lease_renew.as_secs()
+    )))
 }
 
 /// One line on where an entry stands and what happens next.
@@ -137,6 +162,9 @@ pub(crate) async fn retry(
     agent: Option<&crate::agent::AgentHandle>,
 ) -> Result<String> {
     let e = outbox::retry(store, id).map_err(map_err)?;
+    if let Some(reply) = sent_elsewhere(config, store, &e, agent)? {
+        return Ok(reply);
+    }
     let e = outbox::attempt(config, store, e.activity)
         .await
         .map_err(map_err)?;

@@ -94,6 +94,26 @@ impl Store {
         self.fences().is_none_or(|f| f.holds(mailbox))
     }
 
+    /// Who sends `mailbox`'s queued mail if not this process: on PostgreSQL the agent holding
+    /// its lease (an agent sends only its own mailboxes'; a command without an agent leaves
+    /// a mailbox some agent works to that agent). `None`: send here.
+    ///
+    /// # Errors
+    /// The lease table cannot be read.
+    pub(crate) fn sender_elsewhere(&self, mailbox: &str) -> Result<Option<String>> {
+        let (Some(leases), Some(fences)) = (self.leases(), self.fences()) else {
+            return Ok(None);
+        };
+        if fences.enabled() && fences.holds(mailbox) {
+            return Ok(None);
+        }
+        let owner = leases.owner(mailbox)?;
+        Ok(match fences.enabled() {
+            true => Some(owner.unwrap_or_else(|| "the next agent to take it".into())),
+            false => owner,
+        })
+    }
+
     /// The engine and where its data is, for `status` (never a password).
     pub(crate) fn describe(&self) -> String {
         match &self.backend {

@@ -79,6 +79,11 @@ impl Fences {
         }
     }
 
+    /// Whether this process works with leases (an agent on PostgreSQL).
+    pub(crate) fn enabled(&self) -> bool {
+        self.lock().is_some()
+    }
+
     /// Whether this process may work `mailbox` (always, with fencing off).
     pub(crate) fn holds(&self, mailbox: &str) -> bool {
         self.lock()
@@ -357,6 +362,19 @@ impl Leases<'_> {
                     "UPDATE leases SET release_requested = true
                      WHERE mailbox = $1 AND agent IS NOT NULL AND until > now()
                      RETURNING agent",
+                    &[&mailbox],
+                )?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+    }
+
+    /// The agent whose live lease covers `mailbox`, if any.
+    pub(crate) fn owner(&self, mailbox: &str) -> LResult<Option<String>> {
+        self.run(|s| {
+            s.with(|c| {
+                let row = c.query_opt(
+                    "SELECT agent FROM leases WHERE mailbox = $1 AND agent IS NOT NULL AND until > now()",
                     &[&mailbox],
                 )?;
                 Ok(row.map(|r| r.get(0)))
