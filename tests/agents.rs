@@ -279,7 +279,7 @@ fn three_agents_share_mailboxes_survive_a_database_restart_a_kill_and_a_stop() {
     let balanced = started.elapsed();
     eprintln!("three agents balanced 12 mailboxes in {balanced:?}");
     assert!(
-        balanced <= Duration::from_secs(3 * TTL),
+        balanced <= Duration::from_secs(2 * TTL),
         "balancing took {balanced:?}"
     );
 
