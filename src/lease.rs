@@ -173,12 +173,12 @@ impl Manager {
     /// [`LeaseError::NameInUse`] when the name stays in use; store errors.
     pub(crate) async fn register(&mut self, cancel: &CancellationToken) -> Result<(), LeaseError> {
         let give_up = Instant::now() + self.settings.lease_ttl * 2;
-        let name = &self.settings.name;
+        let name = self.settings.name.clone();
         loop {
-            if self.leases()?.register(name, &self.instance, self.ttl())? {
+            if self.leases()?.register(&name, &self.instance, self.ttl())? {
                 self.leases()?.ensure(&self.mailboxes)?;
                 if let Some(f) = self.store.fences() {
-                    f.enable(name);
+                    f.enable(&name);
                 }
                 tracing::info!(agent = %name, mailboxes = self.mailboxes.len(), "agent registered: taking a share of the mailboxes");
                 // The first share is taken before the agent says it runs: a command sent to
@@ -194,6 +194,88 @@ impl Manager {
             }
             tracing::warn!(agent = %name, "an agent of this name was seen within the lease TTL: waiting for it to lapse");
             tokio::time::sleep(self.tick()).await;
+        }
+    }
+
+    /// The database failed the first registration (down, full, refusing writes): the agent
+    /// runs on, tries again with backoff (1 s doubling to 30 s), shows the error as every
+    /// mailbox's state meanwhile, and once registered records the outage and an alert for
+    /// each mailbox, then works as usual. Gives up only when the name is in use.
+    pub(crate) async fn register_then_run(
+        mut self,
+        cancel: CancellationToken,
+        lives: Vec<crate::worker::Live>,
+        first: StoreError,
+    ) {
+        let since = crate::time::humantime_now();
+        let error = first.to_string();
+        let mut backoff = crate::worker::Backoff::new(Duration::from_secs(30));
+        let mut attempts = 1;
+        tracing::warn!(error = %error, "cannot register this agent in the database; trying again with backoff");
+        loop {
+            let d = backoff.delay();
+            let until = crate::worker::unix_now() + d.as_secs_f64().ceil() as i64;
+            for l in &lives {
+                l.set(crate::worker::WorkerState::BackingOff {
+                    until,
+                    error: format!("cannot register this agent in the database: {error}"),
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = cancel.cancelled() => return,
+            }
+            attempts += 1;
+            match self.register(&cancel).await {
+                Ok(()) => break,
+                Err(LeaseError::Store(e)) => {
+                    tracing::debug!(error = %e, "registration failed again");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the agent works no mailbox");
+                    return;
+                }
+            }
+        }
+        for l in &lives {
+            l.update(|s| {
+                if matches!(s.state, crate::worker::WorkerState::BackingOff { .. }) {
+                    s.state = crate::worker::WorkerState::Elsewhere;
+                }
+            });
+        }
+        self.record_outage(&since, &error, attempts);
+        self.run(cancel).await;
+    }
+
+    /// Writes, for each mailbox, the outage the failed registration was and an alert (the
+    /// store could not take them while it failed).
+    fn record_outage(&self, since: &str, error: &str, attempts: u32) {
+        let now = crate::time::humantime_now();
+        let store = &self.store;
+        let written = self.mailboxes.iter().try_for_each(|m| {
+            let mut st = store.mailbox_state(m)?;
+            let open = st.outages.last().is_some_and(|o| o.to.is_none());
+            st.failed(error);
+            if !open {
+                if let Some(o) = st.outages.last_mut() {
+                    o.from = since.to_string();
+                }
+            }
+            store.put_mailbox_state(&st)?;
+            store.add_alert(
+                m,
+                crate::model::Alert {
+                    level: crate::model::AlertLevel::Warning,
+                    message: format!(
+                        "the store could not be used from {since} to {now} ({attempts} failed attempt(s), recorded once it answered again): {error}"
+                    ),
+                },
+            )
+        });
+        match written {
+            Ok(()) => tracing::info!(since, "the store answers again: its outage is recorded"),
+            Err(e) => tracing::warn!(error = %e, "cannot record the registration outage"),
         }
     }
 

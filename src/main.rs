@@ -263,6 +263,13 @@ enum ActivitiesCmd {
         /// type:key
         regarding: String,
     },
+    /// Its audit trail, newest first: created, re-linked (by a move, a rule, by hand, a
+    /// correlation), copies added.
+    History {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write activities to stdout as JSON lines or CSV (streamed), e.g. for a CRM import.
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]
@@ -403,7 +410,12 @@ async fn run(cli: Cli) -> Reply {
         Command::Activities { cmd } => match cmd {
             ActivitiesCmd::List { regarding, json } => Request::ActivitiesList { regarding, json },
             ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
-            ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink { id, regarding },
+            ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink {
+                id,
+                regarding,
+                user: commands::activities::invoking_user(),
+            },
+            ActivitiesCmd::History { id, json } => Request::ActivitiesHistory { id, json },
             ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
             ActivitiesCmd::Send(args) => match commands::outbox::send_request(args) {
                 Ok(r) => r,

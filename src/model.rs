@@ -343,6 +343,42 @@ pub struct Draft {
     pub subject_key: Option<String>,
 }
 
+text_enum! {
+    /// What happened to an activity, as its audit trail says it.
+    pub enum AuditAction {
+        /// Tracked from a message (`new`: its regarding).
+        Created = "created",
+        /// Its regarding changed (`old` → `new`): a move between folders, a rule changed, set
+        /// or cleared by hand, a correlation.
+        Relinked = "relinked",
+        /// A copy of its message elsewhere was added as a source (`new`: where).
+        CopyAdded = "copy added",
+        /// Matched to an earlier activity (`new`: how, and which).
+        Correlated = "correlated",
+    }
+}
+
+/// One change to an activity, appended in the transaction that made it and never rewritten:
+/// the audit history Dynamics keeps per record, for email activities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The activity.
+    pub activity: u64,
+    /// When (RFC 3339 UTC).
+    pub at: String,
+    /// Who: `rule:MAILBOX/FOLDER` (tracking, a move), `cli:UNIX-USER` (by hand),
+    /// `correlation` (an earlier message found later).
+    pub actor: String,
+    /// What.
+    pub action: AuditAction,
+    /// The field it changed, if one (`regarding`, `source`, `correlation`).
+    pub field: Option<String>,
+    /// Its value before.
+    pub old: Option<String>,
+    /// Its value after.
+    pub new: Option<String>,
+}
+
 /// How a message was matched to an earlier activity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Correlation {

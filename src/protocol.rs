@@ -91,6 +91,16 @@ pub enum Request {
         id: u64,
         /// The record it now regards (`type:key`).
         regarding: String,
+        /// Who asked (the Unix user running the command), for the audit trail.
+        #[serde(default)]
+        user: String,
+    },
+    /// `activities history ID`: its audit trail, newest first.
+    ActivitiesHistory {
+        /// The activity (it may have been deleted since).
+        id: u64,
+        /// A JSON array instead of a table.
+        json: bool,
     },
     /// `agents`: the agents sharing the PostgreSQL store and what each holds.
     Agents {

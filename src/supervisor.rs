@@ -263,8 +263,15 @@ async fn start(
         let names = config.mailboxes.iter().map(|m| m.name.clone()).collect();
         let mut manager =
             crate::lease::Manager::new(store.clone(), config.agent.clone(), names, spawn);
-        manager.register(cancel).await?;
-        handles.push(tokio::spawn(manager.run(cancel.clone())));
+        match manager.register(cancel).await {
+            Ok(()) => handles.push(tokio::spawn(manager.run(cancel.clone()))),
+            Err(crate::lease::LeaseError::Store(e)) => {
+                let lives = map.values().map(|(l, _)| l.clone()).collect();
+                let run = manager.register_then_run(cancel.clone(), lives, e);
+                handles.push(tokio::spawn(run));
+            }
+            Err(e) => return Err(e.into()),
+        }
     } else {
         for mb in &config.mailboxes {
             handles.push(tokio::spawn(watch::watch_mailbox(task(

@@ -488,13 +488,13 @@ fn a_full_database_disk_fails_clearly_with_an_alert_and_loses_nothing_once_there
         "the disk filled between batches: {before}"
     );
 
-    // The agent on the full disk: it backs off, and `status` shows why while the alert cannot
-    // be written (the alerts are on the full disk too).
+    // The agent on the full disk: it cannot even register (its lease row is on the full disk
+    // too), so it backs off, and `status` shows why while the alert cannot be written.
     let agent = e
         .agent()
-        .watch(&["pass failed", "store answers again"])
+        .watch(&["cannot register this agent", "store answers again"])
         .start();
-    let failed = next_line(&agent, "pass failed", 30);
+    let failed = next_line(&agent, "cannot register this agent", 30);
     assert!(failed.contains("No space left on device"), "{failed}");
     let mut live = Value::Null;
     wait_for("status to show the mailbox backing off", 30, || {

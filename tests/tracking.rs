@@ -262,6 +262,78 @@ fn dedup_same_message_in_two_folders_of_a_mailbox_is_one_activity_latest_folder_
 }
 
 #[test]
+fn history_of_a_message_moved_between_two_tracked_folders_and_relinked_by_hand() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    c.append("INBOX/Tracked/Acme", &mail("moved", "<moved@acme.com>"));
+    e.ok(&["sync"]);
+    let (acme, globex) = (
+        c.name("INBOX/Tracked/Acme"),
+        c.name("INBOX/Customers/Globex"),
+    );
+    c.cmd(&format!("SELECT {}", testkit::imap::quote(&acme)));
+    c.cmd(&format!("UID MOVE 1 {}", testkit::imap::quote(&globex)));
+    e.ok(&["sync"]);
+    let id = one(&e.activities(), "moved")["id"].to_string();
+    e.ok(&["activities", "link", &id, "contact:bob-builder"]);
+    let history: Vec<Value> =
+        serde_json::from_str(&e.ok(&["activities", "history", &id, "--json"])).unwrap();
+    let got: Vec<(String, String, Value, Value)> = history
+        .iter()
+        .map(|x| {
+            let s = |k: &str| x[k].as_str().unwrap().to_string();
+            (s("actor"), s("action"), x["old"].clone(), x["new"].clone())
+        })
+        .collect();
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_string();
+    let v = |s: &str| Value::String(s.into());
+    let (acme_rule, globex_rule) = (
+        "rule:alice/INBOX/Tracked/Acme".to_string(),
+        "rule:alice/INBOX/Customers/Globex".to_string(),
+    );
+    assert_eq!(
+        got,
+        vec![
+            (
+                format!("cli:{me}"),
+                "relinked".into(),
+                v("account:globex"),
+                v("contact:bob-builder")
+            ),
+            (
+                globex_rule.clone(),
+                "relinked".into(),
+                v("account:acme"),
+                v("account:globex")
+            ),
+            (
+                globex_rule,
+                "copy added".into(),
+                Value::Null,
+                v("alice/INBOX/Customers/Globex UID 1")
+            ),
+            (acme_rule, "created".into(), Value::Null, v("account:acme")),
+        ],
+        "newest first"
+    );
+    let text = e.ok(&["activities", "history", &id]);
+    assert!(
+        text.contains("ACTOR") && text.contains("copy added"),
+        "{text}"
+    );
+    let unknown = e.run(&["activities", "history", "999999"]);
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown id is a usage error"
+    );
+}
+
+#[test]
 fn dedup_without_message_id_uses_content_hash_minus_trace_headers() {
     let e = alice();
     let body = "From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: no id\r\n\r\nsame body\r\n";

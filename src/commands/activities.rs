@@ -56,19 +56,80 @@ pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
     Ok(text)
 }
 
-/// `activities link ID TYPE:KEY`: sets the regarding by hand.
-pub(crate) fn link(store: &Store, id: u64, regarding: &str) -> Result<String> {
+/// `activities link ID TYPE:KEY`: sets the regarding by hand, as `user` (the audit trail's
+/// actor `cli:USER`).
+pub(crate) fn link(store: &Store, id: u64, regarding: &str, user: &str) -> Result<String> {
     let r: RecordRef = regarding.parse().map_err(UsageError)?;
     if store.record(&r)?.is_none() {
         return Err(UsageError(format!("no record {r} (import it first)")).into());
     }
-    if !store.link_by_hand(id, &r)? {
+    let actor = match user {
+        "" => "cli".to_string(),
+        u => format!("cli:{u}"),
+    };
+    if !store.link_by_hand(id, &r, &actor)? {
         return Err(UsageError(format!(
             "no activity {id} (see `foldertrack activities list`)"
         ))
         .into());
     }
     Ok(format!("activity {id} now regards {r}; a folder rule with a regarding resets it at the folder's next pass, as in Dynamics\n"))
+}
+
+/// `activities history ID [--json]`: the activity's audit trail, newest first; it outlives
+/// the activity. An id that never had one is a usage error.
+pub(crate) fn history(store: &Store, id: u64, json: bool) -> Result<String> {
+    let trail = store.audit(id)?;
+    if trail.is_empty() {
+        return Err(UsageError(format!(
+            "activity {id} has no history (see `foldertrack activities list`)"
+        ))
+        .into());
+    }
+    if json {
+        let v: Vec<serde_json::Value> = trail
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "at": e.at, "actor": e.actor, "action": e.action,
+                    "field": e.field, "old": e.old, "new": e.new,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = trail
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.actor.clone(),
+                e.action.to_string(),
+                dash(&e.field),
+                dash(&e.old),
+                dash(&e.new),
+            ]
+        })
+        .collect();
+    Ok(super::show::table(
+        &["AT", "ACTOR", "ACTION", "FIELD", "OLD", "NEW"],
+        &rows,
+    ))
+}
+
+/// The Unix user running this process, for the audit trail (`cli:USER`).
+pub fn invoking_user() -> String {
+    // SAFETY: getuid cannot fail; getpwuid returns null or a pointer to a static record,
+    // read here at once, before anything else could call it again.
+    let uid = unsafe { libc::getuid() };
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        return format!("uid{uid}");
+    }
+    // SAFETY: pw is not null, and pw_name a NUL-terminated string in that record.
+    let name = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) };
+    name.to_string_lossy().into_owned()
 }
 
 /// `activities attachment ID N`: the attachment's bytes, as the reply's binary output.

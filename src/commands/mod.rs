@@ -4,7 +4,9 @@
 //! This file routes a [`Request`] (here, or to the running agent); each group of commands has
 //! its own file.
 
-pub(crate) mod activities;
+// `activities::invoking_user`, which `main.rs` names the audit trail's `cli:USER` with.
+#[allow(missing_docs)]
+pub mod activities;
 pub(crate) mod agents;
 pub(crate) mod check;
 #[cfg(feature = "demo")]
@@ -123,7 +125,12 @@ pub(crate) async fn execute(
             activities::list(store, regarding.as_deref(), json)
         }
         Request::ActivitiesShow { id, json } => activities::show(store, id, json),
-        Request::ActivitiesLink { id, regarding } => activities::link(store, id, &regarding),
+        Request::ActivitiesLink {
+            id,
+            regarding,
+            user,
+        } => activities::link(store, id, &regarding, &user),
+        Request::ActivitiesHistory { id, json } => activities::history(store, id, json),
         Request::ActivitiesAttachment { id, n } => return activities::attachment(store, id, n),
         Request::ActivitiesSend { outgoing } => outbox::send(config, store, &outgoing, agent).await,
         Request::Status { json } => status::status(config, store, agent, json),

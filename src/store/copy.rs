@@ -171,13 +171,16 @@ pub(crate) fn copy(
         pg.copy_set_phase("state")?;
     }
     if from <= phase_index("state") {
-        note("copying checkpoints, quarantine, alerts, outbox and the rest".into());
+        note(
+            "copying checkpoints, quarantine, alerts, the audit trail, outbox and the rest".into(),
+        );
         pg.copy_state(
             State {
                 checkpoints: &mut sled.folder_states()?.into_iter().map(Ok),
                 mailboxes: &mut sled.mailbox_states(),
                 quarantine: &mut sled.quarantine_with_raw(),
                 alerts: &mut sled.all_alerts(),
+                audit: &mut sled.all_audit(),
                 manual_links: &mut sled.manual_link_ids(),
                 bindings: &mut sled.rule_bindings(),
                 outbox: &mut sled.outbox_iter(),
@@ -379,7 +382,7 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
     verify_activities(sled, pg, &mut kinds)?;
     verify_rows(sled, pg, &mut kinds)?;
     verify_state(sled, pg, &mut kinds)?;
-    const ORDER: [&str; 18] = [
+    const ORDER: [&str; 19] = [
         "records",
         "activities",
         "sources",
@@ -397,6 +400,7 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
         "rule bindings",
         "outbox",
         "token users",
+        "audit trail",
         "next ids",
     ];
     Ok(ORDER
@@ -565,6 +569,10 @@ fn verify_state(
         whole(&collect(sled.all_alerts())?, &pg.copy_alerts()?),
     );
     kinds.insert(
+        "audit trail",
+        whole(&collect(sled.all_audit())?, &pg.copy_audit()?),
+    );
+    kinds.insert(
         "manual links",
         whole(&collect(sled.manual_link_ids())?, &pg.copy_manual_links()?),
     );
@@ -716,7 +724,11 @@ mod tests {
         };
         s.put_rule_binding("alice", "INBOX/Acme", &b).unwrap();
         assert!(s
-            .link_by_hand(2, &crate::model::RecordRef::new("account", "a7"))
+            .link_by_hand(
+                2,
+                &crate::model::RecordRef::new("account", "a7"),
+                "cli:test"
+            )
             .unwrap());
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:alice").unwrap();

@@ -254,9 +254,11 @@ dispatch! {
     fn quarantine_count(&self) -> usize;
     /// Sets an activity's regarding by hand and remembers that it was by hand. `false` when
     /// there is no such activity.
-    fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool>;
+    fn link_by_hand(&self, id: u64, r: &RecordRef, actor: &str) -> Result<bool>;
     /// Points an activity at `regarding` (or at nothing). `false` when it does not exist.
-    fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool>;
+    fn relink(&self, id: u64, regarding: Option<&str>, actor: &str) -> Result<bool>;
+    /// An activity's audit trail, newest first (also after the activity is gone).
+    fn audit(&self, id: u64) -> Result<Vec<crate::model::AuditEntry>>;
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
     /// the UID they have there.
     fn manual_links_in(&self, mailbox: &str, folder: &str) -> Result<Vec<(u64, u32)>>;
@@ -437,8 +439,8 @@ mod tests {
         assert_eq!(store.mailbox_state("alice").unwrap().outages.len(), 1);
         // A link by hand, found by its folder, then cleared.
         let other = all[1].id;
-        assert!(store.link_by_hand(other, &acme).unwrap());
-        assert!(!store.link_by_hand(999_999, &acme).unwrap());
+        assert!(store.link_by_hand(other, &acme, "cli:root").unwrap());
+        assert!(!store.link_by_hand(999_999, &acme, "cli:root").unwrap());
         assert_eq!(store.activities(Some(&acme)).unwrap().len(), 2);
         assert_eq!(
             store.manual_links_in("alice", "INBOX/Acme").unwrap(),
@@ -449,8 +451,44 @@ mod tests {
             .manual_links_in("alice", "INBOX/Acme")
             .unwrap()
             .is_empty());
-        assert!(store.relink(id, None).unwrap());
+        assert!(store.relink(id, None, "cli:root").unwrap());
         assert_eq!(store.activities(Some(&acme)).unwrap().len(), 1);
+        // The audit trail, newest first: unlinked by hand, created by the folder's rule.
+        use crate::model::AuditAction;
+        let trail = store.audit(id).unwrap();
+        let got: Vec<(&str, AuditAction, Option<&str>, Option<&str>)> = trail
+            .iter()
+            .map(|x| {
+                (
+                    x.actor.as_str(),
+                    x.action,
+                    x.old.as_deref(),
+                    x.new.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "cli:root",
+                    AuditAction::Relinked,
+                    Some("account:a0001"),
+                    None
+                ),
+                (
+                    "rule:alice/INBOX/Acme",
+                    AuditAction::Created,
+                    None,
+                    Some("account:a0001")
+                ),
+            ]
+        );
+        assert_eq!(
+            store.audit(other).unwrap()[0].new.as_deref(),
+            Some("account:a0001")
+        );
+        assert!(store.audit(999_999).unwrap().is_empty());
     }
 
     fn alerts_are_capped_and_age_out(store: &Store) {

@@ -16,7 +16,7 @@ use super::{
     ALERT_MAX_AGE_DAYS, MAX_ALERTS, SCHEMA_VERSION, STORE_ALERTS,
 };
 use crate::model::Draft;
-use crate::model::{Activity, Alert, AlertLevel, Direction, Record, RecordRef, Source};
+use crate::model::{Activity, Alert, AlertLevel, AuditEntry, Direction, Record, RecordRef, Source};
 use crate::track::batch::apply_activity;
 use crate::track::batch::{self, BatchItem, Committed};
 use crate::track::correlate::thread_bytes;
@@ -637,8 +637,8 @@ impl SledStore {
 
     /// Sets an activity's regarding by hand and remembers that it was by hand. `false` when
     /// there is no such activity.
-    pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
-        let found = self.relink(id, Some(&r.to_string()))?;
+    pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef, actor: &str) -> Result<bool> {
+        let found = self.relink(id, Some(&r.to_string()), actor)?;
         if found {
             self.t.manual_links.insert(id.to_be_bytes(), &[])?;
             self.flush()?;
@@ -648,8 +648,18 @@ impl SledStore {
 
     /// Points an activity at `regarding` (or at nothing), index included. `false` when the
     /// activity does not exist.
-    pub(crate) fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
-        Engine::transaction(self, |tx| batch::relink(tx, id, regarding))
+    pub(crate) fn relink(&self, id: u64, regarding: Option<&str>, actor: &str) -> Result<bool> {
+        Engine::transaction(self, |tx| batch::relink(tx, id, regarding, actor))
+    }
+
+    /// The audit trail of activity `id`, newest first. It outlives the activity.
+    pub(crate) fn audit(&self, id: u64) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for kv in self.t.audit.scan_prefix(id.to_be_bytes()) {
+            out.push(dec("audit", &kv?.1)?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
@@ -1059,6 +1069,7 @@ trees! {
     activity_by_parent,
     blobs,
     outbox,
+    audit,
 }
 
 impl From<UnabortableTransactionError> for StoreError {
@@ -1232,6 +1243,15 @@ impl BatchTx for SledTx<'_> {
     fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
         self.folders
             .insert(keys::folder(&st.mailbox, &st.folder), enc(st))?;
+        Ok(())
+    }
+
+    /// Keyed by activity id, then a store-wide sequence: an activity's trail is one range.
+    fn append_audit(&self, e: &AuditEntry) -> Result<()> {
+        let seq = next_id(self.meta, "next_audit_seq")?;
+        let mut key = e.activity.to_be_bytes().to_vec();
+        key.extend_from_slice(&seq.to_be_bytes());
+        self.audit.insert(key, enc(e))?;
         Ok(())
     }
 }

@@ -237,7 +237,8 @@ impl<'a> FolderSync<'a> {
             .activity(id)?
             .is_some_and(|a| a.regarding.as_deref() != Some(regarding));
         if moved {
-            self.store.relink(id, Some(regarding))?;
+            let actor = format!("rule:{}/{}", self.mb.name, self.t.folder.name);
+            self.store.relink(id, Some(regarding), &actor)?;
         }
         Ok(moved)
     }

@@ -6,7 +6,10 @@
 
 use super::correlate::{correlate, not_after};
 use super::tx::{BatchTx, Broken, Counter, Findable};
-use crate::model::{Activity, Alert, AlertLevel, Draft, FolderState, QuarantineEntry, Source};
+use crate::model::{
+    Activity, Alert, AlertLevel, AuditAction, AuditEntry, Draft, FolderState, QuarantineEntry,
+    Source,
+};
 use serde::Serialize;
 
 /// One message's outcome, ready to be written.
@@ -145,7 +148,7 @@ pub(crate) fn apply_activity<T: BatchTx>(
         return Ok(true);
     }
     if let Some(id) = tx.activity_by_dedup(&a.dedup_key, a.direction)? {
-        merge_copy(tx, a, id, out)?;
+        merge_copy(tx, a, id, at, out)?;
         out.merged += 1;
         return Ok(true);
     }
@@ -182,6 +185,7 @@ pub(crate) fn apply_activity<T: BatchTx>(
         subject_key: d.subject_key.as_deref(),
     };
     tx.insert_activity(&a, find)?;
+    audit_created(tx, &a)?;
     out.created += 1;
     a.body_text = String::new();
     a.attachments = Vec::new();
@@ -208,6 +212,7 @@ fn merge_copy<T: BatchTx>(
     tx: &T,
     a: &Activity,
     id: u64,
+    at: &str,
     out: &mut BatchOutcome,
 ) -> Result<(), T::Error> {
     let Some(before) = tx.activity(id)? else {
@@ -225,6 +230,11 @@ fn merge_copy<T: BatchTx>(
         *s = a.source.clone();
     } else {
         cur.other_sources.push(a.source.clone());
+        let e = audit(&a.source, id, at, AuditAction::CopyAdded, "source");
+        tx.append_audit(&AuditEntry {
+            new: Some(place(&a.source)),
+            ..e
+        })?;
     }
     // Within one mailbox, a copy in a folder whose rule names a record is a move (or a
     // drag) into that folder: the folder rule wins and re-links it (DESIGN §4.4–4.5).
@@ -235,10 +245,63 @@ fn merge_copy<T: BatchTx>(
         .filter(|s| **s != a.source)
         .any(|s| s.mailbox == a.source.mailbox);
     if same_mailbox && a.regarding.is_some() && cur.regarding != a.regarding {
+        let e = audit(&a.source, id, at, AuditAction::Relinked, "regarding");
+        tx.append_audit(&AuditEntry {
+            old: cur.regarding.clone(),
+            new: a.regarding.clone(),
+            ..e
+        })?;
         cur.regarding = a.regarding.clone();
         out.relinked += 1;
     }
     tx.update_activity(&before, &cur)
+}
+
+/// The actor of a change a folder's tracking made: `rule:MAILBOX/FOLDER`.
+fn rule_actor(s: &Source) -> String {
+    format!("rule:{}/{}", s.mailbox, s.folder)
+}
+
+/// Where a copy is, for the audit trail: `MAILBOX/FOLDER` and its UID.
+fn place(s: &Source) -> String {
+    format!("{}/{} UID {}", s.mailbox, s.folder, s.uid)
+}
+
+/// An audit entry of `action` on `field` by the folder of `s`, values to be filled in.
+fn audit(s: &Source, id: u64, at: &str, action: AuditAction, field: &str) -> AuditEntry {
+    AuditEntry {
+        activity: id,
+        at: at.to_string(),
+        actor: rule_actor(s),
+        action,
+        field: Some(field.to_string()),
+        old: None,
+        new: None,
+    }
+}
+
+/// The audit entries of a new activity: created (with its regarding), and correlated.
+fn audit_created<T: BatchTx>(tx: &T, a: &Activity) -> Result<(), T::Error> {
+    let e = audit(
+        &a.source,
+        a.id,
+        &a.tracked_at,
+        AuditAction::Created,
+        "regarding",
+    );
+    tx.append_audit(&AuditEntry {
+        new: a.regarding.clone(),
+        ..e.clone()
+    })?;
+    if let Some(c) = &a.correlation {
+        tx.append_audit(&AuditEntry {
+            action: AuditAction::Correlated,
+            field: Some("correlation".into()),
+            new: Some(format!("{} of activity {}", c.method, c.activity)),
+            ..e
+        })?;
+    }
+    Ok(())
 }
 
 /// A message whose folder rule gives no regarding takes the one of the activity it correlates
@@ -264,12 +327,13 @@ fn inherit_regarding<T: BatchTx>(tx: &T, d: &Draft, a: &mut Activity) -> Result<
     Ok(())
 }
 
-/// Points activity `id` at `regarding` (or at nothing). `false` when there is no such
-/// activity.
+/// Points activity `id` at `regarding` (or at nothing), a change by `actor` (`cli:USER`, a
+/// folder's rule) that its audit trail records. `false` when there is no such activity.
 pub(crate) fn relink<T: BatchTx>(
     tx: &T,
     id: u64,
     regarding: Option<&str>,
+    actor: &str,
 ) -> Result<bool, T::Error> {
     let Some(before) = tx.activity(id)? else {
         return Ok(false);
@@ -278,6 +342,15 @@ pub(crate) fn relink<T: BatchTx>(
         let mut after = before.clone();
         after.regarding = regarding.map(str::to_string);
         tx.update_activity(&before, &after)?;
+        tx.append_audit(&AuditEntry {
+            activity: id,
+            at: crate::time::humantime_now(),
+            actor: actor.to_string(),
+            action: AuditAction::Relinked,
+            field: Some("regarding".into()),
+            old: before.regarding,
+            new: after.regarding,
+        })?;
     }
     Ok(true)
 }
@@ -358,6 +431,44 @@ mod tests {
         one(&e, draft(activity("alice", "Archive", 4, "<m@x>")));
         let stored = e.activity(stored.id).unwrap().unwrap();
         assert_eq!(stored.regarding.as_deref(), Some("account:globex"));
+        // The audit trail, oldest first here: created by Acme's rule, a copy in Globex that
+        // moved it there, a copy in Archive that kept it.
+        let trail: Vec<(String, AuditAction, Option<String>, Option<String>)> = e
+            .snapshot()
+            .audit
+            .into_iter()
+            .map(|x| (x.actor, x.action, x.old, x.new))
+            .collect();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            trail,
+            vec![
+                (
+                    "rule:alice/Acme".into(),
+                    AuditAction::Created,
+                    None,
+                    s("account:acme")
+                ),
+                (
+                    "rule:alice/Globex".into(),
+                    AuditAction::CopyAdded,
+                    None,
+                    s("alice/Globex UID 3")
+                ),
+                (
+                    "rule:alice/Globex".into(),
+                    AuditAction::Relinked,
+                    s("account:acme"),
+                    s("account:globex")
+                ),
+                (
+                    "rule:alice/Archive".into(),
+                    AuditAction::CopyAdded,
+                    None,
+                    s("alice/Archive UID 4")
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -573,14 +684,18 @@ mod tests {
         let e = Memory::default();
         let id = one(&e, draft(activity("alice", "F", 1, "<l@x>"))).created[0].id;
         assert!(e
-            .transaction(|tx| relink(tx, id, Some("account:acme")))
+            .transaction(|tx| relink(tx, id, Some("account:acme"), "cli:test"))
             .unwrap());
         assert_eq!(
             e.activity(id).unwrap().unwrap().regarding.as_deref(),
             Some("account:acme")
         );
-        assert!(e.transaction(|tx| relink(tx, id, None)).unwrap());
+        assert!(e
+            .transaction(|tx| relink(tx, id, None, "cli:test"))
+            .unwrap());
         assert_eq!(e.activity(id).unwrap().unwrap().regarding, None);
-        assert!(!e.transaction(|tx| relink(tx, 999, None)).unwrap());
+        assert!(!e
+            .transaction(|tx| relink(tx, 999, None, "cli:test"))
+            .unwrap());
     }
 }

@@ -226,6 +226,29 @@ fn correlate_late<E: Engine>(
         }
         use super::tx::BatchTx as _;
         tx.update_activity(&before, &after)?;
+        let entry = |action, field: &str, old, new| crate::model::AuditEntry {
+            activity: id,
+            at: crate::time::humantime_now(),
+            actor: "correlation".into(),
+            action,
+            field: Some(field.into()),
+            old,
+            new,
+        };
+        tx.append_audit(&entry(
+            crate::model::AuditAction::Correlated,
+            "correlation",
+            None,
+            Some(format!("{} of activity {}", c.method, c.activity)),
+        ))?;
+        if after.regarding != before.regarding {
+            tx.append_audit(&entry(
+                crate::model::AuditAction::Relinked,
+                "regarding",
+                before.regarding.clone(),
+                after.regarding.clone(),
+            ))?;
+        }
         Ok(true)
     })
 }

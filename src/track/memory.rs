@@ -5,7 +5,9 @@
 
 use super::tx::{BatchTx, Broken, Counter, Engine, Findable, Lookups, Scans};
 use super::ActivityLookup;
-use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
+use crate::model::{
+    Activity, Alert, AuditEntry, Direction, FolderState, QuarantineEntry, Record, Source,
+};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -25,6 +27,8 @@ pub(crate) struct State {
     /// (mailbox, text) → (times raised, last raised at).
     pub alerts: BTreeMap<(String, String), (u64, String)>,
     pub checkpoints: BTreeMap<(String, String), FolderState>,
+    /// Every activity's audit trail, oldest first.
+    pub audit: Vec<AuditEntry>,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -200,6 +204,11 @@ impl BatchTx for MemTx {
             s.checkpoints
                 .insert((st.mailbox.clone(), st.folder.clone()), st.clone())
         });
+        Ok(())
+    }
+
+    fn append_audit(&self, e: &AuditEntry) -> Result<(), Broken> {
+        self.write(|s| s.audit.push(e.clone()));
         Ok(())
     }
 }

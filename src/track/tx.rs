@@ -5,7 +5,9 @@
 //! [`super::correlate`] never see a key, a tree or a table, so a second engine does not mean
 //! writing them again.
 
-use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
+use crate::model::{
+    Activity, Alert, AuditEntry, Direction, FolderState, QuarantineEntry, Record, Source,
+};
 
 /// A rule found the store inconsistent (an index that names a missing activity). Engines turn
 /// it into their own error type, which aborts the transaction.
@@ -96,6 +98,8 @@ pub(crate) trait BatchTx: Lookups {
     fn quarantine(&self, e: &QuarantineEntry, raw: &[u8]) -> Result<(), Self::Error>;
     /// Writes a folder's checkpoint.
     fn put_checkpoint(&self, st: &FolderState) -> Result<(), Self::Error>;
+    /// Appends an entry to an activity's audit trail (written with the transaction).
+    fn append_audit(&self, e: &AuditEntry) -> Result<(), Self::Error>;
 }
 
 /// The reads late correlation makes on the committed store (a transaction need not offer

@@ -40,6 +40,7 @@ pub(crate) struct State<'a> {
     pub mailboxes: &'a mut dyn Iterator<Item = crate::store::Result<MailboxState>>,
     pub quarantine: &'a mut dyn Iterator<Item = crate::store::Result<(QuarantineEntry, Vec<u8>)>>,
     pub alerts: &'a mut dyn Iterator<Item = crate::store::Result<StoredAlert>>,
+    pub audit: &'a mut dyn Iterator<Item = crate::store::Result<crate::model::AuditEntry>>,
     pub manual_links: &'a mut dyn Iterator<Item = crate::store::Result<u64>>,
     pub bindings: &'a mut dyn Iterator<Item = crate::store::Result<(String, String, RuleBinding)>>,
     pub outbox: &'a mut dyn Iterator<Item = crate::store::Result<OutboxEntry>>,
@@ -101,8 +102,9 @@ impl PgStore {
 
     /// What the database holds already, by table (only the non-empty ones).
     pub(crate) fn copy_target_contents(&self) -> Result<Vec<(&'static str, i64)>> {
-        const TABLES: [&str; 10] = [
+        const TABLES: [&str; 11] = [
             "activities",
+            "audit",
             "records",
             "quarantine",
             "checkpoints",
@@ -228,6 +230,9 @@ impl PgStore {
             for q in s.quarantine {
                 let (e, raw) = q.map_err(from_store)?;
                 t.quarantine(&e, &raw)?;
+            }
+            for e in s.audit {
+                t.append_audit(&e.map_err(from_store)?)?;
             }
             let mut tx = t.into_inner()?;
             for m in s.mailboxes {
@@ -467,6 +472,25 @@ impl PgStore {
     }
 
     /// Every alert.
+    /// Every audit entry, by activity, oldest first (as sled keeps them).
+    pub(crate) fn copy_audit(&self) -> Result<Vec<crate::model::AuditEntry>> {
+        let ids: Vec<i64> = self.with(|c| {
+            Ok(
+                c.query("SELECT DISTINCT activity_id FROM audit ORDER BY 1", &[])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect(),
+            )
+        })?;
+        let mut out = Vec::new();
+        for id in ids {
+            let mut trail = self.audit(id as u64).map_err(|e| corrupt(e.to_string()))?;
+            trail.reverse();
+            out.extend(trail);
+        }
+        Ok(out)
+    }
+
     pub(crate) fn copy_alerts(&self) -> Result<Vec<StoredAlert>> {
         self.alerts(usize::MAX).map_err(|e| corrupt(e.to_string()))
     }

@@ -491,10 +491,36 @@ impl PgStore {
 
     /// Sets an activity's regarding by hand and remembers that it was by hand, in one
     /// transaction. `false` when there is no such activity.
-    pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef) -> Result<bool> {
+    /// The audit trail of activity `id`, newest first. It outlives the activity.
+    pub(crate) fn audit(&self, id: u64) -> Result<Vec<crate::model::AuditEntry>> {
+        let rows = self.with(|c| {
+            Ok(c.query(
+                "SELECT activity_id, at, actor, action, field, old, new FROM audit
+                 WHERE activity_id = $1 ORDER BY seq DESC",
+                &[&big(id)],
+            )?)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let action: String = r.get(3);
+                Ok(crate::model::AuditEntry {
+                    activity: id,
+                    at: r.get(1),
+                    actor: r.get(2),
+                    action: crate::model::AuditAction::from_text(&action)
+                        .ok_or_else(|| corrupt(format!("audit action {action:?}")))?,
+                    field: r.get(4),
+                    old: r.get(5),
+                    new: r.get(6),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef, actor: &str) -> Result<bool> {
         let regarding = r.to_string();
         Ok(Engine::transaction(self, |tx| {
-            let found = batch::relink(tx, id, Some(&regarding))?;
+            let found = batch::relink(tx, id, Some(&regarding), actor)?;
             if found {
                 tx.with(|c| {
                     c.execute(
@@ -508,9 +534,9 @@ impl PgStore {
         })?)
     }
 
-    pub(crate) fn relink(&self, id: u64, regarding: Option<&str>) -> Result<bool> {
+    pub(crate) fn relink(&self, id: u64, regarding: Option<&str>, actor: &str) -> Result<bool> {
         Ok(Engine::transaction(self, |tx| {
-            batch::relink(tx, id, regarding)
+            batch::relink(tx, id, regarding, actor)
         })?)
     }
 

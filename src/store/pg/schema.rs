@@ -9,7 +9,7 @@ use postgres::{GenericClient, IsolationLevel};
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A
 /// migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this binary writes and reads.
 pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -238,6 +238,22 @@ CREATE TABLE leases (
     release_requested boolean NOT NULL DEFAULT false
 );
 CREATE INDEX leases_agent ON leases (agent);
+"#;
+
+/// Version 5: the audit trail of activities, appended and never rewritten. No foreign key: an
+/// activity's entries outlive it.
+const V5: &str = r#"
+CREATE TABLE audit (
+    seq         bigserial PRIMARY KEY,
+    activity_id bigint NOT NULL,
+    at          text NOT NULL,
+    actor       text NOT NULL,
+    action      text NOT NULL,
+    field       text,
+    old         text,
+    new         text
+);
+CREATE INDEX audit_activity ON audit (activity_id, seq);
 "#;
 
 /// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database

@@ -8,7 +8,9 @@ use super::db::{Db, Statements};
 use super::pending::Pending;
 use super::rows::{self, big};
 use super::{by_source, corrupt, dedup_id, id_of, load_record, thread_id, token_id, PgError};
-use crate::model::{Activity, Alert, Direction, FolderState, QuarantineEntry, Record, Source};
+use crate::model::{
+    Activity, Alert, AuditEntry, Direction, FolderState, QuarantineEntry, Record, Source,
+};
 use crate::track::tx::{BatchTx, Counter, Findable, Lookups};
 use postgres::Transaction;
 use std::cell::RefCell;
@@ -27,6 +29,8 @@ pub(crate) struct PgTx<'t> {
     /// What [`BatchTx::prefetch`] read of the written activities: `None` for a key looked
     /// for and not there.
     known: RefCell<Known>,
+    /// Audit entries of the transaction, written at its end in one statement.
+    audit: RefCell<Vec<AuditEntry>>,
 }
 
 /// Lookups read ahead for a batch, answered without a round trip.
@@ -47,6 +51,7 @@ impl<'t> PgTx<'t> {
             pending: RefCell::default(),
             ids: RefCell::default(),
             known: RefCell::default(),
+            audit: RefCell::default(),
         }
     }
 
@@ -114,13 +119,47 @@ impl<'t> PgTx<'t> {
     /// Writes what is pending and commits.
     pub(super) fn commit(self) -> Result<()> {
         self.flush()?;
+        self.flush_audit()?;
         Ok(self.tx.into_inner().commit()?)
     }
 
     /// The transaction itself, for statements that take it whole (store copy).
     pub(super) fn into_inner(self) -> Result<Transaction<'t>> {
         self.flush()?;
+        self.flush_audit()?;
         Ok(self.tx.into_inner())
+    }
+
+    /// Writes the transaction's audit entries, in order, with one statement.
+    fn flush_audit(&self) -> Result<()> {
+        let entries = std::mem::take(&mut *self.audit.borrow_mut());
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&AuditEntry) -> Option<&str>| -> Vec<Option<&str>> {
+            entries.iter().map(f).collect()
+        };
+        let ids: Vec<i64> = entries.iter().map(|e| big(e.activity)).collect();
+        let at = col(|e| Some(e.at.as_str()));
+        let actor = col(|e| Some(e.actor.as_str()));
+        let action = col(|e| Some(e.action.as_str()));
+        let (field, old, new) = (
+            col(|e| e.field.as_deref()),
+            col(|e| e.old.as_deref()),
+            col(|e| e.new.as_deref()),
+        );
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO audit (activity_id, at, actor, action, field, old, new)
+                 SELECT a, b, c, d, e, f, g
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                             $5::text[], $6::text[], $7::text[])
+                     WITH ORDINALITY AS u(a, b, c, d, e, f, g, n)
+                 ORDER BY n",
+                &[&ids, &at, &actor, &action, &field, &old, &new],
+            )?;
+            Ok(())
+        })
     }
 }
 
@@ -369,6 +408,11 @@ impl BatchTx for PgTx<'_> {
             )?;
             Ok(())
         })
+    }
+
+    fn append_audit(&self, e: &AuditEntry) -> Result<()> {
+        self.audit.borrow_mut().push(e.clone());
+        Ok(())
     }
 
     fn put_checkpoint(&self, st: &FolderState) -> Result<()> {

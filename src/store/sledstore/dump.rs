@@ -169,6 +169,11 @@ impl SledStore {
     }
 
     /// Every alert, in (mailbox, message) order.
+    /// Every audit entry, by activity, oldest first.
+    pub(crate) fn all_audit(&self) -> impl Iterator<Item = Result<crate::model::AuditEntry>> + '_ {
+        self.t.audit.iter().map(|kv| dec("audit", &kv?.1))
+    }
+
     pub(crate) fn all_alerts(&self) -> impl Iterator<Item = Result<StoredAlert>> + '_ {
         self.t.alerts.iter().map(|kv| dec("alerts", &kv?.1))
     }
