@@ -263,8 +263,11 @@ enum ActivitiesCmd {
         /// type:key
         regarding: String,
     },
+    /// Untrack it: it stays in the CRM, its message loses the tracked keyword and is not
+    /// tracked again where it is (a new drag into a tracked folder tracks it again).
+    Untrack { id: u64 },
     /// Its audit trail, newest first: created, re-linked (by a move, a rule, by hand, a
-    /// correlation), copies added.
+    /// correlation), copies added, untracked.
     History {
         id: u64,
         #[arg(long)]
@@ -416,6 +419,10 @@ async fn run(cli: Cli) -> Reply {
                 user: commands::activities::invoking_user(),
             },
             ActivitiesCmd::History { id, json } => Request::ActivitiesHistory { id, json },
+            ActivitiesCmd::Untrack { id } => Request::ActivitiesUntrack {
+                id,
+                user: commands::activities::invoking_user(),
+            },
             ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
             ActivitiesCmd::Send(args) => match commands::outbox::send_request(args) {
                 Ok(r) => r,

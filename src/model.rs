@@ -355,6 +355,10 @@ text_enum! {
         CopyAdded = "copy added",
         /// Matched to an earlier activity (`new`: how, and which).
         Correlated = "correlated",
+        /// Untracked by hand: it stays in the CRM, its message out of tracking where it is.
+        Untracked = "untracked",
+        /// Tracked again: a copy of its message was dragged into a tracked folder.
+        TrackedAgain = "tracked again",
     }
 }
 

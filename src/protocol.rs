@@ -95,6 +95,14 @@ pub enum Request {
         #[serde(default)]
         user: String,
     },
+    /// `activities untrack ID`: the activity stays, its message is untracked.
+    ActivitiesUntrack {
+        /// The activity.
+        id: u64,
+        /// Who asked (the Unix user running the command), for the audit trail.
+        #[serde(default)]
+        user: String,
+    },
     /// `activities history ID`: its audit trail, newest first.
     ActivitiesHistory {
         /// The activity (it may have been deleted since).

@@ -334,6 +334,66 @@ fn history_of_a_message_moved_between_two_tracked_folders_and_relinked_by_hand()
 }
 
 #[test]
+fn untrack_keeps_the_activity_drops_the_keyword_and_a_new_drag_tracks_it_again() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    let m = mail("private", "<private@acme.com>");
+    c.append("INBOX/Tracked/Acme", &m);
+    e.ok(&["sync"]);
+    let a = one(&e.activities(), "private").clone();
+    let id = a["id"].to_string();
+    assert_eq!(a["tracked"], true);
+    assert!(c.flags("INBOX/Tracked/Acme")[0].contains("$Tracked"));
+
+    let said = e.ok(&["activities", "untrack", &id]);
+    assert!(
+        said.contains("untracked") && said.contains("$Tracked removed"),
+        "{said}"
+    );
+    assert!(
+        !c.flags("INBOX/Tracked/Acme")[0].contains("$Tracked"),
+        "the keyword is gone from the mailbox copy"
+    );
+    // It stays, marked; the next pass leaves the message where it is alone.
+    e.ok(&["sync"]);
+    let a = one(&e.activities(), "private").clone();
+    assert_eq!(a["tracked"], false);
+    assert!(!c.flags("INBOX/Tracked/Acme")[0].contains("$Tracked"));
+    // Idempotent; an unknown id is a usage error.
+    assert!(e
+        .ok(&["activities", "untrack", &id])
+        .contains("it was already"));
+    assert_eq!(
+        e.run(&["activities", "untrack", "999999"]).status.code(),
+        Some(2)
+    );
+
+    // A new drag into a tracked folder tracks it again.
+    c.append("INBOX/Customers/Globex", &m);
+    e.ok(&["sync"]);
+    let a = one(&e.activities(), "private").clone();
+    assert_eq!(a["tracked"], true);
+    let history: Vec<Value> =
+        serde_json::from_str(&e.ok(&["activities", "history", &id, "--json"])).unwrap();
+    let actions: Vec<&str> = history
+        .iter()
+        .map(|x| x["action"].as_str().unwrap())
+        .collect();
+    // Newest first: the drag into Globex tracked it again, added that copy and moved it there.
+    assert_eq!(
+        actions,
+        [
+            "relinked",
+            "copy added",
+            "tracked again",
+            "untracked",
+            "created"
+        ],
+        "{history:?}"
+    );
+}
+
+#[test]
 fn dedup_without_message_id_uses_content_hash_minus_trace_headers() {
     let e = alice();
     let body = "From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: no id\r\n\r\nsame body\r\n";

@@ -14,7 +14,16 @@ pub(crate) fn list(store: &Store, regarding: Option<&str>, json: bool) -> Result
         .transpose()?;
     let acts = store.activities(r.as_ref())?;
     if json {
-        let list: Vec<serde_json::Value> = acts.iter().map(show::activity_json_brief).collect();
+        let untracked: std::collections::HashSet<u64> =
+            store.untracked_ids()?.into_iter().collect();
+        let list: Vec<serde_json::Value> = acts
+            .iter()
+            .map(|a| {
+                let mut v = show::activity_json_brief(a);
+                v["tracked"] = (!untracked.contains(&a.id)).into();
+                v
+            })
+            .collect();
         return Ok(serde_json::to_string_pretty(&list)? + "\n");
     }
     Ok(show::activities_table(&acts))
@@ -37,12 +46,16 @@ pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
             o.remove("body_blob");
         }
         v["counterpart"] = serde_json::json!(counterpart);
+        v["tracked"] = (!store.untracked_ids()?.contains(&id)).into();
         if let Some(e) = store.outbox_entry(id)? {
             v["send"] = serde_json::to_value(&e)?;
         }
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut text = show::activity_text(&a);
+    if store.untracked_ids()?.contains(&id) {
+        text.push_str("  tracked:    no (untracked; `activities history` says by whom)\n");
+    }
     if let Some(e) = store.outbox_entry(id)? {
         text.push_str(&outbox::show_lines(&e));
     }
@@ -63,17 +76,96 @@ pub(crate) fn link(store: &Store, id: u64, regarding: &str, user: &str) -> Resul
     if store.record(&r)?.is_none() {
         return Err(UsageError(format!("no record {r} (import it first)")).into());
     }
-    let actor = match user {
-        "" => "cli".to_string(),
-        u => format!("cli:{u}"),
-    };
-    if !store.link_by_hand(id, &r, &actor)? {
+    if !store.link_by_hand(id, &r, &cli_actor(user))? {
         return Err(UsageError(format!(
             "no activity {id} (see `foldertrack activities list`)"
         ))
         .into());
     }
     Ok(format!("activity {id} now regards {r}; a folder rule with a regarding resets it at the folder's next pass, as in Dynamics\n"))
+}
+
+/// The audit trail's actor for a command run by Unix user `user`.
+fn cli_actor(user: &str) -> String {
+    match user {
+        "" => "cli".to_string(),
+        u => format!("cli:{u}"),
+    }
+}
+
+/// `activities untrack ID`: the activity stays in the CRM, marked untracked; its message
+/// loses the tracked keyword in every mailbox copy foldertrack can reach, and later passes
+/// leave it where it is (its sources are recorded). A copy dragged into a tracked folder later
+/// tracks it again. Idempotent; an unknown id is a usage error (exit 2).
+pub(crate) async fn untrack(
+    config: &crate::config::Config,
+    store: &Store,
+    id: u64,
+    user: &str,
+) -> Result<String> {
+    let no = || {
+        UsageError(format!(
+            "no activity {id} (see `foldertrack activities list`)"
+        ))
+    };
+    let changed = store.untrack(id, &cli_actor(user))?.ok_or_else(no)?;
+    let a = store.activity(id)?.ok_or_else(no)?;
+    let mut out = format!(
+        "activity {id} untracked{}: it stays in the CRM; its message is not tracked again where it is\n",
+        if changed { "" } else { " (it was already)" }
+    );
+    for s in std::iter::once(&a.source).chain(&a.other_sources) {
+        let at = format!("{}/{} UID {}", s.mailbox, s.folder, s.uid);
+        match drop_keyword(config, s).await {
+            Ok(Some(k)) => out.push_str(&format!("  {k} removed in {at}\n")),
+            Ok(None) => out.push_str(&format!(
+                "  {at}: no keyword to remove (none configured, or the folder is gone or was reset)\n"
+            )),
+            Err(e) => out.push_str(&format!("  {at}: could not remove the keyword: {e}\n")),
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the mailbox's tracked keyword from the message at `s`: the keyword, or `None` when
+/// there is none to remove (no keyword configured, a mailbox not in the config, a folder that
+/// is gone or has a new UIDVALIDITY). Setting it again is idempotent as is removing it.
+async fn drop_keyword(
+    config: &crate::config::Config,
+    s: &crate::model::Source,
+) -> Result<Option<String>, String> {
+    let Some(mb) = config.mailbox(&s.mailbox) else {
+        return Ok(None);
+    };
+    let Some(k) = mb.crm.tracked_keyword.as_deref() else {
+        return Ok(None);
+    };
+    if s.folder == crate::store::OUTBOX_FOLDER {
+        return Ok(None);
+    }
+    let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
+    let folders = crate::imap::folders::list(&mut c.session, &c.peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(f) = folders.iter().find(|f| f.name == s.folder) else {
+        return Ok(None);
+    };
+    let sel = crate::imap::fetch::open(&mut c.session, &c.peer, &f.server_name, &f.name, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    if sel.uidvalidity != s.uidvalidity {
+        return Ok(None);
+    }
+    let cmd = format!("UID STORE {} -FLAGS.SILENT ({k})", s.uid);
+    crate::imap::timed(
+        &c.peer,
+        "UID STORE",
+        c.session.run_command_and_check_ok(&cmd),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = c.session.logout().await;
+    Ok(Some(k.to_string()))
 }
 
 /// `activities history ID [--json]`: the activity's audit trail, newest first; it outlives

@@ -131,6 +131,9 @@ pub(crate) async fn execute(
             user,
         } => activities::link(store, id, &regarding, &user),
         Request::ActivitiesHistory { id, json } => activities::history(store, id, json),
+        Request::ActivitiesUntrack { id, user } => {
+            activities::untrack(config, store, id, &user).await
+        }
         Request::ActivitiesAttachment { id, n } => return activities::attachment(store, id, n),
         Request::ActivitiesSend { outgoing } => outbox::send(config, store, &outgoing, agent).await,
         Request::Status { json } => status::status(config, store, agent, json),

@@ -182,6 +182,7 @@ pub(crate) fn copy(
                 alerts: &mut sled.all_alerts(),
                 audit: &mut sled.all_audit(),
                 manual_links: &mut sled.manual_link_ids(),
+                untracked: &mut sled.untracked_ids()?.into_iter().map(Ok),
                 bindings: &mut sled.rule_bindings(),
                 outbox: &mut sled.outbox_iter(),
                 token_users: &sled.token_users()?,
@@ -382,7 +383,7 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
     verify_activities(sled, pg, &mut kinds)?;
     verify_rows(sled, pg, &mut kinds)?;
     verify_state(sled, pg, &mut kinds)?;
-    const ORDER: [&str; 19] = [
+    const ORDER: [&str; 20] = [
         "records",
         "activities",
         "sources",
@@ -401,6 +402,7 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
         "outbox",
         "token users",
         "audit trail",
+        "untracked",
         "next ids",
     ];
     Ok(ORDER
@@ -573,6 +575,10 @@ fn verify_state(
         whole(&collect(sled.all_audit())?, &pg.copy_audit()?),
     );
     kinds.insert(
+        "untracked",
+        whole(&sled.untracked_ids()?, &pg.untracked_ids()?),
+    );
+    kinds.insert(
         "manual links",
         whole(&collect(sled.manual_link_ids())?, &pg.copy_manual_links()?),
     );
@@ -730,6 +736,7 @@ mod tests {
                 "cli:test"
             )
             .unwrap());
+        assert_eq!(s.untrack(3, "cli:test").unwrap(), Some(true));
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:bob").unwrap();

@@ -257,6 +257,11 @@ dispatch! {
     fn link_by_hand(&self, id: u64, r: &RecordRef, actor: &str) -> Result<bool>;
     /// Points an activity at `regarding` (or at nothing). `false` when it does not exist.
     fn relink(&self, id: u64, regarding: Option<&str>, actor: &str) -> Result<bool>;
+    /// Marks an activity untracked, by `actor`: `None` when there is no such activity,
+    /// `Some(false)` when it was already.
+    fn untrack(&self, id: u64, actor: &str) -> Result<Option<bool>>;
+    /// The activities untracked, by id.
+    fn untracked_ids(&self) -> Result<Vec<u64>>;
     /// An activity's audit trail, newest first (also after the activity is gone).
     fn audit(&self, id: u64) -> Result<Vec<crate::model::AuditEntry>>;
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with

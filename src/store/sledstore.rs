@@ -652,6 +652,23 @@ impl SledStore {
         Engine::transaction(self, |tx| batch::relink(tx, id, regarding, actor))
     }
 
+    /// Marks activity `id` untracked ([`batch::untrack`]).
+    pub(crate) fn untrack(&self, id: u64, actor: &str) -> Result<Option<bool>> {
+        let at = crate::time::humantime_now();
+        let out = Engine::transaction(self, |tx| batch::untrack(tx, id, actor, &at))?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// The activities untracked, by id.
+    pub(crate) fn untracked_ids(&self) -> Result<Vec<u64>> {
+        self.t
+            .untracked
+            .iter()
+            .map(|kv| Ok(keys::u64_of(&kv?.0)))
+            .collect()
+    }
+
     /// The audit trail of activity `id`, newest first. It outlives the activity.
     pub(crate) fn audit(&self, id: u64) -> Result<Vec<AuditEntry>> {
         let mut out = Vec::new();
@@ -1070,6 +1087,7 @@ trees! {
     blobs,
     outbox,
     audit,
+    untracked,
 }
 
 impl From<UnabortableTransactionError> for StoreError {
@@ -1252,6 +1270,18 @@ impl BatchTx for SledTx<'_> {
         let mut key = e.activity.to_be_bytes().to_vec();
         key.extend_from_slice(&seq.to_be_bytes());
         self.audit.insert(key, enc(e))?;
+        Ok(())
+    }
+
+    fn is_untracked(&self, id: u64) -> Result<bool> {
+        Ok(self.untracked.get(id.to_be_bytes())?.is_some())
+    }
+
+    fn set_untracked(&self, id: u64, untracked: bool) -> Result<()> {
+        match untracked {
+            true => self.untracked.insert(&id.to_be_bytes(), &[])?,
+            false => self.untracked.remove(&id.to_be_bytes())?,
+        };
         Ok(())
     }
 }

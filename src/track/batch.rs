@@ -219,6 +219,14 @@ fn merge_copy<T: BatchTx>(
         return Err(Broken(format!("index points to missing activity {id}")).into());
     };
     let mut cur = before.clone();
+    if tx.is_untracked(id)? {
+        tx.set_untracked(id, false)?;
+        let e = audit(&a.source, id, at, AuditAction::TrackedAgain, "source");
+        tx.append_audit(&AuditEntry {
+            new: Some(place(&a.source)),
+            ..e
+        })?;
+    }
     let same_place = |s: &Source| {
         s.mailbox == a.source.mailbox
             && s.folder == a.source.folder
@@ -255,6 +263,35 @@ fn merge_copy<T: BatchTx>(
         out.relinked += 1;
     }
     tx.update_activity(&before, &cur)
+}
+
+/// Untracks activity `id` by `actor` (`activities untrack`): it stays, marked untracked, and
+/// its sources keep its message out of tracking where it is; a copy dragged into a tracked
+/// folder later tracks it again ([`merge_copy`]). `None`: no such activity; `Some(false)`:
+/// it was untracked already (nothing written).
+pub(crate) fn untrack<T: BatchTx>(
+    tx: &T,
+    id: u64,
+    actor: &str,
+    at: &str,
+) -> Result<Option<bool>, T::Error> {
+    if tx.activity(id)?.is_none() {
+        return Ok(None);
+    }
+    if tx.is_untracked(id)? {
+        return Ok(Some(false));
+    }
+    tx.set_untracked(id, true)?;
+    tx.append_audit(&AuditEntry {
+        activity: id,
+        at: at.to_string(),
+        actor: actor.to_string(),
+        action: AuditAction::Untracked,
+        field: None,
+        old: None,
+        new: None,
+    })?;
+    Ok(Some(true))
 }
 
 /// The actor of a change a folder's tracking made: `rule:MAILBOX/FOLDER`.

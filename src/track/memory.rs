@@ -29,6 +29,8 @@ pub(crate) struct State {
     pub checkpoints: BTreeMap<(String, String), FolderState>,
     /// Every activity's audit trail, oldest first.
     pub audit: Vec<AuditEntry>,
+    /// Activities untracked.
+    pub untracked: BTreeSet<u64>,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -209,6 +211,18 @@ impl BatchTx for MemTx {
 
     fn append_audit(&self, e: &AuditEntry) -> Result<(), Broken> {
         self.write(|s| s.audit.push(e.clone()));
+        Ok(())
+    }
+
+    fn is_untracked(&self, id: u64) -> Result<bool, Broken> {
+        Ok(self.state.borrow().untracked.contains(&id))
+    }
+
+    fn set_untracked(&self, id: u64, untracked: bool) -> Result<(), Broken> {
+        self.write(|s| match untracked {
+            true => s.untracked.insert(id),
+            false => s.untracked.remove(&id),
+        });
         Ok(())
     }
 }

@@ -100,6 +100,10 @@ pub(crate) trait BatchTx: Lookups {
     fn put_checkpoint(&self, st: &FolderState) -> Result<(), Self::Error>;
     /// Appends an entry to an activity's audit trail (written with the transaction).
     fn append_audit(&self, e: &AuditEntry) -> Result<(), Self::Error>;
+    /// Whether activity `id` was untracked (its message stays out of tracking where it is).
+    fn is_untracked(&self, id: u64) -> Result<bool, Self::Error>;
+    /// Marks activity `id` untracked, or tracked again.
+    fn set_untracked(&self, id: u64, untracked: bool) -> Result<(), Self::Error>;
 }
 
 /// The reads late correlation makes on the committed store (a transaction need not offer

@@ -42,6 +42,7 @@ pub(crate) struct State<'a> {
     pub alerts: &'a mut dyn Iterator<Item = crate::store::Result<StoredAlert>>,
     pub audit: &'a mut dyn Iterator<Item = crate::store::Result<crate::model::AuditEntry>>,
     pub manual_links: &'a mut dyn Iterator<Item = crate::store::Result<u64>>,
+    pub untracked: &'a mut dyn Iterator<Item = crate::store::Result<u64>>,
     pub bindings: &'a mut dyn Iterator<Item = crate::store::Result<(String, String, RuleBinding)>>,
     pub outbox: &'a mut dyn Iterator<Item = crate::store::Result<OutboxEntry>>,
     pub token_users: &'a [TokenUser],
@@ -255,6 +256,12 @@ impl PgStore {
                         &a.first_at,
                         &a.at,
                     ],
+                )?;
+            }
+            for id in s.untracked {
+                tx.execute(
+                    "INSERT INTO untracked (activity_id) VALUES ($1)",
+                    &[&big(id.map_err(from_store)?)],
                 )?;
             }
             for id in s.manual_links {

@@ -491,6 +491,21 @@ impl PgStore {
 
     /// Sets an activity's regarding by hand and remembers that it was by hand, in one
     /// transaction. `false` when there is no such activity.
+    /// Marks activity `id` untracked ([`batch::untrack`]).
+    pub(crate) fn untrack(&self, id: u64, actor: &str) -> Result<Option<bool>> {
+        let at = crate::time::humantime_now();
+        Ok(Engine::transaction(self, |tx| {
+            batch::untrack(tx, id, actor, &at)
+        })?)
+    }
+
+    /// The activities untracked, by id.
+    pub(crate) fn untracked_ids(&self) -> Result<Vec<u64>> {
+        let rows =
+            self.with(|c| Ok(c.query("SELECT activity_id FROM untracked ORDER BY 1", &[])?))?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
     /// The audit trail of activity `id`, newest first. It outlives the activity.
     pub(crate) fn audit(&self, id: u64) -> Result<Vec<crate::model::AuditEntry>> {
         let rows = self.with(|c| {

@@ -240,8 +240,8 @@ CREATE TABLE leases (
 CREATE INDEX leases_agent ON leases (agent);
 "#;
 
-/// Version 5: the audit trail of activities, appended and never rewritten. No foreign key: an
-/// activity's entries outlive it.
+/// Version 5: the audit trail of activities, appended and never rewritten (no foreign key:
+/// an activity's entries outlive it), and the activities untracked.
 const V5: &str = r#"
 CREATE TABLE audit (
     seq         bigserial PRIMARY KEY,
@@ -254,6 +254,10 @@ CREATE TABLE audit (
     new         text
 );
 CREATE INDEX audit_activity ON audit (activity_id, seq);
+-- Activities untracked by hand: their message stays out of tracking where it is.
+CREATE TABLE untracked (
+    activity_id bigint PRIMARY KEY REFERENCES activities (id)
+);
 "#;
 
 /// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database

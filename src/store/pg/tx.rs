@@ -415,6 +415,27 @@ impl BatchTx for PgTx<'_> {
         Ok(())
     }
 
+    fn is_untracked(&self, id: u64) -> Result<bool> {
+        self.db(|c| {
+            Ok(c.query_opt(
+                "SELECT 1 FROM untracked WHERE activity_id = $1",
+                &[&big(id)],
+            )?
+            .is_some())
+        })
+    }
+
+    fn set_untracked(&self, id: u64, untracked: bool) -> Result<()> {
+        let sql = match untracked {
+            true => "INSERT INTO untracked (activity_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            false => "DELETE FROM untracked WHERE activity_id = $1",
+        };
+        self.with(|c| {
+            c.execute(sql, &[&big(id)])?;
+            Ok(())
+        })
+    }
+
     fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
         self.db(|c| {
             c.execute(
