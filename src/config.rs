@@ -248,6 +248,9 @@ pub struct Config {
     pub store: StoreEngine,
     /// This agent among several on one PostgreSQL store (`[agent]`).
     pub agent: AgentSettings,
+    /// `[audit] retention_days`: audit entries older than this many days are pruned by the
+    /// running agent (daily); `None` keeps them for ever (the default).
+    pub audit_retention_days: Option<u64>,
 }
 
 /// `[agent]`: this agent's name and its mailbox leases, when several agents share one
@@ -451,6 +454,13 @@ struct RawConfig {
     health: Option<RawHealth>,
     store: Option<RawStore>,
     agent: Option<RawAgent>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    retention_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -677,6 +687,17 @@ impl Config {
         };
         let store = store_settings(&loc, raw.store.as_ref(), &resolve)?;
         let agent = agent_settings(&loc, raw.agent.as_ref())?;
+        let audit_retention_days = match raw.audit.as_ref().and_then(|a| a.retention_days.as_ref()) {
+            None => None,
+            Some(v) if (1..=36_500).contains(v.get_ref()) => Some(*v.get_ref() as u64),
+            Some(v) => {
+                return Err(loc.err(
+                    Some(v.span()),
+                    "audit.retention_days",
+                    "must be a number of days from 1 to 36500 (leave it out to keep the audit trail for ever)",
+                ))
+            }
+        };
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
             let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
@@ -696,6 +717,7 @@ impl Config {
         Ok(Config {
             store,
             agent,
+            audit_retention_days,
             metrics_listen,
             metrics,
             health,
@@ -1603,6 +1625,12 @@ password_env = "ALICE_PW"
         assert!(e.message.contains("a third of lease_ttl"), "{e}");
         let e = parse(&format!("{GOOD}\n[agent]\nname = \" \"\n")).unwrap_err();
         assert_eq!(e.key, "agent.name");
+        // The audit trail is kept for ever unless a retention is set.
+        assert_eq!(c.audit_retention_days, None);
+        let kept = parse(&format!("{GOOD}\n[audit]\nretention_days = 365\n")).unwrap();
+        assert_eq!(kept.audit_retention_days, Some(365));
+        let e = parse(&format!("{GOOD}\n[audit]\nretention_days = 0\n")).unwrap_err();
+        assert_eq!(e.key, "audit.retention_days");
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub async fn run(
         ));
     }
     tokio::spawn(crate::memory::trimmer(stop.clone()));
+    if let Some(days) = config.audit_retention_days {
+        tokio::spawn(prune_audit(store.clone(), days, stop.clone()));
+    }
     tokio::pin!(shutdown);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -163,6 +166,25 @@ fn reload(
                 );
             }
             config
+        }
+    }
+}
+
+/// `[audit] retention_days`: at start and then daily, audit entries older than `days` go.
+async fn prune_audit(store: Arc<Store>, days: u64, stop: CancellationToken) {
+    loop {
+        let before = crate::time::rfc3339_utc(crate::time::unix_now() - days as i64 * 86_400);
+        match store.prune_audit(&before) {
+            Ok(n) => {
+                tracing::info!(pruned = n, %before, "audit entries past retention_days removed")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prune the audit trail; trying again tomorrow")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

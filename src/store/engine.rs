@@ -262,6 +262,8 @@ dispatch! {
     fn untrack(&self, id: u64, actor: &str) -> Result<Option<bool>>;
     /// The activities untracked, by id.
     fn untracked_ids(&self) -> Result<Vec<u64>>;
+    /// Removes audit entries older than `before` (RFC 3339 UTC), `[audit] retention_days`.
+    fn prune_audit(&self, before: &str) -> Result<u64>;
     /// An activity's audit trail, newest first (also after the activity is gone).
     fn audit(&self, id: u64) -> Result<Vec<crate::model::AuditEntry>>;
     /// Activities linked by hand whose first or other source is in `mailbox`/`folder`, with
@@ -494,6 +496,11 @@ mod tests {
             Some("account:a0001")
         );
         assert!(store.audit(999_999).unwrap().is_empty());
+        // Retention: nothing is older than a day ago; everything is older than tomorrow.
+        let day = |d: i64| crate::time::rfc3339_utc(crate::time::unix_now() + d * 86_400);
+        assert_eq!(store.prune_audit(&day(-1)).unwrap(), 0);
+        assert!(store.prune_audit(&day(1)).unwrap() >= 3);
+        assert!(store.audit(id).unwrap().is_empty());
     }
 
     fn alerts_are_capped_and_age_out(store: &Store) {

@@ -669,6 +669,21 @@ impl SledStore {
             .collect()
     }
 
+    /// Removes audit entries older than `before` (RFC 3339 UTC): how many.
+    pub(crate) fn prune_audit(&self, before: &str) -> Result<u64> {
+        let mut n = 0;
+        for kv in self.t.audit.iter() {
+            let (k, v) = kv?;
+            let e: AuditEntry = dec("audit", &v)?;
+            if e.at.as_str() < before {
+                self.t.audit.remove(k)?;
+                n += 1;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
     /// The audit trail of activity `id`, newest first. It outlives the activity.
     pub(crate) fn audit(&self, id: u64) -> Result<Vec<AuditEntry>> {
         let mut out = Vec::new();

@@ -506,6 +506,11 @@ impl PgStore {
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
+    /// Removes audit entries older than `before` (RFC 3339 UTC): how many.
+    pub(crate) fn prune_audit(&self, before: &str) -> Result<u64> {
+        Ok(self.with(|c| Ok(c.execute("DELETE FROM audit WHERE at < $1", &[&before])?))?)
+    }
+
     /// The audit trail of activity `id`, newest first. It outlives the activity.
     pub(crate) fn audit(&self, id: u64) -> Result<Vec<crate::model::AuditEntry>> {
         let rows = self.with(|c| {
