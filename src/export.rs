@@ -43,6 +43,10 @@ pub struct ActivityFilter {
     pub since: Option<String>,
     /// Only activities regarding this record (`type:key`).
     pub regarding: Option<String>,
+    /// Each activity with its audit trail (`history`, oldest first; in CSV a last column
+    /// holding it as a JSON array).
+    #[serde(default)]
+    pub history: bool,
 }
 
 /// A filter the caller got wrong (a bad `--since` or `--regarding`): a usage mistake, exit
@@ -194,6 +198,14 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// An exported activity with its audit trail.
+#[derive(Serialize)]
+struct WithHistory<'a> {
+    #[serde(flatten)]
+    activity: &'a Activity,
+    history: &'a [crate::model::AuditEntry],
+}
+
 /// Writes the activities that pass `filter` to `out`, one at a time; returns how many.
 ///
 /// # Errors
@@ -216,7 +228,11 @@ pub(crate) fn activities(
         .map(|r| r.parse::<RecordRef>().map_err(FilterError))
         .transpose()?
         .map(|r| r.to_string());
-    let mut sink = Sink::new(format, out, &ACTIVITY_COLUMNS)?;
+    let mut header = ACTIVITY_COLUMNS.to_vec();
+    if filter.history {
+        header.push("history");
+    }
+    let mut sink = Sink::new(format, out, &header)?;
     let mut n = 0;
     for a in store.activities_iter() {
         let a = a?;
@@ -226,7 +242,21 @@ pub(crate) fn activities(
         if regarding.is_some() && a.regarding != regarding {
             continue;
         }
-        sink.row(&a, || activity_row(&a))?;
+        if filter.history {
+            let mut history = store.audit(a.id)?;
+            history.reverse();
+            let row = WithHistory {
+                activity: &a,
+                history: &history,
+            };
+            sink.row(&row, || {
+                let mut r = activity_row(&a);
+                r.push(serde_json::to_string(&history).unwrap_or_default());
+                r
+            })?;
+        } else {
+            sink.row(&a, || activity_row(&a))?;
+        }
         n += 1;
     }
     sink.finish()?;

@@ -283,6 +283,9 @@ enum ActivitiesCmd {
         /// Only activities regarding this record (type:key).
         #[arg(long)]
         regarding: Option<String>,
+        /// Each activity with its audit trail (`history`; in CSV a last column, a JSON array).
+        #[arg(long)]
+        history: bool,
     },
 }
 
@@ -432,9 +435,14 @@ async fn run(cli: Cli) -> Reply {
                 format,
                 since,
                 regarding,
+                history,
             } => {
                 let req = Request::ActivitiesExport {
-                    filter: foldertrack::export::ActivityFilter { since, regarding },
+                    filter: foldertrack::export::ActivityFilter {
+                        since,
+                        regarding,
+                        history,
+                    },
                     format: format.into(),
                 };
                 return commands::export(req, &config, &mut std::io::stdout().lock()).await;
