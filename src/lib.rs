@@ -23,7 +23,7 @@ pub(crate) mod defaults;
 pub mod export;
 pub(crate) mod http;
 pub(crate) mod imap;
-// Only `lease::LeaseError`, which `supervisor::run` returns (inside anyhow).
+// Mailbox leases: which mailboxes this agent works when several share a PostgreSQL store.
 pub(crate) mod lease;
 mod memory;
 pub(crate) mod metrics;

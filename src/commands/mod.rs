@@ -5,7 +5,6 @@
 //! its own file.
 
 // `activities::invoking_user`, which `main.rs` names the audit trail's `cli:USER` with.
-#[allow(missing_docs)]
 pub mod activities;
 pub(crate) mod agents;
 pub(crate) mod check;
