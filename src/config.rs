@@ -687,17 +687,7 @@ impl Config {
         };
         let store = store_settings(&loc, raw.store.as_ref(), &resolve)?;
         let agent = agent_settings(&loc, raw.agent.as_ref())?;
-        let audit_retention_days = match raw.audit.as_ref().and_then(|a| a.retention_days.as_ref()) {
-            None => None,
-            Some(v) if (1..=36_500).contains(v.get_ref()) => Some(*v.get_ref() as u64),
-            Some(v) => {
-                return Err(loc.err(
-                    Some(v.span()),
-                    "audit.retention_days",
-                    "must be a number of days from 1 to 36500 (leave it out to keep the audit trail for ever)",
-                ))
-            }
-        };
+        let audit_retention_days = audit_retention(&loc, raw.audit.as_ref())?;
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
             let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
@@ -1212,6 +1202,19 @@ fn metrics_settings(
 /// `[store]`: the engine, and for PostgreSQL exactly one of `url` and `url_env`, the TLS mode
 /// (`disable` only with `allow_plaintext = true`), an optional `ca_file` and the
 /// `statement_timeout` in seconds (1 to 86400, default 30).
+/// `[audit] retention_days`: `None` (kept for ever) unless set, from 1 to 36500 days.
+fn audit_retention(loc: &Locator<'_>, raw: Option<&RawAudit>) -> Result<Option<u64>, ConfigError> {
+    match raw.and_then(|a| a.retention_days.as_ref()) {
+        None => Ok(None),
+        Some(v) if (1..=36_500).contains(v.get_ref()) => Ok(Some(*v.get_ref() as u64)),
+        Some(v) => Err(loc.err(
+            Some(v.span()),
+            "audit.retention_days",
+            "must be a number of days from 1 to 36500 (leave it out to keep the audit trail for ever)",
+        )),
+    }
+}
+
 fn agent_settings(loc: &Locator<'_>, raw: Option<&RawAgent>) -> Result<AgentSettings, ConfigError> {
     let d = AgentSettings::default();
     let Some(a) = raw else {

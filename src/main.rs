@@ -354,6 +354,43 @@ async fn shutdown_signal() {
     }
 }
 
+/// An `activities` subcommand's request, or the reply of one that is done already (an export
+/// streamed from here, an argument refused).
+async fn activities_request(cmd: ActivitiesCmd, config: &Config) -> Result<Request, Reply> {
+    Ok(match cmd {
+        ActivitiesCmd::List { regarding, json } => Request::ActivitiesList { regarding, json },
+        ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
+        ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink {
+            id,
+            regarding,
+            user: commands::activities::invoking_user(),
+        },
+        ActivitiesCmd::History { id, json } => Request::ActivitiesHistory { id, json },
+        ActivitiesCmd::Untrack { id } => Request::ActivitiesUntrack {
+            id,
+            user: commands::activities::invoking_user(),
+        },
+        ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
+        ActivitiesCmd::Send(args) => commands::outbox::send_request(args).map_err(Reply::failed)?,
+        ActivitiesCmd::Export {
+            format,
+            since,
+            regarding,
+            history,
+        } => {
+            let req = Request::ActivitiesExport {
+                filter: foldertrack::export::ActivityFilter {
+                    since,
+                    regarding,
+                    history,
+                },
+                format: format.into(),
+            };
+            return Err(commands::export(req, config, &mut std::io::stdout().lock()).await);
+        }
+    })
+}
+
 async fn run(cli: Cli) -> Reply {
     let fail = Reply::failed;
     if let Command::Completions { shell } = &cli.command {
@@ -413,40 +450,9 @@ async fn run(cli: Cli) -> Reply {
                 return commands::export(req, &config, &mut std::io::stdout().lock()).await;
             }
         },
-        Command::Activities { cmd } => match cmd {
-            ActivitiesCmd::List { regarding, json } => Request::ActivitiesList { regarding, json },
-            ActivitiesCmd::Show { id, json } => Request::ActivitiesShow { id, json },
-            ActivitiesCmd::Link { id, regarding } => Request::ActivitiesLink {
-                id,
-                regarding,
-                user: commands::activities::invoking_user(),
-            },
-            ActivitiesCmd::History { id, json } => Request::ActivitiesHistory { id, json },
-            ActivitiesCmd::Untrack { id } => Request::ActivitiesUntrack {
-                id,
-                user: commands::activities::invoking_user(),
-            },
-            ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },
-            ActivitiesCmd::Send(args) => match commands::outbox::send_request(args) {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            },
-            ActivitiesCmd::Export {
-                format,
-                since,
-                regarding,
-                history,
-            } => {
-                let req = Request::ActivitiesExport {
-                    filter: foldertrack::export::ActivityFilter {
-                        since,
-                        regarding,
-                        history,
-                    },
-                    format: format.into(),
-                };
-                return commands::export(req, &config, &mut std::io::stdout().lock()).await;
-            }
+        Command::Activities { cmd } => match activities_request(cmd, &config).await {
+            Ok(r) => r,
+            Err(reply) => return reply,
         },
         Command::Rules { cmd } => match cmd {
             RulesCmd::List => Request::RulesList,
