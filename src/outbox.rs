@@ -514,6 +514,7 @@ async fn search_sent(
     Ok(!found.is_empty())
 }
 
+/// Looks for `message_id` in the Sent folder: the folder's name when a copy is there.
 async fn find_in_sent(mb: &MailboxConfig, message_id: &str) -> Result<Option<String>, String> {
     let mut c = crate::imap::connect(mb).await.map_err(|e| e.to_string())?;
     let Some(sent) = sent_folder(mb, &mut c).await? else {
