@@ -481,21 +481,14 @@ impl PgStore {
     /// Every alert.
     /// Every audit entry, by activity, oldest first (as sled keeps them).
     pub(crate) fn copy_audit(&self) -> Result<Vec<crate::model::AuditEntry>> {
-        let ids: Vec<i64> = self.with(|c| {
-            Ok(
-                c.query("SELECT DISTINCT activity_id FROM audit ORDER BY 1", &[])?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect(),
-            )
+        let rows = self.with(|c| {
+            Ok(c.query(
+                "SELECT activity_id, at, actor, action, field, old, new FROM audit
+                 ORDER BY activity_id, seq",
+                &[],
+            )?)
         })?;
-        let mut out = Vec::new();
-        for id in ids {
-            let mut trail = self.audit(id as u64).map_err(|e| corrupt(e.to_string()))?;
-            trail.reverse();
-            out.extend(trail);
-        }
-        Ok(out)
+        rows.iter().map(super::product::audit_entry).collect()
     }
 
     pub(crate) fn copy_alerts(&self) -> Result<Vec<StoredAlert>> {

@@ -520,21 +520,10 @@ impl PgStore {
                 &[&big(id)],
             )?)
         })?;
-        rows.iter()
-            .map(|r| {
-                let action: String = r.get(3);
-                Ok(crate::model::AuditEntry {
-                    activity: id,
-                    at: r.get(1),
-                    actor: r.get(2),
-                    action: crate::model::AuditAction::from_text(&action)
-                        .ok_or_else(|| corrupt(format!("audit action {action:?}")))?,
-                    field: r.get(4),
-                    old: r.get(5),
-                    new: r.get(6),
-                })
-            })
-            .collect()
+        Ok(rows
+            .iter()
+            .map(audit_entry)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     pub(crate) fn link_by_hand(&self, id: u64, r: &RecordRef, actor: &str) -> Result<bool> {
@@ -813,6 +802,21 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// An `audit` row (`activity_id, at, actor, action, field, old, new`) as its entry.
+pub(super) fn audit_entry(r: &Row) -> std::result::Result<crate::model::AuditEntry, PgError> {
+    let action: String = r.get(3);
+    Ok(crate::model::AuditEntry {
+        activity: u64::try_from(r.get::<_, i64>(0)).map_err(|_| corrupt("negative activity id"))?,
+        at: r.get(1),
+        actor: r.get(2),
+        action: crate::model::AuditAction::from_text(&action)
+            .ok_or_else(|| corrupt(format!("audit action {action:?}")))?,
+        field: r.get(4),
+        old: r.get(5),
+        new: r.get(6),
+    })
 }
 
 /// Streams rows a page at a time: `page(after)` reads the page after the key `after` (`None`:
