@@ -256,22 +256,11 @@ impl Manager {
         let store = &self.store;
         let written = self.mailboxes.iter().try_for_each(|m| {
             let mut st = store.mailbox_state(m)?;
-            let open = st.outages.last().is_some_and(|o| o.to.is_none());
-            st.failed(error);
-            if !open {
-                if let Some(o) = st.outages.last_mut() {
-                    o.from = since.to_string();
-                }
-            }
+            st.failed_since(since, error, attempts);
             store.put_mailbox_state(&st)?;
             store.add_alert(
                 m,
-                crate::model::Alert {
-                    level: crate::model::AlertLevel::Warning,
-                    message: format!(
-                        "the store could not be used from {since} to {now} ({attempts} failed attempt(s), recorded once it answered again): {error}"
-                    ),
-                },
+                crate::store::late_outage_alert(since, &now, attempts, error),
             )
         });
         match written {

@@ -665,23 +665,10 @@ fn record_late(
     u: &Unrecorded,
     now: &str,
 ) -> Result<(), crate::store::StoreError> {
-    let open = state.outages.last().is_some_and(|o| o.to.is_none());
-    state.failed(&u.error);
-    state.consecutive_errors += u.attempts.saturating_sub(1);
-    if !open {
-        if let Some(o) = state.outages.last_mut() {
-            o.from = u.since.clone();
-        }
-    }
+    state.failed_since(&u.since, &u.error, u.attempts);
     store.add_alert(
         &mb.name,
-        Alert {
-            level: AlertLevel::Warning,
-            message: format!(
-                "the store could not be used from {} to {now} ({} failed attempt(s), recorded once it answered again): {}",
-                u.since, u.attempts, u.error
-            ),
-        },
+        crate::store::late_outage_alert(&u.since, now, u.attempts, &u.error),
     )
 }
 

@@ -174,6 +174,19 @@ impl MailboxState {
         self.last_tracked = Some(now());
     }
 
+    /// `attempts` failures since `since` that could not be recorded then (the store itself
+    /// failed): counted, and an outage opened at `since` unless one is open.
+    pub(crate) fn failed_since(&mut self, since: &str, error: &str, attempts: u32) {
+        let open = self.outages.last().is_some_and(|o| o.to.is_none());
+        self.failed(error);
+        self.consecutive_errors += attempts.saturating_sub(1);
+        if !open {
+            if let Some(o) = self.outages.last_mut() {
+                o.from = since.to_string();
+            }
+        }
+    }
+
     /// A pass failed: opens an outage unless one is open.
     pub(crate) fn failed(&mut self, error: &str) {
         self.last_error = Some(error.to_string());
@@ -188,6 +201,16 @@ impl MailboxState {
                 self.outages.remove(0);
             }
         }
+    }
+}
+
+/// The alert of an outage recorded late, once the store answered again ([`MailboxState::failed_since`]).
+pub(crate) fn late_outage_alert(since: &str, now: &str, attempts: u32, error: &str) -> Alert {
+    Alert {
+        level: crate::model::AlertLevel::Warning,
+        message: format!(
+            "the store could not be used from {since} to {now} ({attempts} failed attempt(s), recorded once it answered again): {error}"
+        ),
     }
 }
 
