@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{knob, pct};
+use common::{idle_count, knob, message, pct, rss_kb};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,24 +28,6 @@ const FOLDER: &str = "INBOX/Tracked";
 /// Messages the IDLE floor measurement appends (tracked like the others).
 const FLOOR_TRIALS: usize = 20;
 
-fn message(user: &str, i: usize) -> String {
-    format!(
-        "From: Bob <bob{n}@acme.com>\r\nTo: {user}@example.com\r\nSubject: agents {i}\r\nMessage-ID: <agents-{i}-{user}@bench>\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello {user}, about order {i}.\r\n{body}\r\n",
-        n = i % 50,
-        body = "Some text of a realistic length for a short business mail. ".repeat(20)
-    )
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// How many mailboxes agent `dir` reports idle (its control socket answers for its own tasks).
 fn idle_on(work: &Path, dir: &Path) -> usize {
     let out = Command::new(testkit::env::foldertrack_bin())
@@ -55,12 +37,7 @@ fn idle_on(work: &Path, dir: &Path) -> usize {
         .args(["status", "--json"])
         .output()
         .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    st["mailboxes"].as_array().map_or(0, |a| {
-        a.iter()
-            .filter(|m| m["live"]["state"].as_str() == Some("idle"))
-            .count()
-    })
+    idle_count(&serde_json::from_slice(&out.stdout).unwrap_or_default())
 }
 
 /// Waits until the agents of `dirs` together have `n` mailboxes idle; the time it took.
@@ -90,7 +67,7 @@ fn idle_floor(port: u16, trials: usize) -> Vec<f64> {
         watcher.send("i IDLE\r\n");
         while !watcher.line().starts_with('+') {}
         let t = Instant::now();
-        writer.append(FOLDER, message("user1", 1_000_000 + k).as_bytes());
+        writer.append(FOLDER, message("agents", "user1", 1_000_000 + k).as_bytes());
         while !watcher.line().contains("EXISTS") {}
         out.push(t.elapsed().as_secs_f64() * 1000.0);
         watcher.send("DONE\r\n");
@@ -155,7 +132,7 @@ fn deliver(port: u16, users: usize, messages: usize) {
                     for j in 0..per_user {
                         let idx = (i - 1) * per_user + j;
                         if idx < messages {
-                            c.append(FOLDER, message(&user, idx).as_bytes());
+                            c.append(FOLDER, message("agents", &user, idx).as_bytes());
                         }
                     }
                     c.cmd("LOGOUT");
@@ -176,7 +153,7 @@ fn latencies(port: u16, users: usize, trials: usize, agents: &[Agent], base: usi
             while a.lines().try_recv().is_ok() {}
         }
         let t = Instant::now();
-        c.append(FOLDER, message(&user, base + k).as_bytes());
+        c.append(FOLDER, message("agents", &user, base + k).as_bytes());
         let needle = format!("mailbox={user} ");
         'wait: loop {
             assert!(

@@ -30,30 +30,12 @@
 
 mod common;
 
-use common::{knob, pct, start_agent};
+use common::{idle_count, knob, message, pct, rss_kb, start_agent};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::sandbox::{Sandbox, SandboxOptions};
 use testkit::{Config, Imap, Mailbox, Rule};
-
-fn message(user: &str, i: usize) -> String {
-    format!(
-        "From: Bob <bob{n}@acme.com>\r\nTo: {user}@example.com\r\nSubject: scale {i}\r\nMessage-ID: <scale-{i}-{user}@bench>\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello {user}, about order {i}.\r\n{body}\r\n",
-        n = i % 50,
-        body = "Some text of a realistic length for a short business mail. ".repeat(20)
-    )
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn status(work: &Path) -> serde_json::Value {
     let out = Command::new(testkit::env::foldertrack_bin())
@@ -62,14 +44,6 @@ fn status(work: &Path) -> serde_json::Value {
         .output()
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-fn idle_count(st: &serde_json::Value) -> usize {
-    st["mailboxes"].as_array().map_or(0, |a| {
-        a.iter()
-            .filter(|m| m["live"]["state"].as_str() == Some("idle"))
-            .count()
-    })
 }
 
 /// The tracked folders of each mailbox (config form).
@@ -240,7 +214,7 @@ fn main() {
                         let idx = (i - 1) * per_user + j;
                         if idx < messages {
                             let f = &tf[idx % tf.len()];
-                            c.append(f, message(&user, idx).as_bytes());
+                            c.append(f, message("scale", &user, idx).as_bytes());
                             n += 1;
                         }
                     }
@@ -294,7 +268,7 @@ fn main() {
         let t = Instant::now();
         // The folders other than the IDLE one are the ones NOTIFY must watch.
         let f = &tracked_folders[(k + 1) % tracked_folders.len()];
-        c.append(f, message(&user, messages + k).as_bytes());
+        c.append(f, message("scale", &user, messages + k).as_bytes());
         let needle = format!("mailbox={user} ");
         loop {
             let Ok((at, line)) = rx.recv_timeout(Duration::from_secs(30)) else {

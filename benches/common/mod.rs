@@ -31,3 +31,33 @@ pub fn start_agent(work: &Path, debug_var: &str, wanted: &[&str]) -> Agent {
         .echo(std::env::var(debug_var).is_ok())
         .start()
 }
+
+/// A short business mail from one of 50 senders to `user`, numbered `i`; `tag` names the bench
+/// in its subject and Message-ID (`<tag-i-user@bench>`).
+pub fn message(tag: &str, user: &str, i: usize) -> String {
+    format!(
+        "From: Bob <bob{n}@acme.com>\r\nTo: {user}@example.com\r\nSubject: {tag} {i}\r\nMessage-ID: <{tag}-{i}-{user}@bench>\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello {user}, about order {i}.\r\n{body}\r\n",
+        n = i % 50,
+        body = "Some text of a realistic length for a short business mail. ".repeat(20)
+    )
+}
+
+/// The resident set of process `pid`, kB (0 when it cannot be read).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many mailboxes a `status --json` reports idle.
+pub fn idle_count(st: &serde_json::Value) -> usize {
+    st["mailboxes"].as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|m| m["live"]["state"].as_str() == Some("idle"))
+            .count()
+    })
+}
