@@ -148,6 +148,17 @@ impl Fleet {
         Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Seconds until the first of `agent`'s leases lapses, by the database's clock.
+    fn time_left(&self, agent: &str) -> f64 {
+        self.sql()
+            .query_one(
+                "SELECT extract(epoch FROM min(until) - now())::float8 FROM leases WHERE agent = $1",
+                &[&agent],
+            )
+            .unwrap()
+            .get(0)
+    }
+
     /// How many leases were renewed (or granted) within the last `secs`.
     fn renewed_within(&self, secs: f64) -> i64 {
         let Ok(mut c) = postgres::Client::connect(self.pg.url(), postgres::NoTls) else {
@@ -305,14 +316,7 @@ fn three_agents_share_mailboxes_survive_a_database_restart_a_kill_and_a_stop() {
         let of_c: Vec<String> = owned_by(&f, &c.name);
         assert!(!of_c.is_empty(), "c holds mailboxes before it is killed");
         // The shortest time left on c's leases: none may go to another agent before.
-        let left: f64 = f
-            .sql()
-            .query_one(
-                "SELECT extract(epoch FROM min(until) - now())::float8 FROM leases WHERE agent = $1",
-                &[&c.name],
-            )
-            .unwrap()
-            .get(0);
+        let left = f.time_left(c.name.as_str());
         killed = Instant::now();
         c.agent.kill();
         wait_for("c's mailboxes taken over", 60, || {
@@ -610,14 +614,7 @@ fn an_agent_cut_off_from_the_database_stops_its_workers_before_its_leases_lapse(
     a.drain();
     // When the leases lapse by the database's clock, read just before the pause.
     wait_for("a renewal", 10, || f.renewed_within(0.5) == 2);
-    let left: f64 = f
-        .sql()
-        .query_one(
-            "SELECT extract(epoch FROM min(until) - now())::float8 FROM leases WHERE agent = $1",
-            &[&a.name],
-        )
-        .unwrap()
-        .get(0);
+    let left = f.time_left(a.name.as_str());
     let lapse = Instant::now() + Duration::from_secs_f64(left);
     signal_database(&f, "STOP");
     let paused = Instant::now();
