@@ -4,9 +4,11 @@
 //! Every error names the file, the line and the key, because the person reading it is an admin
 //! editing a file, not a developer reading a backtrace.
 
+mod field_sync;
 mod smtp;
 
 use crate::model::RecordRef;
+pub use field_sync::{FieldSync, SyncDirection};
 use serde::Deserialize;
 pub use smtp::{RetryPolicy, SmtpConfig};
 use std::fmt;
@@ -121,6 +123,8 @@ pub struct MailboxConfig {
     pub rules: Vec<Rule>,
     pub watch: WatchSettings,
     pub crm: CrmSettings,
+    /// Which fields sync with the mailbox's flags, and which way (`[field_sync]`).
+    pub field_sync: FieldSync,
     /// The configuration's `max_message_size`: also the largest literal a server may send.
     pub max_message_bytes: u64,
     /// The configuration's `command_timeout`: how long one IMAP command of this mailbox's
@@ -455,6 +459,7 @@ struct RawConfig {
     store: Option<RawStore>,
     agent: Option<RawAgent>,
     audit: Option<RawAudit>,
+    field_sync: Option<field_sync::RawFieldSync>,
 }
 
 #[derive(Deserialize)]
@@ -540,6 +545,7 @@ struct RawMailbox {
     #[serde(default)]
     rule: Vec<RawRule>,
     smtp: Option<smtp::RawSmtp>,
+    field_sync: Option<field_sync::RawFieldSync>,
 }
 
 #[derive(Deserialize)]
@@ -690,7 +696,11 @@ impl Config {
         let audit_retention_days = audit_retention(&loc, raw.audit.as_ref())?;
         let mut mailboxes = Vec::new();
         for (i, m) in raw.mailbox.into_iter().enumerate() {
-            let mb = check_mailbox(&loc, i, m, raw.smtp.as_ref(), &resolve)?;
+            let globals = Globals {
+                smtp: raw.smtp.as_ref(),
+                field_sync: raw.field_sync.as_ref(),
+            };
+            let mb = check_mailbox(&loc, i, m, globals, &resolve)?;
             if mailboxes.iter().any(|o: &MailboxConfig| o.name == mb.name) {
                 return Err(loc.err(
                     None,
@@ -735,11 +745,18 @@ impl Config {
     }
 }
 
+/// The global tables a mailbox's own tables override key by key.
+#[derive(Clone, Copy)]
+struct Globals<'a> {
+    smtp: Option<&'a smtp::RawSmtp>,
+    field_sync: Option<&'a field_sync::RawFieldSync>,
+}
+
 fn check_mailbox(
     loc: &Locator<'_>,
     i: usize,
     m: RawMailbox,
-    global_smtp: Option<&smtp::RawSmtp>,
+    globals: Globals<'_>,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<MailboxConfig, ConfigError> {
     let k = |f: &str| format!("mailbox[{i}].{f}");
@@ -759,7 +776,7 @@ fn check_mailbox(
         loc,
         &format!("mailbox[{i}]"),
         m.smtp.clone(),
-        global_smtp,
+        globals.smtp,
         smtp::MailboxAuth {
             name: m.name.get_ref().trim(),
             user: m.user.get_ref(),
@@ -816,6 +833,12 @@ fn check_mailbox(
         sent_folder,
         watch: watch_settings(loc, &k, &m)?,
         crm: crm_settings(loc, &k, &m)?,
+        field_sync: field_sync::check(
+            loc,
+            &k("field_sync"),
+            m.field_sync.as_ref(),
+            globals.field_sync,
+        )?,
         rules,
         max_message_bytes: FetchLimits::default().max_message_bytes,
         command_timeout: crate::defaults::COMMAND_TIMEOUT,

@@ -266,6 +266,24 @@ enum ActivitiesCmd {
     /// Untrack it: it stays in the CRM, its message loses the tracked keyword and is not
     /// tracked again where it is (a new drag into a tracked folder tracks it again).
     Untrack { id: u64 },
+    /// Change its synced fields in the CRM; each goes to every mailbox copy where its
+    /// direction (`[field_sync]`) sends CRM changes to the mailbox.
+    Set {
+        id: u64,
+        /// on or off (`\Seen`).
+        #[arg(long, value_parser = ["on", "off"])]
+        read: Option<String>,
+        /// on or off (`\Flagged`).
+        #[arg(long, value_parser = ["on", "off"])]
+        follow_up: Option<String>,
+        /// high or normal (`$Important`).
+        #[arg(long, value_parser = ["high", "normal"])]
+        importance: Option<String>,
+        /// +NAME adds a category, -NAME removes one (repeatable; an IMAP keyword in the
+        /// mailbox).
+        #[arg(long, allow_hyphen_values = true)]
+        category: Vec<String>,
+    },
     /// Its audit trail, newest first: created, re-linked (by a move, a rule, by hand, a
     /// correlation), copies added, untracked.
     History {
@@ -368,6 +386,20 @@ async fn activities_request(cmd: ActivitiesCmd, config: &Config) -> Result<Reque
         ActivitiesCmd::History { id, json } => Request::ActivitiesHistory { id, json },
         ActivitiesCmd::Untrack { id } => Request::ActivitiesUntrack {
             id,
+            user: commands::activities::invoking_user(),
+        },
+        ActivitiesCmd::Set {
+            id,
+            read,
+            follow_up,
+            importance,
+            category,
+        } => Request::ActivitiesSet {
+            id,
+            read: read.map(|v| v == "on"),
+            follow_up: follow_up.map(|v| v == "on"),
+            importance,
+            categories: category,
             user: commands::activities::invoking_user(),
         },
         ActivitiesCmd::Attachment { id, n } => Request::ActivitiesAttachment { id, n },

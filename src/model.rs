@@ -341,6 +341,9 @@ pub struct Draft {
     pub keep: bool,
     /// Normalised subject, indexed for smart matching.
     pub subject_key: Option<String>,
+    /// The message's flags in the mailbox when it was fetched (with the tracked keyword when
+    /// it is about to be written back): the new activity's synced fields (DESIGN §4.12).
+    pub seen: Option<CopySeen>,
 }
 
 text_enum! {
@@ -359,7 +362,62 @@ text_enum! {
         Untracked = "untracked",
         /// Tracked again: a copy of its message was dragged into a tracked folder.
         TrackedAgain = "tracked again",
+        /// A synced field changed (`field`: which; `old` → `new`), from the side the actor
+        /// names: `mailbox:NAME` (a mail client) or `cli:USER` (`activities set`).
+        FieldChanged = "field changed",
+        /// Both sides changed a synced field since they last agreed: `old` is the value that
+        /// lost, `new` the one kept (DESIGN §4.12).
+        FieldConflict = "field conflict",
     }
+}
+
+text_enum! {
+    /// An email activity's importance, as Dynamics has it (low is shown as normal: IMAP's
+    /// `$Important` keyword, RFC 8457, has no "low").
+    #[derive(Default)]
+    pub enum Importance {
+        /// No `$Important` keyword.
+        #[default]
+        Normal = "normal",
+        /// `$Important`, or an `Importance: high` header.
+        High = "high",
+    }
+}
+
+/// The fields of an activity that sync with its message's flags in the mailbox (DESIGN §4.12):
+/// `read` ↔ `\Seen`, `follow_up` ↔ `\Flagged`, `importance` ↔ `$Important`, `categories` ↔
+/// the other keywords.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fields {
+    /// Read (`\\Seen`).
+    pub read: bool,
+    /// Flagged for follow-up (`\\Flagged`).
+    pub follow_up: bool,
+    /// High or normal (`$Important`).
+    pub importance: Importance,
+    /// Sorted, without duplicates.
+    pub categories: Vec<String>,
+}
+
+/// What a copy of an activity's message in a mailbox looked like when foldertrack last saw or
+/// wrote it: a change on one side is a difference from this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySeen {
+    /// Where the copy is.
+    pub source: Source,
+    /// Its fields as last seen (or written), where both sides last agreed.
+    pub seen: Fields,
+    /// The tracked keyword was on it: its removal (in a mail client) untracks.
+    pub keyword: bool,
+}
+
+/// An activity's synced fields: the CRM's values and each mailbox copy's last seen ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldState {
+    /// The CRM's values.
+    pub crm: Fields,
+    /// Each mailbox copy, as last seen.
+    pub copies: Vec<CopySeen>,
 }
 
 /// One change to an activity, appended in the transaction that made it and never rewritten:
@@ -430,6 +488,15 @@ pub(crate) struct FolderState {
     /// UIDNEXT and UIDVALIDITY means nothing arrived, and the folder need not be opened.
     #[serde(default)]
     pub synced_uid_next: u32,
+    /// The folder's HIGHESTMODSEQ (RFC 7162) that the last flag scan covered, written in the
+    /// transaction that applied the changes it found: the next scan asks only for changes
+    /// since. 0: no CONDSTORE, or never scanned.
+    #[serde(default)]
+    pub highest_modseq: u64,
+    /// When the flags were last scanned (Unix seconds): without CONDSTORE, a scan reads every
+    /// tracked message's flags, so it runs at most every `flag_scan_interval`.
+    #[serde(default)]
+    pub flags_scanned_at: u64,
 }
 
 impl FolderState {

@@ -165,6 +165,7 @@ pub(crate) fn enqueue(
             uid: source.uid,
             size,
             raw: raw.clone(),
+            flags: None,
         },
         &ctx,
         source,

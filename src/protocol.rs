@@ -103,6 +103,22 @@ pub enum Request {
         #[serde(default)]
         user: String,
     },
+    /// `activities set ID …`: its synced fields changed in the CRM.
+    ActivitiesSet {
+        /// The activity.
+        id: u64,
+        /// Read or not.
+        read: Option<bool>,
+        /// Flagged for follow-up or not.
+        follow_up: Option<bool>,
+        /// `high` or `normal`.
+        importance: Option<String>,
+        /// `+NAME` adds a category, `-NAME` removes one.
+        categories: Vec<String>,
+        /// Who asked (the Unix user running the command), for the audit trail.
+        #[serde(default)]
+        user: String,
+    },
     /// `activities history ID`: its audit trail, newest first.
     ActivitiesHistory {
         /// The activity (it may have been deleted since).

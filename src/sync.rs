@@ -23,7 +23,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod flags;
 mod folder;
+pub use flags::FlagReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -52,6 +54,9 @@ pub struct FolderReport {
     pub outcome: BatchOutcome,
     /// Activities moved to the folder's (changed) regarding, or reset after a manual link.
     pub relinked_by_rule: u32,
+    /// What the flag scan synced (DESIGN §4.12).
+    #[serde(flatten)]
+    pub flags: FlagReport,
     /// Ids of the new activities, for late correlation at the end of the pass (ids only: a
     /// 50,000-message pass kept every activity in memory, and peak RSS grew with the folder).
     #[serde(skip)]
@@ -562,6 +567,15 @@ fn build_one(
     match built {
         Ok(mut d) => {
             store.keep_body_out(&mut d.activity);
+            d.seen = m.flags.as_deref().map(|flags| {
+                let k = ctx.mailbox.crm.tracked_keyword.as_deref();
+                let (seen, keyword) = track::fields::from_flags(flags, k);
+                crate::model::CopySeen {
+                    source: source.clone(),
+                    seen,
+                    keyword,
+                }
+            });
             BatchItem::Tracked(Box::new(d))
         }
         Err(_) => quarantined(
@@ -735,6 +749,7 @@ pub fn replay(
             uid: source.uid,
             size,
             raw,
+            flags: None,
         },
         &ctx,
         source.clone(),

@@ -239,6 +239,7 @@ fn mailbox(variant: u8) -> MailboxConfig {
         ],
         watch: Default::default(),
         crm,
+        field_sync: Default::default(),
         max_message_bytes: foldertrack::config::FetchLimits::default().max_message_bytes,
         command_timeout: std::time::Duration::from_secs(120),
         smtp: None,

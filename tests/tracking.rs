@@ -694,3 +694,174 @@ fn store_is_the_engine_the_tests_ask_for() {
         }
     }
 }
+
+/// The activity's synced fields as `activities list --json` shows them.
+fn fields_of(e: &Env, subject: &str) -> (bool, bool, String, Vec<String>, bool) {
+    let acts = e.activities();
+    let a = one(&acts, subject);
+    let cats = a["categories"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no categories in {a}"))
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    (
+        a["read"].as_bool().unwrap(),
+        a["follow_up"].as_bool().unwrap(),
+        a["importance"].as_str().unwrap().to_string(),
+        cats,
+        a["tracked"].as_bool().unwrap(),
+    )
+}
+
+/// A mail client's STORE on the first message of `folder`.
+fn client_store(c: &mut testkit::imap::Imap, folder: &str, what: &str) {
+    let n = testkit::imap::quote(&c.name(folder));
+    c.cmd(&format!("SELECT {n}"));
+    let r = c.command(&format!("UID STORE 1:* {what}"));
+    assert!(r.ok(), "STORE {what}: {r:?}");
+}
+
+/// The audit actions of activity `id`, newest first, as (action, actor, field).
+fn history_of(e: &Env, id: &str) -> Vec<(String, String, String)> {
+    let h: Vec<Value> =
+        serde_json::from_str(&e.ok(&["activities", "history", id, "--json"])).unwrap();
+    h.iter()
+        .map(|x| {
+            (
+                x["action"].as_str().unwrap().to_string(),
+                x["actor"].as_str().unwrap().to_string(),
+                x["field"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Field sync with CONDSTORE (Dovecot's default): the flags a message has when tracked are
+/// its fields; a mail client's changes reach the CRM in the next pass (read, follow-up,
+/// importance, categories); `activities set` writes follow-up and categories to the mailbox
+/// (`both`) but not read (`to_crm`); removing `$Tracked` in the mail client untracks.
+#[test]
+fn field_sync_follow_up_and_categories_both_ways_read_to_crm_only_keyword_removal_untracks() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    let f = "INBOX/Tracked/Acme";
+    c.append_many(f, &[mail("flagged", "<fl@acme.com>")], "\\Seen");
+    e.ok(&["sync"]);
+    let id = one(&e.activities(), "flagged")["id"].to_string();
+    assert_eq!(
+        fields_of(&e, "flagged"),
+        (true, false, "normal".into(), vec![], true),
+        "the flags it was tracked with"
+    );
+
+    // The mail client flags it, marks it important and gives it a category.
+    client_store(&mut c, f, "+FLAGS (\\Flagged $Important Urgent)");
+    e.ok(&["sync"]);
+    assert_eq!(
+        fields_of(&e, "flagged"),
+        (true, true, "high".into(), vec!["Urgent".to_string()], true)
+    );
+    let h = history_of(&e, &id);
+    for field in ["follow_up", "importance", "categories"] {
+        assert!(
+            h.contains(&("field changed".into(), "mailbox:alice".into(), field.into())),
+            "{field} from the mailbox in {h:?}"
+        );
+    }
+
+    // The CRM side: follow-up off, a category swapped, read off.
+    let said = e.ok(&[
+        "activities",
+        "set",
+        &id,
+        "--follow-up",
+        "off",
+        "--category",
+        "+Deal",
+        "--category",
+        "-Urgent",
+        "--read",
+        "off",
+    ]);
+    assert!(
+        said.contains("written to alice/INBOX/Tracked/Acme"),
+        "{said}"
+    );
+    let flags = c.flags(f)[0].clone();
+    assert!(
+        !flags.contains("\\Flagged"),
+        "follow-up off reached the mailbox: {flags}"
+    );
+    assert!(
+        flags.contains("Deal") && !flags.contains("Urgent"),
+        "{flags}"
+    );
+    assert!(
+        flags.contains("\\Seen"),
+        "read is to_crm: the mailbox keeps \\Seen: {flags}"
+    );
+    assert!(
+        flags.contains("$Important") && flags.contains("$Tracked"),
+        "{flags}"
+    );
+    // A pass changes nothing back: the mailbox holds what the CRM wrote.
+    e.ok(&["sync"]);
+    assert_eq!(
+        fields_of(&e, "flagged"),
+        (false, false, "high".into(), vec!["Deal".to_string()], true)
+    );
+    assert!(history_of(&e, &id)
+        .iter()
+        .any(|x| x.0 == "field changed" && x.1.starts_with("cli") && x.2 == "read"));
+
+    // Removing the tracked keyword in the mail client untracks, within one pass.
+    client_store(&mut c, f, "-FLAGS ($Tracked)");
+    e.ok(&["sync"]);
+    assert!(!fields_of(&e, "flagged").4, "untracked");
+    let h = history_of(&e, &id);
+    assert_eq!(h[0].0, "untracked", "{h:?}");
+    assert_eq!(h[0].1, "mailbox:alice", "{h:?}");
+    // Bad input is a usage error.
+    for bad in [
+        vec!["activities", "set", &id],
+        vec!["activities", "set", &id, "--category", "Deal"],
+        vec!["activities", "set", &id, "--category", "+has space"],
+        vec!["activities", "set", "999999", "--follow-up", "on"],
+    ] {
+        assert_eq!(e.run(&bad).status.code(), Some(2), "{bad:?}");
+    }
+}
+
+/// Without CONDSTORE (Dovecot told not to offer it): the flags of the tracked messages are
+/// fetched at most every `flag_scan_interval`, and a folder that keeps no keywords gets
+/// follow-up but not categories.
+#[test]
+fn field_sync_without_condstore_scans_the_tracked_uids_every_interval() {
+    let e = env_with(SandboxOptions {
+        extra_conf: "imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE NAMESPACE UIDPLUS MOVE SPECIAL-USE CHILDREN UNSELECT LIST-EXTENDED\n".into(),
+        ..cast()
+    });
+    let alice = e
+        .mailbox("alice")
+        .keys("field_sync = { flag_scan_interval = 1 }")
+        .rules(standard_rules());
+    e.setup(
+        &["INBOX/Tracked", "INBOX/Tracked/Acme"],
+        &Config::new().mailbox(alice),
+    );
+    let mut c = e.imap("alice");
+    let caps = c.cmd("CAPABILITY").join(" ");
+    assert!(!caps.contains("CONDSTORE"), "{caps}");
+    let f = "INBOX/Tracked/Acme";
+    c.append(f, &mail("no condstore", "<nc@acme.com>"));
+    e.ok(&["sync"]);
+    assert!(!fields_of(&e, "no condstore").1);
+    client_store(&mut c, f, "+FLAGS (\\Flagged Later)");
+    // The first pass scanned the flags; the next scan is due after the interval.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    e.ok(&["sync"]);
+    let (_, follow_up, _, cats, _) = fields_of(&e, "no condstore");
+    assert!(follow_up);
+    assert_eq!(cats, vec!["Later".to_string()]);
+}

@@ -21,9 +21,10 @@ pub(crate) fn list(store: &Store, regarding: Option<&str>, json: bool) -> Result
             .map(|a| {
                 let mut v = show::activity_json_brief(a);
                 v["tracked"] = (!untracked.contains(&a.id)).into();
-                v
+                put_fields(&mut v, &store.field_state(a.id)?.unwrap_or_default().crm);
+                Ok(v)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         return Ok(serde_json::to_string_pretty(&list)? + "\n");
     }
     Ok(show::activities_table(&acts))
@@ -47,12 +48,15 @@ pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
         }
         v["counterpart"] = serde_json::json!(counterpart);
         v["tracked"] = (!store.untracked_ids()?.contains(&id)).into();
+        put_fields(&mut v, &store.field_state(id)?.unwrap_or_default().crm);
         if let Some(e) = store.outbox_entry(id)? {
             v["send"] = serde_json::to_value(&e)?;
         }
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut text = show::activity_text(&a);
+    let fields = store.field_state(id)?.unwrap_or_default().crm;
+    text.push_str(&format!("  fields:     {}\n", fields_line(&fields)));
     if store.untracked_ids()?.contains(&id) {
         text.push_str("  tracked:    no (untracked; `activities history` says by whom)\n");
     }
@@ -67,6 +71,15 @@ pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
         );
     }
     Ok(text)
+}
+
+/// The synced fields into an activity's JSON (`read`, `follow_up`, `importance`,
+/// `categories`).
+fn put_fields(v: &mut serde_json::Value, f: &crate::model::Fields) {
+    v["read"] = f.read.into();
+    v["follow_up"] = f.follow_up.into();
+    v["importance"] = f.importance.as_str().into();
+    v["categories"] = f.categories.clone().into();
 }
 
 /// `activities link ID TYPE:KEY`: sets the regarding by hand, as `user` (the audit trail's
@@ -134,10 +147,36 @@ async fn drop_keyword(
     config: &crate::config::Config,
     s: &crate::model::Source,
 ) -> Result<Option<String>, String> {
-    let Some(mb) = config.mailbox(&s.mailbox) else {
+    let Some(k) = config
+        .mailbox(&s.mailbox)
+        .and_then(|mb| mb.crm.tracked_keyword.clone())
+    else {
         return Ok(None);
     };
-    let Some(k) = mb.crm.tracked_keyword.as_deref() else {
+    let Some((mut c, _)) = open_copy(config, s).await? else {
+        return Ok(None);
+    };
+    let r = crate::imap::fetch::store_flags(
+        &mut c.session,
+        &c.peer,
+        s.uid,
+        &[],
+        std::slice::from_ref(&k),
+    )
+    .await
+    .map_err(|e| e.to_string());
+    let _ = c.session.logout().await;
+    r.map(|()| Some(k))
+}
+
+/// Connects to the mailbox of copy `s` and selects its folder read-write: `None` when the
+/// copy cannot be reached that way (a mailbox not in the config, the outbox, a folder gone
+/// or reset since).
+async fn open_copy(
+    config: &crate::config::Config,
+    s: &crate::model::Source,
+) -> Result<Option<(crate::imap::Connected, crate::imap::fetch::Selected)>, String> {
+    let Some(mb) = config.mailbox(&s.mailbox) else {
         return Ok(None);
     };
     if s.folder == crate::store::OUTBOX_FOLDER {
@@ -156,16 +195,138 @@ async fn drop_keyword(
     if sel.uidvalidity != s.uidvalidity {
         return Ok(None);
     }
-    let cmd = format!("UID STORE {} -FLAGS.SILENT ({k})", s.uid);
-    crate::imap::timed(
-        &c.peer,
-        "UID STORE",
-        c.session.run_command_and_check_ok(&cmd),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    Ok(Some((c, sel)))
+}
+
+/// What `activities set` asks for, checked: a category must be `+NAME` or `-NAME` with NAME
+/// an IMAP keyword (it is stored as one in the mailbox).
+pub(crate) fn field_change(
+    read: Option<bool>,
+    follow_up: Option<bool>,
+    importance: Option<String>,
+    categories: &[String],
+) -> Result<crate::track::fields::FieldChange> {
+    let importance = importance
+        .map(|i| {
+            crate::model::Importance::from_text(&i)
+                .ok_or_else(|| UsageError(format!("--importance {i}: must be high or normal")))
+        })
+        .transpose()?;
+    let mut change = crate::track::fields::FieldChange {
+        read,
+        follow_up,
+        importance,
+        ..Default::default()
+    };
+    for c in categories {
+        let (sign, name) = c.split_at(c.chars().next().map_or(0, char::len_utf8));
+        let atom = !name.is_empty()
+            && !name.starts_with('\\')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !"(){%*\"\\]".contains(c));
+        match (sign, atom) {
+            ("+", true) => change.add_categories.push(name.to_string()),
+            ("-", true) => change.remove_categories.push(name.to_string()),
+            _ => {
+                return Err(UsageError(format!(
+                    "--category {c}: write +NAME to add or -NAME to remove, NAME an IMAP keyword (letters, digits, $ . _ - and the like; no spaces or ( ) {{ % * \" \\ ])"
+                ))
+                .into())
+            }
+        }
+    }
+    if change == crate::track::fields::FieldChange::default() {
+        return Err(UsageError(
+            "nothing to set: give --read, --follow-up, --importance or --category".into(),
+        )
+        .into());
+    }
+    Ok(change)
+}
+
+/// `activities set ID …`: changes the fields in the CRM (audited as `cli:USER`), then writes
+/// them to every mailbox copy where the field's direction sends CRM changes to the mailbox;
+/// a copy that cannot be written is reported and written at its folder's next flag scan.
+pub(crate) async fn set(
+    config: &crate::config::Config,
+    store: &Store,
+    id: u64,
+    change: &crate::track::fields::FieldChange,
+    user: &str,
+) -> Result<String> {
+    let a = store.activity(id)?.ok_or_else(|| {
+        UsageError(format!(
+            "no activity {id} (see `foldertrack activities list`)"
+        ))
+    })?;
+    let sync = config
+        .mailbox(&a.source.mailbox)
+        .map(|m| m.field_sync.clone())
+        .unwrap_or_default();
+    let pushes = store
+        .set_fields(id, change, &sync, &cli_actor(user))?
+        .unwrap_or_default();
+    let st = store.field_state(id)?.unwrap_or_default();
+    let mut out = format!("activity {id}: {}\n", fields_line(&st.crm));
+    for p in pushes {
+        let at = format!(
+            "{}/{} UID {}",
+            p.source.mailbox, p.source.folder, p.source.uid
+        );
+        match push_copy(config, &p).await {
+            Ok(Some(done)) => {
+                let kept = if done == p {
+                    ""
+                } else {
+                    " (no keywords kept in that folder: importance and categories not written)"
+                };
+                store.record_pushed(std::slice::from_ref(&done))?;
+                out.push_str(&format!("  written to {at}{kept}\n"));
+            }
+            Ok(None) => out.push_str(&format!("  {at}: not reachable (folder gone or reset)\n")),
+            Err(e) => out.push_str(&format!(
+                "  {at}: not written now ({e}); its next flag scan writes it\n"
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one push to its copy (keywords only where the folder keeps them): what was
+/// written, or `None` when the copy cannot be reached.
+async fn push_copy(
+    config: &crate::config::Config,
+    p: &crate::track::fields::Push,
+) -> Result<Option<crate::track::fields::Push>, String> {
+    let Some((mut c, sel)) = open_copy(config, &p.source).await? else {
+        return Ok(None);
+    };
+    let mut p = p.clone();
+    if !sel.keywords {
+        p.system_only();
+    }
+    let r =
+        crate::imap::fetch::store_flags(&mut c.session, &c.peer, p.source.uid, &p.add, &p.remove)
+            .await
+            .map_err(|e| e.to_string());
     let _ = c.session.logout().await;
-    Ok(Some(k.to_string()))
+    r.map(|()| Some(p))
+}
+
+/// The synced fields on one line, as `activities show` prints them.
+pub(crate) fn fields_line(f: &crate::model::Fields) -> String {
+    format!(
+        "read {}, follow-up {}, importance {}, categories: {}",
+        if f.read { "yes" } else { "no" },
+        if f.follow_up { "yes" } else { "no" },
+        f.importance,
+        if f.categories.is_empty() {
+            "none".to_string()
+        } else {
+            f.categories.join(", ")
+        }
+    )
 }
 
 /// `activities history ID [--json]`: the activity's audit trail, newest first; it outlives

@@ -231,6 +231,7 @@ async fn demo_inner(dir: &Path, dovecot: &Sandbox) -> Result<String> {
         rules: Vec::new(),
         watch: Default::default(),
         crm: Default::default(),
+        field_sync: Default::default(),
         max_message_bytes: crate::config::FetchLimits::default().max_message_bytes,
         command_timeout: crate::defaults::COMMAND_TIMEOUT,
         smtp: None,

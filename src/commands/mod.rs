@@ -133,6 +133,17 @@ pub(crate) async fn execute(
         Request::ActivitiesUntrack { id, user } => {
             activities::untrack(config, store, id, &user).await
         }
+        Request::ActivitiesSet {
+            id,
+            read,
+            follow_up,
+            importance,
+            categories,
+            user,
+        } => match activities::field_change(read, follow_up, importance, &categories) {
+            Ok(change) => activities::set(config, store, id, &change, &user).await,
+            Err(e) => Err(e),
+        },
         Request::ActivitiesAttachment { id, n } => return activities::attachment(store, id, n),
         Request::ActivitiesSend { outgoing } => outbox::send(config, store, &outgoing, agent).await,
         Request::Status { json } => status::status(config, store, agent, json),

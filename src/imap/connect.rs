@@ -390,7 +390,21 @@ pub(crate) async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> 
             async_imap::types::Capability::Auth(a) => format!("AUTH={a}"),
             async_imap::types::Capability::Atom(a) => a.to_string(),
         })
-        .collect();
+        .collect::<Vec<String>>();
+    // CONDSTORE (RFC 7162) makes SELECT report HIGHESTMODSEQ, so the flag scan asks only for
+    // what changed (DESIGN §4.12). QRESYNC is not enabled: it would turn EXPUNGE into
+    // VANISHED, and an expunge changes no activity.
+    if capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("CONDSTORE"))
+    {
+        super::timed(
+            &peer,
+            "ENABLE CONDSTORE",
+            session.run_command_and_check_ok("ENABLE CONDSTORE"),
+        )
+        .await?;
+    }
     tracing::debug!(mailbox = %mb.name, addr = %peer, security, "logged in");
     Ok(Connected {
         session,

@@ -13,6 +13,9 @@ pub(crate) struct Selected {
     pub exists: u32,
     /// Opened read-write and PERMANENTFLAGS has `\*`: keywords can be stored.
     pub keywords: bool,
+    /// HIGHESTMODSEQ (RFC 7162), when the server keeps mod-sequences (CONDSTORE, enabled at
+    /// login): flag changes can then be asked for with `CHANGEDSINCE`.
+    pub highest_modseq: Option<u64>,
 }
 
 /// One fetched message.
@@ -21,6 +24,8 @@ pub(crate) struct RawMessage {
     pub uid: u32,
     pub size: u64,
     pub raw: Vec<u8>,
+    /// Its flags when fetched (`None` for a message not read from a folder: a replay).
+    pub flags: Option<Vec<String>>,
 }
 
 /// A unit of work: the messages fetched together and committed in one transaction.
@@ -108,6 +113,7 @@ pub(crate) async fn open(
                 .permanent_flags
                 .iter()
                 .any(|f| matches!(f, async_imap::types::Flag::MayCreate)),
+        highest_modseq: mb.highest_modseq.filter(|m| *m > 0),
     })
 }
 
@@ -228,7 +234,7 @@ pub(crate) async fn fetch_batch(
     let last = batch.last_uid();
     timed(peer, "UID FETCH (BODY.PEEK[])", async {
         let mut stream = session
-            .uid_fetch(&set, "(UID RFC822.SIZE BODY.PEEK[])")
+            .uid_fetch(&set, "(UID RFC822.SIZE FLAGS BODY.PEEK[])")
             .await?;
         let mut out = Vec::with_capacity(batch.fetch.len());
         while let Some(f) = stream.try_next().await? {
@@ -242,11 +248,85 @@ pub(crate) async fn fetch_batch(
                 uid,
                 size: u64::from(f.size.unwrap_or(body.len() as u32)),
                 raw: body.to_vec(),
+                flags: Some(f.flags().map(|f| flag_text(&f)).collect()),
             });
         }
         Ok(out)
     })
     .await
+}
+
+/// A flag as IMAP writes it (`\\Seen`, `$Important`).
+pub(crate) fn flag_text(f: &async_imap::types::Flag<'_>) -> String {
+    use async_imap::types::Flag;
+    match f {
+        Flag::Seen => "\\Seen".into(),
+        Flag::Answered => "\\Answered".into(),
+        Flag::Flagged => "\\Flagged".into(),
+        Flag::Deleted => "\\Deleted".into(),
+        Flag::Draft => "\\Draft".into(),
+        Flag::Recent => "\\Recent".into(),
+        Flag::MayCreate => "\\*".into(),
+        Flag::Custom(c) => c.to_string(),
+    }
+}
+
+/// The flags of the messages in `sets` (UID sets, each one command so no command line grows
+/// without bound: [`uid_sets`]); with `changed_since`, only of those whose flags changed after
+/// that mod-sequence (RFC 7162 `CHANGEDSINCE`). Also returns the highest MODSEQ the answers
+/// carried.
+pub(crate) async fn fetch_flags(
+    session: &mut ImapSession,
+    peer: &Peer,
+    sets: &[String],
+    changed_since: Option<u64>,
+) -> Result<(Vec<(u32, Vec<String>)>, u64), ImapError> {
+    let mut out = Vec::new();
+    let mut top = 0;
+    let query = match changed_since {
+        Some(m) => format!("(UID FLAGS) (CHANGEDSINCE {m})"),
+        None => "(UID FLAGS)".to_string(),
+    };
+    for set in sets {
+        timed(peer, "UID FETCH (FLAGS)", async {
+            let mut stream = session.uid_fetch(set, &query).await?;
+            while let Some(f) = stream.try_next().await? {
+                let Some(uid) = f.uid else { continue };
+                top = top.max(f.modseq.unwrap_or(0));
+                out.push((uid, f.flags().map(|f| flag_text(&f)).collect()));
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    out.sort_by_key(|(u, _)| *u);
+    out.dedup_by_key(|(u, _)| *u);
+    Ok((out, top))
+}
+
+/// `uids` as UID sets of at most 2,000 UIDs each.
+pub(crate) fn uid_sets(uids: &[u32]) -> Vec<String> {
+    uids.chunks(2000)
+        .map(|c| uid_set(c.iter().copied()))
+        .collect()
+}
+
+/// Adds `add` and removes `remove` on `uid` of the selected folder (silent: no FETCH back).
+pub(crate) async fn store_flags(
+    session: &mut ImapSession,
+    peer: &Peer,
+    uid: u32,
+    add: &[String],
+    remove: &[String],
+) -> Result<(), ImapError> {
+    for (sign, flags) in [("+", add), ("-", remove)] {
+        if flags.is_empty() {
+            continue;
+        }
+        let cmd = format!("UID STORE {uid} {sign}FLAGS.SILENT ({})", flags.join(" "));
+        timed(peer, "UID STORE", session.run_command_and_check_ok(&cmd)).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -262,6 +262,29 @@ dispatch! {
     fn untrack(&self, id: u64, actor: &str) -> Result<Option<bool>>;
     /// The activities untracked, by id.
     fn untracked_ids(&self) -> Result<Vec<u64>>;
+    /// The UIDs of a folder (under `uidvalidity`) that activities were tracked from, sorted.
+    fn tracked_uids(&self, mailbox: &str, folder: &str, uidvalidity: u32) -> Result<Vec<u32>>;
+    /// Applies a folder's flag scan (DESIGN §4.12) and writes its checkpoint `cp`, in one
+    /// transaction (on PostgreSQL fenced by the mailbox's lease).
+    fn apply_flag_scan(
+        &self,
+        found: &[(Source, Vec<String>)],
+        mb: &crate::config::MailboxConfig,
+        cp: &FolderState
+    ) -> Result<crate::track::fields::ScanOutcome>;
+    /// Records that the server took these pushes of the CRM's fields.
+    fn record_pushed(&self, pushes: &[crate::track::fields::Push]) -> Result<()>;
+    /// Sets an activity's fields in the CRM, by `actor`: `None` when there is no such
+    /// activity, else the pushes that bring its copies the CRM's values.
+    fn set_fields(
+        &self,
+        id: u64,
+        change: &crate::track::fields::FieldChange,
+        sync: &crate::config::FieldSync,
+        actor: &str
+    ) -> Result<Option<Vec<crate::track::fields::Push>>>;
+    /// An activity's synced fields, if they were ever seen.
+    fn field_state(&self, id: u64) -> Result<Option<crate::model::FieldState>>;
     /// Removes audit entries older than `before` (RFC 3339 UTC), `[audit] retention_days`.
     fn prune_audit(&self, before: &str) -> Result<u64>;
     /// An activity's audit trail, newest first (also after the activity is gone).

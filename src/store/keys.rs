@@ -55,6 +55,17 @@ pub(crate) fn source(s: &Source) -> Vec<u8> {
     ])
 }
 
+/// The prefix of every [`source`] key of one folder under one UIDVALIDITY.
+pub(crate) fn source_prefix(mailbox: &str, folder: &str, uidvalidity: u32) -> Vec<u8> {
+    let mut k = join(&[
+        mailbox.as_bytes(),
+        folder.as_bytes(),
+        format!("{uidvalidity:010}").as_bytes(),
+    ]);
+    k.push(0);
+    k
+}
+
 /// `mailbox\0folder`
 pub(crate) fn folder(mailbox: &str, folder: &str) -> Vec<u8> {
     join(&[mailbox.as_bytes(), folder.as_bytes()])

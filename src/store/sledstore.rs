@@ -16,10 +16,13 @@ use super::{
     ALERT_MAX_AGE_DAYS, MAX_ALERTS, SCHEMA_VERSION, STORE_ALERTS,
 };
 use crate::model::Draft;
-use crate::model::{Activity, Alert, AlertLevel, AuditEntry, Direction, Record, RecordRef, Source};
+use crate::model::{
+    Activity, Alert, AlertLevel, AuditEntry, Direction, FieldState, Record, RecordRef, Source,
+};
 use crate::track::batch::apply_activity;
 use crate::track::batch::{self, BatchItem, Committed};
 use crate::track::correlate::thread_bytes;
+use crate::track::fields;
 use crate::track::tx::{BatchTx, Broken, Counter, Engine, Findable, Lookups, Scans};
 use crate::track::{ActivityLookup, RecordLookup};
 use fs2::FileExt;
@@ -660,6 +663,83 @@ impl SledStore {
         Ok(out)
     }
 
+    /// The UIDs of a folder (under `uidvalidity`) that activities were tracked from, sorted.
+    pub(crate) fn tracked_uids(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Vec<u32>> {
+        let prefix = keys::source_prefix(mailbox, folder, uidvalidity);
+        let mut out = Vec::new();
+        for kv in self.t.activity_by_source.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let uid = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|u| u.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    tree: "activity_by_source",
+                    message: "a key without a UID".into(),
+                })?;
+            out.push(uid);
+        }
+        Ok(out)
+    }
+
+    /// Applies a folder's flag scan and moves its checkpoint, in one transaction
+    /// ([`fields::apply_scan`]).
+    pub(crate) fn apply_flag_scan(
+        &self,
+        found: &[(Source, Vec<String>)],
+        mb: &crate::config::MailboxConfig,
+        cp: &FolderState,
+    ) -> Result<fields::ScanOutcome> {
+        let at = crate::time::humantime_now();
+        let actor = format!("mailbox:{}", mb.name);
+        let k = mb.crm.tracked_keyword.as_deref();
+        let out = Engine::transaction(self, |tx| {
+            let out = fields::apply_scan(tx, found, &mb.field_sync, k, &actor, &at)?;
+            tx.put_checkpoint(cp)?;
+            Ok(out)
+        })?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// Records that the server took `pushes` ([`fields::record_pushed`]).
+    pub(crate) fn record_pushed(&self, pushes: &[fields::Push]) -> Result<()> {
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        Engine::transaction(self, |tx| fields::record_pushed(tx, pushes))?;
+        self.flush()
+    }
+
+    /// Sets an activity's fields in the CRM ([`fields::set_fields`]).
+    pub(crate) fn set_fields(
+        &self,
+        id: u64,
+        change: &fields::FieldChange,
+        sync: &crate::config::FieldSync,
+        actor: &str,
+    ) -> Result<Option<Vec<fields::Push>>> {
+        let at = crate::time::humantime_now();
+        let out = Engine::transaction(self, |tx| {
+            fields::set_fields(tx, id, change, sync, actor, &at)
+        })?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// An activity's synced fields, if they were ever seen.
+    pub(crate) fn field_state(&self, id: u64) -> Result<Option<FieldState>> {
+        self.t
+            .fields
+            .get(id.to_be_bytes())?
+            .map(|v| dec("fields", &v))
+            .transpose()
+    }
+
     /// The activities untracked, by id.
     pub(crate) fn untracked_ids(&self) -> Result<Vec<u64>> {
         self.t
@@ -1103,6 +1183,7 @@ trees! {
     outbox,
     audit,
     untracked,
+    fields,
 }
 
 impl From<UnabortableTransactionError> for StoreError {
@@ -1297,6 +1378,18 @@ impl BatchTx for SledTx<'_> {
             true => self.untracked.insert(&id.to_be_bytes(), &[])?,
             false => self.untracked.remove(&id.to_be_bytes())?,
         };
+        Ok(())
+    }
+
+    fn field_state(&self, id: u64) -> Result<Option<FieldState>> {
+        self.fields
+            .get(id.to_be_bytes())?
+            .map(|v| dec("fields", &v))
+            .transpose()
+    }
+
+    fn put_field_state(&self, id: u64, st: &FieldState) -> Result<()> {
+        self.fields.insert(&id.to_be_bytes(), enc(st))?;
         Ok(())
     }
 }

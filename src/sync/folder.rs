@@ -109,6 +109,7 @@ impl<'a> FolderSync<'a> {
             report.created = done.created;
         }
         self.complete(&sel, last_of_all, fetched)?;
+        report.flags = super::flags::scan(&self, session, peer, &sel).await?;
         Ok(Some(report))
     }
 
@@ -121,10 +122,16 @@ impl<'a> FolderSync<'a> {
         let (m, f) = (&self.mb.name, &self.t.folder.name);
         let metrics = crate::metrics::metrics();
         metrics.checkpoint(m, f, p.last_uid, p.synced_uid_next);
+        // A folder whose last scan saw a HIGHESTMODSEQ has CONDSTORE: STATUS says whether
+        // any flag changed since.
+        let items = match p.highest_modseq {
+            0 => "(UIDNEXT UIDVALIDITY)",
+            _ => "(UIDNEXT UIDVALIDITY HIGHESTMODSEQ)",
+        };
         let st = timed(
             peer,
             "STATUS",
-            session.status(&self.t.folder.server_name, "(UIDNEXT UIDVALIDITY)"),
+            session.status(&self.t.folder.server_name, items),
         )
         .await?;
         if let Some(n) = st
@@ -134,14 +141,21 @@ impl<'a> FolderSync<'a> {
             metrics.server_uid_next(m, f, n);
         }
         let same = p.synced_at(st.uid_validity, st.uid_next);
-        Ok(same && p.regarding == self.regarding && self.manual.is_empty())
+        let interval = self.mb.field_sync.flag_scan_interval.as_secs();
+        let modseq = st.highest_modseq.filter(|_| p.highest_modseq > 0);
+        let flags_due = super::flags::due(p, modseq, interval);
+        Ok(same && !flags_due && p.regarding == self.regarding && self.manual.is_empty())
     }
 
     /// EXAMINE (or SELECT, to write the keyword back), and bind an exact rule to the folder's
     /// identity so a rename keeps it tracked.
     async fn open(&self, session: &mut ImapSession, peer: &Peer) -> Result<Selected, SyncError> {
         let (mb, t) = (self.mb, self.t);
-        let write = mb.crm.tracked_keyword.is_some();
+        let fs = &mb.field_sync;
+        let pushes = [fs.read, fs.follow_up, fs.importance, fs.categories]
+            .iter()
+            .any(|d| d.to_mailbox());
+        let write = mb.crm.tracked_keyword.is_some() || pushes;
         let sel = fetch::open(session, peer, &t.folder.server_name, &t.folder.name, write).await?;
         crate::metrics::metrics().server_uid_next(&mb.name, &t.folder.name, sel.uid_next);
         if t.other.is_none() && !t.rule.folder.contains('*') {
@@ -246,6 +260,10 @@ impl<'a> FolderSync<'a> {
     /// The checkpoint after `last_uid` (its `synced_uid_next` is the previous one until every
     /// batch is in: see [`FolderSync::complete`]).
     fn checkpoint(&self, sel: &Selected, last_uid: u32) -> FolderState {
+        let same = self
+            .prev
+            .as_ref()
+            .filter(|p| p.uidvalidity == sel.uidvalidity);
         FolderState {
             mailbox: self.mb.name.clone(),
             folder: self.t.folder.name.clone(),
@@ -256,11 +274,9 @@ impl<'a> FolderSync<'a> {
             last_sync: Some(crate::time::humantime_now()),
             rule: Some(self.t.rule.folder.clone()),
             regarding: self.regarding.clone(),
-            synced_uid_next: self
-                .prev
-                .as_ref()
-                .filter(|p| p.uidvalidity == sel.uidvalidity)
-                .map_or(0, |p| p.synced_uid_next),
+            synced_uid_next: same.map_or(0, |p| p.synced_uid_next),
+            highest_modseq: same.map_or(0, |p| p.highest_modseq),
+            flags_scanned_at: same.map_or(0, |p| p.flags_scanned_at),
         }
     }
 
@@ -276,12 +292,24 @@ impl<'a> FolderSync<'a> {
     ) -> Result<Committing, SyncError> {
         let (tx, rx) = mpsc::channel::<(Batch, Vec<RawMessage>)>(1);
         let cancel = self.cancel;
+        let keyword_written = self
+            .mb
+            .crm
+            .tracked_keyword
+            .as_deref()
+            .filter(|_| sel.keywords);
         let producer = async move {
             for b in batches {
                 if cancel.is_some_and(|c| c.is_cancelled()) {
                     break; // shutting down: what was fetched is committed, the rest waits
                 }
-                let msgs = fetch::fetch_batch(session, peer, &b).await?;
+                let mut msgs = fetch::fetch_batch(session, peer, &b).await?;
+                if let Some(k) = keyword_written {
+                    // The flags each message will have once the keyword is written back.
+                    for m in &mut msgs {
+                        m.flags.get_or_insert_with(Vec::new).push(k.to_string());
+                    }
+                }
                 if tx.send((b, msgs)).await.is_err() {
                     break; // the consumer failed; its error is the one reported
                 }

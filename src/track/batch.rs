@@ -149,6 +149,9 @@ pub(crate) fn apply_activity<T: BatchTx>(
     }
     if let Some(id) = tx.activity_by_dedup(&a.dedup_key, a.direction)? {
         merge_copy(tx, a, id, at, out)?;
+        if let Some(c) = &d.seen {
+            super::fields::add_copy(tx, id, c)?;
+        }
         out.merged += 1;
         return Ok(true);
     }
@@ -186,6 +189,9 @@ pub(crate) fn apply_activity<T: BatchTx>(
     };
     tx.insert_activity(&a, find)?;
     audit_created(tx, &a)?;
+    if let Some(c) = &d.seen {
+        super::fields::add_copy(tx, a.id, c)?;
+    }
     out.created += 1;
     a.body_text = String::new();
     a.attachments = Vec::new();

@@ -62,6 +62,7 @@ pub(crate) fn draft(a: Activity) -> BatchItem {
         only_if_correlated: false,
         keep: true,
         subject_key: None,
+        seen: None,
     }))
 }
 

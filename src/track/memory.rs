@@ -31,6 +31,8 @@ pub(crate) struct State {
     pub audit: Vec<AuditEntry>,
     /// Activities untracked.
     pub untracked: BTreeSet<u64>,
+    /// Synced fields, by activity.
+    pub fields: BTreeMap<u64, crate::model::FieldState>,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -223,6 +225,15 @@ impl BatchTx for MemTx {
             true => s.untracked.insert(id),
             false => s.untracked.remove(&id),
         });
+        Ok(())
+    }
+
+    fn field_state(&self, id: u64) -> Result<Option<crate::model::FieldState>, Broken> {
+        Ok(self.state.borrow().fields.get(&id).cloned())
+    }
+
+    fn put_field_state(&self, id: u64, st: &crate::model::FieldState) -> Result<(), Broken> {
+        self.write(|s| s.fields.insert(id, st.clone()));
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub(crate) mod batch;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub(crate) mod correlate;
+pub(crate) mod fields;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod parties;
@@ -261,6 +262,7 @@ pub fn build(
         only_if_correlated,
         keep,
         subject_key,
+        seen: None,
     }
 }
 

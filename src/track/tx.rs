@@ -6,7 +6,8 @@
 //! writing them again.
 
 use crate::model::{
-    Activity, Alert, AuditEntry, Direction, FolderState, QuarantineEntry, Record, Source,
+    Activity, Alert, AuditEntry, Direction, FieldState, FolderState, QuarantineEntry, Record,
+    Source,
 };
 
 /// A rule found the store inconsistent (an index that names a missing activity). Engines turn
@@ -104,6 +105,10 @@ pub(crate) trait BatchTx: Lookups {
     fn is_untracked(&self, id: u64) -> Result<bool, Self::Error>;
     /// Marks activity `id` untracked, or tracked again.
     fn set_untracked(&self, id: u64, untracked: bool) -> Result<(), Self::Error>;
+    /// Activity `id`'s synced fields and what its copies last looked like, if ever seen.
+    fn field_state(&self, id: u64) -> Result<Option<FieldState>, Self::Error>;
+    /// Writes activity `id`'s synced fields.
+    fn put_field_state(&self, id: u64, st: &FieldState) -> Result<(), Self::Error>;
 }
 
 /// The reads late correlation makes on the committed store (a transaction need not offer

@@ -13,6 +13,7 @@ use crate::store::{
     StoreError, StoredAlert, ALERT_MAX_AGE_DAYS, MAX_ALERTS, OUTBOX_FOLDER,
 };
 use crate::track::batch::{self, apply_activity, BatchItem, Committed};
+use crate::track::fields;
 use crate::track::tx::{Engine, Lookups};
 use postgres::Row;
 
@@ -43,7 +44,7 @@ fn u64_of(n: i64, what: &str) -> std::result::Result<u64, PgError> {
 const RECORD_COLUMNS: &str = "type, key, name, emails, owner, shared, teams";
 
 const CHECKPOINT_COLUMNS: &str = "mailbox, folder, uidvalidity, last_uid, uid_next, messages, \
-     last_sync, rule, regarding, synced_uid_next";
+     last_sync, rule, regarding, synced_uid_next, highest_modseq, flags_scanned_at";
 
 fn checkpoint_of(r: &Row) -> std::result::Result<FolderState, PgError> {
     Ok(FolderState {
@@ -57,6 +58,8 @@ fn checkpoint_of(r: &Row) -> std::result::Result<FolderState, PgError> {
         rule: r.get(7),
         regarding: r.get(8),
         synced_uid_next: u32_of(r.get(9), "synced_uid_next")?,
+        highest_modseq: u64_of(r.get(10), "highest_modseq")?,
+        flags_scanned_at: u64_of(r.get(11), "flags_scanned_at")?,
     })
 }
 
@@ -497,6 +500,81 @@ impl PgStore {
         Ok(Engine::transaction(self, |tx| {
             batch::untrack(tx, id, actor, &at)
         })?)
+    }
+
+    /// The UIDs of a folder (under `uidvalidity`) that activities were tracked from, sorted.
+    pub(crate) fn tracked_uids(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Vec<u32>> {
+        let rows = self.with(|c| {
+            Ok(c.query(
+                "SELECT uid FROM sources WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3
+                 ORDER BY uid",
+                &[&mailbox, &folder, &big(uidvalidity)],
+            )?)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| u32_of(r.get(0), "uid"))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Applies a folder's flag scan and moves its checkpoint, in one transaction fenced by the
+    /// mailbox's lease ([`fields::apply_scan`]).
+    pub(crate) fn apply_flag_scan(
+        &self,
+        found: &[(Source, Vec<String>)],
+        mb: &crate::config::MailboxConfig,
+        cp: &FolderState,
+    ) -> Result<fields::ScanOutcome> {
+        use crate::track::tx::BatchTx;
+        let at = crate::time::humantime_now();
+        let actor = format!("mailbox:{}", mb.name);
+        let k = mb.crm.tracked_keyword.as_deref();
+        Ok(self.fenced(&cp.mailbox, |tx| {
+            let out = fields::apply_scan(tx, found, &mb.field_sync, k, &actor, &at)?;
+            tx.put_checkpoint(cp)?;
+            Ok(out)
+        })?)
+    }
+
+    /// Records that the server took `pushes` ([`fields::record_pushed`]).
+    pub(crate) fn record_pushed(&self, pushes: &[fields::Push]) -> Result<()> {
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        Ok(Engine::transaction(self, |tx| {
+            fields::record_pushed(tx, pushes)
+        })?)
+    }
+
+    /// Sets an activity's fields in the CRM ([`fields::set_fields`]).
+    pub(crate) fn set_fields(
+        &self,
+        id: u64,
+        change: &fields::FieldChange,
+        sync: &crate::config::FieldSync,
+        actor: &str,
+    ) -> Result<Option<Vec<fields::Push>>> {
+        let at = crate::time::humantime_now();
+        Ok(Engine::transaction(self, |tx| {
+            fields::set_fields(tx, id, change, sync, actor, &at)
+        })?)
+    }
+
+    /// An activity's synced fields, if they were ever seen.
+    pub(crate) fn field_state(&self, id: u64) -> Result<Option<crate::model::FieldState>> {
+        let row = self.with(|c| {
+            Ok(c.query_opt(
+                "SELECT read, follow_up, importance, categories, copies FROM activity_fields
+                 WHERE activity_id = $1",
+                &[&big(id)],
+            )?)
+        })?;
+        Ok(row.map(|r| super::rows::field_state(&r)).transpose()?)
     }
 
     /// The activities untracked, by id.

@@ -292,3 +292,18 @@ fn load_attachments(
     }
     Ok(())
 }
+
+/// An `activity_fields` row (`read, follow_up, importance, categories, copies`).
+pub(super) fn field_state(r: &Row) -> Result<crate::model::FieldState> {
+    let importance: String = r.get(2);
+    Ok(crate::model::FieldState {
+        crm: crate::model::Fields {
+            read: r.get(0),
+            follow_up: r.get(1),
+            importance: crate::model::Importance::from_text(&importance)
+                .ok_or_else(|| corrupt(format!("importance `{importance}`")))?,
+            categories: r.get(3),
+        },
+        copies: serde_json::from_value(r.get(4)).map_err(|e| corrupt(e.to_string()))?,
+    })
+}

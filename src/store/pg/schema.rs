@@ -9,7 +9,7 @@ use postgres::{GenericClient, IsolationLevel};
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A
 /// migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this binary writes and reads.
 pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -258,6 +258,25 @@ CREATE INDEX audit_activity ON audit (activity_id, seq);
 CREATE TABLE untracked (
     activity_id bigint PRIMARY KEY REFERENCES activities (id)
 );
+"#;
+
+/// Version 6: two-way sync with the mailbox (DESIGN §4.12). `activity_fields` has an
+/// activity's synced fields as columns (for reports: what is flagged for follow-up, its
+/// categories) and, in `copies`, what each mailbox copy last looked like (the sync's own
+/// bookkeeping, read and written only with its row). Checkpoints keep the HIGHESTMODSEQ a
+/// flag scan covered and when the last one ran.
+const V6: &str = r#"
+CREATE TABLE activity_fields (
+    activity_id bigint PRIMARY KEY REFERENCES activities (id),
+    read        boolean NOT NULL,
+    follow_up   boolean NOT NULL,
+    importance  text NOT NULL,
+    categories  text[] NOT NULL,
+    copies      jsonb NOT NULL
+);
+CREATE INDEX activity_fields_follow_up ON activity_fields (follow_up) WHERE follow_up;
+ALTER TABLE checkpoints ADD COLUMN highest_modseq bigint NOT NULL DEFAULT 0;
+ALTER TABLE checkpoints ADD COLUMN flags_scanned_at bigint NOT NULL DEFAULT 0;
 "#;
 
 /// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database

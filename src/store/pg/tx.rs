@@ -9,7 +9,8 @@ use super::pending::Pending;
 use super::rows::{self, big};
 use super::{by_source, corrupt, dedup_id, id_of, load_record, thread_id, token_id, PgError};
 use crate::model::{
-    Activity, Alert, AuditEntry, Direction, FolderState, QuarantineEntry, Record, Source,
+    Activity, Alert, AuditEntry, Direction, FieldState, FolderState, QuarantineEntry, Record,
+    Source,
 };
 use crate::track::tx::{BatchTx, Counter, Findable, Lookups};
 use postgres::Transaction;
@@ -436,17 +437,54 @@ impl BatchTx for PgTx<'_> {
         })
     }
 
+    fn field_state(&self, id: u64) -> Result<Option<FieldState>> {
+        let row = self.with(|c| {
+            Ok(c.query_opt(
+                "SELECT read, follow_up, importance, categories, copies FROM activity_fields
+                 WHERE activity_id = $1",
+                &[&big(id)],
+            )?)
+        })?;
+        row.map(|r| super::rows::field_state(&r)).transpose()
+    }
+
+    fn put_field_state(&self, id: u64, st: &FieldState) -> Result<()> {
+        let copies = serde_json::to_value(&st.copies).map_err(|e| corrupt(e.to_string()))?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO activity_fields (activity_id, read, follow_up, importance,
+                     categories, copies)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (activity_id) DO UPDATE SET read = excluded.read,
+                     follow_up = excluded.follow_up, importance = excluded.importance,
+                     categories = excluded.categories, copies = excluded.copies",
+                &[
+                    &big(id),
+                    &st.crm.read,
+                    &st.crm.follow_up,
+                    &st.crm.importance.as_str(),
+                    &st.crm.categories,
+                    &copies,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
     fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
         self.db(|c| {
             c.execute(
                 "INSERT INTO checkpoints (mailbox, folder, uidvalidity, last_uid, uid_next,
-                     messages, last_sync, rule, regarding, synced_uid_next)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     messages, last_sync, rule, regarding, synced_uid_next, highest_modseq,
+                     flags_scanned_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
                      last_uid = excluded.last_uid, uid_next = excluded.uid_next,
                      messages = excluded.messages, last_sync = excluded.last_sync,
                      rule = excluded.rule, regarding = excluded.regarding,
-                     synced_uid_next = excluded.synced_uid_next",
+                     synced_uid_next = excluded.synced_uid_next,
+                     highest_modseq = excluded.highest_modseq,
+                     flags_scanned_at = excluded.flags_scanned_at",
                 &[
                     &st.mailbox,
                     &st.folder,
@@ -458,6 +496,8 @@ impl BatchTx for PgTx<'_> {
                     &st.rule,
                     &st.regarding,
                     &big(st.synced_uid_next),
+                    &big(st.highest_modseq),
+                    &big(st.flags_scanned_at),
                 ],
             )?;
             Ok(())

@@ -1,0 +1,166 @@
+//! The flag scan of one folder (DESIGN §4.12), the step after the new mail: which tracked
+//! messages' flags changed since the last scan, applied to their activities (and the CRM's
+//! changes written back) in one transaction with the checkpoint that covers them.
+//!
+//! With CONDSTORE (RFC 7162) the server says what changed: `UID FETCH … (FLAGS)
+//! (CHANGEDSINCE m)` with the HIGHESTMODSEQ the last scan covered, so a pass reads only the
+//! changes. Without it, the flags of every tracked UID are fetched, in chunks, at most every
+//! `flag_scan_interval`. Expunges need no scan: a message moved out of tracking or deleted
+//! keeps its activity (DESIGN §4.5).
+
+use super::folder::FolderSync;
+use super::SyncError;
+use crate::imap::fetch::{self, Selected};
+use crate::imap::{ImapSession, Peer};
+use crate::model::Source;
+use crate::store::FolderState;
+
+/// What a folder's flag scan did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlagReport {
+    /// Messages whose flags were read.
+    pub flags_read: u32,
+    /// Activity fields the mailbox changed.
+    pub fields_changed: u32,
+    /// Fields changed on both sides since they last agreed.
+    pub field_conflicts: u32,
+    /// Activities untracked by removing the tracked keyword.
+    pub untracked: u32,
+    /// Copies written the CRM's values.
+    pub pushed: u32,
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether the folder's flags are to be scanned in this pass, from its checkpoint `cp` and
+/// what STATUS said of its HIGHESTMODSEQ (`None`: no CONDSTORE).
+pub(super) fn due(cp: &FolderState, status_modseq: Option<u64>, interval_secs: u64) -> bool {
+    match status_modseq {
+        Some(m) => m != cp.highest_modseq,
+        None => unix_now().saturating_sub(cp.flags_scanned_at) >= interval_secs,
+    }
+}
+
+/// Scans the folder's flags after its new mail is in (the checkpoint `complete` wrote is
+/// read back and moved on with the scan, in the transaction that applies it).
+pub(super) async fn scan(
+    fs: &FolderSync<'_>,
+    session: &mut ImapSession,
+    peer: &Peer,
+    sel: &Selected,
+) -> Result<FlagReport, SyncError> {
+    let (mb, folder) = (fs.mb, &fs.t.folder.name);
+    let Some(mut cp) = fs.store.folder_state(&mb.name, folder)? else {
+        return Ok(FlagReport::default());
+    };
+    let interval = mb.field_sync.flag_scan_interval.as_secs();
+    let since = match sel.highest_modseq {
+        Some(_) if cp.highest_modseq > 0 => Some(cp.highest_modseq),
+        // The first scan with CONDSTORE: what was fetched has its flags already; from now on
+        // only the changes after the folder's HIGHESTMODSEQ at SELECT are asked for.
+        Some(m) => {
+            cp.highest_modseq = m;
+            fs.store.put_folder_state(&cp)?;
+            return Ok(FlagReport::default());
+        }
+        None if !due(&cp, None, interval) => return Ok(FlagReport::default()),
+        None => None,
+    };
+    let uids = fs.store.tracked_uids(&mb.name, folder, sel.uidvalidity)?;
+    let (found, top) = match (since, uids.is_empty()) {
+        (_, true) => (Vec::new(), 0),
+        (Some(m), false) => {
+            let all = [format!("1:{}", cp.last_uid.max(1))];
+            let (found, top) = fetch::fetch_flags(session, peer, &all, Some(m)).await?;
+            (keep_tracked(found, &uids), top)
+        }
+        (None, false) => fetch::fetch_flags(session, peer, &fetch::uid_sets(&uids), None).await?,
+    };
+    cp.highest_modseq = sel
+        .highest_modseq
+        .unwrap_or(0)
+        .max(top)
+        .max(cp.highest_modseq);
+    cp.flags_scanned_at = unix_now();
+    let found: Vec<(Source, Vec<String>)> = found
+        .into_iter()
+        .map(|(uid, flags)| {
+            let s = Source {
+                mailbox: mb.name.clone(),
+                folder: folder.clone(),
+                uidvalidity: sel.uidvalidity,
+                uid,
+            };
+            (s, flags)
+        })
+        .collect();
+    let out = fs.store.apply_flag_scan(&found, mb, &cp)?;
+    let mut report = FlagReport {
+        flags_read: found.len() as u32,
+        fields_changed: out.changed,
+        field_conflicts: out.conflicts,
+        untracked: out.untracked,
+        pushed: 0,
+    };
+    report.pushed = push(fs, session, peer, sel, out.pushes).await?;
+    if report
+        != (FlagReport {
+            flags_read: report.flags_read,
+            ..Default::default()
+        })
+    {
+        tracing::info!(folder = %folder, ?report, "flag changes synced");
+    }
+    Ok(report)
+}
+
+/// The answers about tracked UIDs only (`uids` is sorted).
+fn keep_tracked(found: Vec<(u32, Vec<String>)>, uids: &[u32]) -> Vec<(u32, Vec<String>)> {
+    found
+        .into_iter()
+        .filter(|(u, _)| uids.binary_search(u).is_ok())
+        .collect()
+}
+
+/// Writes the CRM's values to the copies in this folder (`UID STORE`), keywords only where
+/// PERMANENTFLAGS allows them (one warning otherwise, no retry loop), and records what the
+/// server took. How many copies were written.
+pub(super) async fn push(
+    fs: &FolderSync<'_>,
+    session: &mut ImapSession,
+    peer: &Peer,
+    sel: &Selected,
+    mut pushes: Vec<crate::track::fields::Push>,
+) -> Result<u32, SyncError> {
+    if pushes.is_empty() {
+        return Ok(0);
+    }
+    let mut warned = false;
+    let mut done = Vec::new();
+    for p in &mut pushes {
+        if !sel.keywords {
+            let before = p.clone();
+            p.system_only();
+            if !warned && before != *p {
+                tracing::warn!(folder = %fs.t.folder.name, "the server keeps no keywords in this folder (no \\* in PERMANENTFLAGS): importance and categories are not written to the mailbox");
+                warned = true;
+            }
+        }
+        if p.is_empty() {
+            continue;
+        }
+        match fetch::store_flags(session, peer, p.source.uid, &p.add, &p.remove).await {
+            Ok(()) => done.push(p.clone()),
+            Err(e) => {
+                tracing::warn!(uid = p.source.uid, error = %e, "could not write the CRM's fields to the message; tried again at the next scan")
+            }
+        }
+    }
+    fs.store.record_pushed(&done)?;
+    Ok(done.len() as u32)
+}
