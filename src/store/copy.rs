@@ -183,6 +183,7 @@ pub(crate) fn copy(
                 audit: &mut sled.all_audit(),
                 manual_links: &mut sled.manual_link_ids(),
                 untracked: &mut sled.untracked_ids()?.into_iter().map(Ok),
+                fields: &mut sled.all_fields(),
                 bindings: &mut sled.rule_bindings(),
                 outbox: &mut sled.outbox_iter(),
                 token_users: &sled.token_users()?,
@@ -383,7 +384,7 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
     verify_activities(sled, pg, &mut kinds)?;
     verify_rows(sled, pg, &mut kinds)?;
     verify_state(sled, pg, &mut kinds)?;
-    const ORDER: [&str; 20] = [
+    const ORDER: [&str; 21] = [
         "records",
         "activities",
         "sources",
@@ -403,6 +404,7 @@ fn verify(sled: &SledStore, pg: &PgStore) -> Result<Vec<Line>> {
         "token users",
         "audit trail",
         "untracked",
+        "synced fields",
         "next ids",
     ];
     Ok(ORDER
@@ -579,6 +581,10 @@ fn verify_state(
         whole(&sled.untracked_ids()?, &pg.untracked_ids()?),
     );
     kinds.insert(
+        "synced fields",
+        whole(&collect(sled.all_fields())?, &pg.copy_fields()?),
+    );
+    kinds.insert(
         "manual links",
         whole(&collect(sled.manual_link_ids())?, &pg.copy_manual_links()?),
     );
@@ -737,6 +743,13 @@ mod tests {
             )
             .unwrap());
         assert_eq!(s.untrack(3, "cli:test").unwrap(), Some(true));
+        let change = crate::track::fields::FieldChange {
+            follow_up: Some(true),
+            add_categories: vec!["Deal".into()],
+            ..Default::default()
+        };
+        let sync = crate::config::FieldSync::default();
+        assert!(s.set_fields(2, &change, &sync, "cli:test").unwrap().is_some());
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:bob").unwrap();
@@ -807,6 +820,9 @@ mod tests {
         assert_eq!(pg.next_token_numbers("systemuser:carol").unwrap(), (3, 1));
         assert_eq!(pg.outbox_source("alice").unwrap().uid, 2);
         assert_eq!(pg.activity_by_token("crm:0000007").unwrap(), Some(7));
+        let fields = pg.field_state(2).unwrap();
+        assert_eq!(fields, sled.field_state(2).unwrap());
+        assert!(fields.is_some_and(|f| f.crm.follow_up && f.crm.categories == ["Deal"]));
         assert_eq!(
             Engine::transaction(&pg, |tx| {
                 use crate::track::tx::BatchTx;

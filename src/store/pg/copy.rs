@@ -43,6 +43,7 @@ pub(crate) struct State<'a> {
     pub audit: &'a mut dyn Iterator<Item = crate::store::Result<crate::model::AuditEntry>>,
     pub manual_links: &'a mut dyn Iterator<Item = crate::store::Result<u64>>,
     pub untracked: &'a mut dyn Iterator<Item = crate::store::Result<u64>>,
+    pub fields: &'a mut dyn Iterator<Item = crate::store::Result<(u64, crate::model::FieldState)>>,
     pub bindings: &'a mut dyn Iterator<Item = crate::store::Result<(String, String, RuleBinding)>>,
     pub outbox: &'a mut dyn Iterator<Item = crate::store::Result<OutboxEntry>>,
     pub token_users: &'a [TokenUser],
@@ -262,6 +263,22 @@ impl PgStore {
                 tx.execute(
                     "INSERT INTO untracked (activity_id) VALUES ($1)",
                     &[&big(id.map_err(from_store)?)],
+                )?;
+            }
+            for f in s.fields {
+                let (id, st) = f.map_err(from_store)?;
+                tx.execute(
+                    "INSERT INTO activity_fields (activity_id, read, follow_up, importance,
+                         categories, copies)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &big(id),
+                        &st.crm.read,
+                        &st.crm.follow_up,
+                        &st.crm.importance.as_str(),
+                        &st.crm.categories,
+                        &json(&st.copies)?,
+                    ],
                 )?;
             }
             for id in s.manual_links {
@@ -489,6 +506,20 @@ impl PgStore {
             )?)
         })?;
         rows.iter().map(super::product::audit_entry).collect()
+    }
+
+    /// Every activity's synced fields, by activity.
+    pub(crate) fn copy_fields(&self) -> Result<Vec<(u64, crate::model::FieldState)>> {
+        let rows = self.with(|c| {
+            Ok(c.query(
+                "SELECT read, follow_up, importance, categories, copies, activity_id
+                 FROM activity_fields ORDER BY activity_id",
+                &[],
+            )?)
+        })?;
+        rows.iter()
+            .map(|r| Ok((r.get::<_, i64>(5) as u64, super::rows::field_state(r)?)))
+            .collect()
     }
 
     pub(crate) fn copy_alerts(&self) -> Result<Vec<StoredAlert>> {

@@ -174,6 +174,16 @@ impl SledStore {
         self.t.audit.iter().map(|kv| dec("audit", &kv?.1))
     }
 
+    /// Every activity's synced fields, by activity.
+    pub(crate) fn all_fields(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, crate::model::FieldState)>> + '_ {
+        self.t.fields.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((super::keys::u64_of(&k), dec("fields", &v)?))
+        })
+    }
+
     pub(crate) fn all_alerts(&self) -> impl Iterator<Item = Result<StoredAlert>> + '_ {
         self.t.alerts.iter().map(|kv| dec("alerts", &kv?.1))
     }
