@@ -201,6 +201,18 @@ pub(crate) struct ScanOutcome {
     pub pushes: Vec<Push>,
 }
 
+/// Records the flags a new activity's message was fetched with as its fields (no read: it
+/// has none yet, and on a database a read per new activity is a round trip each).
+pub(crate) fn add_new<T: BatchTx>(tx: &T, id: u64, copy: &CopySeen) -> Result<(), T::Error> {
+    tx.put_field_state(
+        id,
+        &FieldState {
+            crm: copy.seen.clone(),
+            copies: vec![copy.clone()],
+        },
+    )
+}
+
 /// Records the flags a new copy of activity `id` was fetched with: a new activity takes them as
 /// its fields (the mailbox is where it came from); a further copy of an existing one keeps the
 /// CRM's and is written the fields the CRM sends to the mailbox.

@@ -32,6 +32,9 @@ pub(crate) struct PgTx<'t> {
     known: RefCell<Known>,
     /// Audit entries of the transaction, written at its end in one statement.
     audit: RefCell<Vec<AuditEntry>>,
+    /// Synced fields the transaction wrote, by activity, written at its end in one statement
+    /// (a first sync writes one per new activity; a statement each would undo the batching).
+    fields: RefCell<std::collections::BTreeMap<u64, FieldState>>,
 }
 
 /// Lookups read ahead for a batch, answered without a round trip.
@@ -53,6 +56,7 @@ impl<'t> PgTx<'t> {
             ids: RefCell::default(),
             known: RefCell::default(),
             audit: RefCell::default(),
+            fields: RefCell::default(),
         }
     }
 
@@ -121,6 +125,7 @@ impl<'t> PgTx<'t> {
     pub(super) fn commit(self) -> Result<()> {
         self.flush()?;
         self.flush_audit()?;
+        self.flush_fields()?;
         Ok(self.tx.into_inner().commit()?)
     }
 
@@ -128,7 +133,45 @@ impl<'t> PgTx<'t> {
     pub(super) fn into_inner(self) -> Result<Transaction<'t>> {
         self.flush()?;
         self.flush_audit()?;
+        self.flush_fields()?;
         Ok(self.tx.into_inner())
+    }
+
+    /// Writes the synced fields the transaction changed, with one statement.
+    fn flush_fields(&self) -> Result<()> {
+        let all = std::mem::take(&mut *self.fields.borrow_mut());
+        if all.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = all.keys().map(|id| big(*id)).collect();
+        let read: Vec<bool> = all.values().map(|f| f.crm.read).collect();
+        let follow: Vec<bool> = all.values().map(|f| f.crm.follow_up).collect();
+        let imp: Vec<&str> = all.values().map(|f| f.crm.importance.as_str()).collect();
+        // text[][] must be rectangular: the categories go as one JSON array each.
+        let cats = all
+            .values()
+            .map(|f| serde_json::to_value(&f.crm.categories))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let copies = all
+            .values()
+            .map(|f| serde_json::to_value(&f.copies))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| corrupt(e.to_string()))?;
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO activity_fields (activity_id, read, follow_up, importance,
+                     categories, copies)
+                 SELECT a, b, c, d, ARRAY(SELECT jsonb_array_elements_text(e)), f
+                 FROM unnest($1::bigint[], $2::boolean[], $3::boolean[], $4::text[],
+                             $5::jsonb[], $6::jsonb[]) AS u(a, b, c, d, e, f)
+                 ON CONFLICT (activity_id) DO UPDATE SET read = excluded.read,
+                     follow_up = excluded.follow_up, importance = excluded.importance,
+                     categories = excluded.categories, copies = excluded.copies",
+                &[&ids, &read, &follow, &imp, &cats, &copies],
+            )?;
+            Ok(())
+        })
     }
 
     /// Writes the transaction's audit entries, in order, with one statement.
@@ -438,7 +481,12 @@ impl BatchTx for PgTx<'_> {
     }
 
     fn field_state(&self, id: u64) -> Result<Option<FieldState>> {
-        let row = self.with(|c| {
+        if let Some(st) = self.fields.borrow().get(&id) {
+            return Ok(Some(st.clone()));
+        }
+        // An activity not yet written has no row: `db`, not `with`, so a batch's new
+        // activities stay pending and are written together.
+        let row = self.db(|c| {
             Ok(c.query_opt(
                 "SELECT read, follow_up, importance, categories, copies FROM activity_fields
                  WHERE activity_id = $1",
@@ -449,26 +497,8 @@ impl BatchTx for PgTx<'_> {
     }
 
     fn put_field_state(&self, id: u64, st: &FieldState) -> Result<()> {
-        let copies = serde_json::to_value(&st.copies).map_err(|e| corrupt(e.to_string()))?;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO activity_fields (activity_id, read, follow_up, importance,
-                     categories, copies)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (activity_id) DO UPDATE SET read = excluded.read,
-                     follow_up = excluded.follow_up, importance = excluded.importance,
-                     categories = excluded.categories, copies = excluded.copies",
-                &[
-                    &big(id),
-                    &st.crm.read,
-                    &st.crm.follow_up,
-                    &st.crm.importance.as_str(),
-                    &st.crm.categories,
-                    &copies,
-                ],
-            )?;
-            Ok(())
-        })
+        self.fields.borrow_mut().insert(id, st.clone());
+        Ok(())
     }
 
     fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
