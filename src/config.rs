@@ -1660,6 +1660,26 @@ password_env = "ALICE_PW"
     }
 
     #[test]
+    fn field_sync_defaults_overrides_and_errors_name_file_line_key() {
+        use super::SyncDirection as D;
+        let c = parse(GOOD).unwrap();
+        let fs = &c.mailboxes[0].field_sync;
+        assert_eq!(
+            (fs.read, fs.follow_up, fs.importance, fs.categories),
+            (D::ToCrm, D::Both, D::ToCrm, D::Both)
+        );
+        let text = format!("{GOOD}\n[field_sync]\nfollow_up = \"none\"\nflag_scan_interval = 60\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.mailboxes[0].field_sync.follow_up, D::None);
+        assert_eq!(c.mailboxes[0].field_sync.flag_scan_interval.as_secs(), 60);
+        let e = parse(&format!("{GOOD}\n[field_sync]\nfollow_up = \"sideways\"\n")).unwrap_err();
+        assert_eq!(e.key, "field_sync.follow_up");
+        assert!(e.line.is_some(), "{e}");
+        let e = parse(&format!("{GOOD}\n[field_sync]\ncolour = \"both\"\n")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
     fn store_settings_are_checked_and_never_show_the_password() {
         assert_eq!(parse(GOOD).unwrap().store, StoreEngine::Sled);
         let with = |store: &str| format!("{GOOD}[store]\n{store}\n");

@@ -342,7 +342,7 @@ pub struct Draft {
     /// Normalised subject, indexed for smart matching.
     pub subject_key: Option<String>,
     /// The message's flags in the mailbox when it was fetched (with the tracked keyword when
-    /// it is about to be written back): the new activity's synced fields (DESIGN §4.12).
+    /// it is about to be written back): the new activity's synced fields (DESIGN §4.15).
     pub seen: Option<CopySeen>,
 }
 
@@ -366,7 +366,7 @@ text_enum! {
         /// names: `mailbox:NAME` (a mail client) or `cli:USER` (`activities set`).
         FieldChanged = "field changed",
         /// Both sides changed a synced field since they last agreed: `old` is the value that
-        /// lost, `new` the one kept (DESIGN §4.12).
+        /// lost, `new` the one kept (DESIGN §4.15).
         FieldConflict = "field conflict",
     }
 }
@@ -384,7 +384,7 @@ text_enum! {
     }
 }
 
-/// The fields of an activity that sync with its message's flags in the mailbox (DESIGN §4.12):
+/// The fields of an activity that sync with its message's flags in the mailbox (DESIGN §4.15):
 /// `read` ↔ `\Seen`, `follow_up` ↔ `\Flagged`, `importance` ↔ `$Important`, `categories` ↔
 /// the other keywords.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ pub struct FolderReport {
     pub outcome: BatchOutcome,
     /// Activities moved to the folder's (changed) regarding, or reset after a manual link.
     pub relinked_by_rule: u32,
-    /// What the flag scan synced (DESIGN §4.12).
+    /// What the flag scan synced (DESIGN §4.15).
     #[serde(flatten)]
     pub flags: FlagReport,
     /// Ids of the new activities, for late correlation at the end of the pass (ids only: a

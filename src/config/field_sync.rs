@@ -1,6 +1,6 @@
 //! The `[field_sync]` table (global) and `[mailbox.field_sync]` (per mailbox): which fields of
 //! an email activity sync with its message's flags, in which direction, and how often the
-//! flags are scanned where the server cannot say what changed (DESIGN §4.12).
+//! flags are scanned where the server cannot say what changed (DESIGN §4.15).
 //!
 //! As in Dynamics' field synchronization, the admin sets a direction per field; a mailbox's
 //! table overrides the global one key by key.
@@ -30,7 +30,7 @@ crate::model::text_enum! {
         ToCrm = "to_crm",
         /// The CRM's field is written to the mailbox; a change in a mail client stays there.
         ToMailbox = "to_mailbox",
-        /// Both ways; when both sides changed, the CRM wins (DESIGN §4.12).
+        /// Both ways; when both sides changed, the CRM wins (DESIGN §4.15).
         Both = "both",
     }
 }

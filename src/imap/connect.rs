@@ -278,6 +278,37 @@ async fn oauth_login(
     }
 }
 
+/// The server's capabilities after login, with CONDSTORE (RFC 7162) enabled where offered:
+/// SELECT then reports HIGHESTMODSEQ, so the flag scan asks only for what changed (DESIGN
+/// §4.15). QRESYNC is not enabled: it would turn EXPUNGE into VANISHED, and an expunge
+/// changes no activity.
+async fn capabilities(
+    session: &mut ImapSession,
+    peer: &super::Peer,
+) -> Result<Vec<String>, ImapError> {
+    let caps = super::timed(peer, "CAPABILITY", session.capabilities()).await?;
+    let capabilities = caps
+        .iter()
+        .map(|c| match c {
+            async_imap::types::Capability::Imap4rev1 => "IMAP4rev1".to_string(),
+            async_imap::types::Capability::Auth(a) => format!("AUTH={a}"),
+            async_imap::types::Capability::Atom(a) => a.to_string(),
+        })
+        .collect::<Vec<String>>();
+    if capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("CONDSTORE"))
+    {
+        super::timed(
+            peer,
+            "ENABLE CONDSTORE",
+            session.run_command_and_check_ok("ENABLE CONDSTORE"),
+        )
+        .await?;
+    }
+    Ok(capabilities)
+}
+
 /// Connects and logs in to `mb`'s server.
 ///
 /// # Errors
@@ -382,29 +413,7 @@ pub(crate) async fn connect(mb: &MailboxConfig) -> Result<Connected, ImapError> 
         addr,
         timeout: mb.command_timeout,
     };
-    let caps = super::timed(&peer, "CAPABILITY", session.capabilities()).await?;
-    let capabilities = caps
-        .iter()
-        .map(|c| match c {
-            async_imap::types::Capability::Imap4rev1 => "IMAP4rev1".to_string(),
-            async_imap::types::Capability::Auth(a) => format!("AUTH={a}"),
-            async_imap::types::Capability::Atom(a) => a.to_string(),
-        })
-        .collect::<Vec<String>>();
-    // CONDSTORE (RFC 7162) makes SELECT report HIGHESTMODSEQ, so the flag scan asks only for
-    // what changed (DESIGN §4.12). QRESYNC is not enabled: it would turn EXPUNGE into
-    // VANISHED, and an expunge changes no activity.
-    if capabilities
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case("CONDSTORE"))
-    {
-        super::timed(
-            &peer,
-            "ENABLE CONDSTORE",
-            session.run_command_and_check_ok("ENABLE CONDSTORE"),
-        )
-        .await?;
-    }
+    let capabilities = capabilities(&mut session, &peer).await?;
     tracing::debug!(mailbox = %mb.name, addr = %peer, security, "logged in");
     Ok(Connected {
         session,

@@ -749,7 +749,10 @@ mod tests {
             ..Default::default()
         };
         let sync = crate::config::FieldSync::default();
-        assert!(s.set_fields(2, &change, &sync, "cli:test").unwrap().is_some());
+        assert!(s
+            .set_fields(2, &change, &sync, "cli:test")
+            .unwrap()
+            .is_some());
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:alice").unwrap();
         s.next_token_numbers("systemuser:bob").unwrap();

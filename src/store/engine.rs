@@ -264,7 +264,7 @@ dispatch! {
     fn untracked_ids(&self) -> Result<Vec<u64>>;
     /// The UIDs of a folder (under `uidvalidity`) that activities were tracked from, sorted.
     fn tracked_uids(&self, mailbox: &str, folder: &str, uidvalidity: u32) -> Result<Vec<u32>>;
-    /// Applies a folder's flag scan (DESIGN §4.12) and writes its checkpoint `cp`, in one
+    /// Applies a folder's flag scan (DESIGN §4.15) and writes its checkpoint `cp`, in one
     /// transaction (on PostgreSQL fenced by the mailbox's lease).
     fn apply_flag_scan(
         &self,

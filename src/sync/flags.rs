@@ -1,4 +1,4 @@
-//! The flag scan of one folder (DESIGN §4.12), the step after the new mail: which tracked
+//! The flag scan of one folder (DESIGN §4.15), the step after the new mail: which tracked
 //! messages' flags changed since the last scan, applied to their activities (and the CRM's
 //! changes written back) in one transaction with the checkpoint that covers them.
 //!

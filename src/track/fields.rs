@@ -1,4 +1,4 @@
-//! Two-way field sync (DESIGN §4.12): an activity's `read`, `follow_up`, `importance` and
+//! Two-way field sync (DESIGN §4.15): an activity's `read`, `follow_up`, `importance` and
 //! `categories` against its message's flags in each mailbox copy, and untracking by removing
 //! the tracked keyword in a mail client.
 //!

@@ -34,6 +34,30 @@ pub(crate) struct CopyProgress {
     pub finished_at: Option<String>,
 }
 
+/// Writes every activity's synced fields (the store copy's state phase).
+fn copy_fields(
+    tx: &mut postgres::Transaction<'_>,
+    fields: &mut dyn Iterator<Item = crate::store::Result<(u64, crate::model::FieldState)>>,
+) -> Result<()> {
+    for f in fields {
+        let (id, st) = f.map_err(from_store)?;
+        tx.execute(
+            "INSERT INTO activity_fields (activity_id, read, follow_up, importance,
+                 categories, copies)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &big(id),
+                &st.crm.read,
+                &st.crm.follow_up,
+                &st.crm.importance.as_str(),
+                &st.crm.categories,
+                &json(&st.copies)?,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// The rest of the state, written in one transaction with the phase after it.
 pub(crate) struct State<'a> {
     pub checkpoints: &'a mut dyn Iterator<Item = crate::store::Result<FolderState>>,
@@ -265,22 +289,7 @@ impl PgStore {
                     &[&big(id.map_err(from_store)?)],
                 )?;
             }
-            for f in s.fields {
-                let (id, st) = f.map_err(from_store)?;
-                tx.execute(
-                    "INSERT INTO activity_fields (activity_id, read, follow_up, importance,
-                         categories, copies)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &big(id),
-                        &st.crm.read,
-                        &st.crm.follow_up,
-                        &st.crm.importance.as_str(),
-                        &st.crm.categories,
-                        &json(&st.copies)?,
-                    ],
-                )?;
-            }
+            copy_fields(&mut tx, s.fields)?;
             for id in s.manual_links {
                 tx.execute(
                     "INSERT INTO manual_links (activity_id) VALUES ($1)",

@@ -260,7 +260,7 @@ CREATE TABLE untracked (
 );
 "#;
 
-/// Version 6: two-way sync with the mailbox (DESIGN §4.12). `activity_fields` has an
+/// Version 6: two-way sync with the mailbox (DESIGN §4.15). `activity_fields` has an
 /// activity's synced fields as columns (for reports: what is flagged for follow-up, its
 /// categories) and, in `copies`, what each mailbox copy last looked like (the sync's own
 /// bookkeeping, read and written only with its row). Checkpoints keep the HIGHESTMODSEQ a
