@@ -265,7 +265,16 @@ enum ActivitiesCmd {
     },
     /// Untrack it: it stays in the CRM, its message loses the tracked keyword and is not
     /// tracked again where it is (a new drag into a tracked folder tracks it again).
-    Untrack { id: u64 },
+    Untrack {
+        id: u64,
+        /// Also delete it from the store (mail tracked by mistake): the activity, its body and
+        /// the attachments no other activity shares; only its audit trail stays.
+        #[arg(long)]
+        delete: bool,
+        /// Why, for the audit trail (with --delete).
+        #[arg(long, requires = "delete")]
+        reason: Option<String>,
+    },
     /// Change its synced fields in the CRM; each goes to every mailbox copy where its
     /// direction (`[field_sync]`) sends CRM changes to the mailbox.
     Set {
@@ -384,8 +393,10 @@ async fn activities_request(cmd: ActivitiesCmd, config: &Config) -> Result<Reque
             user: commands::activities::invoking_user(),
         },
         ActivitiesCmd::History { id, json } => Request::ActivitiesHistory { id, json },
-        ActivitiesCmd::Untrack { id } => Request::ActivitiesUntrack {
+        ActivitiesCmd::Untrack { id, delete, reason } => Request::ActivitiesUntrack {
             id,
+            delete,
+            reason,
             user: commands::activities::invoking_user(),
         },
         ActivitiesCmd::Set {

@@ -365,6 +365,9 @@ text_enum! {
         /// A synced field changed (`field`: which; `old` → `new`), from the side the actor
         /// names: `mailbox:NAME` (a mail client) or `cli:USER` (`activities set`).
         FieldChanged = "field changed",
+        /// Deleted from the store (`activities untrack --delete`; `new`: the reason given).
+        /// Only the audit trail is left of it.
+        Deleted = "deleted",
         /// Both sides changed a synced field since they last agreed: `old` is the value that
         /// lost, `new` the one kept (DESIGN §4.15).
         FieldConflict = "field conflict",

@@ -99,6 +99,12 @@ pub enum Request {
     ActivitiesUntrack {
         /// The activity.
         id: u64,
+        /// Delete it from the store too (`--delete`).
+        #[serde(default)]
+        delete: bool,
+        /// Why (`--reason`), for the audit trail.
+        #[serde(default)]
+        reason: Option<String>,
         /// Who asked (the Unix user running the command), for the audit trail.
         #[serde(default)]
         user: String,

@@ -865,3 +865,78 @@ fn field_sync_without_condstore_scans_the_tracked_uids_every_interval() {
     assert!(follow_up);
     assert_eq!(cats, vec!["Later".to_string()]);
 }
+
+/// A message with attachments `(name, base64 bytes)`.
+fn with_attachments(subject: &str, id: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    let mut m = format!("From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: {subject}\r\nMessage-ID: {id}\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n{}\r\n", format!("A {subject} letter. ").repeat(40));
+    for (name, b64) in files {
+        m.push_str(&format!("--b\r\nContent-Type: application/octet-stream; name={name}\r\nContent-Disposition: attachment; filename={name}\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n"));
+    }
+    m.push_str("--b--\r\n");
+    m.into_bytes()
+}
+
+/// Every byte of the files under `dir`.
+fn bytes_under(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(bytes_under(&e.path()));
+        } else {
+            out.extend(std::fs::read(e.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// `untrack --delete` (mail tracked by mistake): the activity, its body and the attachment
+/// only it had are gone (on sled, their bytes too), the attachment another activity shares
+/// stays, the audit trail stays with who, when and why, and the next pass does not track the
+/// message again.
+#[test]
+fn untrack_delete_deletes_the_activity_and_its_own_blobs_and_keeps_a_shared_one() {
+    let e = alice();
+    let mut c = e.imap("alice");
+    // "U0VDUkVULU9OTFktTUlORQ==" is SECRET-ONLY-MINE, "U0hBUkVELVdJVEgtT1RIRVI=" SHARED-WITH-OTHER.
+    let mine = ("mine.bin", "U0VDUkVULU9OTFktTUlORQ==");
+    let shared = ("shared.bin", "U0hBUkVELVdJVEgtT1RIRVI=");
+    c.append(
+        "INBOX/Tracked/Acme",
+        &with_attachments("private", "<private@acme.com>", &[mine, shared]),
+    );
+    c.append(
+        "INBOX/Tracked/Acme",
+        &with_attachments("business", "<business@acme.com>", &[shared]),
+    );
+    e.ok(&["sync"]);
+    let id = one(&e.activities(), "private")["id"].to_string();
+    let other = one(&e.activities(), "business")["id"].to_string();
+
+    let said = e.ok(&[
+        "activities", "untrack", &id, "--delete", "--reason", "private mail",
+    ]);
+    assert!(said.contains("deleted from the store") && said.contains("1 kept"), "{said}");
+    assert!(by_subject(&e.activities(), "private").is_empty());
+    assert_eq!(e.run(&["activities", "show", &id]).status.code(), Some(2));
+    let h: Vec<Value> =
+        serde_json::from_str(&e.ok(&["activities", "history", &id, "--json"])).unwrap();
+    assert_eq!(h[0]["action"], "deleted", "{h:?}");
+    assert_eq!(h[0]["new"], "private mail");
+    assert!(h[0]["actor"].as_str().unwrap().starts_with("cli"));
+    // The shared attachment is still there for the other activity.
+    let o = e.run(&["activities", "attachment", &other, "1"]);
+    assert_eq!(o.stdout, b"SHARED-WITH-OTHER");
+    // The next pass leaves the message alone; an unknown id is a usage error.
+    e.ok(&["sync"]);
+    assert!(by_subject(&e.activities(), "private").is_empty());
+    let again = e.run(&["activities", "untrack", &id, "--delete"]);
+    assert_eq!(again.status.code(), Some(2));
+    if !testkit::postgres() {
+        let disk = bytes_under(&e.work.join("data").join("blobs"));
+        let has = |n: &[u8]| disk.windows(n.len()).any(|w| w == n);
+        assert!(!has(b"SECRET-ONLY-MINE"), "the deleted attachment's bytes are gone");
+        assert!(!has(b"A private letter. A private letter."), "the body is gone");
+        assert!(has(b"A business letter. A business letter."));
+        assert!(has(b"SHARED-WITH-OTHER"));
+    }
+}

@@ -115,6 +115,7 @@ pub(crate) async fn untrack(
     store: &Store,
     id: u64,
     user: &str,
+    how: Untrack<'_>,
 ) -> Result<String> {
     let no = || {
         UsageError(format!(
@@ -137,7 +138,51 @@ pub(crate) async fn untrack(
             Err(e) => out.push_str(&format!("  {at}: could not remove the keyword: {e}\n")),
         }
     }
+    if how.delete {
+        out.push_str(&delete(config, store, &a, user, how.reason)?);
+    }
     Ok(out)
+}
+
+/// How `activities untrack` untracks: `--delete` also deletes it from the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Untrack<'a> {
+    pub delete: bool,
+    pub reason: Option<&'a str>,
+}
+
+/// `activities untrack ID --delete`: the activity, its body and the blobs no other activity
+/// uses leave the store; its audit trail stays with the deletion (actor, time, reason). An
+/// activity sent from foldertrack keeps its outbox entry, so it is refused.
+fn delete(
+    config: &crate::config::Config,
+    store: &Store,
+    a: &crate::model::Activity,
+    user: &str,
+    reason: Option<&str>,
+) -> Result<String> {
+    if store.outbox_entry(a.id)?.is_some() {
+        return Err(UsageError(format!(
+            "activity {} was sent from foldertrack: its outbox entry keeps it (`foldertrack outbox`); it cannot be deleted",
+            a.id
+        ))
+        .into());
+    }
+    let token = config
+        .mailbox(&a.source.mailbox)
+        .map(|m| m.crm.token.clone())
+        .unwrap_or_default();
+    let subject_key = a
+        .subject
+        .as_deref()
+        .map(|s| crate::track::normalise_subject(s, &token));
+    let d = store
+        .delete_activity(a.id, subject_key.as_deref(), &cli_actor(user), reason)?
+        .ok_or_else(|| UsageError(format!("no activity {}", a.id)))?;
+    Ok(format!(
+        "activity {} deleted from the store: {} blob(s) (body, attachments) deleted, {} kept because other activities use them; its audit trail stays\n",
+        a.id, d.blobs_deleted, d.blobs_kept
+    ))
 }
 
 /// Removes the mailbox's tracked keyword from the message at `s`: the keyword, or `None` when

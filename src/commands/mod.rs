@@ -130,8 +130,17 @@ pub(crate) async fn execute(
             user,
         } => activities::link(store, id, &regarding, &user),
         Request::ActivitiesHistory { id, json } => activities::history(store, id, json),
-        Request::ActivitiesUntrack { id, user } => {
-            activities::untrack(config, store, id, &user).await
+        Request::ActivitiesUntrack {
+            id,
+            delete,
+            reason,
+            user,
+        } => {
+            let how = activities::Untrack {
+                delete,
+                reason: reason.as_deref(),
+            };
+            activities::untrack(config, store, id, &user, how).await
         }
         Request::ActivitiesSet {
             id,

@@ -262,6 +262,15 @@ dispatch! {
     fn untrack(&self, id: u64, actor: &str) -> Result<Option<bool>>;
     /// The activities untracked, by id.
     fn untracked_ids(&self) -> Result<Vec<u64>>;
+    /// Deletes an activity for good, by `actor` with an optional reason (its audit trail
+    /// stays), and the blobs only it used: `None` when there is no such activity.
+    fn delete_activity(
+        &self,
+        id: u64,
+        subject_key: Option<&str>,
+        actor: &str,
+        reason: Option<&str>
+    ) -> Result<Option<crate::store::Deleted>>;
     /// The UIDs of a folder (under `uidvalidity`) that activities were tracked from, sorted.
     fn tracked_uids(&self, mailbox: &str, folder: &str, uidvalidity: u32) -> Result<Vec<u32>>;
     /// Applies a folder's flag scan (DESIGN §4.15) and writes its checkpoint `cp`, in one

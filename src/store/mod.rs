@@ -263,3 +263,23 @@ impl From<crate::store::pg::PgError> for StoreError {
         }
     }
 }
+
+/// What a deletion freed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Deleted {
+    /// Blobs deleted (no other activity used them).
+    pub blobs_deleted: u32,
+    /// Blobs kept because another activity or outgoing message uses them.
+    pub blobs_kept: u32,
+}
+
+/// The blobs an activity refers to: stored attachments and its body.
+pub(crate) fn blobs_of(a: &crate::model::Activity) -> std::collections::BTreeSet<String> {
+    a.attachments
+        .iter()
+        .filter(|m| m.skipped.is_none())
+        .map(|m| m.sha256.clone())
+        .chain(a.body_blob.clone())
+        .collect()
+}
+

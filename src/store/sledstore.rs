@@ -36,6 +36,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Reading the whole store out, for `store copy --from-sled`.
+mod delete;
 mod dump;
 pub(crate) use dump::{Counters, TokenUser};
 
@@ -1390,6 +1391,45 @@ impl BatchTx for SledTx<'_> {
 
     fn put_field_state(&self, id: u64, st: &FieldState) -> Result<()> {
         self.fields.insert(&id.to_be_bytes(), enc(st))?;
+        Ok(())
+    }
+
+    fn delete_activity(&self, a: &Activity, subject_key: Option<&str>) -> Result<()> {
+        let id = a.id.to_be_bytes();
+        // An index entry is removed only where it names this activity: another activity
+        // may hold a token or Thread-Index key that this one once had.
+        let remove_if_ours = |t: &TransactionalTree, key: Vec<u8>| -> Result<()> {
+            if id_of(t.get(&key)?) == Some(a.id) {
+                t.remove(key)?;
+            }
+            Ok(())
+        };
+        self.activities.remove(&id)?;
+        let n = self.meta.get(ACTIVITY_COUNT)?.map_or(0, |v| keys::u64_of(&v));
+        self.meta
+            .insert(ACTIVITY_COUNT, &n.saturating_sub(1).to_be_bytes())?;
+        remove_if_ours(self.activity_by_msgid, keys::msgid(&a.dedup_key, a.direction))?;
+        for s in std::iter::once(&a.source).chain(&a.other_sources) {
+            remove_if_ours(self.activity_by_source, keys::source(s))?;
+        }
+        if let Some(r) = &a.regarding {
+            self.activity_by_regarding.remove(keys::regarding(r, a.id))?;
+        }
+        if let Some(t) = &a.token {
+            remove_if_ours(self.activity_by_token, keys::token(t))?;
+        }
+        if let Some(ti) = a.thread_index.as_deref().and_then(thread_bytes) {
+            remove_if_ours(self.activity_by_thread, ti)?;
+        }
+        for parent in a.in_reply_to.iter().chain(&a.references) {
+            self.activity_by_parent.remove(keys::regarding(parent, a.id))?;
+        }
+        if let Some(k) = subject_key {
+            self.activity_by_subject.remove(keys::regarding(k, a.id))?;
+        }
+        for t in [self.fields, self.untracked, self.manual_links] {
+            t.remove(&id)?;
+        }
         Ok(())
     }
 }

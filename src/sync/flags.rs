@@ -61,13 +61,10 @@ pub(super) async fn scan(
     let interval = mb.field_sync.flag_scan_interval.as_secs();
     let since = match sel.highest_modseq {
         Some(_) if cp.highest_modseq > 0 => Some(cp.highest_modseq),
-        // The first scan with CONDSTORE: what was fetched has its flags already; from now on
-        // only the changes after the folder's HIGHESTMODSEQ at SELECT are asked for.
-        Some(m) => {
-            cp.highest_modseq = m;
-            fs.store.put_folder_state(&cp)?;
-            return Ok(FlagReport::default());
-        }
+        // The first scan with CONDSTORE: what was fetched carried its flags; what changed
+        // since SELECT (the keyword write-back among it) is asked for, so the checkpoint
+        // ends past our own changes and nothing another client did meanwhile is missed.
+        Some(m) => Some(m),
         None if !due(&cp, None, interval) => return Ok(FlagReport::default()),
         None => None,
     };

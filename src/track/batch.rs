@@ -300,6 +300,33 @@ pub(crate) fn untrack<T: BatchTx>(
     Ok(Some(true))
 }
 
+/// Deletes activity `id` by `actor` (`activities untrack --delete`: mail tracked by mistake):
+/// the activity and everything of it go; its audit trail stays, with this deletion and the
+/// reason given. Returns the activity as it was (for its blobs), `None` when there is none.
+pub(crate) fn delete<T: BatchTx>(
+    tx: &T,
+    id: u64,
+    subject_key: Option<&str>,
+    actor: &str,
+    reason: Option<&str>,
+    at: &str,
+) -> Result<Option<Activity>, T::Error> {
+    let Some(a) = tx.activity(id)? else {
+        return Ok(None);
+    };
+    tx.delete_activity(&a, subject_key)?;
+    tx.append_audit(&AuditEntry {
+        activity: id,
+        at: at.to_string(),
+        actor: actor.to_string(),
+        action: AuditAction::Deleted,
+        field: None,
+        old: None,
+        new: reason.map(str::to_string),
+    })?;
+    Ok(Some(a))
+}
+
 /// The actor of a change a folder's tracking made: `rule:MAILBOX/FOLDER`.
 fn rule_actor(s: &Source) -> String {
     format!("rule:{}/{}", s.mailbox, s.folder)

@@ -281,26 +281,31 @@ pub(crate) fn apply_scan<T: BatchTx>(
             out.pushes.extend(push_for(id, &st.crm, &now, sync));
             continue;
         };
-        let pos = st.copies.iter().position(|c| c.source == *source);
-        let copy = &mut st.copies[pos.expect("found above")];
-        if keyword.is_some() && copy.keyword && !kw {
-            *copy = now;
+        let pos = st
+            .copies
+            .iter()
+            .position(|c| c.source == *source)
+            .expect("found above");
+        if keyword.is_some() && st.copies[pos].keyword && !kw {
+            st.copies[pos] = now;
             tx.put_field_state(id, &st)?;
             if super::batch::untrack(tx, id, actor, at)? == Some(true) {
                 out.untracked += 1;
             }
             continue;
         }
+        let before = st.clone();
         if tx.is_untracked(id)? {
-            *copy = now;
-            tx.put_field_state(id, &st)?;
-            continue;
+            st.copies[pos] = now;
+        } else {
+            st.copies[pos].keyword = kw;
+            let push = merge_copy(tx, id, &mut st, pos, &now.seen, sync, actor, at, &mut out)?;
+            out.pushes.extend(push);
         }
-        copy.keyword = kw;
-        let pos = pos.expect("found above");
-        let push = merge_copy(tx, id, &mut st, pos, &now.seen, sync, actor, at, &mut out)?;
-        tx.put_field_state(id, &st)?;
-        out.pushes.extend(push);
+        // Most answers after a write-back are our own changes: nothing to write for them.
+        if st != before {
+            tx.put_field_state(id, &st)?;
+        }
     }
     Ok(out)
 }

@@ -236,6 +236,22 @@ impl BatchTx for MemTx {
         self.write(|s| s.fields.insert(id, st.clone()));
         Ok(())
     }
+
+    fn delete_activity(&self, a: &Activity, _subject_key: Option<&str>) -> Result<(), Broken> {
+        let id = a.id;
+        self.write(|s| {
+            s.activities.remove(&id);
+            s.by_dedup.retain(|_, v| *v != id);
+            s.by_source.retain(|_, v| *v != id);
+            s.by_token.retain(|_, v| *v != id);
+            s.by_thread.retain(|_, v| *v != id);
+            s.awaiting.retain(|(_, v)| *v != id);
+            s.subjects.retain(|(_, v)| *v != id);
+            s.fields.remove(&id);
+            s.untracked.remove(&id);
+        });
+        Ok(())
+    }
 }
 
 impl Scans for Memory {

@@ -109,6 +109,11 @@ pub(crate) trait BatchTx: Lookups {
     fn field_state(&self, id: u64) -> Result<Option<FieldState>, Self::Error>;
     /// Writes activity `id`'s synced fields.
     fn put_field_state(&self, id: u64, st: &FieldState) -> Result<(), Self::Error>;
+    /// Deletes activity `a` (as [`Lookups::activity`] returned it) with every index entry and
+    /// child row it has, its synced fields and its untracked and hand-link marks (not its
+    /// audit trail, nor blobs: the caller deletes those no other activity uses).
+    /// `subject_key` is the normalised subject it was indexed under for smart matching.
+    fn delete_activity(&self, a: &Activity, subject_key: Option<&str>) -> Result<(), Self::Error>;
 }
 
 /// The reads late correlation makes on the committed store (a transaction need not offer

@@ -577,6 +577,38 @@ impl PgStore {
         Ok(row.map(|r| super::rows::field_state(&r)).transpose()?)
     }
 
+    /// Deletes activity `id` ([`batch::delete`]) and, in the same transaction, the blobs no
+    /// other activity or outgoing message uses; `None` when there is no such activity.
+    pub(crate) fn delete_activity(
+        &self,
+        id: u64,
+        subject_key: Option<&str>,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<crate::store::Deleted>> {
+        let at = crate::time::humantime_now();
+        Ok(Engine::transaction(self, |tx| {
+            let Some(a) = batch::delete(tx, id, subject_key, actor, reason, &at)? else {
+                return Ok(None);
+            };
+            let shas: Vec<String> = crate::store::blobs_of(&a).into_iter().collect();
+            let deleted = tx.with(|c| {
+                Ok(c.execute(
+                    "DELETE FROM blobs b WHERE b.sha256 = ANY($1)
+                       AND NOT EXISTS (SELECT 1 FROM attachments t WHERE t.sha256 = b.sha256)
+                       AND NOT EXISTS (SELECT 1 FROM activities x WHERE x.body_blob = b.sha256)
+                       AND NOT EXISTS (SELECT 1 FROM outbox o
+                                       WHERE o.entry->>'raw_sha256' = b.sha256)",
+                    &[&shas],
+                )?)
+            })? as u32;
+            Ok(Some(crate::store::Deleted {
+                blobs_deleted: deleted,
+                blobs_kept: shas.len() as u32 - deleted,
+            }))
+        })?)
+    }
+
     /// The activities untracked, by id.
     pub(crate) fn untracked_ids(&self) -> Result<Vec<u64>> {
         let rows =

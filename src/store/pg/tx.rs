@@ -501,6 +501,37 @@ impl BatchTx for PgTx<'_> {
         Ok(())
     }
 
+    /// The child rows first (their foreign keys name the activity), then the row itself; the
+    /// token, Thread-Index and subject keys are columns of it.
+    fn delete_activity(&self, a: &Activity, _subject_key: Option<&str>) -> Result<()> {
+        self.fields.borrow_mut().remove(&a.id);
+        self.known.borrow_mut().activities.remove(&a.id);
+        self.known
+            .borrow_mut()
+            .sources
+            .retain(|_, v| *v != Some(a.id));
+        self.with(|c| {
+            for table in [
+                "parties",
+                "sources",
+                "activity_references",
+                "awaiting_parent",
+                "attachments",
+                "activity_fields",
+                "untracked",
+                "manual_links",
+                "activities",
+            ] {
+                let column = if table == "activities" { "id" } else { "activity_id" };
+                c.execute(
+                    &format!("DELETE FROM {table} WHERE {column} = $1"),
+                    &[&big(a.id)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn put_checkpoint(&self, st: &FolderState) -> Result<()> {
         self.db(|c| {
             c.execute(
