@@ -56,7 +56,7 @@ pub struct ActivityFilter {
 pub(crate) struct FilterError(pub String);
 
 /// The CSV columns of `activities export --format csv`, in order.
-pub const ACTIVITY_COLUMNS: [&str; 19] = [
+pub const ACTIVITY_COLUMNS: [&str; 23] = [
     "id",
     "tracked_at",
     "date",
@@ -76,6 +76,10 @@ pub const ACTIVITY_COLUMNS: [&str; 19] = [
     "attachments",
     "correlation",
     "body_text",
+    "read",
+    "follow_up",
+    "importance",
+    "categories",
 ];
 
 /// The CSV header of `records export` (the long form `records import` reads).
@@ -94,7 +98,7 @@ fn addresses(ps: &[Party]) -> String {
         .join(";")
 }
 
-fn activity_row(a: &Activity) -> Vec<String> {
+fn activity_row(a: &Activity, f: &crate::model::Fields) -> Vec<String> {
     vec![
         a.id.to_string(),
         a.tracked_at.clone(),
@@ -125,6 +129,10 @@ fn activity_row(a: &Activity) -> Vec<String> {
             .map(|c| format!("{}:{}", c.method, c.activity))
             .unwrap_or_default(),
         a.body_text.clone(),
+        f.read.to_string(),
+        f.follow_up.to_string(),
+        f.importance.to_string(),
+        f.categories.join(";"),
     ]
 }
 
@@ -198,12 +206,16 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// An exported activity with its audit trail.
+/// An exported activity: its synced fields (DESIGN §4.15) and, when asked for, its audit
+/// trail.
 #[derive(Serialize)]
-struct WithHistory<'a> {
+struct Exported<'a> {
     #[serde(flatten)]
     activity: &'a Activity,
-    history: &'a [crate::model::AuditEntry],
+    #[serde(flatten)]
+    fields: &'a crate::model::Fields,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<&'a [crate::model::AuditEntry]>,
 }
 
 /// Writes the activities that pass `filter` to `out`, one at a time; returns how many.
@@ -242,21 +254,23 @@ pub(crate) fn activities(
         if regarding.is_some() && a.regarding != regarding {
             continue;
         }
-        if filter.history {
-            let mut history = store.audit(a.id)?;
-            history.reverse();
-            let row = WithHistory {
-                activity: &a,
-                history: &history,
-            };
-            sink.row(&row, || {
-                let mut r = activity_row(&a);
-                r.push(serde_json::to_string(&history).unwrap_or_default());
-                r
-            })?;
-        } else {
-            sink.row(&a, || activity_row(&a))?;
-        }
+        let fields = store.field_state(a.id)?.unwrap_or_default().crm;
+        let history = match filter.history {
+            true => Some(store.audit(a.id)?.into_iter().rev().collect::<Vec<_>>()),
+            false => None,
+        };
+        let row = Exported {
+            activity: &a,
+            fields: &fields,
+            history: history.as_deref(),
+        };
+        sink.row(&row, || {
+            let mut r = activity_row(&a, &fields);
+            if let Some(h) = &history {
+                r.push(serde_json::to_string(h).unwrap_or_default());
+            }
+            r
+        })?;
         n += 1;
     }
     sink.finish()?;

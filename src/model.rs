@@ -344,6 +344,9 @@ pub struct Draft {
     /// The message's flags in the mailbox when it was fetched (with the tracked keyword when
     /// it is about to be written back): the new activity's synced fields (DESIGN §4.15).
     pub seen: Option<CopySeen>,
+    /// Its headers mark it important: the new activity's importance is high even where the
+    /// mailbox copy has no `$Important`.
+    pub high_importance: bool,
 }
 
 text_enum! {

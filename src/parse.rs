@@ -56,6 +56,21 @@ pub struct ParsedMessage {
     /// sha256 of the message without its trace headers: the dedup key when there is no
     /// Message-ID. Computed only then: hashing every message would cost as much as parsing it.
     pub content_hash: Option<String>,
+    /// `Importance: high`, `X-Priority: 1` or `2`, or `Priority: urgent`: the activity's first
+    /// importance when the mailbox has no `$Important` on it (DESIGN §4.15).
+    pub high_importance: bool,
+}
+
+/// Whether the headers mark the message important, as Outlook and most clients write it.
+fn high_importance(msg: &mail_parser::Message<'_>) -> bool {
+    let text = |name: &str| {
+        msg.header(name)
+            .and_then(|v| v.as_text())
+            .map(|s| s.trim().to_ascii_lowercase())
+    };
+    text("Importance").is_some_and(|v| v == "high")
+        || text("X-Priority").is_some_and(|v| v.starts_with('1') || v.starts_with('2'))
+        || text("Priority").is_some_and(|v| v == "urgent")
 }
 
 /// Why a message could not be parsed. It goes to quarantine with this reason.
@@ -356,6 +371,7 @@ fn parse_deferred(
         body_text,
         attachments,
         content_hash: no_id.then(|| content_hash(raw)),
+        high_importance: high_importance(&msg),
     })
 }
 

@@ -561,6 +561,7 @@ fn build_one(
     records: &dyn RecordLookup,
 ) -> BatchItem {
     let src = source.clone();
+    let high = p.high_importance;
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         track::build(p, ctx, src, m.size, records, store)
     }));
@@ -576,6 +577,7 @@ fn build_one(
                     keyword,
                 }
             });
+            d.high_importance = high;
             BatchItem::Tracked(Box::new(d))
         }
         Err(_) => quarantined(

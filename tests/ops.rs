@@ -393,6 +393,12 @@ fn export_activities_and_records_as_jsonl_and_csv_round_trips_through_import() {
     assert_eq!(acts.len(), 3);
     assert!(acts.iter().all(|a| a["regarding"] == "account:acme"));
     assert!(acts[0]["body_text"].as_str().unwrap().contains("Body of"));
+    // The synced fields travel with it (DESIGN §4.15).
+    assert_eq!(
+        (&acts[0]["read"], &acts[0]["importance"]),
+        (&Value::Bool(false), &Value::from("normal"))
+    );
+    assert!(acts[0]["categories"].as_array().is_some_and(|c| c.is_empty()));
     let csv_text = e.ok(&[
         "activities",
         "export",
@@ -410,6 +416,7 @@ fn export_activities_and_records_as_jsonl_and_csv_round_trips_through_import() {
     assert_eq!(rows.len(), 3);
     assert_eq!(&rows[0][4], "export, \"quoted\" 0");
     assert_eq!(&rows[0][9], "account:acme");
+    assert_eq!((&rows[0][19], &rows[0][21]), ("false", "normal"));
     assert!(e
         .ok(&["activities", "export", "--regarding", "account:globex"])
         .is_empty());

@@ -747,7 +747,16 @@ fn field_sync_follow_up_and_categories_both_ways_read_to_crm_only_keyword_remova
     let mut c = e.imap("alice");
     let f = "INBOX/Tracked/Acme";
     c.append_many(f, &[mail("flagged", "<fl@acme.com>")], "\\Seen");
+    let urgent = String::from_utf8(mail("urgent", "<urgent@acme.com>"))
+        .unwrap()
+        .replacen("Subject:", "X-Priority: 1 (Highest)\r\nSubject:", 1);
+    c.append(f, urgent.as_bytes());
     e.ok(&["sync"]);
+    assert_eq!(
+        fields_of(&e, "urgent").2,
+        "high",
+        "Outlook's X-Priority sets the first importance"
+    );
     let id = one(&e.activities(), "flagged")["id"].to_string();
     assert_eq!(
         fields_of(&e, "flagged"),

@@ -190,7 +190,7 @@ pub(crate) fn apply_activity<T: BatchTx>(
     tx.insert_activity(&a, find)?;
     audit_created(tx, &a)?;
     if let Some(c) = &d.seen {
-        super::fields::add_new(tx, a.id, c)?;
+        super::fields::add_new(tx, a.id, c, d.high_importance)?;
     }
     out.created += 1;
     a.body_text = String::new();

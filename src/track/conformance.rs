@@ -63,6 +63,7 @@ pub(crate) fn draft(a: Activity) -> BatchItem {
         keep: true,
         subject_key: None,
         seen: None,
+        high_importance: false,
     }))
 }
 

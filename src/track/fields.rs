@@ -203,11 +203,22 @@ pub(crate) struct ScanOutcome {
 
 /// Records the flags a new activity's message was fetched with as its fields (no read: it
 /// has none yet, and on a database a read per new activity is a round trip each).
-pub(crate) fn add_new<T: BatchTx>(tx: &T, id: u64, copy: &CopySeen) -> Result<(), T::Error> {
+/// `high_importance`: its headers say so (Outlook's `Importance: high`), which the CRM takes
+/// where the copy lacks `$Important`.
+pub(crate) fn add_new<T: BatchTx>(
+    tx: &T,
+    id: u64,
+    copy: &CopySeen,
+    high_importance: bool,
+) -> Result<(), T::Error> {
+    let mut crm = copy.seen.clone();
+    if high_importance {
+        crm.importance = Importance::High;
+    }
     tx.put_field_state(
         id,
         &FieldState {
-            crm: copy.seen.clone(),
+            crm,
             copies: vec![copy.clone()],
         },
     )

@@ -263,6 +263,7 @@ pub fn build(
         keep,
         subject_key,
         seen: None,
+        high_importance: false,
     }
 }
 
