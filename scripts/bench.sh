@@ -9,6 +9,8 @@
 # SCALE_MESSAGES (10000), SCALE_TRIALS (100), BENCH_LATENCY (0; 1 adds benches/latency.rs),
 # BENCH_AGENTS (0; 1 adds benches/agents.rs: 2,000 mailboxes over 2 agents on PostgreSQL, with
 # AGENTS_MAILBOXES, AGENTS_COUNT, AGENTS_MESSAGES, AGENTS_TRIALS),
+# BENCH_FLAGS (0; 1 adds benches/flags.rs: the pass that picks up 100 flag changes in 10,000
+# tracked messages, with and without CONDSTORE; FLAGS_MESSAGES, FLAGS_CHANGED, FLAGS_RUNS),
 # BENCH_CONFIG (extra top-level foldertrack.toml lines for the sync bench, e.g. "batch_bytes = 16777216").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,7 @@ if [ "${BENCH_SCALE:-1}" = 1 ]; then
   cargo bench --bench scale
 fi
 if [ "${BENCH_LATENCY:-0}" = 1 ]; then cargo bench --bench latency; fi
+if [ "${BENCH_FLAGS:-0}" = 1 ]; then cargo bench --bench flags; fi
 if [ "${BENCH_AGENTS:-0}" = 1 ]; then
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   cargo bench --bench agents

@@ -398,7 +398,9 @@ fn export_activities_and_records_as_jsonl_and_csv_round_trips_through_import() {
         (&acts[0]["read"], &acts[0]["importance"]),
         (&Value::Bool(false), &Value::from("normal"))
     );
-    assert!(acts[0]["categories"].as_array().is_some_and(|c| c.is_empty()));
+    assert!(acts[0]["categories"]
+        .as_array()
+        .is_some_and(|c| c.is_empty()));
     let csv_text = e.ok(&[
         "activities",
         "export",

@@ -922,9 +922,17 @@ fn untrack_delete_deletes_the_activity_and_its_own_blobs_and_keeps_a_shared_one(
     let other = one(&e.activities(), "business")["id"].to_string();
 
     let said = e.ok(&[
-        "activities", "untrack", &id, "--delete", "--reason", "private mail",
+        "activities",
+        "untrack",
+        &id,
+        "--delete",
+        "--reason",
+        "private mail",
     ]);
-    assert!(said.contains("deleted from the store") && said.contains("1 kept"), "{said}");
+    assert!(
+        said.contains("deleted from the store") && said.contains("1 kept"),
+        "{said}"
+    );
     assert!(by_subject(&e.activities(), "private").is_empty());
     assert_eq!(e.run(&["activities", "show", &id]).status.code(), Some(2));
     let h: Vec<Value> =
@@ -943,8 +951,14 @@ fn untrack_delete_deletes_the_activity_and_its_own_blobs_and_keeps_a_shared_one(
     if !testkit::postgres() {
         let disk = bytes_under(&e.work.join("data").join("blobs"));
         let has = |n: &[u8]| disk.windows(n.len()).any(|w| w == n);
-        assert!(!has(b"SECRET-ONLY-MINE"), "the deleted attachment's bytes are gone");
-        assert!(!has(b"A private letter. A private letter."), "the body is gone");
+        assert!(
+            !has(b"SECRET-ONLY-MINE"),
+            "the deleted attachment's bytes are gone"
+        );
+        assert!(
+            !has(b"A private letter. A private letter."),
+            "the body is gone"
+        );
         assert!(has(b"A business letter. A business letter."));
         assert!(has(b"SHARED-WITH-OTHER"));
     }

@@ -282,4 +282,3 @@ pub(crate) fn blobs_of(a: &crate::model::Activity) -> std::collections::BTreeSet
         .chain(a.body_blob.clone())
         .collect()
 }
-

@@ -1405,15 +1405,22 @@ impl BatchTx for SledTx<'_> {
             Ok(())
         };
         self.activities.remove(&id)?;
-        let n = self.meta.get(ACTIVITY_COUNT)?.map_or(0, |v| keys::u64_of(&v));
+        let n = self
+            .meta
+            .get(ACTIVITY_COUNT)?
+            .map_or(0, |v| keys::u64_of(&v));
         self.meta
             .insert(ACTIVITY_COUNT, &n.saturating_sub(1).to_be_bytes())?;
-        remove_if_ours(self.activity_by_msgid, keys::msgid(&a.dedup_key, a.direction))?;
+        remove_if_ours(
+            self.activity_by_msgid,
+            keys::msgid(&a.dedup_key, a.direction),
+        )?;
         for s in std::iter::once(&a.source).chain(&a.other_sources) {
             remove_if_ours(self.activity_by_source, keys::source(s))?;
         }
         if let Some(r) = &a.regarding {
-            self.activity_by_regarding.remove(keys::regarding(r, a.id))?;
+            self.activity_by_regarding
+                .remove(keys::regarding(r, a.id))?;
         }
         if let Some(t) = &a.token {
             remove_if_ours(self.activity_by_token, keys::token(t))?;
@@ -1422,7 +1429,8 @@ impl BatchTx for SledTx<'_> {
             remove_if_ours(self.activity_by_thread, ti)?;
         }
         for parent in a.in_reply_to.iter().chain(&a.references) {
-            self.activity_by_parent.remove(keys::regarding(parent, a.id))?;
+            self.activity_by_parent
+                .remove(keys::regarding(parent, a.id))?;
         }
         if let Some(k) = subject_key {
             self.activity_by_subject.remove(keys::regarding(k, a.id))?;

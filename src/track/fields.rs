@@ -710,4 +710,33 @@ mod tests {
             .unwrap();
         assert_eq!(again.untracked, 0);
     }
+
+    #[test]
+    fn a_folder_without_keywords_gets_the_system_flags_and_keeps_the_difference() {
+        let e = Memory::default();
+        let sync = FieldSync::default();
+        let (id, s) = tracked(&e, &[]);
+        let change = FieldChange {
+            follow_up: Some(true),
+            importance: Some(Importance::High),
+            add_categories: vec!["Deal".into()],
+            ..Default::default()
+        };
+        let mut p = set(&e, id, change, &sync).remove(0);
+        p.system_only();
+        assert_eq!(
+            (p.add.clone(), p.remove.clone()),
+            (flags(&["\\Flagged"]), vec![])
+        );
+        e.transaction(|tx| record_pushed(tx, std::slice::from_ref(&p)))
+            .unwrap();
+        // The copy has \Flagged only: no change from the mailbox, the CRM keeps its
+        // category and importance, and they are pushed again (then filtered again).
+        let out = scan(&e, &s, &["\\Flagged"], &sync);
+        assert_eq!((out.changed, out.conflicts), (0, 0));
+        let crm = crm(&e, id);
+        assert!(crm.follow_up && crm.importance == Importance::High);
+        assert_eq!(crm.categories, vec!["Deal".to_string()]);
+        assert_eq!(out.pushes[0].add, flags(&["Deal"]));
+    }
 }

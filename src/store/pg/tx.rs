@@ -522,7 +522,11 @@ impl BatchTx for PgTx<'_> {
                 "manual_links",
                 "activities",
             ] {
-                let column = if table == "activities" { "id" } else { "activity_id" };
+                let column = if table == "activities" {
+                    "id"
+                } else {
+                    "activity_id"
+                };
                 c.execute(
                     &format!("DELETE FROM {table} WHERE {column} = $1"),
                     &[&big(a.id)],
