@@ -437,19 +437,26 @@ impl MailboxWorker {
         tracked: &[Tracked],
     ) -> Result<bool, ImapError> {
         for t in &tracked[1..] {
-            let st = crate::imap::timed(
-                &conn.peer,
-                "STATUS",
-                conn.session
-                    .status(&t.folder.server_name, "(UIDNEXT UIDVALIDITY)"),
-            )
-            .await?;
-            let at_checkpoint = self
+            let cp = self
                 .store
                 .folder_state(&self.mb.name, &t.folder.name)
                 .ok()
-                .flatten()
-                .is_some_and(|p| p.synced_at(st.uid_validity, st.uid_next));
+                .flatten();
+            // A folder whose scan saw a HIGHESTMODSEQ: a flag change moved it too.
+            let items = match cp.as_ref().is_some_and(|p| p.highest_modseq > 0) {
+                true => "(UIDNEXT UIDVALIDITY HIGHESTMODSEQ)",
+                false => "(UIDNEXT UIDVALIDITY)",
+            };
+            let st = crate::imap::timed(
+                &conn.peer,
+                "STATUS",
+                conn.session.status(&t.folder.server_name, items),
+            )
+            .await?;
+            let at_checkpoint = cp.is_some_and(|p| {
+                p.synced_at(st.uid_validity, st.uid_next)
+                    && st.highest_modseq.is_none_or(|m| m == p.highest_modseq)
+            });
             if !at_checkpoint {
                 tracing::debug!(folder = %t.folder.name, "moved after the catch-up: no wait");
                 return Ok(true);
@@ -579,8 +586,15 @@ async fn set_notify(conn: &mut Connected, names: &[String]) -> bool {
             }
         })
         .collect();
+    // With CONDSTORE, a flag change is something to sync too (DESIGN §4.15): the folder's
+    // HIGHESTMODSEQ tells the pass what to read. Without it, flags are scanned by interval,
+    // and waking on every flag change would only cost passes.
+    let events = match conn.has("CONDSTORE") {
+        true => "MessageNew MessageExpunge FlagChange",
+        false => "MessageNew MessageExpunge",
+    };
     let cmd = format!(
-        "NOTIFY SET (selected (MessageNew MessageExpunge)) (mailboxes ({}) (MessageNew MessageExpunge))",
+        "NOTIFY SET (selected ({events})) (mailboxes ({}) ({events}))",
         list.join(" ")
     );
     match tokio::time::timeout(

@@ -313,3 +313,29 @@ fn auth_failure_disables_that_mailbox_and_the_others_go_on() {
         "{st}"
     );
 }
+
+/// Flag changes made in a mail client while `run` watches reach the CRM in seconds, in the IDLE
+/// folder and in a folder NOTIFY watches (with CONDSTORE, NOTIFY reports flag changes too),
+/// not at the next `others_interval` check.
+#[test]
+fn flag_changes_reach_the_crm_while_run_watches_the_idle_folder_and_the_others() {
+    let e = setup("others_interval = 600\nidle_renew = 600");
+    let _agent = e.start_agent();
+    let mut c = e.imap("alice");
+    c.append("INBOX/Tracked/Acme", &mail("idle flag", "<if@x>"));
+    c.append("INBOX/Customers/Globex", &mail("other flag", "<of@x>"));
+    wait_count(&e, 2, 30);
+    for (folder, subject) in [
+        ("INBOX/Customers/Globex", "other flag"),
+        ("INBOX/Tracked/Acme", "idle flag"),
+    ] {
+        // Past the short settle IDLE after a pass (1.2 s): the agent is in its long wait.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        c.cmd(&format!("SELECT \"{}\"", c.name(folder)));
+        c.cmd("UID STORE 1:* +FLAGS (\\Flagged Deal)");
+        wait_for(&format!("follow-up on `{subject}`"), 10, || {
+            let a = one_by_subject(&e, subject);
+            a["follow_up"] == true && a["categories"] == serde_json::json!(["Deal"])
+        });
+    }
+}
