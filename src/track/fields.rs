@@ -276,10 +276,16 @@ pub(crate) fn apply_scan<T: BatchTx>(
     at: &str,
 ) -> Result<ScanOutcome, T::Error> {
     let mut out = ScanOutcome::default();
+    let sources: Vec<&Source> = found.iter().map(|(s, _)| s).collect();
+    tx.prefetch(&sources, &[])?;
+    let mut ids = Vec::with_capacity(found.len());
     for (source, flags) in found {
-        let Some(id) = tx.activity_by_source(source)? else {
-            continue;
-        };
+        if let Some(id) = tx.activity_by_source(source)? {
+            ids.push((id, source, flags));
+        }
+    }
+    tx.prefetch_fields(&ids.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())?;
+    for (id, source, flags) in ids {
         let (now, kw) = from_flags(flags, keyword);
         let now = CopySeen {
             source: source.clone(),

@@ -105,6 +105,11 @@ pub(crate) trait BatchTx: Lookups {
     fn is_untracked(&self, id: u64) -> Result<bool, Self::Error>;
     /// Marks activity `id` untracked, or tracked again.
     fn set_untracked(&self, id: u64, untracked: bool) -> Result<(), Self::Error>;
+    /// The coming lookups will read these activities' synced fields and untracked marks (a
+    /// flag scan): an engine whose every read is a round trip may read them all at once.
+    fn prefetch_fields(&self, _ids: &[u64]) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Activity `id`'s synced fields and what its copies last looked like, if ever seen.
     fn field_state(&self, id: u64) -> Result<Option<FieldState>, Self::Error>;
     /// Writes activity `id`'s synced fields.

@@ -42,6 +42,9 @@ pub(crate) struct PgTx<'t> {
 struct Known {
     sources: HashMap<Source, Option<u64>>,
     dedup: HashMap<(String, Direction), Option<u64>>,
+    /// Synced fields and untracked marks read ahead for a flag scan (`None`: none stored).
+    fields: HashMap<u64, Option<FieldState>>,
+    untracked: HashMap<u64, bool>,
     /// The written activities the dedup keys found (a copy merges into its activity, a reply
     /// inherits from its parent), unless their message was found already tracked.
     activities: HashMap<u64, Activity>,
@@ -459,7 +462,38 @@ impl BatchTx for PgTx<'_> {
         Ok(())
     }
 
+    fn prefetch_fields(&self, ids: &[u64]) -> Result<()> {
+        let keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+        let mut fields: HashMap<u64, Option<FieldState>> =
+            ids.iter().map(|id| (*id, None)).collect();
+        let mut untracked: HashMap<u64, bool> = ids.iter().map(|id| (*id, false)).collect();
+        self.db(|c| {
+            for r in c.query(
+                "SELECT read, follow_up, importance, categories, copies, activity_id
+                 FROM activity_fields WHERE activity_id = ANY($1)",
+                &[&keys],
+            )? {
+                let id = rows::unsigned(r.get(5), "activity id")?;
+                fields.insert(id, Some(rows::field_state(&r)?));
+            }
+            for r in c.query(
+                "SELECT activity_id FROM untracked WHERE activity_id = ANY($1)",
+                &[&keys],
+            )? {
+                untracked.insert(rows::unsigned(r.get(0), "activity id")?, true);
+            }
+            Ok(())
+        })?;
+        let mut known = self.known.borrow_mut();
+        known.fields.extend(fields);
+        known.untracked.extend(untracked);
+        Ok(())
+    }
+
     fn is_untracked(&self, id: u64) -> Result<bool> {
+        if let Some(u) = self.known.borrow().untracked.get(&id) {
+            return Ok(*u);
+        }
         self.db(|c| {
             Ok(c.query_opt(
                 "SELECT 1 FROM untracked WHERE activity_id = $1",
@@ -474,6 +508,7 @@ impl BatchTx for PgTx<'_> {
             true => "INSERT INTO untracked (activity_id) VALUES ($1) ON CONFLICT DO NOTHING",
             false => "DELETE FROM untracked WHERE activity_id = $1",
         };
+        self.known.borrow_mut().untracked.insert(id, untracked);
         self.with(|c| {
             c.execute(sql, &[&big(id)])?;
             Ok(())
@@ -483,6 +518,9 @@ impl BatchTx for PgTx<'_> {
     fn field_state(&self, id: u64) -> Result<Option<FieldState>> {
         if let Some(st) = self.fields.borrow().get(&id) {
             return Ok(Some(st.clone()));
+        }
+        if let Some(st) = self.known.borrow().fields.get(&id) {
+            return Ok(st.clone());
         }
         // An activity not yet written has no row: `db`, not `with`, so a batch's new
         // activities stay pending and are written together.
@@ -506,6 +544,7 @@ impl BatchTx for PgTx<'_> {
     fn delete_activity(&self, a: &Activity, _subject_key: Option<&str>) -> Result<()> {
         self.fields.borrow_mut().remove(&a.id);
         self.known.borrow_mut().activities.remove(&a.id);
+        self.known.borrow_mut().fields.remove(&a.id);
         self.known
             .borrow_mut()
             .sources
