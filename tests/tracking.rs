@@ -963,3 +963,49 @@ fn untrack_delete_deletes_the_activity_and_its_own_blobs_and_keeps_a_shared_one(
         assert!(has(b"SHARED-WITH-OTHER"));
     }
 }
+
+/// A conflict, on a real server: the CRM swaps a category while the mailbox cannot be reached
+/// (the write fails), then a mail client swaps it otherwise. Under `both` the CRM wins: the
+/// next pass writes the CRM's value to the mailbox and the audit keeps both values.
+#[test]
+fn field_sync_conflict_under_both_is_won_by_the_crm_and_the_audit_keeps_both_values() {
+    let mut e = alice();
+    let mut c = e.imap("alice");
+    let f = "INBOX/Tracked/Acme";
+    c.append_many(f, &[mail("contested", "<contested@acme.com>")], "Deal");
+    e.ok(&["sync"]);
+    let id = one(&e.activities(), "contested")["id"].to_string();
+    e.dovecot.stop().unwrap();
+    let said = e.ok(&[
+        "activities",
+        "set",
+        &id,
+        "--category",
+        "-Deal",
+        "--category",
+        "+Won",
+    ]);
+    assert!(said.contains("not written now"), "{said}");
+    e.dovecot.restart().unwrap();
+    let mut c = e.imap("alice");
+    client_store(&mut c, f, "-FLAGS (Deal)");
+    client_store(&mut c, f, "+FLAGS (Lost)");
+    e.ok(&["sync"]);
+    assert_eq!(fields_of(&e, "contested").3, vec!["Won".to_string()]);
+    let flags = c.flags(f)[0].clone();
+    assert!(flags.contains("Won") && !flags.contains("Lost"), "{flags}");
+    let h: Vec<Value> =
+        serde_json::from_str(&e.ok(&["activities", "history", &id, "--json"])).unwrap();
+    let conflict = h
+        .iter()
+        .find(|x| x["action"] == "field conflict")
+        .unwrap_or_else(|| panic!("{h:?}"));
+    assert_eq!(
+        (&conflict["old"], &conflict["new"], &conflict["actor"]),
+        (
+            &Value::from("Lost"),
+            &Value::from("Won"),
+            &Value::from("mailbox:alice")
+        )
+    );
+}
