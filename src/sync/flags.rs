@@ -47,12 +47,16 @@ pub(super) fn due(cp: &FolderState, status_modseq: Option<u64>, interval_secs: u
 }
 
 /// Scans the folder's flags after its new mail is in (the checkpoint `complete` wrote is
-/// read back and moved on with the scan, in the transaction that applies it).
+/// read back and moved on with the scan, in the transaction that applies it). `read_all`:
+/// this pass read the folder from its first message, so every tracked message came with its
+/// flags; otherwise a folder never scanned (tracked by a version without field sync) has
+/// every tracked message's flags read once, which gives those activities their fields.
 pub(super) async fn scan(
     fs: &FolderSync<'_>,
     session: &mut ImapSession,
     peer: &Peer,
     sel: &Selected,
+    read_all: bool,
 ) -> Result<FlagReport, SyncError> {
     let (mb, folder) = (fs.mb, &fs.t.folder.name);
     let Some(mut cp) = fs.store.folder_state(&mb.name, folder)? else {
@@ -60,6 +64,7 @@ pub(super) async fn scan(
     };
     let interval = mb.field_sync.flag_scan_interval.as_secs();
     let since = match sel.highest_modseq {
+        _ if cp.flags_scanned_at == 0 && !read_all => None,
         Some(_) if cp.highest_modseq > 0 => Some(cp.highest_modseq),
         // The first scan with CONDSTORE: what was fetched carried its flags; what changed
         // since SELECT (the keyword write-back among it) is asked for, so the checkpoint

@@ -109,7 +109,7 @@ impl<'a> FolderSync<'a> {
             report.created = done.created;
         }
         self.complete(&sel, last_of_all, fetched)?;
-        report.flags = super::flags::scan(&self, session, peer, &sel).await?;
+        report.flags = super::flags::scan(&self, session, peer, &sel, start_after == 0).await?;
         Ok(Some(report))
     }
 
