@@ -6,6 +6,7 @@
 
 mod field_sync;
 mod smtp;
+mod web;
 
 use crate::model::RecordRef;
 pub use field_sync::{FieldSync, SyncDirection};
@@ -14,6 +15,7 @@ pub use smtp::{RetryPolicy, SmtpConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+pub use web::WebSettings;
 
 /// A configuration error: where and what. Maps to exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +257,8 @@ pub struct Config {
     /// `[audit] retention_days`: audit entries older than this many days are pruned by the
     /// running agent (daily); `None` keeps them for ever (the default).
     pub audit_retention_days: Option<u64>,
+    /// `[web]`: the web pages, when served.
+    pub web: Option<WebSettings>,
 }
 
 /// `[agent]`: this agent's name and its mailbox leases, when several agents share one
@@ -460,6 +464,7 @@ struct RawConfig {
     agent: Option<RawAgent>,
     audit: Option<RawAudit>,
     field_sync: Option<field_sync::RawFieldSync>,
+    web: Option<web::RawWeb>,
 }
 
 #[derive(Deserialize)]
@@ -694,30 +699,21 @@ impl Config {
         let store = store_settings(&loc, raw.store.as_ref(), &resolve)?;
         let agent = agent_settings(&loc, raw.agent.as_ref())?;
         let audit_retention_days = audit_retention(&loc, raw.audit.as_ref())?;
-        let mut mailboxes = Vec::new();
-        for (i, m) in raw.mailbox.into_iter().enumerate() {
-            let globals = Globals {
-                smtp: raw.smtp.as_ref(),
-                field_sync: raw.field_sync.as_ref(),
-            };
-            let mb = check_mailbox(&loc, i, m, globals, &resolve)?;
-            if mailboxes.iter().any(|o: &MailboxConfig| o.name == mb.name) {
-                return Err(loc.err(
-                    None,
-                    &format!("mailbox[{i}].name"),
-                    format!("mailbox name `{}` is used twice", mb.name),
-                ));
-            }
-            mailboxes.push(MailboxConfig {
-                max_message_bytes: fetch.max_message_bytes,
-                command_timeout,
-                ..mb
-            });
+        let web = web::check(&loc, raw.web.as_ref())?;
+        let globals = Globals {
+            smtp: raw.smtp.as_ref(),
+            field_sync: raw.field_sync.as_ref(),
+        };
+        let mut mailboxes = check_mailboxes(&loc, raw.mailbox, globals, &resolve)?;
+        for mb in &mut mailboxes {
+            mb.max_message_bytes = fetch.max_message_bytes;
+            mb.command_timeout = command_timeout;
         }
         Ok(Config {
             store,
             agent,
             audit_retention_days,
+            web,
             metrics_listen,
             metrics,
             health,
@@ -743,6 +739,28 @@ impl Config {
     pub fn mailbox(&self, name: &str) -> Option<&MailboxConfig> {
         self.mailboxes.iter().find(|m| m.name == name)
     }
+}
+
+/// Every `[[mailbox]]`, checked; a name used twice is an error.
+fn check_mailboxes(
+    loc: &Locator<'_>,
+    raw: Vec<RawMailbox>,
+    globals: Globals<'_>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Vec<MailboxConfig>, ConfigError> {
+    let mut mailboxes: Vec<MailboxConfig> = Vec::new();
+    for (i, m) in raw.into_iter().enumerate() {
+        let mb = check_mailbox(loc, i, m, globals, resolve)?;
+        if mailboxes.iter().any(|o| o.name == mb.name) {
+            return Err(loc.err(
+                None,
+                &format!("mailbox[{i}].name"),
+                format!("mailbox name `{}` is used twice", mb.name),
+            ));
+        }
+        mailboxes.push(mb);
+    }
+    Ok(mailboxes)
 }
 
 /// The global tables a mailbox's own tables override key by key.
@@ -1657,6 +1675,28 @@ password_env = "ALICE_PW"
         assert_eq!(kept.audit_retention_days, Some(365));
         let e = parse(&format!("{GOOD}\n[audit]\nretention_days = 0\n")).unwrap_err();
         assert_eq!(e.key, "audit.retention_days");
+    }
+
+    #[test]
+    fn web_is_off_by_default_and_its_errors_name_the_key() {
+        assert_eq!(parse(GOOD).unwrap().web, None);
+        let c = parse(&format!("{GOOD}\n[web]\nlisten = \"127.0.0.1:8080\"\n")).unwrap();
+        let w = c.web.unwrap();
+        assert_eq!(
+            (w.listen.port(), w.token_env.as_str()),
+            (8080, "FOLDERTRACK_WEB_TOKEN")
+        );
+        for (extra, key) in [
+            ("listen = \"localhost\"", "web.listen"),
+            ("listen = \"127.0.0.1:1\"\nauth = \"proxy\"", "web.auth"),
+            (
+                "listen = \"127.0.0.1:1\"\ntoken_env = \"A B\"",
+                "web.token_env",
+            ),
+        ] {
+            let e = parse(&format!("{GOOD}\n[web]\n{extra}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
     }
 
     #[test]

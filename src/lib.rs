@@ -57,4 +57,6 @@ pub mod token;
 // Stage 4, which `tests/fuzz.rs` drives directly.
 pub mod track;
 pub(crate) mod watch;
+// The web pages for people (`[web]`): records' timelines, activities, mailboxes.
+pub(crate) mod web;
 pub(crate) mod worker;

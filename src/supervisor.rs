@@ -89,6 +89,7 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    crate::web::start(&config, shared.clone(), store.clone(), stop.clone()).await?;
     tokio::spawn(crate::memory::trimmer(stop.clone()));
     if let Some(days) = config.audit_retention_days {
         tokio::spawn(prune_audit(store.clone(), days, stop.clone()));

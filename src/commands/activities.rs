@@ -56,7 +56,10 @@ pub(crate) fn show(store: &Store, id: u64, json: bool) -> Result<String> {
     }
     let mut text = show::activity_text(&a);
     let fields = store.field_state(id)?.unwrap_or_default().crm;
-    text.push_str(&format!("  fields:     {}\n", fields_line(&fields)));
+    text.push_str(&format!(
+        "  fields:     {}\n",
+        crate::track::fields::describe(&fields)
+    ));
     if store.untracked_ids()?.contains(&id) {
         text.push_str("  tracked:    no (untracked; `activities history` says by whom)\n");
     }
@@ -313,7 +316,10 @@ pub(crate) async fn set(
         .set_fields(id, change, &sync, &cli_actor(user))?
         .unwrap_or_default();
     let st = store.field_state(id)?.unwrap_or_default();
-    let mut out = format!("activity {id}: {}\n", fields_line(&st.crm));
+    let mut out = format!(
+        "activity {id}: {}\n",
+        crate::track::fields::describe(&st.crm)
+    );
     for p in pushes {
         let at = format!(
             "{}/{} UID {}",
@@ -357,21 +363,6 @@ async fn push_copy(
             .map_err(|e| e.to_string());
     let _ = c.session.logout().await;
     r.map(|()| Some(p))
-}
-
-/// The synced fields on one line, as `activities show` prints them.
-pub(crate) fn fields_line(f: &crate::model::Fields) -> String {
-    format!(
-        "read {}, follow-up {}, importance {}, categories: {}",
-        if f.read { "yes" } else { "no" },
-        if f.follow_up { "yes" } else { "no" },
-        f.importance,
-        if f.categories.is_empty() {
-            "none".to_string()
-        } else {
-            f.categories.join(", ")
-        }
-    )
 }
 
 /// `activities history ID [--json]`: the activity's audit trail, newest first; it outlives

@@ -225,6 +225,8 @@ dispatch! {
     fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>>;
     /// An activity with its body text.
     fn activity(&self, id: u64) -> Result<Option<Activity>>;
+    /// The activities regarding a record, newest first: at most `limit`, ids below `before`.
+    fn timeline(&self, r: &RecordRef, before: Option<u64>, limit: usize) -> Result<Vec<Activity>>;
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
     fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>>;
     /// The activity of the same message in the other direction (sent copy ↔ received copy).

@@ -401,6 +401,28 @@ impl SledStore {
     }
 
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
+    /// The activities regarding `r`, newest first: at most `limit` with ids below `before`
+    /// (keyset paging: a page never repeats or skips one while new mail arrives).
+    pub(crate) fn timeline(
+        &self,
+        r: &RecordRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Activity>> {
+        let reference = r.to_string();
+        let prefix = keys::regarding_prefix(&reference);
+        let end = keys::regarding(&reference, before.unwrap_or(u64::MAX));
+        let mut out = Vec::with_capacity(limit);
+        for kv in self.t.activity_by_regarding.range(prefix..end).rev() {
+            if out.len() == limit {
+                break;
+            }
+            let id = keys::u64_suffix(&kv?.0);
+            out.extend(self.activity(id)?);
+        }
+        Ok(out)
+    }
+
     pub(crate) fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
         match regarding {
             None => self

@@ -129,6 +129,21 @@ pub(crate) fn from_flags(flags: &[String], keyword: Option<&str>) -> (Fields, bo
     (fields, keyword.is_some_and(has))
 }
 
+/// The synced fields on one line, as `activities show` and the web pages print them.
+pub(crate) fn describe(f: &Fields) -> String {
+    format!(
+        "read {}, follow-up {}, importance {}, categories: {}",
+        if f.read { "yes" } else { "no" },
+        if f.follow_up { "yes" } else { "no" },
+        f.importance,
+        if f.categories.is_empty() {
+            "none".to_string()
+        } else {
+            f.categories.join(", ")
+        }
+    )
+}
+
 /// The flags to add and to remove to take a message from `from` to `to`.
 pub(crate) fn flag_changes(from: &Fields, to: &Fields) -> (Vec<String>, Vec<String>) {
     let (mut add, mut remove) = (Vec::new(), Vec::new());

@@ -193,6 +193,30 @@ impl PgStore {
     }
 
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
+    /// The activities regarding `r`, newest first: at most `limit` with ids below `before`
+    /// (keyset paging over the `activities_regarding` index).
+    pub(crate) fn timeline(
+        &self,
+        r: &RecordRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Activity>> {
+        let before = big(before.unwrap_or(i64::MAX as u64));
+        let ids = self.with(|c| {
+            super::ids(
+                c,
+                "SELECT id FROM activities WHERE regarding = $1 AND id < $2
+                 ORDER BY id DESC LIMIT $3",
+                &[&r.to_string(), &before, &(limit as i64)],
+            )
+        })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.activity(id)?);
+        }
+        Ok(out)
+    }
+
     pub(crate) fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
         match regarding {
             None => self.activities_iter().collect(),

@@ -1,0 +1,221 @@
+//! The pages as HTML (maud escapes every value it is given; nothing here writes raw HTML from
+//! data). Bodies are shown as their text: an HTML part is never rendered, so no script runs
+//! and no remote content loads.
+
+use crate::model::{Activity, AuditEntry, Fields, Record};
+use maud::{html, Markup, DOCTYPE};
+
+/// The stylesheet, compiled in (CSP allows only this origin).
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
+header{background:#243a5e;color:#fff;padding:.6em 1em}header a{color:#fff;margin-right:1em}\
+main{padding:1em;max-width:70em}table{border-collapse:collapse;width:100%}\
+td,th{border-bottom:1px solid #ddd;padding:.35em;text-align:left;vertical-align:top}\
+.muted{color:#666}.preview{color:#555;font-size:.9em}pre{white-space:pre-wrap;background:#f6f6f6;padding:1em}\
+.error{color:#a00}";
+
+fn layout(title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " · foldertrack" }
+                link rel="stylesheet" href="/style.css";
+            }
+            body {
+                header { a href="/" { "Records" } a href="/mailboxes" { "Mailboxes" } }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// A short page with one sentence (not found, store down).
+pub(crate) fn message(title: &str, text: &str) -> String {
+    layout(title, html! { p { (text) } })
+}
+
+pub(crate) fn login(failed: bool) -> String {
+    layout(
+        "Log in",
+        html! {
+            @if failed { p.error { "That token is not the one configured." } }
+            form method="post" action="/login" {
+                label { "Token " input type="password" name="token" autofocus; }
+                " " button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+fn record_href(reference: &str) -> String {
+    match reference.split_once(':') {
+        Some((t, k)) => format!("/records/{}/{}", enc(t), enc(k)),
+        None => "/".into(),
+    }
+}
+
+/// A path segment, percent-encoded.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(crate) fn home(q: &str, found: &[Record]) -> String {
+    layout(
+        "Records",
+        html! {
+            form method="get" action="/" {
+                input type="search" name="q" value=(q) placeholder="name, key or email address";
+                " " button type="submit" { "Search" }
+            }
+            @if !q.trim().is_empty() {
+                @if found.is_empty() { p.muted { "No record matches." } }
+                ul {
+                    @for r in found {
+                        li { a href=(record_href(&r.reference().to_string())) { (r.name) } " "
+                             span.muted { (r.reference().to_string()) } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn one_line(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(140) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
+}
+
+pub(crate) fn record(r: &Record, acts: &[Activity], older: Option<u64>) -> String {
+    let reference = r.reference().to_string();
+    layout(
+        &r.name,
+        html! {
+            p.muted { (reference) @if !r.emails.is_empty() { " · " (r.emails.join(", ")) } }
+            h2 { "Timeline" }
+            @if acts.is_empty() { p.muted { "No email activity regards this record." } }
+            table {
+                @for a in acts {
+                    tr {
+                        td { (a.date.as_deref().unwrap_or("")) }
+                        td { (a.direction.as_str()) }
+                        td {
+                            a href=(format!("/activities/{}", a.id)) { (a.subject.as_deref().unwrap_or("(no subject)")) }
+                            @if !a.attachments.is_empty() { " 📎" (a.attachments.len()) }
+                            div.preview { (one_line(&a.body_text)) }
+                        }
+                        td { (a.from.as_ref().and_then(|p| p.address.as_deref()).unwrap_or("")) }
+                    }
+                }
+            }
+            @if let Some(before) = older {
+                p { a href=(format!("{}?before={before}", record_href(&reference))) { "Older" } }
+            }
+        },
+    )
+}
+
+pub(crate) fn activity(a: &Activity, f: &Fields, trail: &[AuditEntry], tracked: bool) -> String {
+    let parties = |role: &str, ps: &[crate::model::Party]| -> Markup {
+        html! {
+            @if !ps.is_empty() {
+                tr { th { (role) } td {
+                    @for p in ps {
+                        @match &p.record {
+                            Some(r) => { a href=(record_href(r)) { (p.address.as_deref().unwrap_or(r)) } " " }
+                            None => { (p.address.as_deref().unwrap_or("")) " " }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    layout(
+        a.subject.as_deref().unwrap_or("(no subject)"),
+        html! {
+            table {
+                tr { th { "Date" } td { (a.date.as_deref().unwrap_or("")) } }
+                tr { th { "Direction" } td { (a.direction.as_str()) } }
+                (parties("From", a.from.as_slice()))
+                (parties("To", &a.to))
+                (parties("Cc", &a.cc))
+                tr { th { "Regarding" } td {
+                    @match &a.regarding { Some(r) => { a href=(record_href(r)) { (r) } } None => { "—" } }
+                } }
+                @if let Some(c) = &a.correlation {
+                    tr { th { "Thread" } td { a href=(format!("/activities/{}", c.activity)) { "activity " (c.activity) } " (" (c.method) ")" } }
+                }
+                tr { th { "Tracked" } td { (if tracked { "yes" } else { "no (untracked)" }) } }
+                tr { th { "Fields" } td { (crate::track::fields::describe(f)) } }
+                tr { th { "Sources" } td {
+                    @for s in std::iter::once(&a.source).chain(&a.other_sources) {
+                        div { (s.mailbox) "/" (s.folder) " UID " (s.uid) }
+                    }
+                } }
+                @if !a.attachments.is_empty() {
+                    tr { th { "Attachments" } td {
+                        @for (i, m) in a.attachments.iter().enumerate() {
+                            div {
+                                @if m.skipped.is_none() {
+                                    a href=(format!("/activities/{}/attachments/{}", a.id, i + 1)) { (m.name.as_deref().unwrap_or("attachment")) }
+                                } @else {
+                                    (m.name.as_deref().unwrap_or("attachment")) " (not kept: " (m.skipped.as_deref().unwrap_or("")) ")"
+                                }
+                                " " span.muted { (m.size) " bytes" }
+                            }
+                        }
+                    } }
+                }
+            }
+            h2 { "Body" }
+            pre { (a.body_text) }
+            h2 { "History" }
+            table {
+                @for e in trail {
+                    tr { td { (e.at) } td { (e.actor) } td { (e.action.as_str()) }
+                         td { (e.field.as_deref().unwrap_or("")) } td { (e.old.as_deref().unwrap_or("")) } td { (e.new.as_deref().unwrap_or("")) } }
+                }
+            }
+        },
+    )
+}
+
+/// One mailbox on the mailboxes page.
+pub(crate) struct MailboxRow {
+    pub name: String,
+    pub owner: String,
+    pub host: String,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub last_tracked: Option<String>,
+}
+
+pub(crate) fn mailboxes(rows: &[MailboxRow]) -> String {
+    layout(
+        "Mailboxes",
+        html! {
+            table {
+                tr { th { "Mailbox" } th { "Owner" } th { "Server" } th { "Last success" } th { "Last tracked" } th { "Last error" } }
+                @for m in rows {
+                    tr {
+                        td { (m.name) } td { a href=(record_href(&m.owner)) { (m.owner) } } td { (m.host) }
+                        td { (m.last_success.as_deref().unwrap_or("never")) }
+                        td { (m.last_tracked.as_deref().unwrap_or("—")) }
+                        td.error { (m.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        },
+    )
+}

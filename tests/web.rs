@@ -1,0 +1,74 @@
+//! The web pages served by `foldertrack run` against a real Dovecot: a mail dragged into a
+//! tracked folder is on its record's page at the next load, opens, and its attachment
+//! downloads byte for byte. (The browser test of issue 19 is still to come.)
+
+use std::net::SocketAddr;
+use testkit::*;
+
+const TOKEN: &str = "web-test-token";
+
+/// GET `path` with the bearer token: (status, head, body).
+fn page(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    testkit::http::raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn a_dragged_mail_is_on_its_records_page_at_the_next_load_and_its_attachment_downloads() {
+    let e = env();
+    e.setup(
+        &["INBOX/Tracked", "INBOX/Tracked/Acme"],
+        &Config::new()
+            .top("[web]\nlisten = \"127.0.0.1:0\"\n")
+            .mailbox(e.mailbox("alice").rule(acme())),
+    );
+    let agent = e.start_agent_with(
+        &e.agent()
+            .env("FOLDERTRACK_WEB_TOKEN", TOKEN)
+            .watch(&["serving the web pages"]),
+    );
+    let (_, line) = agent
+        .lines()
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the agent logs where it serves the pages");
+    let addr: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    let (code, _, body) = page(addr, "/records/account/acme");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("No email activity"), "{body}");
+    let anonymous = testkit::http::raw(
+        addr,
+        "GET /records/account/acme HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(anonymous.0, 401);
+
+    let mail = "From: bob@acme.com\r\nTo: alice@example.com\r\nSubject: Quote <draft>\r\nMessage-ID: <web1@acme.com>\r\nDate: Mon, 2 Sep 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nThe quote is attached.\r\n--b\r\nContent-Type: text/csv; name=quote.csv\r\nContent-Disposition: attachment; filename=quote.csv\r\n\r\nitem,price\r\nwidget,12\r\n--b--\r\n";
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", mail.as_bytes());
+    wait_for("the mail on the record's page", 30, || {
+        page(addr, "/records/account/acme")
+            .2
+            .contains("Quote &lt;draft&gt;")
+    });
+    let id = e.activities()[0]["id"].to_string();
+    let (code, _, act) = page(addr, &format!("/activities/{id}"));
+    assert_eq!(code, 200);
+    assert!(
+        act.contains("The quote is attached.") && act.contains("quote.csv"),
+        "{act}"
+    );
+    let (code, head, bytes) = page(addr, &format!("/activities/{id}/attachments/1"));
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-disposition: attachment"),
+        "{head}"
+    );
+    assert_eq!(bytes, "item,price\r\nwidget,12");
+}
