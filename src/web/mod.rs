@@ -147,6 +147,8 @@ pub(crate) fn router(web: Web) -> Router {
         .route("/activities/{id}", get(activity))
         .route("/activities/{id}/attachments/{n}", get(attachment))
         .route("/mailboxes", get(mailboxes))
+        .route("/mailboxes/{name}", get(mailbox))
+        .route("/quarantine", get(quarantine))
         .route_layer(middleware::from_fn_with_state(web.clone(), require_login));
     Router::new()
         .route("/login", get(login_form).post(login))
@@ -391,6 +393,46 @@ async fn mailboxes(State(web): State<Shared>) -> Result<Html<String>, WebError> 
         });
     }
     Ok(Html(pages::mailboxes(&rows)))
+}
+
+/// One mailbox: its health, its folders with their rules and checkpoints, its alerts.
+async fn mailbox(
+    State(web): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, WebError> {
+    let known = {
+        let c = web.config.read().unwrap_or_else(|p| p.into_inner());
+        c.mailbox(&name)
+            .map(|m| (m.owner.to_string(), m.host.clone()))
+    };
+    let (owner, host) = known.ok_or_else(|| WebError::NotFound(format!("no mailbox {name}")))?;
+    let st = web.store.mailbox_state(&name)?;
+    let folders: Vec<_> = web
+        .store
+        .folder_states()?
+        .into_iter()
+        .filter(|f| f.mailbox == name)
+        .collect();
+    let alerts: Vec<_> = web
+        .store
+        .alerts(crate::store::MAX_ALERTS)?
+        .into_iter()
+        .filter(|a| a.mailbox == name)
+        .collect();
+    let row = pages::MailboxRow {
+        name,
+        owner,
+        host,
+        last_success: st.last_success,
+        last_error: st.last_error,
+        last_tracked: st.last_tracked,
+    };
+    Ok(Html(pages::mailbox(&row, &folders, &alerts)))
+}
+
+/// The messages that could not be tracked, with why.
+async fn quarantine(State(web): State<Shared>) -> Result<Html<String>, WebError> {
+    Ok(Html(pages::quarantine(&web.store.quarantine()?)))
 }
 
 #[cfg(test)]

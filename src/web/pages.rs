@@ -23,7 +23,7 @@ fn layout(title: &str, body: Markup) -> String {
                 link rel="stylesheet" href="/style.css";
             }
             body {
-                header { a href="/" { "Records" } a href="/mailboxes" { "Mailboxes" } }
+                header { a href="/" { "Records" } a href="/mailboxes" { "Mailboxes" } a href="/quarantine" { "Quarantine" } }
                 main { h1 { (title) } (body) }
             }
         }
@@ -209,10 +209,67 @@ pub(crate) fn mailboxes(rows: &[MailboxRow]) -> String {
                 tr { th { "Mailbox" } th { "Owner" } th { "Server" } th { "Last success" } th { "Last tracked" } th { "Last error" } }
                 @for m in rows {
                     tr {
-                        td { (m.name) } td { a href=(record_href(&m.owner)) { (m.owner) } } td { (m.host) }
+                        td { a href=(format!("/mailboxes/{}", enc(&m.name))) { (m.name) } }
+                        td { a href=(record_href(&m.owner)) { (m.owner) } } td { (m.host) }
                         td { (m.last_success.as_deref().unwrap_or("never")) }
                         td { (m.last_tracked.as_deref().unwrap_or("—")) }
                         td.error { (m.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(crate) fn mailbox(
+    m: &MailboxRow,
+    folders: &[crate::model::FolderState],
+    alerts: &[crate::store::StoredAlert],
+) -> String {
+    layout(
+        &m.name,
+        html! {
+            table {
+                tr { th { "Owner" } td { a href=(record_href(&m.owner)) { (m.owner) } } }
+                tr { th { "Server" } td { (m.host) } }
+                tr { th { "Last success" } td { (m.last_success.as_deref().unwrap_or("never")) } }
+                tr { th { "Last tracked" } td { (m.last_tracked.as_deref().unwrap_or("—")) } }
+                tr { th { "Last error" } td.error { (m.last_error.as_deref().unwrap_or("")) } }
+            }
+            h2 { "Folders" }
+            table {
+                tr { th { "Folder" } th { "Rule" } th { "Regarding" } th { "Last UID" } th { "Server's next UID" } th { "Last sync" } }
+                @for f in folders {
+                    tr {
+                        td { (f.folder) } td { (f.rule.as_deref().unwrap_or("")) }
+                        td { @if let Some(r) = &f.regarding { a href=(record_href(r)) { (r) } } }
+                        td { (f.last_uid) } td { (f.uid_next) } td { (f.last_sync.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+            h2 { "Alerts" }
+            @if alerts.is_empty() { p.muted { "None." } }
+            table {
+                @for a in alerts {
+                    tr { td { (a.at) } td { (a.alert.level.as_str()) } td { (a.alert.message) } td.muted { "×" (a.count) } }
+                }
+            }
+        },
+    )
+}
+
+pub(crate) fn quarantine(entries: &[crate::model::QuarantineEntry]) -> String {
+    layout(
+        "Quarantine",
+        html! {
+            p.muted { "Messages that could not be tracked. `foldertrack quarantine replay ID` tracks one again after the cause is fixed." }
+            @if entries.is_empty() { p { "Nothing is in quarantine." } }
+            table {
+                @for q in entries {
+                    tr {
+                        td { (q.id) } td { (q.at) }
+                        td { (q.source.mailbox) "/" (q.source.folder) " UID " (q.source.uid) }
+                        td { (q.reason) } td.muted { (q.size) " bytes" }
                     }
                 }
             }

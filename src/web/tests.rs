@@ -39,9 +39,15 @@ fn site(n: u32) -> Site {
             }
             draft(a)
         })
+        .chain(std::iter::once(crate::store::BatchItem::Quarantined {
+            source: activity("alice", "INBOX/Acme", n + 1, "<q@x>").source,
+            reason: "cannot parse: <b>broken</b>".into(),
+            raw: b"junk".to_vec(),
+            size: 4,
+        }))
         .collect();
     store
-        .commit_batch(&items, &checkpoint("alice", "INBOX/Acme", n), "alice")
+        .commit_batch(&items, &checkpoint("alice", "INBOX/Acme", n + 1), "alice")
         .unwrap();
     let text = "[[mailbox]]\nname = \"alice\"\nowner = \"systemuser:alice\"\nhost = \"imap.example.com\"\nuser = \"alice\"\npassword_env = \"X\"\n";
     let config = Config::parse(&dir.path().join("foldertrack.toml"), text).unwrap();
@@ -181,5 +187,18 @@ async fn values_are_escaped_unknown_ones_are_404_and_attachments_download() {
     );
     let (st, _, mb) = get(&s.app, "/mailboxes", Some(TOKEN)).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(mb.contains("imap.example.com"));
+    assert!(mb.contains("imap.example.com") && mb.contains("href=\"/mailboxes/alice\""));
+    let (st, _, one) = get(&s.app, "/mailboxes/alice", Some(TOKEN)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(one.contains("INBOX/Acme"), "its folder's checkpoint: {one}");
+    assert_eq!(
+        get(&s.app, "/mailboxes/bob", Some(TOKEN)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (st, _, q) = get(&s.app, "/quarantine", Some(TOKEN)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        q.contains("cannot parse: &lt;b&gt;broken&lt;/b&gt;") && q.contains("INBOX/Acme UID 3"),
+        "{q}"
+    );
 }
