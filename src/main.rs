@@ -80,6 +80,9 @@ impl From<ExportFormat> for foldertrack::export::Format {
 enum Command {
     /// Watch every mailbox (IDLE, or polling) until SIGINT/SIGTERM; SIGHUP reloads the config.
     Run,
+    /// Serve the web pages (`[web]`) without running an agent: for a reader beside the agents
+    /// of a PostgreSQL store, or a sled store no agent holds. Until SIGINT/SIGTERM.
+    Web,
     /// One pass over every tracked folder, then exit.
     Sync {
         /// Only this mailbox.
@@ -460,6 +463,12 @@ async fn run(cli: Cli) -> Reply {
             return match foldertrack::supervisor::run(cli.config.clone(), config, shutdown_signal())
                 .await
             {
+                Ok(()) => Reply::ok(String::new()),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Web => {
+            return match foldertrack::supervisor::web(config, shutdown_signal()).await {
                 Ok(()) => Reply::ok(String::new()),
                 Err(e) => fail(e),
             }

@@ -22,6 +22,29 @@ use tokio_util::sync::CancellationToken;
 /// same instant).
 pub(crate) const LOGIN_CONCURRENCY: usize = 16;
 
+/// `foldertrack web`: the web pages alone, until `shutdown` resolves.
+///
+/// # Errors
+/// No `[web]` table, the store cannot be opened (a sled store an agent holds: that agent
+/// serves the pages itself when `[web]` is set), the token is missing, the port is taken.
+pub async fn web(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    if config.web.is_none() {
+        anyhow::bail!(
+            "{} has no [web] table: add `[web] listen = \"127.0.0.1:8080\"` (README \"Web pages\")",
+            config.path.display()
+        );
+    }
+    let store = Store::open_config(&config).with_context(|| {
+        "cannot open the store (on sled, a running agent holds it and serves the pages itself when [web] is set)"
+    })?;
+    let stop = CancellationToken::new();
+    let shared = Arc::new(RwLock::new(config.clone()));
+    crate::web::start(&config, shared, Arc::new(store), stop.clone()).await?;
+    shutdown.await;
+    stop.cancel();
+    Ok(())
+}
+
 /// Runs the agent until `shutdown` resolves.
 ///
 /// # Errors

@@ -72,3 +72,69 @@ fn a_dragged_mail_is_on_its_records_page_at_the_next_load_and_its_attachment_dow
     );
     assert_eq!(bytes, "item,price\r\nwidget,12");
 }
+
+/// `foldertrack web` serves the pages without an agent (a reader of what was tracked), and
+/// refuses to start without a `[web]` table or without its token.
+#[test]
+fn the_web_command_serves_the_pages_without_an_agent() {
+    use std::io::BufRead;
+    let e = env();
+    e.setup(
+        &["INBOX/Tracked", "INBOX/Tracked/Acme"],
+        &Config::new().mailbox(e.mailbox("alice").rule(acme())),
+    );
+    let no_table = e.run(&["web"]);
+    assert_ne!(no_table.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&no_table.stderr).contains("[web]"));
+    e.write_config(
+        &Config::new()
+            .top("[web]\nlisten = \"127.0.0.1:0\"\n")
+            .mailbox(e.mailbox("alice").rule(acme())),
+    );
+    let no_token = e
+        .command()
+        .arg("web")
+        .env_remove("FOLDERTRACK_WEB_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("FOLDERTRACK_WEB_TOKEN"),
+        "{no_token:?}"
+    );
+    e.imap("alice")
+        .append("INBOX/Tracked/Acme", &mail("read here", "<rh@acme.com>"));
+    e.ok(&["sync"]);
+    let mut child = e
+        .command()
+        .arg("web")
+        .env("FOLDERTRACK_WEB_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stderr.lines().map_while(Result::ok) {
+            if l.contains("serving the web pages") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(30));
+    let Ok(line) = line else {
+        let _ = child.kill();
+        panic!("`foldertrack web` logged no address within 30 s");
+    };
+    let addr: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    let (code, _, body) = page(addr, "/records/account/acme");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 200);
+    assert!(body.contains("read here"), "{body}");
+}
