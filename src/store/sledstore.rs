@@ -140,6 +140,21 @@ fn enc_activity(a: &mut Activity) -> Vec<u8> {
     v
 }
 
+/// A blob's place as the `blobs` tree keeps it: (pack number, offset, length).
+fn blob_location(sha256: &str, loc: &[u8]) -> Result<(u64, u64, u64)> {
+    if loc.len() != 24 {
+        return Err(StoreError::Corrupt {
+            tree: "blobs",
+            message: format!("bad location for {sha256}"),
+        });
+    }
+    Ok((
+        keys::u64_of(&loc[..8]),
+        keys::u64_of(&loc[8..16]),
+        keys::u64_of(&loc[16..]),
+    ))
+}
+
 fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
         tree,
@@ -984,17 +999,7 @@ impl SledStore {
         let Some(loc) = self.t.blobs.get(sha256.as_bytes())? else {
             return Ok(None);
         };
-        if loc.len() != 24 {
-            return Err(StoreError::Corrupt {
-                tree: "blobs",
-                message: format!("bad location for {sha256}"),
-            });
-        }
-        let (n, off, len) = (
-            keys::u64_of(&loc[..8]),
-            keys::u64_of(&loc[8..16]),
-            keys::u64_of(&loc[16..]),
-        );
+        let (n, off, len) = blob_location(sha256, &loc)?;
         let io = |source| StoreError::Io {
             dir: self.dir.clone(),
             source,

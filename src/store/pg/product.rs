@@ -591,14 +591,7 @@ impl PgStore {
 
     /// An activity's synced fields, if they were ever seen.
     pub(crate) fn field_state(&self, id: u64) -> Result<Option<crate::model::FieldState>> {
-        let row = self.with(|c| {
-            Ok(c.query_opt(
-                "SELECT read, follow_up, importance, categories, copies FROM activity_fields
-                 WHERE activity_id = $1",
-                &[&big(id)],
-            )?)
-        })?;
-        Ok(row.map(|r| super::rows::field_state(&r)).transpose()?)
+        Ok(self.with(|c| super::rows::load_field_state(c, id))?)
     }
 
     /// Deletes activity `id` ([`batch::delete`]) and, in the same transaction, the blobs no

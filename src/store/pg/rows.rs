@@ -293,6 +293,20 @@ fn load_attachments(
     Ok(())
 }
 
+/// Activity `id`'s `activity_fields` row, if it has one.
+pub(super) fn load_field_state(
+    c: &mut Db<'_, impl GenericClient>,
+    id: u64,
+) -> Result<Option<crate::model::FieldState>> {
+    c.query_opt(
+        "SELECT read, follow_up, importance, categories, copies FROM activity_fields
+         WHERE activity_id = $1",
+        &[&big(id)],
+    )?
+    .map(|r| field_state(&r))
+    .transpose()
+}
+
 /// An `activity_fields` row (`read, follow_up, importance, categories, copies`).
 pub(super) fn field_state(r: &Row) -> Result<crate::model::FieldState> {
     let importance: String = r.get(2);

@@ -524,14 +524,7 @@ impl BatchTx for PgTx<'_> {
         }
         // An activity not yet written has no row: `db`, not `with`, so a batch's new
         // activities stay pending and are written together.
-        let row = self.db(|c| {
-            Ok(c.query_opt(
-                "SELECT read, follow_up, importance, categories, copies FROM activity_fields
-                 WHERE activity_id = $1",
-                &[&big(id)],
-            )?)
-        })?;
-        row.map(|r| super::rows::field_state(&r)).transpose()
+        self.db(|c| rows::load_field_state(c, id))
     }
 
     fn put_field_state(&self, id: u64, st: &FieldState) -> Result<()> {

@@ -4,7 +4,7 @@
 //! are overwritten with zeros in its pack file, not only unindexed: private mail must not stay
 //! readable on disk. (sled may keep the activity's old record in its log until it compacts.)
 
-use super::{dec, keys, Result, SledStore, StoreError};
+use super::{dec, Result, SledStore, StoreError};
 use crate::model::Activity;
 use crate::store::{blobs_of, Deleted};
 use crate::track::batch;
@@ -65,17 +65,7 @@ impl SledStore {
         let Some(loc) = self.t.blobs.remove(sha256.as_bytes())? else {
             return Ok(());
         };
-        if loc.len() != 24 {
-            return Err(StoreError::Corrupt {
-                tree: "blobs",
-                message: format!("bad location for {sha256}"),
-            });
-        }
-        let (n, off, len) = (
-            keys::u64_of(&loc[..8]),
-            keys::u64_of(&loc[8..16]),
-            keys::u64_of(&loc[16..]),
-        );
+        let (n, off, len) = super::blob_location(sha256, &loc)?;
         let io = |source| StoreError::Io {
             dir: self.dir.clone(),
             source,
