@@ -15,7 +15,7 @@ pub use smtp::{RetryPolicy, SmtpConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-pub use web::WebSettings;
+pub use web::{WebAuth, WebSettings};
 
 /// A configuration error: where and what. Maps to exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -1682,13 +1682,30 @@ password_env = "ALICE_PW"
         assert_eq!(parse(GOOD).unwrap().web, None);
         let c = parse(&format!("{GOOD}\n[web]\nlisten = \"127.0.0.1:8080\"\n")).unwrap();
         let w = c.web.unwrap();
+        assert_eq!(w.listen.port(), 8080);
         assert_eq!(
-            (w.listen.port(), w.token_env.as_str()),
-            (8080, "FOLDERTRACK_WEB_TOKEN")
+            w.auth,
+            super::WebAuth::Token {
+                token_env: "FOLDERTRACK_WEB_TOKEN".into()
+            }
+        );
+        let proxied =
+            "listen = \"127.0.0.1:1\"\nauth = \"proxy\"\nproxy_header = \"X-Forwarded-User\"";
+        let c = parse(&format!("{GOOD}\n[web]\n{proxied}\n")).unwrap();
+        assert_eq!(
+            c.web.unwrap().auth,
+            super::WebAuth::Proxy {
+                header: "x-forwarded-user".into()
+            }
         );
         for (extra, key) in [
             ("listen = \"localhost\"", "web.listen"),
-            ("listen = \"127.0.0.1:1\"\nauth = \"proxy\"", "web.auth"),
+            ("listen = \"0.0.0.0:1\"\nauth = \"proxy\"", "web.auth"),
+            ("listen = \"127.0.0.1:1\"\nauth = \"basic\"", "web.auth"),
+            (
+                "listen = \"127.0.0.1:1\"\nauth = \"proxy\"\nproxy_header = \"a b\"",
+                "web.proxy_header",
+            ),
             (
                 "listen = \"127.0.0.1:1\"\ntoken_env = \"A B\"",
                 "web.token_env",

@@ -10,19 +10,30 @@ pub(super) struct RawWeb {
     listen: Spanned<String>,
     auth: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
+    proxy_header: Option<Spanned<String>>,
 }
 
 /// Where the web pages are served and how a person logs in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebSettings {
     pub listen: std::net::SocketAddr,
-    /// The environment variable holding the admin token (`auth = "token"`): a login form sets
-    /// a session cookie, and `Authorization: Bearer TOKEN` serves scripts. The token itself
-    /// never goes in the config file.
-    pub token_env: String,
+    pub auth: WebAuth,
 }
 
-/// `[web]`: `None` when absent. `auth` is `token` (the only mode built so far).
+/// How the pages know who is reading.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebAuth {
+    /// The admin token from this environment variable (`auth = "token"`, the default): a
+    /// login form sets a session cookie, and `Authorization: Bearer TOKEN` serves scripts. The
+    /// token itself never goes in the config file. Whoever has it sees everything.
+    Token { token_env: String },
+    /// A reverse proxy on the same host has logged the person in and names them in this
+    /// header (`auth = "proxy"`, `proxy_header`, default `X-Remote-User`): the value is the key
+    /// of a `systemuser` record, who sees what the CRM's security model lets them.
+    Proxy { header: String },
+}
+
+/// `[web]`: `None` when absent.
 pub(super) fn check(
     loc: &Locator<'_>,
     raw: Option<&RawWeb>,
@@ -30,37 +41,72 @@ pub(super) fn check(
     let Some(w) = raw else {
         return Ok(None);
     };
-    let listen = w.listen.get_ref().parse().map_err(|e| {
+    let listen: std::net::SocketAddr = w.listen.get_ref().parse().map_err(|e| {
         loc.err(
             Some(w.listen.span()),
             "web.listen",
             format!("must be an address and port such as \"127.0.0.1:8080\" ({e})"),
         )
     })?;
-    if let Some(a) = w.auth.as_ref().filter(|a| a.get_ref() != "token") {
-        return Err(loc.err(
-            Some(a.span()),
-            "web.auth",
-            "must be \"token\" (a login form and bearer tokens; \"proxy\" is not built yet)",
-        ));
-    }
-    let token_env = match &w.token_env {
-        None => "FOLDERTRACK_WEB_TOKEN".to_string(),
+    let auth = match w.auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+        None | Some(("token", _)) => WebAuth::Token {
+            token_env: token_env(loc, w.token_env.as_ref())?,
+        },
+        Some(("proxy", span)) if !listen.ip().is_loopback() => {
+            return Err(loc.err(
+                Some(span),
+                "web.auth",
+                format!("\"proxy\" trusts a header any client can send: it needs a loopback `listen` (the proxy on this host in front), not {listen}"),
+            ))
+        }
+        Some(("proxy", _)) => WebAuth::Proxy {
+            header: proxy_header(loc, w.proxy_header.as_ref())?,
+        },
+        Some((_, span)) => {
+            return Err(loc.err(
+                Some(span),
+                "web.auth",
+                "must be \"token\" (a login form and bearer tokens) or \"proxy\" (a header from a reverse proxy)",
+            ))
+        }
+    };
+    Ok(Some(WebSettings { listen, auth }))
+}
+
+fn token_env(loc: &Locator<'_>, v: Option<&Spanned<String>>) -> Result<String, ConfigError> {
+    match v {
+        None => Ok("FOLDERTRACK_WEB_TOKEN".to_string()),
         Some(v)
             if !v.get_ref().is_empty()
                 && v.get_ref()
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
         {
-            v.get_ref().clone()
+            Ok(v.get_ref().clone())
         }
-        Some(v) => {
-            return Err(loc.err(
-                Some(v.span()),
-                "web.token_env",
-                "must name an environment variable (letters, digits, _)",
-            ))
+        Some(v) => Err(loc.err(
+            Some(v.span()),
+            "web.token_env",
+            "must name an environment variable (letters, digits, _)",
+        )),
+    }
+}
+
+fn proxy_header(loc: &Locator<'_>, v: Option<&Spanned<String>>) -> Result<String, ConfigError> {
+    match v {
+        None => Ok("x-remote-user".to_string()),
+        Some(v)
+            if !v.get_ref().is_empty()
+                && v.get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            Ok(v.get_ref().to_ascii_lowercase())
         }
-    };
-    Ok(Some(WebSettings { listen, token_env }))
+        Some(v) => Err(loc.err(
+            Some(v.span()),
+            "web.proxy_header",
+            "must be a header name (letters, digits, -)",
+        )),
+    }
 }

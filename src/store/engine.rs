@@ -66,6 +66,14 @@ impl Store {
         }
     }
 
+    /// A store over an open PostgreSQL engine (tests that run on both engines).
+    #[cfg(test)]
+    pub(crate) fn from_pg(p: PgStore) -> Store {
+        Store {
+            backend: Backend::Pg(p),
+        }
+    }
+
     /// Whether this store is a PostgreSQL database (no data dir lock: commands open it
     /// alongside a running agent).
     pub(crate) fn is_postgres(&self) -> bool {
@@ -225,8 +233,9 @@ dispatch! {
     fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>>;
     /// An activity with its body text.
     fn activity(&self, id: u64) -> Result<Option<Activity>>;
-    /// The activities regarding a record, newest first: at most `limit`, ids below `before`.
-    fn timeline(&self, r: &RecordRef, before: Option<u64>, limit: usize) -> Result<Vec<Activity>>;
+    /// The ids of the activities regarding a record or with it as a party, newest first: at
+    /// most `limit`, ids below `before`.
+    fn timeline_ids(&self, r: &RecordRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>>;
     /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
     fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>>;
     /// The activity of the same message in the other direction (sent copy ↔ received copy).
@@ -376,6 +385,47 @@ impl ActivityLookup for Store {
 
 /// The product's store methods, the same on both engines: what the CLI, the agent and the
 /// outbox see through [`Store`] (the rules themselves are held to `track::conformance`).
+impl Store {
+    /// A page of a record's timeline: the newest `limit` activities below `before` that regard
+    /// it or have it as a party and that `keep` keeps (the web page's filters and what its
+    /// reader may see), and the id to ask for the next page with when there are more.
+    ///
+    /// The engines list ids (cheap, an index range); the activities are loaded and filtered
+    /// here, a chunk at a time, so one filter serves both engines. An unfiltered page loads
+    /// `limit + 1`; a filter that keeps few reads further, to the end of the record at worst.
+    pub(crate) fn timeline(
+        &self,
+        r: &RecordRef,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&Activity) -> bool,
+    ) -> Result<(Vec<Activity>, Option<u64>)> {
+        const CHUNK: usize = 200;
+        let mut out = Vec::with_capacity(limit + 1);
+        let (mut cursor, mut ask) = (before, limit + 1);
+        loop {
+            let ids = self.timeline_ids(r, cursor, ask)?;
+            let at_end = ids.len() < ask;
+            for id in ids {
+                if out.len() > limit {
+                    break;
+                }
+                cursor = Some(id);
+                if let Some(a) = self.activity(id)?.filter(|a| keep(a)) {
+                    out.push(a);
+                }
+            }
+            if out.len() > limit || at_end {
+                break;
+            }
+            ask = CHUNK;
+        }
+        let older = (out.len() > limit && limit > 0).then(|| out[limit - 1].id);
+        out.truncate(limit);
+        Ok((out, older))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,13 @@ pub(crate) fn regarding(r: &str, id: u64) -> Vec<u8> {
     join(&[r.as_bytes(), &id.to_be_bytes()])
 }
 
+/// The name under which `activity_by_regarding` lists the activities a record is a party of:
+/// its reference behind a 0x01 byte, which no reference starts with, so both lists of a record
+/// are ranges of one tree (no extra tree for every transaction to take).
+pub(crate) fn party_of(r: &str) -> String {
+    format!("\u{1}{r}")
+}
+
 pub(crate) fn regarding_prefix(r: &str) -> Vec<u8> {
     let mut k = r.as_bytes().to_vec();
     k.push(0);

@@ -282,3 +282,53 @@ pub(crate) fn blobs_of(a: &crate::model::Activity) -> std::collections::BTreeSet
         .chain(a.body_blob.clone())
         .collect()
 }
+
+/// Two lists of ids, each newest first, merged into one: newest first, each id once, at most
+/// `limit` (a record's timeline: what regards it and where it is a party).
+pub(crate) fn merge_newest_first(
+    a: impl Iterator<Item = Result<u64>>,
+    b: impl Iterator<Item = Result<u64>>,
+    limit: usize,
+) -> Result<Vec<u64>> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let mut out: Vec<u64> = Vec::with_capacity(limit);
+    while out.len() < limit {
+        let next = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(Err(_)), _) | (Some(_), None) => a.next(),
+            (_, Some(Err(_))) | (None, Some(_)) => b.next(),
+            (Some(Ok(x)), Some(Ok(y))) => {
+                if x >= y {
+                    a.next()
+                } else {
+                    b.next()
+                }
+            }
+        };
+        let id = next.expect("peeked")?;
+        if out.last() != Some(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::merge_newest_first;
+
+    fn ids(v: &[u64]) -> impl Iterator<Item = super::Result<u64>> + '_ {
+        v.iter().copied().map(Ok)
+    }
+
+    #[test]
+    fn merges_two_newest_first_lists_without_repeats_up_to_the_limit() {
+        let m = merge_newest_first(ids(&[9, 7, 4, 2]), ids(&[8, 7, 3]), 10).unwrap();
+        assert_eq!(m, vec![9, 8, 7, 4, 3, 2]);
+        let m = merge_newest_first(ids(&[9, 7, 4, 2]), ids(&[8, 7, 3]), 3).unwrap();
+        assert_eq!(m, vec![9, 8, 7]);
+        assert!(merge_newest_first(ids(&[]), ids(&[]), 3)
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -281,6 +281,7 @@ impl SledStore {
                 self.t
                     .meta
                     .insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+                self.t.meta.insert(PARTY_INDEX, &[])?;
                 self.db.flush()?;
                 Ok(())
             }
@@ -295,9 +296,28 @@ impl SledStore {
                     self.t.meta.insert(ACTIVITY_COUNT, &n.to_be_bytes())?;
                     self.db.flush()?;
                 }
+                if self.t.meta.get(PARTY_INDEX)?.is_none() {
+                    self.index_parties()?;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// A store from before the party index (the web timeline's "where it is a party"): one
+    /// pass over the activities adds their entries, then the mark that it was done.
+    fn index_parties(&self) -> Result<()> {
+        for kv in self.t.activities.iter() {
+            let a = self.dec_activity(&kv?.1)?;
+            for r in party_records(&a) {
+                self.t
+                    .activity_by_regarding
+                    .insert(keys::regarding(&keys::party_of(r), a.id), &[])?;
+            }
+        }
+        self.t.meta.insert(PARTY_INDEX, &[])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub(crate) fn schema_version(&self) -> Result<u32> {
@@ -415,27 +435,33 @@ impl SledStore {
         }
     }
 
-    /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
-    /// The activities regarding `r`, newest first: at most `limit` with ids below `before`
-    /// (keyset paging: a page never repeats or skips one while new mail arrives).
-    pub(crate) fn timeline(
+    /// The ids of the activities regarding `r` or with `r` as a party, newest first: at most
+    /// `limit` below `before` (keyset paging: a page never repeats or skips one while new mail
+    /// arrives). Two ranges of `activity_by_regarding`, merged.
+    pub(crate) fn timeline_ids(
         &self,
         r: &RecordRef,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Activity>> {
+    ) -> Result<Vec<u64>> {
+        let before = before.unwrap_or(u64::MAX);
+        let range = |name: String| {
+            let (from, to) = (
+                keys::regarding_prefix(&name),
+                keys::regarding(&name, before),
+            );
+            self.t
+                .activity_by_regarding
+                .range(from..to)
+                .rev()
+                .map(|kv| Ok(keys::u64_suffix(&kv?.0)))
+        };
         let reference = r.to_string();
-        let prefix = keys::regarding_prefix(&reference);
-        let end = keys::regarding(&reference, before.unwrap_or(u64::MAX));
-        let mut out = Vec::with_capacity(limit);
-        for kv in self.t.activity_by_regarding.range(prefix..end).rev() {
-            if out.len() == limit {
-                break;
-            }
-            let id = keys::u64_suffix(&kv?.0);
-            out.extend(self.activity(id)?);
-        }
-        Ok(out)
+        super::merge_newest_first(
+            range(reference.clone()),
+            range(keys::party_of(&reference)),
+            limit,
+        )
     }
 
     pub(crate) fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {
@@ -1235,6 +1261,20 @@ impl From<Broken> for StoreError {
 /// The `meta` key of the number of activities (kept by [`SledTx::insert_activity`]).
 const ACTIVITY_COUNT: &str = "activity_count";
 
+/// The `meta` key that says every activity's parties are in `activity_by_regarding`.
+const PARTY_INDEX: &str = "party_index";
+
+/// The records an activity's parties resolved to (each party's best match), once each.
+fn party_records(a: &Activity) -> std::collections::BTreeSet<&str> {
+    a.from
+        .iter()
+        .chain(&a.to)
+        .chain(&a.cc)
+        .chain(&a.bcc)
+        .filter_map(|p| p.record.as_deref())
+        .collect()
+}
+
 /// Dense, restart-proof ids (sled's `generate_id` jumps by a million after a restart, which
 /// makes poor activity numbers for people to type).
 fn next_id(meta: &TransactionalTree, counter: &str) -> Result<u64> {
@@ -1302,6 +1342,10 @@ impl BatchTx for SledTx<'_> {
             self.activity_by_regarding
                 .insert(keys::regarding(r, a.id), &[])?;
         }
+        for r in party_records(a) {
+            self.activity_by_regarding
+                .insert(keys::regarding(&keys::party_of(r), a.id), &[])?;
+        }
         if let (Some(t), true) = (&a.token, find.by_token) {
             self.activity_by_token.insert(keys::token(t), &id)?;
         }
@@ -1345,6 +1389,15 @@ impl BatchTx for SledTx<'_> {
                 self.activity_by_regarding
                     .insert(keys::regarding(r, id), &[])?;
             }
+        }
+        let (was, is) = (party_records(before), party_records(after));
+        for r in was.difference(&is) {
+            self.activity_by_regarding
+                .remove(keys::regarding(&keys::party_of(r), id))?;
+        }
+        for r in is.difference(&was) {
+            self.activity_by_regarding
+                .insert(keys::regarding(&keys::party_of(r), id), &[])?;
         }
         self.activities
             .insert(&id.to_be_bytes(), enc_activity(&mut after.clone()))?;
@@ -1448,6 +1501,10 @@ impl BatchTx for SledTx<'_> {
         if let Some(r) = &a.regarding {
             self.activity_by_regarding
                 .remove(keys::regarding(r, a.id))?;
+        }
+        for r in party_records(a) {
+            self.activity_by_regarding
+                .remove(keys::regarding(&keys::party_of(r), a.id))?;
         }
         if let Some(t) = &a.token {
             remove_if_ours(self.activity_by_token, keys::token(t))?;
@@ -1613,6 +1670,34 @@ mod tests {
         let store = SledStore::open(dir.path(), 1 << 20).expect("the store opens");
         assert_eq!(store.activity_count(), 1);
         assert!(!cut.exists(), "the unfinished snapshot is gone");
+    }
+
+    /// A store written before the party index gets it at its next open: a record's timeline
+    /// lists the activities it is a party of, old ones included.
+    #[test]
+    fn a_store_from_before_the_party_index_is_indexed_when_opened() {
+        use crate::track::conformance::{activity, commit, draft};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let mut a = activity("m", "F", 1, "<p@c>");
+        a.to = vec![crate::model::Party {
+            address: Some("bob@acme.com".into()),
+            name: None,
+            record: Some("contact:bob".into()),
+            records: vec!["contact:bob".into()],
+        }];
+        commit(&store, &[draft(a)]).unwrap();
+        let bob = RecordRef::new("contact", "bob");
+        assert_eq!(store.timeline_ids(&bob, None, 10).unwrap(), vec![1]);
+        // What an older foldertrack left: no party entries, no mark.
+        let party = keys::regarding(&keys::party_of("contact:bob"), 1);
+        store.t.activity_by_regarding.remove(party).unwrap();
+        store.t.meta.remove(PARTY_INDEX).unwrap();
+        assert!(store.timeline_ids(&bob, None, 10).unwrap().is_empty());
+        store.flush().unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.timeline_ids(&bob, None, 10).unwrap(), vec![1]);
     }
 
     #[test]

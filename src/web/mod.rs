@@ -3,16 +3,20 @@
 //! mailboxes. Server-rendered HTML (maud, every value escaped), no script, nothing from
 //! elsewhere: `Content-Security-Policy: default-src 'self'` and the stylesheet compiled in.
 //!
-//! Auth (`auth = "token"`): the admin token from `token_env`, given once in the login form
+//! Auth: `auth = "token"`: the admin token from `token_env`, given once in the login form
 //! (which sets an HttpOnly, SameSite=Strict session cookie) or as `Authorization: Bearer` by
-//! a script. An admin sees every record.
+//! a script; an admin sees every record. `auth = "proxy"`: a reverse proxy on this host names
+//! the person in a header; they see what the CRM's security model lets them ([`access`]).
 
+mod access;
+mod filter;
+mod handlers;
 mod pages;
 
-use crate::config::{Config, WebSettings};
+use crate::config::{Config, WebAuth, WebSettings};
 use crate::store::Store;
-use axum::body::Body;
-use axum::extract::{Form, Path, Query, Request, State};
+use access::Viewer;
+use axum::extract::{Form, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -31,7 +35,10 @@ pub(crate) const PAGE: usize = 25;
 pub(crate) struct Web {
     pub store: Arc<Store>,
     pub config: Arc<RwLock<Config>>,
-    token: String,
+    /// The admin token (`auth = "token"`).
+    token: Option<String>,
+    /// The header naming the person (`auth = "proxy"`), lower case.
+    proxy_header: Option<String>,
     sessions: Mutex<HashMap<String, Instant>>,
 }
 
@@ -39,6 +46,10 @@ pub(crate) struct Web {
 #[derive(Debug)]
 pub(crate) enum WebError {
     NotFound(String),
+    /// What the reader may not see (named without its contents).
+    Forbidden(String),
+    /// A URL the page cannot read (a filter that is not a date, say), with why.
+    BadRequest(String),
     Store(crate::store::StoreError),
 }
 
@@ -54,6 +65,21 @@ impl IntoResponse for WebError {
             WebError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
                 Html(pages::message("Not found", &what)),
+            )
+                .into_response(),
+            WebError::Forbidden(what) => (
+                StatusCode::FORBIDDEN,
+                Html(pages::message(
+                    "Not yours to read",
+                    &format!(
+                        "You may not read {what}: it is neither yours, shared, nor your team's."
+                    ),
+                )),
+            )
+                .into_response(),
+            WebError::BadRequest(why) => (
+                StatusCode::BAD_REQUEST,
+                Html(pages::message("Bad request", &why)),
             )
                 .into_response(),
             WebError::Store(e) => {
@@ -72,7 +98,7 @@ impl IntoResponse for WebError {
 type Shared = Arc<Web>;
 
 impl Web {
-    /// The pages over `store`, the admin token read from `settings.token_env`.
+    /// The pages over `store`; with `auth = "token"`, the admin token read from its variable.
     ///
     /// # Errors
     /// The variable is unset or empty (the pages would open to anyone).
@@ -81,19 +107,23 @@ impl Web {
         config: Arc<RwLock<Config>>,
         settings: &WebSettings,
     ) -> Result<Web, String> {
-        let token = std::env::var(&settings.token_env)
-            .ok()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                format!(
-                    "[web] needs the admin token in the environment variable {} (web.token_env)",
-                    settings.token_env
-                )
-            })?;
+        let (token, proxy_header) = match &settings.auth {
+            WebAuth::Token { token_env } => {
+                let token = std::env::var(token_env)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        format!("[web] needs the admin token in the environment variable {token_env} (web.token_env)")
+                    })?;
+                (Some(token), None)
+            }
+            WebAuth::Proxy { header } => (None, Some(header.clone())),
+        };
         Ok(Web {
             store,
             config,
             token,
+            proxy_header,
             sessions: Mutex::default(),
         })
     }
@@ -104,14 +134,34 @@ impl Web {
         Web {
             store,
             config,
-            token: token.to_string(),
+            token: Some(token.to_string()),
+            proxy_header: None,
+            sessions: Mutex::default(),
+        }
+    }
+
+    /// The pages behind a proxy that names the person in `header` (tests).
+    #[cfg(test)]
+    pub(crate) fn behind_proxy(
+        store: Arc<Store>,
+        config: Arc<RwLock<Config>>,
+        header: &str,
+    ) -> Web {
+        Web {
+            store,
+            config,
+            token: None,
+            proxy_header: Some(header.to_ascii_lowercase()),
             sessions: Mutex::default(),
         }
     }
 
     /// Whether `given` is the admin token (compared in constant time).
     fn is_token(&self, given: &str) -> bool {
-        let (a, b) = (self.token.as_bytes(), given.as_bytes());
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let (a, b) = (token.as_bytes(), given.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
@@ -142,13 +192,16 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 pub(crate) fn router(web: Web) -> Router {
     let web: Shared = Arc::new(web);
     let pages = Router::new()
-        .route("/", get(home))
-        .route("/records/{rtype}/{key}", get(record))
-        .route("/activities/{id}", get(activity))
-        .route("/activities/{id}/attachments/{n}", get(attachment))
-        .route("/mailboxes", get(mailboxes))
-        .route("/mailboxes/{name}", get(mailbox))
-        .route("/quarantine", get(quarantine))
+        .route("/", get(handlers::home))
+        .route("/records/{rtype}/{key}", get(handlers::record))
+        .route("/activities/{id}", get(handlers::activity))
+        .route(
+            "/activities/{id}/attachments/{n}",
+            get(handlers::attachment),
+        )
+        .route("/mailboxes", get(handlers::mailboxes))
+        .route("/mailboxes/{name}", get(handlers::mailbox))
+        .route("/quarantine", get(handlers::quarantine))
         .route_layer(middleware::from_fn_with_state(web.clone(), require_login));
     Router::new()
         .route("/login", get(login_form).post(login))
@@ -220,25 +273,72 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
-/// A session cookie or the bearer token, else 401 with the login form.
-async fn require_login(State(web): State<Shared>, req: Request, next: Next) -> Response {
-    let headers = req.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| web.is_token(t.trim()));
-    let session = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("ft_session="))
-        .any(|id| web.has_session(id));
-    if bearer || session {
-        return next.run(req).await;
+/// Who reads: the person the proxy names, or an admin with a session cookie or the bearer
+/// token; else 401 (with the login form in token mode) or 403 for a name that is no user.
+async fn require_login(State(web): State<Shared>, mut req: Request, next: Next) -> Response {
+    let viewer = match &web.proxy_header {
+        Some(h) => match proxied_user(&web, h, req.headers()) {
+            Ok(v) => v,
+            Err(res) => return *res,
+        },
+        None if web.logged_in(req.headers()) => Viewer::Admin,
+        None => return (StatusCode::UNAUTHORIZED, Html(pages::login(false))).into_response(),
+    };
+    req.extensions_mut().insert(viewer);
+    next.run(req).await
+}
+
+impl Web {
+    /// A session cookie or the bearer token.
+    fn logged_in(&self, headers: &axum::http::HeaderMap) -> bool {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| self.is_token(t.trim()));
+        bearer
+            || headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().strip_prefix("ft_session="))
+                .any(|id| self.has_session(id))
     }
-    (StatusCode::UNAUTHORIZED, Html(pages::login(false))).into_response()
+}
+
+/// The `systemuser` record the proxy's header names, as a reader with its teams.
+fn proxied_user(
+    web: &Web,
+    header: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Viewer, Box<Response>> {
+    let deny = |code, text: String| {
+        Box::new((code, Html(pages::message("Who are you?", &text))).into_response())
+    };
+    let Some(name) = headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Err(deny(
+            StatusCode::UNAUTHORIZED,
+            format!("The proxy in front of these pages sent no {header} header."),
+        ));
+    };
+    let r = crate::model::RecordRef::new("systemuser", name);
+    match web.store.record(&r) {
+        Ok(Some(u)) => Ok(Viewer::User(crate::model::Writer {
+            user: r.to_string(),
+            teams: u.teams,
+        })),
+        Ok(None) => Err(deny(
+            StatusCode::FORBIDDEN,
+            format!("{r} is not a user of the CRM (no such systemuser record)."),
+        )),
+        Err(e) => Err(Box::new(WebError::Store(e).into_response())),
+    }
 }
 
 async fn login_form() -> Html<String> {
@@ -272,167 +372,6 @@ async fn style() -> Response {
         pages::STYLE,
     )
         .into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct Search {
-    q: Option<String>,
-}
-
-async fn home(
-    State(web): State<Shared>,
-    Query(s): Query<Search>,
-) -> Result<Html<String>, WebError> {
-    let q = s.q.unwrap_or_default();
-    let needle = q.trim().to_lowercase();
-    let found = if needle.is_empty() {
-        Vec::new()
-    } else {
-        web.store
-            .records(None)?
-            .into_iter()
-            .filter(|r| {
-                r.name.to_lowercase().contains(&needle)
-                    || r.key.to_lowercase().contains(&needle)
-                    || r.emails.iter().any(|e| e.to_lowercase().contains(&needle))
-            })
-            .take(50)
-            .collect()
-    };
-    Ok(Html(pages::home(&q, &found)))
-}
-
-#[derive(serde::Deserialize)]
-struct Page {
-    before: Option<u64>,
-}
-
-async fn record(
-    State(web): State<Shared>,
-    Path((rtype, key)): Path<(String, String)>,
-    Query(p): Query<Page>,
-) -> Result<Html<String>, WebError> {
-    let r = crate::model::RecordRef::new(&rtype, &key);
-    let rec = web
-        .store
-        .record(&r)?
-        .ok_or_else(|| WebError::NotFound(format!("no record {r}")))?;
-    let mut acts = web.store.timeline(&r, p.before, PAGE + 1)?;
-    let older = (acts.len() > PAGE).then(|| acts[PAGE - 1].id);
-    acts.truncate(PAGE);
-    Ok(Html(pages::record(&rec, &acts, older)))
-}
-
-async fn activity(
-    State(web): State<Shared>,
-    Path(id): Path<u64>,
-) -> Result<Html<String>, WebError> {
-    let a = web
-        .store
-        .activity(id)?
-        .ok_or_else(|| WebError::NotFound(format!("no activity {id}")))?;
-    let fields = web.store.field_state(id)?.unwrap_or_default().crm;
-    let trail = web.store.audit(id)?;
-    let tracked = !web.store.untracked_ids()?.contains(&id);
-    Ok(Html(pages::activity(&a, &fields, &trail, tracked)))
-}
-
-/// An attachment's bytes, always as a download (never rendered by the browser).
-async fn attachment(
-    State(web): State<Shared>,
-    Path((id, n)): Path<(u64, usize)>,
-) -> Result<Response, WebError> {
-    let missing = || WebError::NotFound(format!("no attachment {n} of activity {id}"));
-    let a = web.store.activity(id)?.ok_or_else(missing)?;
-    let m = n
-        .checked_sub(1)
-        .and_then(|i| a.attachments.get(i))
-        .ok_or_else(missing)?;
-    let bytes = web.store.blob(&m.sha256)?.ok_or_else(missing)?;
-    let name: String = m
-        .name
-        .as_deref()
-        .unwrap_or("attachment")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "._- ".contains(*c))
-        .collect();
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        if name.is_empty() { "attachment" } else { &name }
-    );
-    let mut res = Response::new(Body::from(bytes));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(res)
-}
-
-async fn mailboxes(State(web): State<Shared>) -> Result<Html<String>, WebError> {
-    let names: Vec<(String, String, String)> = {
-        let c = web.config.read().unwrap_or_else(|p| p.into_inner());
-        c.mailboxes
-            .iter()
-            .map(|m| (m.name.clone(), m.owner.to_string(), m.host.clone()))
-            .collect()
-    };
-    let mut rows = Vec::new();
-    for (name, owner, host) in names {
-        let st = web.store.mailbox_state(&name)?;
-        rows.push(pages::MailboxRow {
-            name,
-            owner,
-            host,
-            last_success: st.last_success,
-            last_error: st.last_error,
-            last_tracked: st.last_tracked,
-        });
-    }
-    Ok(Html(pages::mailboxes(&rows)))
-}
-
-/// One mailbox: its health, its folders with their rules and checkpoints, its alerts.
-async fn mailbox(
-    State(web): State<Shared>,
-    Path(name): Path<String>,
-) -> Result<Html<String>, WebError> {
-    let known = {
-        let c = web.config.read().unwrap_or_else(|p| p.into_inner());
-        c.mailbox(&name)
-            .map(|m| (m.owner.to_string(), m.host.clone()))
-    };
-    let (owner, host) = known.ok_or_else(|| WebError::NotFound(format!("no mailbox {name}")))?;
-    let st = web.store.mailbox_state(&name)?;
-    let folders: Vec<_> = web
-        .store
-        .folder_states()?
-        .into_iter()
-        .filter(|f| f.mailbox == name)
-        .collect();
-    let alerts: Vec<_> = web
-        .store
-        .alerts(crate::store::MAX_ALERTS)?
-        .into_iter()
-        .filter(|a| a.mailbox == name)
-        .collect();
-    let row = pages::MailboxRow {
-        name,
-        owner,
-        host,
-        last_success: st.last_success,
-        last_error: st.last_error,
-        last_tracked: st.last_tracked,
-    };
-    Ok(Html(pages::mailbox(&row, &folders, &alerts)))
-}
-
-/// The messages that could not be tracked, with why.
-async fn quarantine(State(web): State<Shared>) -> Result<Html<String>, WebError> {
-    Ok(Html(pages::quarantine(&web.store.quarantine()?)))
 }
 
 #[cfg(test)]

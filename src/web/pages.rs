@@ -2,6 +2,7 @@
 //! data). Bodies are shown as their text: an HTML part is never rendered, so no script runs
 //! and no remote content loads.
 
+use super::filter::Filter;
 use crate::model::{Activity, AuditEntry, Fields, Record};
 use maud::{html, Markup, DOCTYPE};
 
@@ -11,7 +12,9 @@ header{background:#243a5e;color:#fff;padding:.6em 1em}header a{color:#fff;margin
 main{padding:1em;max-width:70em}table{border-collapse:collapse;width:100%}\
 td,th{border-bottom:1px solid #ddd;padding:.35em;text-align:left;vertical-align:top}\
 .muted{color:#666}.preview{color:#555;font-size:.9em}pre{white-space:pre-wrap;background:#f6f6f6;padding:1em}\
-.error{color:#a00}";
+.error{color:#a00}ol.timeline{list-style:none;padding:0}li.entry{border-bottom:1px solid #ddd;padding:.4em 0}\
+summary{cursor:pointer}.date{color:#666;font-size:.9em}.dir{font-size:.8em;padding:0 .3em;border-radius:3px;background:#e8eef8}\
+.dir.outgoing{background:#e8f5e8}.parties{color:#555;font-size:.9em}form.filters{margin-bottom:1em}";
 
 fn layout(title: &str, body: Markup) -> String {
     html! {
@@ -56,8 +59,8 @@ fn record_href(reference: &str) -> String {
     }
 }
 
-/// A path segment, percent-encoded.
-fn enc(s: &str) -> String {
+/// A path segment or query value, percent-encoded.
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -97,30 +100,90 @@ fn one_line(text: &str) -> String {
     }
 }
 
-pub(crate) fn record(r: &Record, acts: &[Activity], older: Option<u64>) -> String {
-    let reference = r.reference().to_string();
-    layout(
-        &r.name,
-        html! {
-            p.muted { (reference) @if !r.emails.is_empty() { " · " (r.emails.join(", ")) } }
-            h2 { "Timeline" }
-            @if acts.is_empty() { p.muted { "No email activity regards this record." } }
-            table {
-                @for a in acts {
-                    tr {
-                        td { (a.date.as_deref().unwrap_or("")) }
-                        td { (a.direction.as_str()) }
-                        td {
-                            a href=(format!("/activities/{}", a.id)) { (a.subject.as_deref().unwrap_or("(no subject)")) }
-                            @if !a.attachments.is_empty() { " 📎" (a.attachments.len()) }
-                            div.preview { (one_line(&a.body_text)) }
-                        }
-                        td { (a.from.as_ref().and_then(|p| p.address.as_deref()).unwrap_or("")) }
-                    }
+/// A record's timeline page: one page of activities and the filters that chose them.
+pub(crate) struct Timeline<'a> {
+    pub record: &'a Record,
+    pub acts: &'a [Activity],
+    /// Where the next (older) page starts, when there is one.
+    pub older: Option<u64>,
+    pub filter: &'a Filter,
+    /// The mailboxes the reader may filter by.
+    pub mailboxes: &'a [String],
+}
+
+/// The longest body shown inline on a timeline; the activity's page has all of it.
+const INLINE_BODY: usize = 20_000;
+
+fn filter_form(href: &str, f: &Filter, mailboxes: &[String]) -> Markup {
+    let dir = f.direction.map(|d| d.as_str());
+    html! {
+        form.filters method="get" action=(href) {
+            select name="direction" aria-label="Direction" {
+                option value="" { "Both directions" }
+                @for d in ["incoming", "outgoing"] {
+                    option value=(d) selected[dir == Some(d)] { (d) }
                 }
             }
-            @if let Some(before) = older {
-                p { a href=(format!("{}?before={before}", record_href(&reference))) { "Older" } }
+            " "
+            select name="mailbox" aria-label="Mailbox" {
+                option value="" { "Every mailbox" }
+                @for m in mailboxes {
+                    option value=(m) selected[f.mailbox.as_deref() == Some(m.as_str())] { (m) }
+                }
+            }
+            " " label { "From " input type="date" name="since" value=[f.since.as_deref()]; }
+            " " label { "to " input type="date" name="until" value=[f.until.as_deref()]; }
+            " " label { input type="checkbox" name="attachments" value="1" checked[f.attachments]; " with attachments" }
+            " " input type="search" name="q" value=[f.q.as_deref()] placeholder="words in subject or body";
+            " " button type="submit" { "Filter" }
+            @if f.is_set() { " " a href=(href) { "Clear" } }
+        }
+    }
+}
+
+fn timeline_entry(a: &Activity) -> Markup {
+    let from = a
+        .from
+        .as_ref()
+        .and_then(|p| p.address.as_deref())
+        .unwrap_or("");
+    let to: Vec<&str> = a.to.iter().filter_map(|p| p.address.as_deref()).collect();
+    let body = match a.body_text.char_indices().nth(INLINE_BODY) {
+        Some((i, _)) => format!("{}…", &a.body_text[..i]),
+        None => a.body_text.clone(),
+    };
+    html! {
+        li.entry {
+            details {
+                summary {
+                    span.date { (a.date.as_deref().unwrap_or("")) } " "
+                    span class=(format!("dir {}", a.direction.as_str())) { (a.direction.as_str()) } " "
+                    a.subject href=(format!("/activities/{}", a.id)) { (a.subject.as_deref().unwrap_or("(no subject)")) }
+                    @if !a.attachments.is_empty() { " " span.clip title="attachments" { "📎" (a.attachments.len()) } }
+                    div.parties { (from) " → " (to.join(", ")) }
+                    div.preview { (one_line(&a.body_text)) }
+                }
+                pre { (body) }
+            }
+        }
+    }
+}
+
+pub(crate) fn record(t: &Timeline<'_>) -> String {
+    let reference = t.record.reference().to_string();
+    let href = record_href(&reference);
+    layout(
+        &t.record.name,
+        html! {
+            p.muted { (reference) @if !t.record.emails.is_empty() { " · " (t.record.emails.join(", ")) } }
+            h2 { "Timeline" }
+            (filter_form(&href, t.filter, t.mailboxes))
+            @if t.acts.is_empty() {
+                p.muted { @if t.filter.is_set() { "No email activity matches." } @else { "No email activity regards this record." } }
+            }
+            ol.timeline { @for a in t.acts { (timeline_entry(a)) } }
+            @if let Some(before) = t.older {
+                p { a.older href=(format!("{href}?before={before}{}", t.filter.query())) { "Older" } }
             }
         },
     )

@@ -192,29 +192,29 @@ impl PgStore {
         Ok(Lookups::activity(self, id)?)
     }
 
-    /// Activities in id (= tracking time) order; `regarding` filters by the linked record.
-    /// The activities regarding `r`, newest first: at most `limit` with ids below `before`
-    /// (keyset paging over the `activities_regarding` index).
-    pub(crate) fn timeline(
+    /// The ids of the activities regarding `r` or with `r` as a party, newest first: at most
+    /// `limit` below `before` (keyset paging over `activities_regarding` and
+    /// `parties_record_activity`).
+    pub(crate) fn timeline_ids(
         &self,
         r: &RecordRef,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Activity>> {
+    ) -> Result<Vec<u64>> {
         let before = big(before.unwrap_or(i64::MAX as u64));
-        let ids = self.with(|c| {
+        Ok(self.with(|c| {
             super::ids(
                 c,
-                "SELECT id FROM activities WHERE regarding = $1 AND id < $2
-                 ORDER BY id DESC LIMIT $3",
+                "SELECT id FROM (
+                     (SELECT id FROM activities WHERE regarding = $1 AND id < $2
+                      ORDER BY id DESC LIMIT $3)
+                     UNION
+                     (SELECT DISTINCT activity_id FROM parties WHERE record = $1 AND activity_id < $2
+                      ORDER BY activity_id DESC LIMIT $3)
+                 ) t ORDER BY id DESC LIMIT $3",
                 &[&r.to_string(), &before, &(limit as i64)],
             )
-        })?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.extend(self.activity(id)?);
-        }
-        Ok(out)
+        })?)
     }
 
     pub(crate) fn activities(&self, regarding: Option<&RecordRef>) -> Result<Vec<Activity>> {

@@ -9,7 +9,7 @@ use postgres::{GenericClient, IsolationLevel};
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A
 /// migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this binary writes and reads.
 pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -277,6 +277,14 @@ CREATE TABLE activity_fields (
 CREATE INDEX activity_fields_follow_up ON activity_fields (follow_up) WHERE follow_up;
 ALTER TABLE checkpoints ADD COLUMN highest_modseq bigint NOT NULL DEFAULT 0;
 ALTER TABLE checkpoints ADD COLUMN flags_scanned_at bigint NOT NULL DEFAULT 0;
+"#;
+
+/// Version 7: a record's timeline on the web pages lists the activities where it is a party
+/// too, newest first, a page at a time: the parties' record index gains the activity id, so a
+/// page is an index range instead of a sort of every party row of the record.
+const V7: &str = r#"
+CREATE INDEX parties_record_activity ON parties (record, activity_id);
+DROP INDEX parties_record;
 "#;
 
 /// Brings the database's schema up to [`VERSION`], in one transaction, and refuses a database
