@@ -39,7 +39,7 @@ pub async fn web(config: Config, shutdown: impl std::future::Future<Output = ()>
     })?;
     let stop = CancellationToken::new();
     let shared = Arc::new(RwLock::new(config.clone()));
-    crate::web::start(&config, shared, Arc::new(store), stop.clone()).await?;
+    crate::web::start(&config, shared, Arc::new(store), None, stop.clone()).await?;
     shutdown.await;
     stop.cancel();
     Ok(())
@@ -112,7 +112,14 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    crate::web::start(&config, shared.clone(), store.clone(), stop.clone()).await?;
+    crate::web::start(
+        &config,
+        shared.clone(),
+        store.clone(),
+        Some(agent.clone()),
+        stop.clone(),
+    )
+    .await?;
     tokio::spawn(crate::memory::trimmer(stop.clone()));
     if let Some(days) = config.audit_retention_days {
         tokio::spawn(prune_audit(store.clone(), days, stop.clone()));

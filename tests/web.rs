@@ -1,6 +1,7 @@
 //! The web pages served by `foldertrack run` against a real Dovecot: a mail dragged into a
 //! tracked folder is on its record's page at the next load, opens, and its attachment
-//! downloads byte for byte. (The browser test of issue 19 is still to come.)
+//! downloads byte for byte; the mailbox page shows the worker. (In a real browser:
+//! tests/browser.rs.)
 
 use std::net::SocketAddr;
 use testkit::*;
@@ -71,6 +72,11 @@ fn a_dragged_mail_is_on_its_records_page_at_the_next_load_and_its_attachment_dow
         "{head}"
     );
     assert_eq!(bytes, "item,price\r\nwidget,12");
+    // The mailbox page shows what the worker in this agent is doing, and each folder's lag.
+    wait_for("the worker idle on the mailbox page", 30, || {
+        let (_, _, mb) = page(addr, "/mailboxes/alice");
+        mb.contains("<span class=\"state\">idle</span>") && mb.contains("caught up")
+    });
 }
 
 /// `foldertrack web` serves the pages without an agent (a reader of what was tracked), and
@@ -133,8 +139,13 @@ fn the_web_command_serves_the_pages_without_an_agent() {
         .and_then(|a| a.parse().ok())
         .unwrap();
     let (code, _, body) = page(addr, "/records/account/acme");
+    let (_, _, mailboxes) = page(addr, "/mailboxes");
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(code, 200);
     assert!(body.contains("read here"), "{body}");
+    assert!(
+        mailboxes.contains("not known here"),
+        "no worker runs in `foldertrack web`: {mailboxes}"
+    );
 }

@@ -152,16 +152,40 @@ pub(super) async fn attachment(
     Ok(res)
 }
 
-/// One row of the mailboxes page, from the configuration and the store.
+/// One row of the mailboxes page, from the configuration, the store, and the worker when it
+/// runs in this process.
 fn mailbox_row(
     web: &Shared,
+    outgoing: &std::collections::BTreeMap<String, crate::store::OutboxSummary>,
     (name, owner, host): (String, String, String),
 ) -> Result<pages::MailboxRow, WebError> {
     let st = web.store.mailbox_state(&name)?;
+    let worker = match &web.agent {
+        None => Some((
+            "not known here".to_string(),
+            "this process runs no agent: `foldertrack status` on the agent's host".to_string(),
+        )),
+        Some(agent) => agent
+            .live(&name)
+            .map(|l| (l.state.label().to_string(), l.state.detail())),
+    };
+    let outgoing = outgoing
+        .get(&name)
+        .map(|o| {
+            o.counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(state, n)| format!("{n} {}", state.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|s| !s.is_empty());
     Ok(pages::MailboxRow {
         name,
         owner,
         host,
+        worker,
+        outgoing,
         last_success: st.last_success,
         last_error: st.last_error,
         last_tracked: st.last_tracked,
@@ -173,10 +197,11 @@ pub(super) async fn mailboxes(
     State(web): State<Shared>,
     Extension(viewer): Extension<Viewer>,
 ) -> Result<Html<String>, WebError> {
+    let outgoing = web.store.outbox_summary()?;
     let rows = mailbox_list(&web)
         .into_iter()
         .filter(|(_, owner, _)| viewer.owns(owner))
-        .map(|m| mailbox_row(&web, m))
+        .map(|m| mailbox_row(&web, &outgoing, m))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Html(pages::mailboxes(&rows)))
 }
@@ -204,8 +229,25 @@ pub(super) async fn mailbox(
         .into_iter()
         .filter(|a| a.mailbox == name)
         .collect();
-    let row = mailbox_row(&web, m)?;
-    Ok(Html(pages::mailbox(&row, &folders, &alerts)))
+    let lags = crate::metrics::metrics().folder_lags();
+    let lag: Vec<String> = folders
+        .iter()
+        .map(|f| {
+            let l = lags.get(&(f.mailbox.clone(), f.folder.clone()));
+            match (
+                &web.agent,
+                l.and_then(|l| Some((l.messages(), l.behind_since?))),
+            ) {
+                (None, _) => "—".to_string(),
+                (Some(_), Some((n, since))) => {
+                    format!("{n} behind for {} s", since.elapsed().as_secs())
+                }
+                (Some(_), None) => "caught up".to_string(),
+            }
+        })
+        .collect();
+    let row = mailbox_row(&web, &web.store.outbox_summary()?, m)?;
+    Ok(Html(pages::mailbox(&row, &folders, &lag, &alerts)))
 }
 
 /// The messages that could not be tracked, with why (a user: from their own mailboxes).

@@ -39,6 +39,9 @@ pub(crate) struct Web {
     token: Option<String>,
     /// The header naming the person (`auth = "proxy"`), lower case.
     proxy_header: Option<String>,
+    /// The agent in this process (`run`), whose workers' live state the mailbox pages show;
+    /// `None` under `foldertrack web`, which runs no worker.
+    pub agent: Option<crate::agent::AgentHandle>,
     sessions: Mutex<HashMap<String, Instant>>,
 }
 
@@ -124,6 +127,7 @@ impl Web {
             config,
             token,
             proxy_header,
+            agent: None,
             sessions: Mutex::default(),
         })
     }
@@ -136,6 +140,7 @@ impl Web {
             config,
             token: Some(token.to_string()),
             proxy_header: None,
+            agent: None,
             sessions: Mutex::default(),
         }
     }
@@ -152,6 +157,7 @@ impl Web {
             config,
             token: None,
             proxy_header: Some(header.to_ascii_lowercase()),
+            agent: None,
             sessions: Mutex::default(),
         }
     }
@@ -231,13 +237,15 @@ pub(crate) async fn start(
     config: &Config,
     shared: Arc<RwLock<Config>>,
     store: Arc<Store>,
+    agent: Option<crate::agent::AgentHandle>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let Some(settings) = config.web.clone() else {
         return Ok(());
     };
-    let web = Web::new(store, shared, &settings).map_err(anyhow::Error::msg)?;
+    let mut web = Web::new(store, shared, &settings).map_err(anyhow::Error::msg)?;
+    web.agent = agent;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| {

@@ -259,6 +259,10 @@ pub(crate) struct MailboxRow {
     pub name: String,
     pub owner: String,
     pub host: String,
+    /// The worker's state and a sentence, when known (from the agent in this process).
+    pub worker: Option<(String, String)>,
+    /// The outbox's messages by state (`2 queued, 5 sent`), when it has any.
+    pub outgoing: Option<String>,
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub last_tracked: Option<String>,
@@ -269,13 +273,15 @@ pub(crate) fn mailboxes(rows: &[MailboxRow]) -> String {
         "Mailboxes",
         html! {
             table {
-                tr { th { "Mailbox" } th { "Owner" } th { "Server" } th { "Last success" } th { "Last tracked" } th { "Last error" } }
+                tr { th { "Mailbox" } th { "Owner" } th { "Server" } th { "Worker" } th { "Last success" } th { "Last tracked" } th { "Outgoing" } th { "Last error" } }
                 @for m in rows {
                     tr {
                         td { a href=(format!("/mailboxes/{}", enc(&m.name))) { (m.name) } }
                         td { a href=(record_href(&m.owner)) { (m.owner) } } td { (m.host) }
+                        td { (worker(m)) }
                         td { (m.last_success.as_deref().unwrap_or("never")) }
                         td { (m.last_tracked.as_deref().unwrap_or("—")) }
+                        td { (m.outgoing.as_deref().unwrap_or("—")) }
                         td.error { (m.last_error.as_deref().unwrap_or("")) }
                     }
                 }
@@ -284,9 +290,20 @@ pub(crate) fn mailboxes(rows: &[MailboxRow]) -> String {
     )
 }
 
+fn worker(m: &MailboxRow) -> Markup {
+    html! {
+        @match &m.worker {
+            Some((state, detail)) => { span.state { (state) } @if !detail.is_empty() { div.muted { (detail) } } }
+            None => { span.muted { "not running" } }
+        }
+    }
+}
+
+/// One mailbox: `lag` says of each folder whether it is caught up or how far behind.
 pub(crate) fn mailbox(
     m: &MailboxRow,
     folders: &[crate::model::FolderState],
+    lag: &[String],
     alerts: &[crate::store::StoredAlert],
 ) -> String {
     layout(
@@ -295,18 +312,21 @@ pub(crate) fn mailbox(
             table {
                 tr { th { "Owner" } td { a href=(record_href(&m.owner)) { (m.owner) } } }
                 tr { th { "Server" } td { (m.host) } }
+                tr { th { "Worker" } td { (worker(m)) } }
+                tr { th { "Outgoing" } td { (m.outgoing.as_deref().unwrap_or("nothing queued or sent")) } }
                 tr { th { "Last success" } td { (m.last_success.as_deref().unwrap_or("never")) } }
                 tr { th { "Last tracked" } td { (m.last_tracked.as_deref().unwrap_or("—")) } }
                 tr { th { "Last error" } td.error { (m.last_error.as_deref().unwrap_or("")) } }
             }
             h2 { "Folders" }
             table {
-                tr { th { "Folder" } th { "Rule" } th { "Regarding" } th { "Last UID" } th { "Server's next UID" } th { "Last sync" } }
-                @for f in folders {
+                tr { th { "Folder" } th { "Rule" } th { "Regarding" } th { "Last UID" } th { "Server's next UID" } th { "Last sync" } th { "Lag" } }
+                @for (f, lag) in folders.iter().zip(lag) {
                     tr {
                         td { (f.folder) } td { (f.rule.as_deref().unwrap_or("")) }
                         td { @if let Some(r) = &f.regarding { a href=(record_href(r)) { (r) } } }
                         td { (f.last_uid) } td { (f.uid_next) } td { (f.last_sync.as_deref().unwrap_or("")) }
+                        td { (lag) }
                     }
                 }
             }
