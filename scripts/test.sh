@@ -19,7 +19,8 @@ fi
 echo "== the data suites again on PostgreSQL =="
 export FOLDERTRACK_TEST_ENGINE=postgres
 cargo test --features failpoints,demo \
-  --test tracking --test crm --test durability --test crashloop --test outgoing --test web
+  --test tracking --test crm --test durability --test crashloop --test outgoing --test web \
+  --test browser
 # One live test: an agent on PostgreSQL through a Dovecot restart (outage, recovery, status).
 cargo test --features failpoints,demo --test live -- --exact \
   dovecot_restart_loses_nothing_and_status_shows_the_outage_and_the_recovery

@@ -14,7 +14,7 @@ td,th{border-bottom:1px solid #ddd;padding:.35em;text-align:left;vertical-align:
 .muted{color:#666}.preview{color:#555;font-size:.9em}pre{white-space:pre-wrap;background:#f6f6f6;padding:1em}\
 .error{color:#a00}ol.timeline{list-style:none;padding:0}li.entry{border-bottom:1px solid #ddd;padding:.4em 0}\
 summary{cursor:pointer}.date{color:#666;font-size:.9em}.dir{font-size:.8em;padding:0 .3em;border-radius:3px;background:#e8eef8}\
-.dir.outgoing{background:#e8f5e8}.parties{color:#555;font-size:.9em}form.filters{margin-bottom:1em}";
+.dir.outgoing{background:#e8f5e8}.clip{font-size:.8em;padding:0 .3em;border:1px solid #bbb;border-radius:3px}.parties{color:#555;font-size:.9em}form.filters{margin-bottom:1em}";
 
 fn layout(title: &str, body: Markup) -> String {
     html! {
@@ -159,7 +159,9 @@ fn timeline_entry(a: &Activity) -> Markup {
                     span.date { (a.date.as_deref().unwrap_or("")) } " "
                     span class=(format!("dir {}", a.direction.as_str())) { (a.direction.as_str()) } " "
                     a.subject href=(format!("/activities/{}", a.id)) { (a.subject.as_deref().unwrap_or("(no subject)")) }
-                    @if !a.attachments.is_empty() { " " span.clip title="attachments" { "📎" (a.attachments.len()) } }
+                    @if !a.attachments.is_empty() {
+                        " " span.clip { (a.attachments.len()) @if a.attachments.len() == 1 { " attachment" } @else { " attachments" } }
+                    }
                     div.parties { (from) " → " (to.join(", ")) }
                     div.preview { (one_line(&a.body_text)) }
                 }

@@ -9,6 +9,7 @@
 //! - [`smtp`]: the aiosmtpd test server, delivering over LMTP into the test's Dovecot.
 //! - [`pki`]: a throw-away CA and server certificate.
 //! - [`pg`]: a private, throw-away PostgreSQL cluster (or a fresh database on a given server).
+//! - [`browser`]: headless Chromium over WebDriver, for the web pages' browser tests.
 //!
 //! Everything but [`sandbox`] is behind the default `harness` feature. The harness is test code:
 //! it panics, naming what failed, because a set-up step that fails is the test's failure. The
@@ -21,6 +22,8 @@ pub mod sandbox;
 
 #[cfg(feature = "harness")]
 pub mod agent;
+#[cfg(feature = "harness")]
+pub mod browser;
 #[cfg(feature = "harness")]
 pub mod config;
 #[cfg(feature = "harness")]
