@@ -12,6 +12,17 @@ use axum::http::{header, HeaderValue};
 use axum::response::{Html, Response};
 use axum::Extension;
 
+/// Runs `f` (a timeline that a filter may make read a whole record) so that it does not hold
+/// up the agent's other tasks on this worker thread: on the multi-threaded runtime of `run`
+/// and `foldertrack web` they move to another thread meanwhile.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The configured mailboxes as (name, owner, host).
 fn mailbox_list(web: &Shared) -> Vec<(String, String, String)> {
     let c = web.config.read().unwrap_or_else(|p| p.into_inner());
@@ -74,9 +85,10 @@ pub(super) async fn record(
         return Err(WebError::Forbidden(format!("record {r}")));
     }
     let can = access(&web, &viewer);
-    let (acts, older) = web
-        .store
-        .timeline(&r, before, PAGE, |a| filter.matches(a) && can.activity(a))?;
+    let (acts, older) = off_the_workers(|| {
+        web.store
+            .timeline(&r, before, PAGE, |a| filter.matches(a) && can.activity(a))
+    })?;
     let mailboxes: Vec<String> = mailbox_list(&web)
         .into_iter()
         .filter(|(_, owner, _)| viewer.owns(owner))
