@@ -11,6 +11,9 @@
 # AGENTS_MAILBOXES, AGENTS_COUNT, AGENTS_MESSAGES, AGENTS_TRIALS),
 # BENCH_FLAGS (0; 1 adds benches/flags.rs: the pass that picks up 100 flag changes in 10,000
 # tracked messages, with and without CONDSTORE; FLAGS_MESSAGES, FLAGS_CHANGED, FLAGS_RUNS),
+# BENCH_WEB (0; 1 adds benches/web.rs: a record's timeline of 10,000 activities on the web pages,
+# the first page p50/p90/p99 and the memory while paging through all of them, on sled and
+# PostgreSQL; WEB_ACTIVITIES, WEB_REQUESTS, WEB_ENGINES),
 # BENCH_CONFIG (extra top-level foldertrack.toml lines for the sync bench, e.g. "batch_bytes = 16777216").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,7 @@ if [ "${BENCH_SCALE:-1}" = 1 ]; then
 fi
 if [ "${BENCH_LATENCY:-0}" = 1 ]; then cargo bench --bench latency; fi
 if [ "${BENCH_FLAGS:-0}" = 1 ]; then cargo bench --bench flags; fi
+if [ "${BENCH_WEB:-0}" = 1 ]; then cargo bench --bench web; fi
 if [ "${BENCH_AGENTS:-0}" = 1 ]; then
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   cargo bench --bench agents

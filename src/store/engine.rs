@@ -233,6 +233,9 @@ dispatch! {
     fn records(&self, rtype: Option<&str>) -> Result<Vec<Record>>;
     /// An activity with its body text.
     fn activity(&self, id: u64) -> Result<Option<Activity>>;
+    /// The activities of `ids` that exist, with their body text, in the order of `ids`
+    /// (PostgreSQL reads them in a handful of statements, not a handful per activity).
+    fn activities_by_id(&self, ids: &[u64]) -> Result<Vec<Activity>>;
     /// The ids of the activities regarding a record or with it as a party, newest first: at
     /// most `limit`, ids below `before`.
     fn timeline_ids(&self, r: &RecordRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>>;
@@ -406,12 +409,12 @@ impl Store {
         loop {
             let ids = self.timeline_ids(r, cursor, ask)?;
             let at_end = ids.len() < ask;
-            for id in ids {
+            cursor = ids.last().copied().or(cursor);
+            for a in self.activities_by_id(&ids)? {
                 if out.len() > limit {
                     break;
                 }
-                cursor = Some(id);
-                if let Some(a) = self.activity(id)?.filter(|a| keep(a)) {
+                if keep(&a) {
                     out.push(a);
                 }
             }

@@ -409,6 +409,15 @@ impl SledStore {
             .transpose()
     }
 
+    /// The activities of `ids` that exist, in that order.
+    pub(crate) fn activities_by_id(&self, ids: &[u64]) -> Result<Vec<Activity>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.activity(*id)?);
+        }
+        Ok(out)
+    }
+
     /// Decodes a stored activity, its body text read back from the packs.
     fn dec_activity(&self, v: &[u8]) -> Result<Activity> {
         let mut a: Activity = dec("activities", v)?;

@@ -192,6 +192,12 @@ impl PgStore {
         Ok(Lookups::activity(self, id)?)
     }
 
+    /// The activities of `ids` that exist, in that order, in one snapshot and a few
+    /// statements (a timeline page: not five statements per activity).
+    pub(crate) fn activities_by_id(&self, ids: &[u64]) -> Result<Vec<Activity>> {
+        Ok(Lookups::activities(self, ids)?)
+    }
+
     /// The ids of the activities regarding `r` or with `r` as a party, newest first: at most
     /// `limit` below `before` (keyset paging over `activities_regarding` and
     /// `parties_record_activity`).
