@@ -40,6 +40,7 @@ pub async fn web(config: Config, shutdown: impl std::future::Future<Output = ()>
     let stop = CancellationToken::new();
     let shared = Arc::new(RwLock::new(config.clone()));
     crate::web::start(&config, shared, Arc::new(store), None, stop.clone()).await?;
+    tokio::spawn(crate::memory::trimmer(stop.clone()));
     shutdown.await;
     stop.cancel();
     Ok(())

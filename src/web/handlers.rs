@@ -89,6 +89,9 @@ pub(super) async fn record(
         web.store
             .timeline(&r, before, PAGE, |a| filter.matches(a) && can.activity(a))
     })?;
+    // A page's activities and HTML are freed on every runtime thread's malloc arena in turn:
+    // have the trimmer give them back, as after a fetch.
+    crate::memory::fetched();
     let mailboxes: Vec<String> = mailbox_list(&web)
         .into_iter()
         .filter(|(_, owner, _)| viewer.owns(owner))
