@@ -22,6 +22,29 @@ use tokio_util::sync::CancellationToken;
 /// same instant).
 pub(crate) const LOGIN_CONCURRENCY: usize = 16;
 
+/// How long a worker told to stop (its lease lost or handed back) has to end on its own.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Waits for `worker` to end; once `cancel` fires it has [`STOP_GRACE`], then it is aborted.
+/// A worker waits on IMAP at await points and stops at once; but one inside a database call
+/// when the database stops answering (a partition) is blocked in that call, and its lease's
+/// time runs out meanwhile. Aborted, it ends at its next await whenever the call returns, and
+/// a write it attempts before that is refused by its fence. Returns whether it was aborted.
+async fn stop_on_cancel(
+    mut worker: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = &mut worker => return false,
+        _ = cancel.cancelled() => {}
+    }
+    if tokio::time::timeout(STOP_GRACE, &mut worker).await.is_ok() {
+        return false;
+    }
+    worker.abort();
+    true
+}
+
 /// `foldertrack web`: the web pages alone, until `shutdown` resolves.
 ///
 /// # Errors
@@ -305,13 +328,13 @@ async fn start(
         let spawn: crate::lease::Spawn = Box::new(move |name, cancel| {
             // A mailbox taken over may have mail queued for sending: look now.
             bell.notify_one();
-            let t = task(name, cancel);
+            let t = task(name, cancel.clone());
             let live = t.live.clone();
             let name = t.mb.name.clone();
             tokio::spawn(async move {
-                watch::watch_mailbox(t).await;
+                let aborted = stop_on_cancel(tokio::spawn(watch::watch_mailbox(t)), cancel).await;
                 live.set(crate::worker::WorkerState::Elsewhere);
-                tracing::info!(mailbox = %name, "mailbox worker stopped");
+                tracing::info!(mailbox = %name, aborted, "mailbox worker stopped");
             })
         });
         let names = config.mailboxes.iter().map(|m| m.name.clone()).collect();

@@ -524,6 +524,45 @@ fn an_agent_paused_past_its_lease_cannot_commit_the_batch_it_held() {
     assert!(after.0 > before.0, "the checkpoint moved on: {after:?}");
 }
 
+/// A worker waiting on a commit when the database stops answering cannot be interrupted in
+/// that call: it is aborted after a short grace and stopped before its lease lapses (before,
+/// it waited on the call past its lease), and its batch never commits from it. Once the
+/// database is back, the agent takes the mailbox again and the message is tracked once.
+#[test]
+fn a_worker_stuck_in_a_commit_when_the_database_stops_is_stopped_before_its_lease_lapses() {
+    let Some(f) = fleet(1) else { return };
+    if !f.pg.require_private("pausing the database") {
+        return;
+    }
+    let hold = f.e.work.join("hold-batch");
+    let hold_s = hold.to_string_lossy().to_string();
+    let mut a = f.start("a", &[("FOLDERTRACK_HOLD_BATCH", &hold_s)]);
+    wait_for("a holds m01", 30, || owned_by(&f, &a.name) == ["m01"]);
+    std::fs::write(&hold, b"").unwrap();
+    f.deliver(&mut f.e.imap("m01"), 0);
+    a.wait_line("holding the batch", 30);
+    wait_for("a renewal", 10, || f.renewed_within(0.5) == 1);
+    let left = f.time_left(a.name.as_str());
+    let lapse = Instant::now() + Duration::from_secs_f64(left);
+    signal_database(&f, "STOP");
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let line = a.wait_line(&format!("{STOPPED} mailbox=m01"), 2 * TTL);
+        (line, Instant::now())
+    }));
+    signal_database(&f, "CONT");
+    let (line, stopped) = cut.expect("the worker stopped while the database did not answer");
+    assert!(line.contains("aborted=true"), "{line}");
+    assert!(
+        stopped < lapse,
+        "the worker ran on past its lease ({:?} after)",
+        stopped - lapse
+    );
+    std::fs::remove_file(&hold).unwrap();
+    wait_for("a holds m01 again", 30, || owned_by(&f, &a.name) == ["m01"]);
+    wait_for("f0 tracked", 30, || f.counts().0 == 1);
+    assert_eq!(f.counts(), (1, 1, 1), "tracked once");
+}
+
 #[test]
 fn the_same_message_in_two_mailboxes_of_two_agents_is_one_activity_with_two_sources() {
     let Some(f) = fleet(2) else { return };
