@@ -199,6 +199,40 @@ fn loadavg() -> String {
 
 /// One size: a fresh Dovecot and folder of `count` messages; raw pump, `foldertrack sync` and
 /// (when asked) the naive ingest, measured back to back. Rows: (name, median measure).
+/// One `foldertrack sync` of the folder into an empty sled store; `reset` first clears
+/// `$Tracked` so that every run pays the write-back (Dovecot renames each maildir file).
+fn sync_once(
+    work: &Path,
+    bin: &Path,
+    port: u16,
+    folder: &str,
+    count: usize,
+    reset: bool,
+) -> Measure {
+    let _ = std::fs::remove_dir_all(work.join("data"));
+    if reset {
+        imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
+    }
+    let m =
+        timed(
+            Command::new(bin)
+                .current_dir(work)
+                .args(["--config", "foldertrack.toml", "sync"]),
+        );
+    let out = Command::new(bin)
+        .current_dir(work)
+        .args(["--config", "foldertrack.toml", "status", "--json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tracked = st["activities"].as_u64().unwrap() + st["quarantined"].as_u64().unwrap();
+    assert_eq!(
+        tracked as usize, count,
+        "every message tracked or quarantined"
+    );
+    m
+}
+
 fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(String, Measure)> {
     let have_shared = shared.join("populate.py").exists();
     let tmp = tempfile::Builder::new()
@@ -286,35 +320,25 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
         )
         .mailbox(Mailbox::new("user1", port).rule(Rule::unlinked("INBOX/Tracked/Acme")))
         .write(&work);
-    let bin = testkit::env::foldertrack_bin();
-    let mut ft = Vec::new();
+    // BENCH_BIN_B: a second binary (another build of foldertrack), run alternately with the
+    // first, run for run, so that an A/B comparison shares the machine's load.
+    let mut bins = vec![testkit::env::foldertrack_bin()];
+    bins.extend(std::env::var_os("BENCH_BIN_B").map(PathBuf::from));
+    let mut ft: Vec<Vec<Measure>> = bins.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
-        let _ = std::fs::remove_dir_all(work.join("data"));
-        if run > 0 {
-            // Every run pays the `$Tracked` write-back (Dovecot renames each maildir file).
-            imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
+        for (i, bin) in bins.iter().enumerate() {
+            ft[i].push(sync_once(&work, bin, port, folder, count, run + i > 0));
         }
-        ft.push(timed(Command::new(&bin).current_dir(&work).args([
-            "--config",
-            "foldertrack.toml",
-            "sync",
-        ])));
-        let out = Command::new(&bin)
-            .current_dir(&work)
-            .args(["--config", "foldertrack.toml", "status", "--json"])
-            .output()
-            .unwrap();
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let tracked = st["activities"].as_u64().unwrap() + st["quarantined"].as_u64().unwrap();
-        assert_eq!(
-            tracked as usize, count,
-            "every message tracked or quarantined"
-        );
     }
+    let mut ft = ft.into_iter();
     rows.push((
         "foldertrack sync (empty store, $Tracked written back)".into(),
-        med(ft),
+        med(ft.next().unwrap_or_default()),
     ));
+    if let Some(b) = ft.next() {
+        let name = bins[1].display().to_string();
+        rows.push((format!("foldertrack sync, B = {name}"), med(b)));
+    }
     if knob("BENCH_PG", 1) == 1 {
         if let Some(m) = sync_into_postgres(port, folder, runs, count) {
             rows.push((

@@ -14,6 +14,7 @@
 # BENCH_WEB (0; 1 adds benches/web.rs: a record's timeline of 10,000 activities on the web pages,
 # the first page p50/p90/p99 and the memory while paging through all of them, on sled and
 # PostgreSQL; WEB_ACTIVITIES, WEB_REQUESTS, WEB_ENGINES),
+# BENCH_BIN_B (a second foldertrack binary: its sync row beside the first, runs alternating, for A/B),
 # BENCH_CONFIG (extra top-level foldertrack.toml lines for the sync bench, e.g. "batch_bytes = 16777216").
 set -euo pipefail
 cd "$(dirname "$0")/.."
