@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::knob;
+use common::{knob, loadavg};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -186,15 +186,6 @@ fn populate_builtin(port: u16, count: usize) {
     }
     cmds.push(b"z LOGOUT\r\n".to_vec());
     imap_cmds(port, &cmds);
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// One size: a fresh Dovecot and folder of `count` messages; raw pump, `foldertrack sync` and

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{knob, message, pct};
+use common::{knob, loadavg as load, message, pct, proc_kb};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -69,27 +69,6 @@ struct Paging {
     /// Five seconds after that (the trimmer returns freed heap every few seconds).
     rss_settled: u64,
     hwm: u64,
-}
-
-/// A kB field (`VmRSS`, `VmHWM`) of `/proc/PID/status` (0 when it cannot be read).
-fn proc_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A private Dovecot with `n` small messages in alice's `INBOX/Tracked/Acme`.
@@ -195,7 +174,7 @@ fn start_web(work: &Path) -> (WebProcess, SocketAddr) {
             if echo {
                 eprintln!("web: {l}");
             }
-            if l.contains("serving the web pages") {
+            if l.contains(testkit::agent::WEB_SERVING) {
                 let _ = tx.send(l);
             }
         }
@@ -203,12 +182,7 @@ fn start_web(work: &Path) -> (WebProcess, SocketAddr) {
     let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
         panic!("`foldertrack web` logged no address within 60 s");
     };
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let addr = testkit::agent::logged_addr(&line);
     (child, addr)
 }
 

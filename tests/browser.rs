@@ -7,7 +7,7 @@
 //! With `FOLDERTRACK_SCREENSHOTS=DIR` the first test also saves the screenshots of `docs/`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,29 +21,9 @@ const TOKEN: &str = "browser-test-token";
 const CSV: &[u8] = b"\xEF\xBB\xBFitem;price\r\nwidget;12,50 \xE2\x82\xAC\r\nM\xC3\xBCller;0\r\n";
 
 /// An agent tracking alice's `INBOX/Tracked/Acme` for account:acme and serving the pages on a
-/// free port; the pages' base URL (from the "serving the web pages" log line).
+/// free port; the pages' base URL.
 fn serve(e: &Env) -> (Agent, String) {
-    e.setup(
-        &["INBOX/Tracked", "INBOX/Tracked/Acme"],
-        &Config::new()
-            .top("[web]\nlisten = \"127.0.0.1:0\"\n")
-            .mailbox(e.mailbox("alice").rule(acme())),
-    );
-    let agent = e.start_agent_with(
-        &e.agent()
-            .env("FOLDERTRACK_WEB_TOKEN", TOKEN)
-            .watch(&["serving the web pages"]),
-    );
-    let (_, line) = agent
-        .lines()
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the agent logs where it serves the pages");
-    let addr: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let (agent, addr) = e.serve_web_pages(TOKEN);
     (agent, format!("http://{addr}"))
 }
 

@@ -19,27 +19,7 @@ fn page(addr: SocketAddr, path: &str) -> (u16, String, String) {
 #[test]
 fn a_dragged_mail_is_on_its_records_page_at_the_next_load_and_its_attachment_downloads() {
     let e = env();
-    e.setup(
-        &["INBOX/Tracked", "INBOX/Tracked/Acme"],
-        &Config::new()
-            .top("[web]\nlisten = \"127.0.0.1:0\"\n")
-            .mailbox(e.mailbox("alice").rule(acme())),
-    );
-    let agent = e.start_agent_with(
-        &e.agent()
-            .env("FOLDERTRACK_WEB_TOKEN", TOKEN)
-            .watch(&["serving the web pages"]),
-    );
-    let (_, line) = agent
-        .lines()
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the agent logs where it serves the pages");
-    let addr: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let (_agent, addr) = e.serve_web_pages(TOKEN);
     let (code, _, body) = page(addr, "/records/account/acme");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("No email activity"), "{body}");
@@ -122,7 +102,7 @@ fn the_web_command_serves_the_pages_without_an_agent() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in stderr.lines().map_while(Result::ok) {
-            if l.contains("serving the web pages") {
+            if l.contains(testkit::agent::WEB_SERVING) {
                 let _ = tx.send(l);
             }
         }
@@ -132,12 +112,7 @@ fn the_web_command_serves_the_pages_without_an_agent() {
         let _ = child.kill();
         panic!("`foldertrack web` logged no address within 30 s");
     };
-    let addr: SocketAddr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap();
+    let addr = testkit::agent::logged_addr(&line);
     let (code, _, body) = page(addr, "/records/account/acme");
     let (_, _, mailboxes) = page(addr, "/mailboxes");
     let _ = child.kill();

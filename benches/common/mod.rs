@@ -44,13 +44,28 @@ pub fn message(tag: &str, user: &str, i: usize) -> String {
 
 /// The resident set of process `pid`, kB (0 when it cannot be read).
 pub fn rss_kb(pid: u32) -> u64 {
+    proc_kb(pid, "VmRSS")
+}
+
+/// A kB field (`VmRSS`, `VmHWM`) of `/proc/PID/status` (0 when it cannot be read).
+pub fn proc_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How many mailboxes a `status --json` reports idle.

@@ -74,39 +74,43 @@ pub(super) fn check(
 }
 
 fn token_env(loc: &Locator<'_>, v: Option<&Spanned<String>>) -> Result<String, ConfigError> {
-    match v {
-        None => Ok("FOLDERTRACK_WEB_TOKEN".to_string()),
-        Some(v)
-            if !v.get_ref().is_empty()
-                && v.get_ref()
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-        {
-            Ok(v.get_ref().clone())
-        }
-        Some(v) => Err(loc.err(
-            Some(v.span()),
-            "web.token_env",
-            "must name an environment variable (letters, digits, _)",
-        )),
-    }
+    let var = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    name(
+        loc,
+        v,
+        "web.token_env",
+        var,
+        "an environment variable (letters, digits, _)",
+    )
+    .map(|n| n.unwrap_or_else(|| "FOLDERTRACK_WEB_TOKEN".to_string()))
 }
 
 fn proxy_header(loc: &Locator<'_>, v: Option<&Spanned<String>>) -> Result<String, ConfigError> {
+    let header = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    name(
+        loc,
+        v,
+        "web.proxy_header",
+        header,
+        "a header (letters, digits, -)",
+    )
+    .map(|n| n.map_or_else(|| "x-remote-user".to_string(), |h| h.to_ascii_lowercase()))
+}
+
+/// A name-valued setting, if given: not empty, and every character `ok`, else an error at
+/// its place saying it "must name" `what`.
+fn name(
+    loc: &Locator<'_>,
+    v: Option<&Spanned<String>>,
+    key: &str,
+    ok: fn(char) -> bool,
+    what: &str,
+) -> Result<Option<String>, ConfigError> {
     match v {
-        None => Ok("x-remote-user".to_string()),
-        Some(v)
-            if !v.get_ref().is_empty()
-                && v.get_ref()
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
-        {
-            Ok(v.get_ref().to_ascii_lowercase())
+        None => Ok(None),
+        Some(v) if !v.get_ref().is_empty() && v.get_ref().chars().all(ok) => {
+            Ok(Some(v.get_ref().clone()))
         }
-        Some(v) => Err(loc.err(
-            Some(v.span()),
-            "web.proxy_header",
-            "must be a header name (letters, digits, -)",
-        )),
+        Some(v) => Err(loc.err(Some(v.span()), key, format!("must name {what}"))),
     }
 }

@@ -157,6 +157,17 @@ impl AgentSpec {
     }
 }
 
+/// What `foldertrack run` and `foldertrack web` log, with `addr=`, once the web pages are served.
+pub const WEB_SERVING: &str = "serving the web pages";
+
+/// The address in a log line's `addr=` field (the web pages' [`WEB_SERVING`] line, say);
+/// panics naming the line when it has none.
+pub fn logged_addr(line: &str) -> SocketAddr {
+    field(line, "addr")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}
+
 /// The value of `name=` in a text log line (`addr=127.0.0.1:40123`).
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split_whitespace()

@@ -230,6 +230,28 @@ impl Env {
         self.start_agent_with(&self.agent())
     }
 
+    /// alice's `INBOX/Tracked/Acme` tracked for account:acme by an agent that also serves the
+    /// web pages on a free port, `token` the admin's: the agent and the pages' address.
+    pub fn serve_web_pages(&self, token: &str) -> (Agent, std::net::SocketAddr) {
+        self.setup(
+            &["INBOX/Tracked", "INBOX/Tracked/Acme"],
+            &Config::new()
+                .top("[web]\nlisten = \"127.0.0.1:0\"\n")
+                .mailbox(self.mailbox("alice").rule(crate::config::acme())),
+        );
+        let agent = self.start_agent_with(
+            &self
+                .agent()
+                .env("FOLDERTRACK_WEB_TOKEN", token)
+                .watch(&[crate::agent::WEB_SERVING]),
+        );
+        let (_, line) = agent
+            .lines()
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the agent logs where it serves the pages");
+        (agent, crate::agent::logged_addr(&line))
+    }
+
     /// [`Env::start_agent`] as `spec` says (e.g. with watched log lines).
     pub fn start_agent_with(&self, spec: &AgentSpec) -> Agent {
         let agent = spec.start();
