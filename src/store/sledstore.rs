@@ -199,6 +199,44 @@ fn remove_incomplete_snapshots(db: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long [`open_db`] waits for a previous handle's threads in this process to let go.
+const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled's own database under `dir/db`.
+///
+/// Why the retry: the caller holds `foldertrack.lock`, so no other process has the store; if
+/// sled still reports its file lock taken, it is this process's previous handle: a log write or
+/// segment truncation it queued on sled's shared I/O threads holds the file until it runs, a
+/// moment after the last `Db` is dropped (a store closed and reopened, as the tests do). CI saw
+/// that race fail an immediate reopen.
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open();
+        match opened {
+            Err(sled::Error::Io(source)) if is_lock_error(&source) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        dir: dir.to_path_buf(),
+                        pid: None,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
+/// sled reports its file lock as `WouldBlock` or wrapped as "could not acquire lock".
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 impl SledStore {
     /// Opens (creating) the store in `dir`, taking its lock.
     ///
@@ -231,20 +269,7 @@ impl SledStore {
         lock.set_len(0).map_err(io)?;
         write!(lock, "{}", std::process::id()).map_err(io)?;
         remove_incomplete_snapshots(&dir.join("db")).map_err(io)?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(source) if source.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked {
-                        dir: dir.to_path_buf(),
-                        pid: None,
-                    }
-                }
-                e => StoreError::Sled(e),
-            })?;
+        let db = open_db(dir, cache_bytes)?;
         let t = Trees::open(&db)?;
         let store = SledStore {
             db,
@@ -1707,6 +1732,45 @@ mod tests {
         drop(store);
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.timeline_ids(&bob, None, 10).unwrap(), vec![1]);
+    }
+
+    /// CI saw an immediate reopen fail on sled's own lock, still held by the dropped handle.
+    #[test]
+    fn a_store_closed_and_reopened_at_once_opens() {
+        use crate::track::conformance::{activity, commit, draft};
+        let write = |store: &SledStore, uid: u32| {
+            commit(
+                store,
+                &[draft(activity("m", "F", uid, &format!("<{uid}@c>")))],
+            )
+            .unwrap();
+        };
+        // Other stores keep sled's shared I/O threads busy, as the other tests of a run do.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+                    let mut uid = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        uid += 1;
+                        write(&store, uid);
+                        store.flush().unwrap();
+                    }
+                })
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        for uid in 1..=40 {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            write(&store, uid);
+            assert_eq!(store.activity_count() as u32, uid);
+            store.flush().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.into_iter().for_each(|t| t.join().unwrap());
     }
 
     #[test]
