@@ -25,7 +25,7 @@ pub(crate) mod http;
 pub(crate) mod imap;
 // Mailbox leases: which mailboxes this agent works when several share a PostgreSQL store.
 pub(crate) mod lease;
-mod memory;
+pub mod memory;
 pub(crate) mod metrics;
 // The shared data types, which `tests/fuzz.rs` builds and checks.
 #[warn(missing_docs)]

@@ -274,18 +274,16 @@ fn block_type_is_binary(raw: &[u8], at: usize, end: usize) -> bool {
             .any(|t| v.len() >= t.len() && v[..t.len()].eq_ignore_ascii_case(t)))
 }
 
-/// Decodes a base64 part body line by line with the `base64` crate: lines of whole 4-character
-/// groups, padding only at the end, nothing but the alphabet. `None` for anything else (then
-/// mail-parser's own lenient decoder decides), so the bytes are always what it would give.
+/// Decodes a base64 part body: lines of whole 4-character groups, padding only at the end,
+/// nothing but the alphabet. `None` for anything else (then mail-parser's own lenient decoder
+/// decides), so the bytes are always what it would give.
+///
+/// Why joined, then decoded at once with SIMD: decoding 76-character lines one call each was
+/// a tenth of the first sync's CPU (400 MB of attachments in the 10,000-message folder); the
+/// lines are checked here, copied together (memcpy) and decoded in one `base64-simd` pass.
+/// Input it refuses (trailing bits, which mail-parser tolerates) takes the `base64` crate.
 fn decode_base64_lines(body: &[u8]) -> Option<Vec<u8>> {
-    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
-    const ENGINE: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_allow_trailing_bits(true)
-            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
-    );
-    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 3);
+    let mut joined = Vec::with_capacity(body.len());
     let mut padded = false;
     let mut start = 0;
     while start < body.len() {
@@ -302,9 +300,24 @@ fn decode_base64_lines(body: &[u8]) -> Option<Vec<u8>> {
             return None;
         }
         padded = line.ends_with(b"=");
-        ENGINE.decode_vec(line, &mut out).ok()?;
+        joined.extend_from_slice(line);
     }
-    Some(out)
+    decode_base64_joined(&joined)
+}
+
+/// One base64 text without line breaks, padding canonical; trailing bits allowed.
+fn decode_base64_joined(joined: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    );
+    base64_simd::STANDARD
+        .decode_to_vec(joined)
+        .ok()
+        .or_else(|| ENGINE.decode(joined).ok())
 }
 
 fn parse_inner(
@@ -1090,6 +1103,21 @@ mod deferred_tests {
         m.into_bytes()
     }
 
+    /// The SIMD decoder and the `base64` crate agree on every length and every byte.
+    #[test]
+    fn joined_decoding_gives_the_base64_crates_bytes() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 131 + i / 7) as u8).collect();
+        for n in (0..64).chain([999, 1000, 1001, 2999, 3000]) {
+            let b = base64::engine::general_purpose::STANDARD.encode(&data[..n]);
+            assert_eq!(
+                decode_base64_joined(b.as_bytes()).as_deref(),
+                Some(&data[..n])
+            );
+        }
+        assert_eq!(decode_base64_joined(b"QQ=").as_deref(), None);
+        assert_eq!(decode_base64_joined(b"Q!==").as_deref(), None);
+    }
+
     fn wrapped(data: &[u8], width: usize) -> String {
         let b = base64::engine::general_purpose::STANDARD.encode(data);
         b.as_bytes()
@@ -1110,6 +1138,9 @@ mod deferred_tests {
             mail(&[("application/pdf", "base64", &wrapped(&data, 75))]),
             mail(&[("application/pdf", "base64", &unpadded)]),
             mail(&[("application/pdf", "base64", "QQ==QkM=\r\nRA==")]),
+            // Non-zero trailing bits: SIMD refuses them, mail-parser keeps the bytes.
+            mail(&[("application/pdf", "base64", "QR==")]),
+            mail(&[("application/pdf", "base64", &wrapped(&data, 20_000))]),
             mail(&[("application/pdf", "base64", "not base64 at all!")]),
             mail(&[
                 ("image/png", "base64", &wrapped(&data[..10], 76)),
@@ -1133,7 +1164,7 @@ mod deferred_tests {
         ];
         for (i, raw) in cases.iter().enumerate() {
             assert!(
-                !deferrable_base64(raw).is_empty() || i >= 7,
+                !deferrable_base64(raw).is_empty() || i >= 9,
                 "case {i} takes the fast path"
             );
             let mut seen_fast = Vec::new();
@@ -1159,6 +1190,11 @@ mod deferred_tests {
         }
         let p = parse_message(&cases[0]).unwrap();
         assert_eq!(p.attachments.len(), 1);
+        let odd = parse_message(&cases[5]).unwrap();
+        assert_eq!(
+            odd.attachments[0].size, 1,
+            "QR== is one byte, as mail-parser reads it"
+        );
         assert_eq!(p.attachments[0].size, data.len() as u64);
         assert_eq!(p.attachments[0].sha256, hex::encode(Sha256::digest(&data)));
     }
