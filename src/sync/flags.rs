@@ -59,7 +59,7 @@ pub(super) async fn scan(
     read_all: bool,
 ) -> Result<FlagReport, SyncError> {
     let (mb, folder) = (fs.mb, &fs.t.folder.name);
-    let Some(mut cp) = fs.store.folder_state(&mb.name, folder)? else {
+    let Some(cp) = fs.store.folder_state(&mb.name, folder)? else {
         return Ok(FlagReport::default());
     };
     let interval = mb.field_sync.flag_scan_interval.as_secs();
@@ -74,42 +74,39 @@ pub(super) async fn scan(
         None => None,
     };
     let uids = fs.store.tracked_uids(&mb.name, folder, sel.uidvalidity)?;
-    let (found, top) = match (since, uids.is_empty()) {
-        (_, true) => (Vec::new(), 0),
-        (Some(m), false) => {
-            let all = [format!("1:{}", cp.last_uid.max(1))];
-            let (found, top) = fetch::fetch_flags(session, peer, &all, Some(m)).await?;
-            (keep_tracked(found, &uids), top)
-        }
-        (None, false) => fetch::fetch_flags(session, peer, &fetch::uid_sets(&uids), None).await?,
+    let final_cp = |top: u64| {
+        let mut c = cp.clone();
+        c.highest_modseq = sel
+            .highest_modseq
+            .unwrap_or(0)
+            .max(top)
+            .max(cp.highest_modseq);
+        c.flags_scanned_at = unix_now();
+        c
     };
-    cp.highest_modseq = sel
-        .highest_modseq
-        .unwrap_or(0)
-        .max(top)
-        .max(cp.highest_modseq);
-    cp.flags_scanned_at = unix_now();
-    let found: Vec<(Source, Vec<String>)> = found
-        .into_iter()
-        .map(|(uid, flags)| {
-            let s = Source {
-                mailbox: mb.name.clone(),
-                folder: folder.clone(),
-                uidvalidity: sel.uidvalidity,
-                uid,
-            };
-            (s, flags)
-        })
-        .collect();
-    let out = fs.store.apply_flag_scan(&found, mb, &cp)?;
-    let mut report = FlagReport {
-        flags_read: found.len() as u32,
-        fields_changed: out.changed,
-        field_conflicts: out.conflicts,
-        untracked: out.untracked,
-        pushed: 0,
-    };
-    report.pushed = push(fs, session, peer, sel, out.pushes).await?;
+    let mut report = FlagReport::default();
+    let chunks: Vec<&[u32]> = uids.chunks(SCAN_CHUNK).collect();
+    let mut top = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let (found, t) = read_chunk(session, peer, chunk, since).await?;
+        top = top.max(t);
+        // Only the last chunk moves the checkpoint on: a scan cut short is read again whole.
+        let last = i + 1 == chunks.len();
+        let at = if last { final_cp(top) } else { cp.clone() };
+        apply_chunk(fs, session, peer, sel, found, &at, &mut report).await?;
+    }
+    if chunks.is_empty() {
+        apply_chunk(
+            fs,
+            session,
+            peer,
+            sel,
+            Vec::new(),
+            &final_cp(0),
+            &mut report,
+        )
+        .await?;
+    }
     if report
         != (FlagReport {
             flags_read: report.flags_read,
@@ -119,6 +116,61 @@ pub(super) async fn scan(
         tracing::info!(folder = %folder, ?report, "flag changes synced");
     }
     Ok(report)
+}
+
+/// Tracked UIDs per scan step: the first scan after a write-back finds every message changed
+/// (our own keyword), and 50,000 flag lists with their activities in one step were a third of
+/// the first sync's peak RSS.
+const SCAN_CHUNK: usize = 2000;
+
+/// The flags of one chunk of tracked UIDs: changed since `since` (CONDSTORE, over the chunk's
+/// UID range, untracked ones dropped) or all of them.
+async fn read_chunk(
+    session: &mut ImapSession,
+    peer: &Peer,
+    chunk: &[u32],
+    since: Option<u64>,
+) -> Result<(Vec<(u32, Vec<String>)>, u64), SyncError> {
+    let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+    Ok(match since {
+        Some(m) => {
+            let range = [format!("{first}:{last}")];
+            let (found, top) = fetch::fetch_flags(session, peer, &range, Some(m)).await?;
+            (keep_tracked(found, chunk), top)
+        }
+        None => fetch::fetch_flags(session, peer, &fetch::uid_sets(chunk), None).await?,
+    })
+}
+
+/// Applies one chunk's flags with checkpoint `cp` and writes back what the CRM changed.
+async fn apply_chunk(
+    fs: &FolderSync<'_>,
+    session: &mut ImapSession,
+    peer: &Peer,
+    sel: &Selected,
+    found: Vec<(u32, Vec<String>)>,
+    cp: &FolderState,
+    report: &mut FlagReport,
+) -> Result<(), SyncError> {
+    let found: Vec<(Source, Vec<String>)> = found
+        .into_iter()
+        .map(|(uid, flags)| {
+            let s = Source {
+                mailbox: fs.mb.name.clone(),
+                folder: fs.t.folder.name.clone(),
+                uidvalidity: sel.uidvalidity,
+                uid,
+            };
+            (s, flags)
+        })
+        .collect();
+    let out = fs.store.apply_flag_scan(&found, fs.mb, cp)?;
+    report.flags_read += found.len() as u32;
+    report.fields_changed += out.changed;
+    report.field_conflicts += out.conflicts;
+    report.untracked += out.untracked;
+    report.pushed += push(fs, session, peer, sel, out.pushes).await?;
+    Ok(())
 }
 
 /// The answers about tracked UIDs only (`uids` is sorted).
