@@ -565,7 +565,6 @@ fn purge_freed_pages() {
             0,
         )
     };
-    // The tests run debug builds of the agent: a wrong name fails them.
     debug_assert_eq!(rc, 0, "jemalloc refused arena.4096.purge");
 }
 
@@ -642,4 +641,27 @@ fn main() -> ExitCode {
         eprintln!("foldertrack: {}", reply.stderr);
     }
     ExitCode::from(reply.code)
+}
+
+#[cfg(test)]
+mod tests {
+    /// jemalloc's own reading of its options: the settings above are taken (a misnamed
+    /// `malloc_conf` symbol would leave an arena per CPU), and the trimmer's purge is accepted.
+    #[test]
+    fn the_allocator_runs_with_one_arena_and_purges() {
+        let mut narenas: u32 = 0;
+        let mut len = std::mem::size_of::<u32>();
+        // SAFETY: "opt.narenas" is an unsigned int; the out pointer and its length match.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"opt.narenas".as_ptr(),
+                (&mut narenas as *mut u32).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!((rc, narenas), (0, 1));
+        super::purge_freed_pages();
+    }
 }
