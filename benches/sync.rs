@@ -188,9 +188,8 @@ fn populate_builtin(port: u16, count: usize) {
     imap_cmds(port, &cmds);
 }
 
-/// One size: a fresh Dovecot and folder of `count` messages; raw pump, `foldertrack sync` and
-/// (when asked) the naive ingest, measured back to back. Rows: (name, median measure).
-/// One `foldertrack sync` of the folder into an empty sled store; `reset` first clears
+/// One `foldertrack sync` of the folder into the store `work`'s config names (emptied: sled's
+/// data dir removed, or a fresh PostgreSQL database); `reset` first clears
 /// `$Tracked` so that every run pays the write-back (Dovecot renames each maildir file).
 fn sync_once(
     work: &Path,
@@ -224,6 +223,8 @@ fn sync_once(
     m
 }
 
+/// One size: a fresh Dovecot and folder of `count` messages; raw pump, `foldertrack sync` and
+/// (when asked) the naive ingest, measured back to back. Rows: (name, median measure).
 fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(String, Measure)> {
     let have_shared = shared.join("populate.py").exists();
     let tmp = tempfile::Builder::new()
@@ -376,23 +377,7 @@ fn sync_into_postgres(port: u16, folder: &str, runs: usize, count: usize) -> Opt
             ))
             .mailbox(Mailbox::new("user1", port).rule(Rule::unlinked("INBOX/Tracked/Acme")))
             .write(work.path());
-        imap_cmds(port, &[format!("a LOGIN user1 pass\r\nb SELECT {folder}\r\nc UID STORE 1:* -FLAGS.SILENT ($Tracked)\r\nd LOGOUT\r\n").into_bytes()]);
-        ms.push(timed(Command::new(&bin).current_dir(work.path()).args([
-            "--config",
-            "foldertrack.toml",
-            "sync",
-        ])));
-        let out = Command::new(&bin)
-            .current_dir(work.path())
-            .args(["--config", "foldertrack.toml", "status", "--json"])
-            .output()
-            .unwrap();
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let n = st["activities"].as_u64().unwrap() + st["quarantined"].as_u64().unwrap();
-        assert_eq!(
-            n as usize, count,
-            "every message tracked or quarantined (PostgreSQL)"
-        );
+        ms.push(sync_once(work.path(), &bin, port, folder, count, true));
         if ms.len() == runs {
             sizes_on_postgres(pg.url(), count);
         }
