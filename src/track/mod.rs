@@ -37,12 +37,32 @@ pub trait RecordLookup {
     fn by_name(&self, rtype: &str, name: &str) -> Vec<Record>;
 }
 
-/// A [`RecordLookup`] that asks its store once per address: a batch's messages name the same
-/// few people again and again, and on a database server every ask is a round trip. Lives for
-/// one batch, so a record changed meanwhile is seen by the next batch.
+/// A [`RecordLookup`] that asks its store once per address, record and name: a batch's
+/// messages name the same few people again and again, and its folder's rule the same record
+/// for every message; on a database server every ask is a round trip. Lives for one batch, so
+/// a record changed meanwhile is seen by the next batch.
 pub(crate) struct MemoRecords<'a, L: ?Sized> {
     inner: &'a L,
-    by_email: std::sync::Mutex<std::collections::HashMap<String, Vec<Record>>>,
+    by_email: Memo<String, Vec<Record>>,
+    by_ref: Memo<RecordRef, Option<Record>>,
+    by_name: Memo<(String, String), Vec<Record>>,
+}
+
+type Memo<K, V> = std::sync::Mutex<std::collections::HashMap<K, V>>;
+
+/// The memo's answer for `key`, else `ask`'s, kept (the lock is not held while asking).
+fn memoised<K: std::hash::Hash + Eq, V: Clone>(
+    memo: &Memo<K, V>,
+    key: K,
+    ask: impl FnOnce() -> V,
+) -> V {
+    let lock = || memo.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = lock().get(&key) {
+        return v.clone();
+    }
+    let v = ask();
+    lock().insert(key, v.clone());
+    v
 }
 
 impl<'a, L: RecordLookup + ?Sized> MemoRecords<'a, L> {
@@ -50,6 +70,8 @@ impl<'a, L: RecordLookup + ?Sized> MemoRecords<'a, L> {
         MemoRecords {
             inner,
             by_email: Default::default(),
+            by_ref: Default::default(),
+            by_name: Default::default(),
         }
     }
 
@@ -79,22 +101,16 @@ impl<'a, L: RecordLookup + ?Sized> MemoRecords<'a, L> {
 
 impl<L: RecordLookup + ?Sized> RecordLookup for MemoRecords<'_, L> {
     fn get(&self, r: &RecordRef) -> Option<Record> {
-        self.inner.get(r)
+        memoised(&self.by_ref, r.clone(), || self.inner.get(r))
     }
     fn by_email(&self, email: &str) -> Vec<Record> {
-        let memo = |m: &std::collections::HashMap<String, Vec<Record>>| m.get(email).cloned();
-        if let Some(found) = memo(&self.by_email.lock().unwrap_or_else(|p| p.into_inner())) {
-            return found;
-        }
-        let found = self.inner.by_email(email);
-        self.by_email
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(email.to_string(), found.clone());
-        found
+        memoised(&self.by_email, email.to_string(), || {
+            self.inner.by_email(email)
+        })
     }
     fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
-        self.inner.by_name(rtype, name)
+        let key = (rtype.to_string(), name.to_string());
+        memoised(&self.by_name, key, || self.inner.by_name(rtype, name))
     }
 }
 
@@ -444,6 +460,42 @@ mod tests {
             shared: false,
             teams: vec![],
         }
+    }
+
+    /// A lookup that counts what reaches it.
+    struct Counting(MemRecords, std::sync::atomic::AtomicUsize);
+    impl RecordLookup for Counting {
+        fn get(&self, r: &RecordRef) -> Option<Record> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.get(r)
+        }
+        fn by_email(&self, email: &str) -> Vec<Record> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.by_email(email)
+        }
+        fn by_name(&self, rtype: &str, name: &str) -> Vec<Record> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.by_name(rtype, name)
+        }
+    }
+
+    #[test]
+    fn a_batch_asks_the_store_once_per_record_address_and_name() {
+        let inner = Counting(
+            MemRecords(vec![rec("account", "acme", "bob@acme.com", None)]),
+            Default::default(),
+        );
+        let memo = MemoRecords::new(&inner);
+        let acme = RecordRef::new("account", "acme");
+        let gone = RecordRef::new("account", "gone");
+        for _ in 0..3 {
+            assert_eq!(memo.get(&acme).map(|r| r.key), Some("acme".to_string()));
+            assert_eq!(memo.get(&gone), None);
+            assert_eq!(memo.by_name("account", "acme").len(), 1);
+            assert_eq!(memo.by_email("bob@acme.com").len(), 1);
+        }
+        // One ask each for acme, gone (a miss is remembered too), the name and the address.
+        assert_eq!(inner.1.load(std::sync::atomic::Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -359,3 +359,77 @@ fn pg_connections_are_bounded_and_threads_wait_their_turn() {
     );
     assert!(most > 1, "the threads did run concurrently ({most})");
 }
+
+/// Alerts raised in a transaction are written at its end, one row each: the count grows by
+/// how often it was raised, `first_at` is the first raise's, level and `at` the last one's;
+/// a later transaction adds to the same row. An aborted transaction raises nothing.
+#[test]
+fn pg_alerts_raised_in_a_transaction_count_every_raise() {
+    let Some((_pg, store)) = store() else { return };
+    let warn = |m: &str| Alert {
+        level: AlertLevel::Warning,
+        message: m.into(),
+    };
+    let raise = |tx: &super::PgTx<'_>, m: &str, at: &str| tx.raise_alert("alice", &warn(m), at);
+    store
+        .transaction(|tx| {
+            raise(tx, "rule's record is missing", "2026-12-01T10:00:00Z")?;
+            raise(tx, "other", "2026-12-01T10:00:01Z")?;
+            raise(tx, "rule's record is missing", "2026-12-01T10:00:02Z")?;
+            let error = Alert {
+                level: AlertLevel::Error,
+                ..warn("rule's record is missing")
+            };
+            tx.raise_alert("alice", &error, "2026-12-01T10:00:03Z")
+        })
+        .unwrap();
+    let aborted: Result<(), PgError> = store.transaction(|tx| {
+        raise(tx, "other", "2026-12-01T11:00:00Z")?;
+        Err(PgError::NotFound("abort".into()))
+    });
+    assert!(aborted.is_err());
+    store
+        .transaction(|tx| raise(tx, "rule's record is missing", "2026-12-01T12:00:00Z"))
+        .unwrap();
+    let mut got: Vec<_> = store
+        .alerts(10)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.alert.message, a.alert.level.as_str(), a.count, a.first_at, a.at))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "other".to_string(),
+                "warning",
+                1,
+                "2026-12-01T10:00:01Z".to_string(),
+                "2026-12-01T10:00:01Z".to_string()
+            ),
+            (
+                "rule's record is missing".to_string(),
+                "warning",
+                4,
+                "2026-12-01T10:00:00Z".to_string(),
+                "2026-12-01T12:00:00Z".to_string()
+            ),
+        ]
+    );
+}
+
+/// The batch's writes run with generic plans (the foreign-key checks of its child rows are
+/// not planned one by one) and the transaction's later reads with the session's custom ones.
+#[test]
+fn pg_writes_use_generic_plans_and_reads_custom_ones() {
+    let Some((_pg, store)) = store() else { return };
+    let mode = |tx: &super::PgTx<'_>| {
+        tx.db(|c| Ok(c.query_one("SHOW plan_cache_mode", &[])?.get::<_, String>(0)))
+    };
+    let (inside, after) = store
+        .transaction(|tx| tx.generic_plans(|| mode(tx)).and_then(|i| Ok((i, mode(tx)?))))
+        .unwrap();
+    assert_eq!(inside, "auto");
+    assert_eq!(after, "force_custom_plan");
+}

@@ -15,7 +15,7 @@ use crate::model::{
 use crate::track::tx::{BatchTx, Counter, Findable, Lookups};
 use postgres::Transaction;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 type Result<T> = std::result::Result<T, PgError>;
 
@@ -35,6 +35,20 @@ pub(crate) struct PgTx<'t> {
     /// Synced fields the transaction wrote, by activity, written at its end in one statement
     /// (a first sync writes one per new activity; a statement each would undo the batching).
     fields: RefCell<std::collections::BTreeMap<u64, FieldState>>,
+    /// Alerts raised, by mailbox and message, written at the end in one statement: a rule
+    /// whose record is missing raises its alert once per message, a round trip each before.
+    alerts: RefCell<BTreeMap<(String, String), Raised>>,
+    /// Records read, by reference (`None`: not there): the rules look up a folder's record
+    /// for every message of the batch. Forgotten when the transaction inserts that record.
+    records: RefCell<HashMap<String, Option<Record>>>,
+}
+
+/// An alert raised one or more times in a transaction.
+struct Raised {
+    level: &'static str,
+    count: i64,
+    first_at: String,
+    at: String,
 }
 
 /// Lookups read ahead for a batch, answered without a round trip.
@@ -60,6 +74,8 @@ impl<'t> PgTx<'t> {
             known: RefCell::default(),
             audit: RefCell::default(),
             fields: RefCell::default(),
+            alerts: RefCell::default(),
+            records: RefCell::default(),
         }
     }
 
@@ -87,9 +103,19 @@ impl<'t> PgTx<'t> {
     /// Writes the new activities: the token and Thread-Index keys they take are given up by
     /// the written activities that held them, then the rows, then what awaits a parent.
     fn flush(&self) -> Result<()> {
+        let Some(new) = self.release_keys()? else {
+            return Ok(());
+        };
+        self.generic_plans(|| self.write_rows(&new.0, &new.1))
+    }
+
+    /// Takes the pending activities and clears the token and Thread-Index keys they take from
+    /// the written ones; `None` when nothing is pending. These two `UPDATE … = ANY($1)` stay
+    /// planned for their parameters (see [`Self::generic_plans`]).
+    fn release_keys(&self) -> Result<Option<(Vec<NewActivity>, Vec<(String, u64)>)>> {
         let (new, awaiting) = self.pending.borrow_mut().take();
         if new.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         // What was read ahead said "not there" of what is written now.
         *self.known.borrow_mut() = Known::default();
@@ -108,7 +134,15 @@ impl<'t> PgTx<'t> {
                     &[&threads],
                 )?;
             }
-            bulk::insert(c, &new)?;
+            Ok(())
+        })?;
+        Ok(Some((new, awaiting)))
+    }
+
+    /// The rows of new activities (their children included) and what awaits a parent.
+    fn write_rows(&self, new: &[NewActivity], awaiting: &[(String, u64)]) -> Result<()> {
+        self.db(|c| {
+            bulk::insert(c, new)?;
             if !awaiting.is_empty() {
                 let (m, id): (Vec<&str>, Vec<i64>) = awaiting
                     .iter()
@@ -124,19 +158,51 @@ impl<'t> PgTx<'t> {
         })
     }
 
+    /// Runs the batch's writes with the server's plan cache on `auto` (the session's
+    /// own setting back afterwards: `force_custom_plan`, see `custom_plans`).
+    ///
+    /// Why: the session plans every statement for its parameters, which is right for reads
+    /// (`= ANY($1)` planned once on a first sync's empty tables scanned them whole ever after),
+    /// but the setting reaches the foreign-key checks too: PostgreSQL checks each child row
+    /// (a party, a source, a reference, an attachment) with a statement of its own, and
+    /// planned all 71,000 of a 10,000-message sync anew, a fifth of the server's CPU. The
+    /// writes are `INSERT … SELECT FROM unnest(…)` and key lookups, whose generic plans are the
+    /// custom ones.
+    pub(super) fn generic_plans<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.db(|c| Ok(c.batch_execute("SET LOCAL plan_cache_mode = auto")?))?;
+        let out = f()?;
+        self.db(|c| Ok(c.batch_execute("SET LOCAL plan_cache_mode = DEFAULT")?))?;
+        Ok(out)
+    }
+
     /// Writes what is pending and commits.
     pub(super) fn commit(self) -> Result<()> {
-        self.flush()?;
-        self.flush_audit()?;
-        self.flush_fields()?;
+        self.write_all()?;
         Ok(self.tx.into_inner().commit()?)
+    }
+
+    /// Everything the transaction holds back: new activities, audit entries, synced fields.
+    fn write_all(&self) -> Result<()> {
+        let new = self.release_keys()?;
+        let nothing_else = self.audit.borrow().is_empty()
+            && self.fields.borrow().is_empty()
+            && self.alerts.borrow().is_empty();
+        if new.is_none() && nothing_else {
+            return Ok(());
+        }
+        self.generic_plans(|| {
+            if let Some((new, awaiting)) = &new {
+                self.write_rows(new, awaiting)?;
+            }
+            self.flush_audit()?;
+            self.flush_fields()?;
+            self.flush_alerts()
+        })
     }
 
     /// The transaction itself, for statements that take it whole (store copy).
     pub(super) fn into_inner(self) -> Result<Transaction<'t>> {
-        self.flush()?;
-        self.flush_audit()?;
-        self.flush_fields()?;
+        self.write_all()?;
         Ok(self.tx.into_inner())
     }
 
@@ -172,6 +238,37 @@ impl<'t> PgTx<'t> {
                      follow_up = excluded.follow_up, importance = excluded.importance,
                      categories = excluded.categories, copies = excluded.copies",
                 &[&ids, &read, &follow, &imp, &cats, &copies],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Writes the alerts the transaction raised, with one statement: a row per alert, its count
+    /// raised by how often, the level and time of the last raise.
+    fn flush_alerts(&self) -> Result<()> {
+        let all = std::mem::take(&mut *self.alerts.borrow_mut());
+        if all.is_empty() {
+            return Ok(());
+        }
+        let (mut mailbox, mut message, mut level) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut count, mut first_at, mut at) = (Vec::new(), Vec::new(), Vec::new());
+        for ((mb, msg), r) in &all {
+            mailbox.push(mb.as_str());
+            message.push(msg.as_str());
+            level.push(r.level);
+            count.push(r.count);
+            first_at.push(r.first_at.as_str());
+            at.push(r.at.as_str());
+        }
+        self.db(|c| {
+            c.execute(
+                "INSERT INTO alerts (mailbox, message, level, count, first_at, at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                     $5::text[], $6::text[])
+                 ON CONFLICT (mailbox, message) DO UPDATE
+                 SET count = alerts.count + excluded.count, at = excluded.at,
+                     level = excluded.level",
+                &[&mailbox, &message, &level, &count, &first_at, &at],
             )?;
             Ok(())
         })
@@ -252,7 +349,14 @@ impl Lookups for PgTx<'_> {
         self.db(|c| thread_id(c, bytes))
     }
     fn record(&self, reference: &str) -> Result<Option<Record>> {
-        self.db(|c| load_record(c, reference))
+        if let Some(r) = self.records.borrow().get(reference) {
+            return Ok(r.clone());
+        }
+        let r = self.db(|c| load_record(c, reference))?;
+        self.records
+            .borrow_mut()
+            .insert(reference.to_string(), r.clone());
+        Ok(r)
     }
 }
 
@@ -412,6 +516,7 @@ impl BatchTx for PgTx<'_> {
     }
 
     fn insert_record_once(&self, r: &Record) -> Result<()> {
+        self.records.borrow_mut().remove(&r.reference().to_string());
         self.db(|c| {
             c.execute(
                 "INSERT INTO records (reference, type, key, name, owner, shared, teams, emails)
@@ -423,16 +528,18 @@ impl BatchTx for PgTx<'_> {
     }
 
     fn raise_alert(&self, mailbox: &str, alert: &Alert, at: &str) -> Result<()> {
-        self.db(|c| {
-            c.execute(
-                "INSERT INTO alerts (mailbox, message, level, count, first_at, at)
-                 VALUES ($1, $2, $3, 1, $4, $4)
-                 ON CONFLICT (mailbox, message) DO UPDATE
-                 SET count = alerts.count + 1, at = excluded.at, level = excluded.level",
-                &[&mailbox, &alert.message, &alert.level.as_str(), &at],
-            )?;
-            Ok(())
-        })
+        let key = (mailbox.to_string(), alert.message.clone());
+        let mut alerts = self.alerts.borrow_mut();
+        let raised = alerts.entry(key).or_insert_with(|| Raised {
+            level: alert.level.as_str(),
+            count: 0,
+            first_at: at.to_string(),
+            at: at.to_string(),
+        });
+        raised.level = alert.level.as_str();
+        raised.count += 1;
+        raised.at = at.to_string();
+        Ok(())
     }
 
     fn quarantine(&self, e: &QuarantineEntry, raw: &[u8]) -> Result<()> {
