@@ -4,7 +4,7 @@
 //! a regarding, may create its sender's record, and is written with what finds it later.
 //! Pure code over [`BatchTx`]: every engine runs the same rules.
 
-use super::correlate::{correlate, not_after};
+use super::correlate::{correlate, dated_not_after};
 use super::tx::{BatchTx, Broken, Counter, Findable};
 use crate::model::{
     Activity, Alert, AlertLevel, AuditAction, AuditEntry, Draft, FolderState, QuarantineEntry,
@@ -116,20 +116,21 @@ pub(crate) fn apply_batch<T: BatchTx>(
 /// and the Message-IDs correlation asks for.
 fn prefetch<T: BatchTx>(tx: &T, items: &[BatchItem]) -> Result<(), T::Error> {
     let mut sources = Vec::with_capacity(items.len());
-    let mut keys = Vec::with_capacity(items.len() * 2);
+    let mut keys = Vec::with_capacity(items.len());
+    let mut parents = Vec::with_capacity(items.len() * 2);
     for item in items {
         match item {
             BatchItem::Tracked(d) => {
                 let a = &d.activity;
                 sources.push(&a.source);
                 keys.push(a.dedup_key.as_str());
-                keys.extend(a.in_reply_to.as_deref());
-                keys.extend(a.references.iter().map(String::as_str));
+                parents.extend(a.in_reply_to.as_deref());
+                parents.extend(a.references.iter().map(String::as_str));
             }
             BatchItem::Quarantined { source, .. } => sources.push(source),
         }
     }
-    tx.prefetch(&sources, &keys)
+    tx.prefetch(&sources, &keys, &parents)
 }
 
 /// Applies one tracked message; `false` when the message is not tracked (other mail that the
@@ -208,7 +209,8 @@ fn first_with_token<T: BatchTx>(tx: &T, a: &Activity) -> Result<bool, T::Error> 
     let Some(e) = tx.activity_by_token(t)? else {
         return Ok(true);
     };
-    Ok(!tx.activity(e)?.is_some_and(|e| not_after(&e, a)))
+    let earlier = tx.activity_head(e)?;
+    Ok(!earlier.is_some_and(|e| dated_not_after(e.date.as_deref(), a.date.as_deref())))
 }
 
 /// A copy of tracked activity `id` (same Message-ID and direction): the first copy keeps the
@@ -381,7 +383,7 @@ fn inherit_regarding<T: BatchTx>(tx: &T, d: &Draft, a: &mut Activity) -> Result<
     let Some(c) = &a.correlation else {
         return Ok(());
     };
-    let Some(earlier) = tx.activity(c.activity)?.and_then(|e| e.regarding) else {
+    let Some(earlier) = tx.activity_head(c.activity)?.and_then(|e| e.regarding) else {
         return Ok(());
     };
     match tx.record(&earlier)? {

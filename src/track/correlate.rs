@@ -7,7 +7,12 @@ use crate::model::{Activity, Correlation, CorrelationMethod, Direction, RecordRe
 
 /// `a` was written no later than `b` (by Date; unknown dates do not rule a match out).
 pub(crate) fn not_after(a: &Activity, b: &Activity) -> bool {
-    match (&a.date, &b.date) {
+    dated_not_after(a.date.as_deref(), b.date.as_deref())
+}
+
+/// [`not_after`] of two `Date` headers: an undated one is never later.
+pub(crate) fn dated_not_after(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
         (Some(x), Some(y)) => crate::time::parse_date(x) <= crate::time::parse_date(y),
         _ => true,
     }
@@ -50,7 +55,8 @@ pub(crate) fn correlate<L: Lookups + ?Sized>(
     }
     if let Some(t) = &a.token {
         if let Some(id) = l.activity_by_token(t)?.filter(|id| *id != a.id) {
-            if l.activity(id)?.is_some_and(|e| not_after(&e, a)) {
+            let earlier = l.activity_head(id)?;
+            if earlier.is_some_and(|e| dated_not_after(e.date.as_deref(), a.date.as_deref())) {
                 return found(CorrelationMethod::Token, id);
             }
         }
@@ -214,7 +220,7 @@ fn correlate_late<E: Engine>(
         let mut after = before.clone();
         after.correlation = Some(c.clone());
         if after.inherits && after.regarding.is_none() {
-            if let Some(r) = tx.activity(c.activity)?.and_then(|p| p.regarding) {
+            if let Some(r) = tx.activity_head(c.activity)?.and_then(|p| p.regarding) {
                 let record = match r.parse::<RecordRef>() {
                     Ok(_) => tx.record(&r)?,
                     Err(_) => None,

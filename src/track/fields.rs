@@ -292,7 +292,7 @@ pub(crate) fn apply_scan<T: BatchTx>(
 ) -> Result<ScanOutcome, T::Error> {
     let mut out = ScanOutcome::default();
     let sources: Vec<&Source> = found.iter().map(|(s, _)| s).collect();
-    tx.prefetch(&sources, &[])?;
+    tx.prefetch(&sources, &[], &[])?;
     let mut ids = Vec::with_capacity(found.len());
     for (source, flags) in found {
         if let Some(id) = tx.activity_by_source(source)? {

@@ -15,6 +15,23 @@ use crate::model::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Broken(pub String);
 
+/// What correlation reads of an earlier activity: whether it is not later than a new one, and
+/// the regarding a reply may inherit from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub date: Option<String>,
+    pub regarding: Option<String>,
+}
+
+impl From<&Activity> for Head {
+    fn from(a: &Activity) -> Head {
+        Head {
+            date: a.date.clone(),
+            regarding: a.regarding.clone(),
+        }
+    }
+}
+
 /// Point reads, inside a transaction (where earlier writes of the same transaction are seen)
 /// or on the committed store.
 pub(crate) trait Lookups {
@@ -31,6 +48,11 @@ pub(crate) trait Lookups {
             out.extend(self.activity(*id)?);
         }
         Ok(out)
+    }
+    /// Activity `id`'s [`Head`]: an engine that reads an activity whole (its body, parties,
+    /// sources) from a server reads only these two columns for it.
+    fn activity_head(&self, id: u64) -> Result<Option<Head>, Self::Error> {
+        Ok(self.activity(id)?.as_ref().map(Head::from))
     }
     /// The activity of this dedup key and direction (one per pair: DESIGN §4.7).
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>, Self::Error>;
@@ -81,8 +103,15 @@ pub(crate) trait BatchTx: Lookups {
         Ok(())
     }
     /// The coming messages will look up these sources and these dedup keys (in both
-    /// directions): an engine whose every read is a round trip may read them all at once.
-    fn prefetch(&self, _sources: &[&Source], _dedup_keys: &[&str]) -> Result<(), Self::Error> {
+    /// directions; the activities they find whole), and the Message-IDs they correlate to (the
+    /// activities those find by their [`Head`] only): an engine whose every read is a round
+    /// trip may read them all at once.
+    fn prefetch(
+        &self,
+        _sources: &[&Source],
+        _dedup_keys: &[&str],
+        _correlation_keys: &[&str],
+    ) -> Result<(), Self::Error> {
         Ok(())
     }
     /// Writes a new activity (its `id` already taken from [`Counter::Activity`]) with its

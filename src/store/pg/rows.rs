@@ -8,6 +8,7 @@ use super::{corrupt, PgError};
 use crate::model::{
     Activity, AttachmentMeta, Correlation, CorrelationMethod, Direction, Party, Record, Source,
 };
+use crate::track::tx::Head;
 use postgres::{GenericClient, Row};
 
 type Result<T> = std::result::Result<T, PgError>;
@@ -109,6 +110,29 @@ pub(super) fn update(c: &mut Db<'_, impl GenericClient>, a: &Activity) -> Result
 /// Activity `id` with everything it holds, or `None`.
 pub(super) fn load(c: &mut Db<'_, impl GenericClient>, id: u64) -> Result<Option<Activity>> {
     Ok(load_many(c, &[id])?.pop())
+}
+
+/// The [`Head`]s of the activities of `ids` that exist: one statement, two columns.
+pub(super) fn heads(c: &mut Db<'_, impl GenericClient>, ids: &[u64]) -> Result<Vec<(u64, Head)>> {
+    let keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+    c.query(
+        "SELECT a.* FROM unnest($1::bigint[]) AS k(want)
+         CROSS JOIN LATERAL (SELECT id, date, regarding FROM activities
+             WHERE id = k.want OFFSET 0) a",
+        &[&keys],
+    )?
+    .iter()
+    .map(|r| {
+        let id = unsigned(r.get(0), "activity id")?;
+        Ok((
+            id,
+            Head {
+                date: r.get(1),
+                regarding: r.get(2),
+            },
+        ))
+    })
+    .collect()
 }
 
 /// The activities of `ids` that exist, in the order of `ids`, with everything they hold: five

@@ -395,7 +395,15 @@ fn pg_alerts_raised_in_a_transaction_count_every_raise() {
         .alerts(10)
         .unwrap()
         .into_iter()
-        .map(|a| (a.alert.message, a.alert.level.as_str(), a.count, a.first_at, a.at))
+        .map(|a| {
+            (
+                a.alert.message,
+                a.alert.level.as_str(),
+                a.count,
+                a.first_at,
+                a.at,
+            )
+        })
         .collect();
     got.sort();
     assert_eq!(
@@ -425,10 +433,16 @@ fn pg_alerts_raised_in_a_transaction_count_every_raise() {
 fn pg_writes_use_generic_plans_and_reads_custom_ones() {
     let Some((_pg, store)) = store() else { return };
     let mode = |tx: &super::PgTx<'_>| {
-        tx.db(|c| Ok(c.query_one("SHOW plan_cache_mode", &[])?.get::<_, String>(0)))
+        tx.db(|c| {
+            Ok(c.query_one("SHOW plan_cache_mode", &[])?
+                .get::<_, String>(0))
+        })
     };
     let (inside, after) = store
-        .transaction(|tx| tx.generic_plans(|| mode(tx)).and_then(|i| Ok((i, mode(tx)?))))
+        .transaction(|tx| {
+            tx.generic_plans(|| mode(tx))
+                .and_then(|i| Ok((i, mode(tx)?)))
+        })
         .unwrap();
     assert_eq!(inside, "auto");
     assert_eq!(after, "force_custom_plan");

@@ -12,7 +12,7 @@ use crate::model::{
     Activity, Alert, AuditEntry, Direction, FieldState, FolderState, QuarantineEntry, Record,
     Source,
 };
-use crate::track::tx::{BatchTx, Counter, Findable, Lookups};
+use crate::track::tx::{BatchTx, Counter, Findable, Head, Lookups};
 use postgres::Transaction;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -59,9 +59,12 @@ struct Known {
     /// Synced fields and untracked marks read ahead for a flag scan (`None`: none stored).
     fields: HashMap<u64, Option<FieldState>>,
     untracked: HashMap<u64, bool>,
-    /// The written activities the dedup keys found (a copy merges into its activity, a reply
-    /// inherits from its parent), unless their message was found already tracked.
+    /// The written activities the batch's own dedup keys found (a copy merges into its
+    /// activity), unless their message was found already tracked.
     activities: HashMap<u64, Activity>,
+    /// The heads of the written activities the correlation keys found (a reply inherits its
+    /// parent's regarding): two columns, not the parent's body, parties and sources.
+    heads: HashMap<u64, Head>,
 }
 
 impl<'t> PgTx<'t> {
@@ -318,6 +321,20 @@ impl Lookups for PgTx<'_> {
         }
         self.db(|c| rows::load(c, id))
     }
+    fn activity_head(&self, id: u64) -> Result<Option<Head>> {
+        if let Some(a) = self.pending.borrow().activity(id) {
+            return Ok(Some(Head::from(a)));
+        }
+        let known = self.known.borrow();
+        if let Some(h) = known.activities.get(&id).map(Head::from) {
+            return Ok(Some(h));
+        }
+        if let Some(h) = known.heads.get(&id) {
+            return Ok(Some(h.clone()));
+        }
+        drop(known);
+        Ok(self.db(|c| rows::heads(c, &[id]))?.pop().map(|(_, h)| h))
+    }
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
         if let Some(id) = self.pending.borrow().by_dedup(key, d) {
             return Ok(Some(id));
@@ -367,7 +384,8 @@ impl BatchTx for PgTx<'_> {
 
     /// A few statements for the whole batch: which of these sources are tracked, which
     /// activities have these dedup keys, and those activities (five statements, if any).
-    fn prefetch(&self, sources: &[&Source], keys: &[&str]) -> Result<()> {
+    fn prefetch(&self, sources: &[&Source], own: &[&str], parents: &[&str]) -> Result<()> {
+        let keys: Vec<&str> = own.iter().chain(parents).copied().collect();
         let (mb, f, uv, uid): (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) =
             sources
                 .iter()
@@ -382,7 +400,7 @@ impl BatchTx for PgTx<'_> {
         for s in sources {
             known.sources.insert((*s).clone(), None);
         }
-        for k in keys {
+        for k in &keys {
             for d in [Direction::Incoming, Direction::Outgoing] {
                 known.dedup.insert((k.to_string(), d), None);
             }
@@ -420,14 +438,32 @@ impl BatchTx for PgTx<'_> {
             }
             let replayed: std::collections::HashSet<u64> =
                 known.sources.values().flatten().copied().collect();
-            let mut wanted: Vec<u64> = known.dedup.values().flatten().copied().collect();
-            wanted.retain(|id| !replayed.contains(id));
-            wanted.sort_unstable();
-            wanted.dedup();
-            if !wanted.is_empty() {
-                for a in rows::load_many(c, &wanted)? {
+            let found = |keys: &[&str]| -> Vec<u64> {
+                let mut ids: Vec<u64> = keys
+                    .iter()
+                    .flat_map(|k| {
+                        [Direction::Incoming, Direction::Outgoing]
+                            .map(|d| known.dedup.get(&(k.to_string(), d)).copied().flatten())
+                    })
+                    .flatten()
+                    .filter(|id| !replayed.contains(id))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            let (whole, parents) = (found(own), found(parents));
+            if !whole.is_empty() {
+                for a in rows::load_many(c, &whole)? {
                     known.activities.insert(a.id, a);
                 }
+            }
+            let heads: Vec<u64> = parents
+                .into_iter()
+                .filter(|id| !known.activities.contains_key(id))
+                .collect();
+            if !heads.is_empty() {
+                known.heads.extend(rows::heads(c, &heads)?);
             }
             Ok(())
         })?;
