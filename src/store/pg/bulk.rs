@@ -227,8 +227,12 @@ fn insert_parties(c: &mut Db<'_, impl GenericClient>, acts: &[&Activity]) -> Res
                 addr.push(p.address.as_deref());
                 name.push(p.name.as_deref());
                 record.push(p.record.as_deref());
-                // A text[] per row: carried as JSON (arrays of arrays must be rectangular).
-                records.push(json(&p.records)?);
+                // A text[] per row: carried as JSON (arrays of arrays must be rectangular);
+                // most parties match no record, and NULL spares them the JSON unpacking.
+                records.push(match p.records.is_empty() {
+                    true => None,
+                    false => Some(json(&p.records)?),
+                });
             }
         }
     }
@@ -237,8 +241,8 @@ fn insert_parties(c: &mut Db<'_, impl GenericClient>, acts: &[&Activity]) -> Res
     }
     c.execute(
         "INSERT INTO parties (activity_id, role, position, address, name, record, records)
-         SELECT i, r, p, a, n, rec,
-             ARRAY(SELECT jsonb_array_elements_text(recs))
+         SELECT i, r, p, a, n, rec, CASE WHEN recs IS NULL THEN '{}'::text[]
+             ELSE ARRAY(SELECT jsonb_array_elements_text(recs)) END
          FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
              $7::jsonb[]) AS t(i, r, p, a, n, rec, recs)",
         &[&id, &role, &pos, &addr, &name, &record, &records],
