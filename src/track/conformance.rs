@@ -117,6 +117,37 @@ where
     a_batch_sees_its_own_messages(e);
     concurrent_writers(e);
     dedup_under_a_race(e);
+    a_head_follows_its_activity(e);
+}
+
+/// An activity read ahead as a correlation parent answers [`Lookups::activity_head`] with
+/// what the transaction last wrote of it: its regarding changed, it deleted.
+fn a_head_follows_its_activity<E: Engine>(e: &E)
+where
+    E::Error: std::fmt::Debug,
+{
+    let c = commit(e, &[draft(activity("s6", "F", 1, "<head@t>"))]).unwrap();
+    let id = c.created[0].id;
+    let heads = e
+        .transaction(|tx| {
+            tx.prefetch(&[], &[], &["<head@t>"])?;
+            let first = tx.activity_head(id)?;
+            let before = tx.activity(id)?.expect("the parent");
+            let mut after = before.clone();
+            after.regarding = Some("account:later".into());
+            tx.update_activity(&before, &after)?;
+            let updated = tx.activity_head(id)?;
+            tx.delete_activity(&after, None)?;
+            Ok((first, updated, tx.activity_head(id)?))
+        })
+        .unwrap();
+    let (first, updated, deleted) = heads;
+    assert_eq!(first.map(|h| h.regarding), Some(None));
+    assert_eq!(
+        updated.and_then(|h| h.regarding).as_deref(),
+        Some("account:later")
+    );
+    assert_eq!(deleted, None);
 }
 
 fn commit_is_seen<E: Engine>(e: &E)

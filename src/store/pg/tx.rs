@@ -43,6 +43,9 @@ pub(crate) struct PgTx<'t> {
     records: RefCell<HashMap<String, Option<Record>>>,
 }
 
+/// Pending activities taken for writing, and the (Message-ID, activity) pairs awaiting a parent.
+type Written = (Vec<NewActivity>, Vec<(String, u64)>);
+
 /// An alert raised one or more times in a transaction.
 struct Raised {
     level: &'static str,
@@ -115,7 +118,7 @@ impl<'t> PgTx<'t> {
     /// Takes the pending activities and clears the token and Thread-Index keys they take from
     /// the written ones; `None` when nothing is pending. These two `UPDATE … = ANY($1)` stay
     /// planned for their parameters (see [`Self::generic_plans`]).
-    fn release_keys(&self) -> Result<Option<(Vec<NewActivity>, Vec<(String, u64)>)>> {
+    fn release_keys(&self) -> Result<Option<Written>> {
         let (new, awaiting) = self.pending.borrow_mut().take();
         if new.is_empty() {
             return Ok(None);
@@ -541,6 +544,9 @@ impl BatchTx for PgTx<'_> {
         if let Some(a) = known.activities.get_mut(&after.id) {
             *a = after.clone();
         }
+        if let Some(h) = known.heads.get_mut(&after.id) {
+            *h = Head::from(after);
+        }
         for s in [before, after]
             .into_iter()
             .flat_map(|a| std::iter::once(&a.source).chain(&a.other_sources))
@@ -680,6 +686,7 @@ impl BatchTx for PgTx<'_> {
     fn delete_activity(&self, a: &Activity, _subject_key: Option<&str>) -> Result<()> {
         self.fields.borrow_mut().remove(&a.id);
         self.known.borrow_mut().activities.remove(&a.id);
+        self.known.borrow_mut().heads.remove(&a.id);
         self.known.borrow_mut().fields.remove(&a.id);
         self.known
             .borrow_mut()
