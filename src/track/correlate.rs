@@ -124,8 +124,8 @@ pub(crate) fn recorrelate<E: Engine>(
 }
 
 /// [`recorrelate`] for activities given by id, read back a few hundred at a time (through
-/// [`Lookups::activities`], which leaves out what the engine keeps apart), so memory does not
-/// grow with the pass.
+/// [`Lookups::activities_for_correlation`]: their headers, not their bodies), so memory does
+/// not grow with the pass.
 pub(crate) fn recorrelate_ids<E: Engine>(
     e: &E,
     ids: &[u64],
@@ -134,7 +134,7 @@ pub(crate) fn recorrelate_ids<E: Engine>(
 ) -> Result<u32, E::Error> {
     let mut n = 0;
     for chunk in ids.chunks(256) {
-        n += recorrelate(e, &e.activities(chunk)?, writer, smart)?;
+        n += recorrelate(e, &e.activities_for_correlation(chunk)?, writer, smart)?;
     }
     Ok(n)
 }

@@ -54,6 +54,13 @@ pub(crate) trait Lookups {
     fn activity_head(&self, id: u64) -> Result<Option<Head>, Self::Error> {
         Ok(self.activity(id)?.as_ref().map(Head::from))
     }
+    /// The activities of `ids` that exist, in the order of `ids`, as late correlation reads
+    /// them: headers, references and parties. An engine may leave out the body, sources and
+    /// attachments: nothing read here is written back (a change re-reads its activity whole in
+    /// its own transaction).
+    fn activities_for_correlation(&self, ids: &[u64]) -> Result<Vec<Activity>, Self::Error> {
+        self.activities(ids)
+    }
     /// The activity of this dedup key and direction (one per pair: DESIGN §4.7).
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>, Self::Error>;
     /// The activity tracked from exactly this source.

@@ -219,6 +219,15 @@ fn pg_activity_with_every_field_round_trips() {
     let mut want = a.clone();
     want.id = id;
     assert_eq!(store.activity(id).unwrap(), Some(want.clone()));
+    // Late correlation's read: the same but for the body, sources and attachments.
+    let headers = store.activities_for_correlation(&[999_999, id]).unwrap();
+    let mut bare = want.clone();
+    bare.body_text = String::new();
+    bare.source = source("", "", 0);
+    bare.source.uidvalidity = 0;
+    (bare.other_sources, bare.attachments) = (vec![], vec![]);
+    assert_eq!(headers, vec![bare]);
+    assert!(!want.body_text.is_empty() && !want.references.is_empty() && !want.to.is_empty());
     assert_eq!(store.activity_by_token("CRM:0001002").unwrap(), Some(id));
     for s in std::iter::once(&want.source).chain(&want.other_sources) {
         assert_eq!(store.activity_by_source(s).unwrap(), Some(id));
