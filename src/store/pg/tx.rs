@@ -386,7 +386,8 @@ impl BatchTx for PgTx<'_> {
     }
 
     /// A few statements for the whole batch: which of these sources are tracked, which
-    /// activities have these dedup keys, and those activities (five statements, if any).
+    /// activities have these dedup keys (`own` and `parents`), the activities `own` finds
+    /// (five statements, if any) and the heads of those only `parents` finds (one).
     fn prefetch(&self, sources: &[&Source], own: &[&str], parents: &[&str]) -> Result<()> {
         let keys: Vec<&str> = own.iter().chain(parents).copied().collect();
         let (mb, f, uv, uid): (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) =
