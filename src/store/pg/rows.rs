@@ -140,21 +140,7 @@ pub(super) fn heads(c: &mut Db<'_, impl GenericClient>, ids: &[u64]) -> Result<V
 /// ids up one by one in the index (`LATERAL … OFFSET 0`, which the planner cannot flatten): as
 /// `= ANY($1)` the planner scanned whole tables while a first sync filled them.
 pub(super) fn load_many(c: &mut Db<'_, impl GenericClient>, ids: &[u64]) -> Result<Vec<Activity>> {
-    let mut keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut found: std::collections::HashMap<u64, Activity> = c
-        .query(
-            "SELECT a.* FROM unnest($1::bigint[]) AS k(want)
-             CROSS JOIN LATERAL (SELECT id, dedup_key, direction, subject, message_id, date,
-                 regarding, in_reply_to, token, thread_index, correlation_method,
-                 correlation_activity, inherits, tracked_at, size, body_text, body_blob, alerts
-                 FROM activities WHERE id = k.want OFFSET 0) a",
-            &[&keys],
-        )?
-        .iter()
-        .map(|r| from_row(r).map(|a| (a.id, a)))
-        .collect::<Result<_>>()?;
+    let (keys, mut found) = load_rows(c, ids, "body_text")?;
     if found.is_empty() {
         return Ok(Vec::new());
     }
@@ -173,28 +159,39 @@ pub(super) fn load_headers(
     c: &mut Db<'_, impl GenericClient>,
     ids: &[u64],
 ) -> Result<Vec<Activity>> {
-    let mut keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut found: std::collections::HashMap<u64, Activity> = c
-        .query(
-            "SELECT a.* FROM unnest($1::bigint[]) AS k(want)
-             CROSS JOIN LATERAL (SELECT id, dedup_key, direction, subject, message_id, date,
-                 regarding, in_reply_to, token, thread_index, correlation_method,
-                 correlation_activity, inherits, tracked_at, size, '' AS body_text, body_blob,
-                 alerts
-                 FROM activities WHERE id = k.want OFFSET 0) a",
-            &[&keys],
-        )?
-        .iter()
-        .map(|r| from_row(r).map(|a| (a.id, a)))
-        .collect::<Result<_>>()?;
+    let (keys, mut found) = load_rows(c, ids, "'' AS body_text")?;
     if found.is_empty() {
         return Ok(Vec::new());
     }
     load_parties(c, &keys, &mut found)?;
     load_references(c, &keys, &mut found)?;
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
+/// The `activities` rows of `ids` (their child rows left empty) by id, and the ids as the
+/// child rows' statements take them (sorted, once each). `body` is the select-list entry
+/// for `body_text`: the column, or an empty text in its place.
+fn load_rows(
+    c: &mut Db<'_, impl GenericClient>,
+    ids: &[u64],
+    body: &str,
+) -> Result<(Vec<i64>, std::collections::HashMap<u64, Activity>)> {
+    let mut keys: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let sql = format!(
+        "SELECT a.* FROM unnest($1::bigint[]) AS k(want)
+         CROSS JOIN LATERAL (SELECT id, dedup_key, direction, subject, message_id, date,
+             regarding, in_reply_to, token, thread_index, correlation_method,
+             correlation_activity, inherits, tracked_at, size, {body}, body_blob, alerts
+             FROM activities WHERE id = k.want OFFSET 0) a"
+    );
+    let found = c
+        .query(&sql, &[&keys])?
+        .iter()
+        .map(|r| from_row(r).map(|a| (a.id, a)))
+        .collect::<Result<_>>()?;
+    Ok((keys, found))
 }
 
 /// The references of the activities in `found`, in their order.
