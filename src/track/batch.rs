@@ -4,7 +4,7 @@
 //! a regarding, may create its sender's record, and is written with what finds it later.
 //! Pure code over [`BatchTx`]: every engine runs the same rules.
 
-use super::correlate::{correlate, dated_not_after};
+use super::correlate::correlate;
 use super::tx::{BatchTx, Broken, Counter, Findable};
 use crate::model::{
     Activity, Alert, AlertLevel, AuditAction, AuditEntry, Draft, FolderState, QuarantineEntry,
@@ -210,7 +210,7 @@ fn first_with_token<T: BatchTx>(tx: &T, a: &Activity) -> Result<bool, T::Error> 
         return Ok(true);
     };
     let earlier = tx.activity_head(e)?;
-    Ok(!earlier.is_some_and(|e| dated_not_after(e.date.as_deref(), a.date.as_deref())))
+    Ok(!earlier.is_some_and(|e| e.not_after(a)))
 }
 
 /// A copy of tracked activity `id` (same Message-ID and direction): the first copy keeps the

@@ -11,10 +11,17 @@ pub(crate) fn not_after(a: &Activity, b: &Activity) -> bool {
 }
 
 /// [`not_after`] of two `Date` headers: an undated one is never later.
-pub(crate) fn dated_not_after(a: Option<&str>, b: Option<&str>) -> bool {
+fn dated_not_after(a: Option<&str>, b: Option<&str>) -> bool {
     match (a, b) {
         (Some(x), Some(y)) => crate::time::parse_date(x) <= crate::time::parse_date(y),
         _ => true,
+    }
+}
+
+impl super::tx::Head {
+    /// [`not_after`] of the activity this is the head of and `b`.
+    pub(crate) fn not_after(&self, b: &Activity) -> bool {
+        dated_not_after(self.date.as_deref(), b.date.as_deref())
     }
 }
 
@@ -56,7 +63,7 @@ pub(crate) fn correlate<L: Lookups + ?Sized>(
     if let Some(t) = &a.token {
         if let Some(id) = l.activity_by_token(t)?.filter(|id| *id != a.id) {
             let earlier = l.activity_head(id)?;
-            if earlier.is_some_and(|e| dated_not_after(e.date.as_deref(), a.date.as_deref())) {
+            if earlier.is_some_and(|e| e.not_after(a)) {
                 return found(CorrelationMethod::Token, id);
             }
         }
