@@ -199,7 +199,7 @@ fn remove_incomplete_snapshots(db: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// How long [`open_db`] waits for a previous handle's threads in this process to let go.
+/// How long [`open_db`] and [`take_lock`] wait for a previous handle in this process to let go.
 const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens sled's own database under `dir/db`.
@@ -232,6 +232,30 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
     }
 }
 
+/// Takes the data dir's lock, or gives the pid written in it by whoever holds it.
+///
+/// Why the wait when that pid is this process's own: the lock is taken only here and held by
+/// the store, so it means a store this process just dropped, whose descriptor a child being
+/// started at that moment (the token command's `sh`) still holds a copy of between its fork
+/// and its exec. CI saw that window fail a reopen. Another process's lock is refused at once.
+fn take_lock(lock: &File, lock_path: &Path) -> std::result::Result<(), Option<String>> {
+    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
+    loop {
+        if lock.try_lock_exclusive().is_ok() {
+            return Ok(());
+        }
+        let pid = std::fs::read_to_string(lock_path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let ours = pid.as_deref() == Some(&std::process::id().to_string());
+        if !ours || std::time::Instant::now() >= deadline {
+            return Err(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// sled reports its file lock as `WouldBlock` or wrapped as "could not acquire lock".
 fn is_lock_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
@@ -256,16 +280,10 @@ impl SledStore {
             .truncate(false)
             .open(&lock_path)
             .map_err(io)?;
-        if lock.try_lock_exclusive().is_err() {
-            let pid = std::fs::read_to_string(&lock_path)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty());
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-                pid,
-            });
-        }
+        take_lock(&lock, &lock_path).map_err(|pid| StoreError::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        })?;
         lock.set_len(0).map_err(io)?;
         write!(lock, "{}", std::process::id()).map_err(io)?;
         remove_incomplete_snapshots(&dir.join("db")).map_err(io)?;
@@ -1732,6 +1750,38 @@ mod tests {
         drop(store);
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.timeline_ids(&bob, None, 10).unwrap(), vec![1]);
+    }
+
+    /// CI saw a reopen fail on the data dir's own lock with this process's pid in it: a child
+    /// this process was starting (the token command's `sh`) held a copy of the lock file's
+    /// descriptor between its fork and its exec. Here a copy held for 200 ms plays that child.
+    #[test]
+    fn a_lock_still_held_by_this_process_for_a_moment_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let copy = store._lock.try_clone().unwrap();
+        drop(store);
+        let child = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(copy);
+        });
+        let store = SledStore::open(dir.path(), 1 << 20).expect("reopens once the copy is closed");
+        child.join().unwrap();
+        drop(store);
+        // Another process's lock is still refused at once: played by a second handle here,
+        // with a pid that is not ours written in the lock file.
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        std::fs::write(dir.path().join("foldertrack.lock"), "1").unwrap();
+        let started = std::time::Instant::now();
+        match SledStore::open(dir.path(), 1 << 20) {
+            Err(StoreError::Locked { pid, .. }) => assert_eq!(pid.as_deref(), Some("1")),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+        assert!(
+            started.elapsed() < DB_LOCK_WAIT,
+            "another process's lock is not waited for"
+        );
+        drop(store);
     }
 
     /// CI saw an immediate reopen fail on sled's own lock, still held by the dropped handle.
