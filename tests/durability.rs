@@ -83,3 +83,67 @@ fn sync_killed_with_sigkill_half_way_resumes_to_exactly_1000() {
     let acts = e.activities();
     assert_each_once(&acts, 1000);
 }
+
+/// Batches parsed while the previous commit is still running wait for it and then commit
+/// together, in one transaction (two at most), each message once. A first commit held in hand
+/// (the `FOLDERTRACK_HOLD_BATCH` fail point) plays a slow database.
+#[test]
+fn batches_parsed_during_a_slow_commit_commit_together_each_once() {
+    let e = env();
+    let mut c = e.imap("alice");
+    c.create("INBOX/Tracked");
+    c.create("INBOX/Tracked/Acme");
+    let msgs: Vec<Vec<u8>> = (0..12)
+        .map(|i| {
+            let id = format!("<g{i}@acme.com>");
+            message("Bob <bob@acme.com>", "alice@example.com", "g", Some(&id))
+        })
+        .collect();
+    c.append_many("INBOX/Tracked/Acme", &msgs, "");
+    e.write_config(&config(&e, 1));
+    e.import_records(RECORDS);
+    let hold = e.work.join("hold-batch");
+    std::fs::write(&hold, b"").unwrap();
+    let mut child = e
+        .command()
+        .arg("sync")
+        .env("RUST_LOG", "foldertrack=debug")
+        .env("FOLDERTRACK_HOLD_BATCH", &hold)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |what: &str| loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no log line {what:?} within 30 s"));
+        if line.contains(what) {
+            return line;
+        }
+    };
+    let held = next("holding the batch");
+    assert!(
+        held.contains("last_uid=1"),
+        "the first batch is held: {held}"
+    );
+    // Two more batches parsed meanwhile: the second of them waits for the held commit.
+    assert!(next("batch parsed").contains("waiting=1"));
+    assert!(next("batch parsed").contains("waiting=2"));
+    std::fs::remove_file(&hold).unwrap();
+    let first = next("batch committed");
+    assert!(first.contains("created=1"), "the held batch alone: {first}");
+    let grouped = next("batch committed");
+    assert!(
+        grouped.contains("last_uid=3") && grouped.contains("created=2"),
+        "the two batches parsed meanwhile, in one commit: {grouped}"
+    );
+    assert!(child.wait().unwrap().success(), "the sync ends");
+    assert_each_once(&e.activities(), 12);
+}

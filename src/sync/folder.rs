@@ -12,7 +12,9 @@ use crate::config::{FetchLimits, MailboxConfig};
 use crate::imap::fetch::{self, Batch, RawMessage, Selected};
 use crate::imap::{timed, ImapSession, Peer};
 use crate::model::Source;
-use crate::store::{BatchOutcome, Committed, FolderState, RuleBinding, Store, StoreError};
+use crate::store::{
+    BatchItem, BatchOutcome, Committed, FolderState, RuleBinding, Store, StoreError,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -320,21 +322,28 @@ impl<'a> FolderSync<'a> {
         Ok(done)
     }
 
-    /// Batch *n* is committed (one thread, sled) while batch *n+1* is parsed (every core):
-    /// commits stay in order, one at a time, and parsing only reads the store.
+    /// Batches are parsed (every core) while the previous ones commit (one thread): commits
+    /// stay in order, one at a time, and parsing only reads the store.
+    ///
+    /// Why batches are grouped: a batch parsed while the previous commit still runs does not
+    /// wait for it; it waits, with the next ones (up to [`MAX_GROUP`]), and they commit
+    /// together in one transaction when that commit is done. Where the commit is the slow
+    /// stage (PostgreSQL: a round trip per statement, a dozen statements per commit), commits
+    /// grow by themselves and the parsing threads keep working; where parsing is (sled), every
+    /// batch commits alone as before. A group is one transaction and one checkpoint, as a
+    /// batch is.
     async fn consume(
         &self,
         mut rx: mpsc::Receiver<(Batch, Vec<RawMessage>)>,
         sel: &Selected,
         start_after: u32,
     ) -> Result<Committing, SyncError> {
-        type Commit = (Result<Committed, StoreError>, u32, u64);
         let worker = |e: tokio::task::JoinError| SyncError::Worker(e.to_string());
         let mut done = Committing::default();
         let mut committing: Option<tokio::task::JoinHandle<Commit>> = None;
+        let mut group = Group::default();
         while let Some((batch, msgs)) = rx.recv().await {
             let last = batch.last_uid().max(start_after);
-            let cp = self.checkpoint(sel, last);
             let (mb, store, t) = (self.mb.clone(), self.store.clone(), self.t.clone());
             let uidvalidity = sel.uidvalidity;
             let n = msgs.len() as u64;
@@ -343,20 +352,45 @@ impl<'a> FolderSync<'a> {
             })
             .await
             .map_err(worker)?;
+            group.add(items, last, n);
+            tracing::debug!(
+                mailbox = %self.mb.name,
+                last_uid = last,
+                waiting = group.batches,
+                "batch parsed"
+            );
+            let busy = committing.as_ref().is_some_and(|h| !h.is_finished());
+            if busy && group.batches < MAX_GROUP {
+                continue;
+            }
             if let Some(h) = committing.take() {
                 self.committed(&mut done, h.await.map_err(worker)?)?;
             }
-            let (mb, store) = (self.mb.clone(), self.store.clone());
-            committing = Some(tokio::task::spawn_blocking(move || {
-                #[cfg(feature = "failpoints")]
-                hold_batch(&mb.name, last);
-                (store.commit_batch(&items, &cp, &mb.name), last, n)
-            }));
+            committing = Some(self.commit_group(std::mem::take(&mut group), sel));
         }
         if let Some(h) = committing.take() {
             self.committed(&mut done, h.await.map_err(worker)?)?;
         }
+        if group.batches > 0 {
+            let h = self.commit_group(group, sel);
+            self.committed(&mut done, h.await.map_err(worker)?)?;
+        }
         Ok(done)
+    }
+
+    /// Starts the commit of a group of parsed batches on a thread of its own.
+    fn commit_group(&self, group: Group, sel: &Selected) -> tokio::task::JoinHandle<Commit> {
+        let cp = self.checkpoint(sel, group.last);
+        let (mb, store) = (self.mb.clone(), self.store.clone());
+        tokio::task::spawn_blocking(move || {
+            #[cfg(feature = "failpoints")]
+            hold_batch(&mb.name, group.last);
+            (
+                store.commit_batch(&group.items, &cp, &mb.name),
+                group.last,
+                group.messages,
+            )
+        })
     }
 
     /// Counts a committed batch into `done`, the metrics and the progress bar.
@@ -443,6 +477,31 @@ impl<'a> FolderSync<'a> {
             crate::metrics::metrics().checkpoint(m, f, last_of_all, sel.uid_next);
         }
         Ok(())
+    }
+}
+
+/// A commit's result, with the last UID and the number of messages it covers.
+type Commit = (Result<Committed, StoreError>, u32, u64);
+
+/// At most this many parsed batches wait for one commit (a bound on the memory they hold).
+const MAX_GROUP: usize = 2;
+
+/// Parsed batches waiting to commit together.
+#[derive(Default)]
+struct Group {
+    items: Vec<BatchItem>,
+    /// The last UID of the last batch: the group's checkpoint.
+    last: u32,
+    messages: u64,
+    batches: usize,
+}
+
+impl Group {
+    fn add(&mut self, items: Vec<BatchItem>, last: u32, messages: u64) {
+        self.items.extend(items);
+        self.last = last;
+        self.messages += messages;
+        self.batches += 1;
     }
 }
 
