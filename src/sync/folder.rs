@@ -326,8 +326,9 @@ impl<'a> FolderSync<'a> {
     /// stay in order, one at a time, and parsing only reads the store.
     ///
     /// Why batches are grouped: a batch parsed while the previous commit still runs does not
-    /// wait for it; it waits, with the next ones (up to [`MAX_GROUP`]), and they commit
-    /// together in one transaction when that commit is done. Where the commit is the slow
+    /// wait for it; it waits, with the next one at most ([`MAX_GROUP`]), and they commit
+    /// together in one transaction as soon as that commit is done (not only when another batch
+    /// comes: a slow fetch does not hold a parsed batch back). Where the commit is the slow
     /// stage (PostgreSQL: a round trip per statement, a dozen statements per commit), commits
     /// grow by themselves and the parsing threads keep working; where parsing is (sled), every
     /// batch commits alone as before. A group is one transaction and one checkpoint, as a
@@ -342,23 +343,25 @@ impl<'a> FolderSync<'a> {
         let mut done = Committing::default();
         let mut committing: Option<tokio::task::JoinHandle<Commit>> = None;
         let mut group = Group::default();
-        while let Some((batch, msgs)) = rx.recv().await {
+        loop {
+            let next = match committing.as_mut() {
+                Some(h) if group.batches > 0 => tokio::select! {
+                    commit = h => Next::Committed(commit),
+                    received = rx.recv() => Next::Received(received),
+                },
+                _ => Next::Received(rx.recv().await),
+            };
+            let (batch, msgs) = match next {
+                Next::Committed(commit) => {
+                    self.committed(&mut done, commit.map_err(worker)?)?;
+                    committing = Some(self.commit_group(std::mem::take(&mut group), sel));
+                    continue;
+                }
+                Next::Received(Some(received)) => received,
+                Next::Received(None) => break,
+            };
             let last = batch.last_uid().max(start_after);
-            let (mb, store, t) = (self.mb.clone(), self.store.clone(), self.t.clone());
-            let uidvalidity = sel.uidvalidity;
-            let n = msgs.len() as u64;
-            let items = tokio::task::spawn_blocking(move || {
-                process_batch(&mb, &t, uidvalidity, &batch, msgs, &store)
-            })
-            .await
-            .map_err(worker)?;
-            group.add(items, last, n);
-            tracing::debug!(
-                mailbox = %self.mb.name,
-                last_uid = last,
-                waiting = group.batches,
-                "batch parsed"
-            );
+            group.add(self.parse(sel, batch, msgs).await?, last);
             let busy = committing.as_ref().is_some_and(|h| !h.is_finished());
             if busy && group.batches < MAX_GROUP {
                 continue;
@@ -376,6 +379,23 @@ impl<'a> FolderSync<'a> {
             self.committed(&mut done, h.await.map_err(worker)?)?;
         }
         Ok(done)
+    }
+
+    /// Parses and tracks a fetched batch on the blocking threads (every core).
+    async fn parse(
+        &self,
+        sel: &Selected,
+        batch: Batch,
+        msgs: Vec<RawMessage>,
+    ) -> Result<(Vec<BatchItem>, u64), SyncError> {
+        let (mb, store, t) = (self.mb.clone(), self.store.clone(), self.t.clone());
+        let (uidvalidity, n) = (sel.uidvalidity, msgs.len() as u64);
+        let items = tokio::task::spawn_blocking(move || {
+            process_batch(&mb, &t, uidvalidity, &batch, msgs, &store)
+        })
+        .await
+        .map_err(|e| SyncError::Worker(e.to_string()))?;
+        Ok((items, n))
     }
 
     /// Starts the commit of a group of parsed batches on a thread of its own.
@@ -486,6 +506,12 @@ type Commit = (Result<Committed, StoreError>, u32, u64);
 /// At most this many parsed batches wait for one commit (a bound on the memory they hold).
 const MAX_GROUP: usize = 2;
 
+/// What the consumer waits for: the running commit's end, or the next fetched batch.
+enum Next {
+    Committed(std::result::Result<Commit, tokio::task::JoinError>),
+    Received(Option<(Batch, Vec<RawMessage>)>),
+}
+
 /// Parsed batches waiting to commit together.
 #[derive(Default)]
 struct Group {
@@ -497,11 +523,12 @@ struct Group {
 }
 
 impl Group {
-    fn add(&mut self, items: Vec<BatchItem>, last: u32, messages: u64) {
+    fn add(&mut self, (items, messages): (Vec<BatchItem>, u64), last: u32) {
         self.items.extend(items);
         self.last = last;
         self.messages += messages;
         self.batches += 1;
+        tracing::debug!(last_uid = last, waiting = self.batches, "batch parsed");
     }
 }
 
