@@ -141,7 +141,8 @@ pub(crate) fn recorrelate_ids<E: Engine>(
 ) -> Result<u32, E::Error> {
     let mut n = 0;
     for chunk in ids.chunks(256) {
-        n += recorrelate(e, &e.activities_for_correlation(chunk)?, writer, smart)?;
+        let created = e.activities_for_correlation(chunk, smart.is_some())?;
+        n += recorrelate(e, &created, writer, smart)?;
     }
     Ok(n)
 }

@@ -55,10 +55,16 @@ pub(crate) trait Lookups {
         Ok(self.activity(id)?.as_ref().map(Head::from))
     }
     /// The activities of `ids` that exist, in the order of `ids`, as late correlation reads
-    /// them: headers, references and parties. An engine may leave out the body, sources and
-    /// attachments: nothing read here is written back (a change re-reads its activity whole in
-    /// its own transaction).
-    fn activities_for_correlation(&self, ids: &[u64]) -> Result<Vec<Activity>, Self::Error> {
+    /// them: headers, references and, when `parties` (smart matching compares addresses),
+    /// parties. An engine may leave out the body, sources, attachments and, without
+    /// `parties`, the parties: nothing read here is written back (a change re-reads its
+    /// activity whole in its own transaction).
+    fn activities_for_correlation(
+        &self,
+        ids: &[u64],
+        parties: bool,
+    ) -> Result<Vec<Activity>, Self::Error> {
+        let _ = parties;
         self.activities(ids)
     }
     /// The activity of this dedup key and direction (one per pair: DESIGN §4.7).

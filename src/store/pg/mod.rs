@@ -456,8 +456,8 @@ impl Lookups for PgStore {
     fn activities(&self, ids: &[u64]) -> Result<Vec<Activity>> {
         self.snapshot(|c| rows::load_many(c, ids))
     }
-    fn activities_for_correlation(&self, ids: &[u64]) -> Result<Vec<Activity>> {
-        self.snapshot(|c| rows::load_headers(c, ids))
+    fn activities_for_correlation(&self, ids: &[u64], parties: bool) -> Result<Vec<Activity>> {
+        self.snapshot(|c| rows::load_headers(c, ids, parties))
     }
     fn activity_by_dedup(&self, key: &str, d: Direction) -> Result<Option<u64>> {
         self.with(|c| dedup_id(c, key, d))

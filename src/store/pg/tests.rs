@@ -220,12 +220,18 @@ fn pg_activity_with_every_field_round_trips() {
     want.id = id;
     assert_eq!(store.activity(id).unwrap(), Some(want.clone()));
     // Late correlation's read: the same but for the body, sources and attachments.
-    let headers = store.activities_for_correlation(&[999_999, id]).unwrap();
+    let headers = store
+        .activities_for_correlation(&[999_999, id], true)
+        .unwrap();
     let mut bare = want.clone();
     bare.body_text = String::new();
     bare.source = source("", "", 0);
     bare.source.uidvalidity = 0;
     (bare.other_sources, bare.attachments) = (vec![], vec![]);
+    assert_eq!(headers, vec![bare.clone()]);
+    // Without smart matching, no parties either.
+    let headers = store.activities_for_correlation(&[id], false).unwrap();
+    (bare.from, bare.to, bare.cc, bare.bcc) = (None, vec![], vec![], vec![]);
     assert_eq!(headers, vec![bare]);
     assert!(!want.body_text.is_empty() && !want.references.is_empty() && !want.to.is_empty());
     assert_eq!(store.activity_by_token("CRM:0001002").unwrap(), Some(id));
