@@ -120,26 +120,28 @@ fn batches_parsed_during_a_slow_commit_commit_together_each_once() {
             let _ = tx.send(line);
         }
     });
-    let next = |what: &str| loop {
+    // The next line holding all of `what`.
+    let next = |what: &[&str]| loop {
         let line = lines
             .recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no log line {what:?} within 30 s"));
-        if line.contains(what) {
+            .unwrap_or_else(|_| panic!("no log line with {what:?} within 30 s"));
+        if what.iter().all(|w| line.contains(w)) {
             return line;
         }
     };
-    let held = next("holding the batch");
+    let held = next(&["holding the batch"]);
     assert!(
         held.contains("last_uid=1"),
         "the first batch is held: {held}"
     );
-    // Two more batches parsed meanwhile: the second of them waits for the held commit.
-    assert!(next("batch parsed").contains("waiting=1"));
-    assert!(next("batch parsed").contains("waiting=2"));
+    // Two more batches parsed meanwhile wait for the held commit (the line of the first of
+    // them may come before or after the hold's).
+    let waiting = next(&["batch parsed", "waiting=2"]);
+    assert!(waiting.contains("last_uid=3"), "{waiting}");
     std::fs::remove_file(&hold).unwrap();
-    let first = next("batch committed");
+    let first = next(&["batch committed"]);
     assert!(first.contains("created=1"), "the held batch alone: {first}");
-    let grouped = next("batch committed");
+    let grouped = next(&["batch committed"]);
     assert!(
         grouped.contains("last_uid=3") && grouped.contains("created=2"),
         "the two batches parsed meanwhile, in one commit: {grouped}"
