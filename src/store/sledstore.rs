@@ -199,8 +199,25 @@ fn remove_incomplete_snapshots(db: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// How long [`open_db`] and [`take_lock`] wait for a previous handle in this process to let go.
+/// How long a lock held by a previous handle in this process is waited for ([`open_db`],
+/// [`take_lock`]).
 const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `attempt` again every 20 ms, up to [`DB_LOCK_WAIT`], while it fails with an error
+/// marked `true` (a lock this process itself still holds for a moment); an error marked
+/// `false`, or the last one when the time is up, is the answer.
+fn retry_own_lock<T, E>(
+    mut attempt: impl FnMut() -> std::result::Result<T, (E, bool)>,
+) -> std::result::Result<T, E> {
+    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err((e, wait)) if !wait || std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
 
 /// Opens sled's own database under `dir/db`.
 ///
@@ -210,26 +227,23 @@ const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// moment after the last `Db` is dropped (a store closed and reopened, as the tests do). CI saw
 /// that race fail an immediate reopen.
 fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
-    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
-    loop {
-        let opened = sled::Config::new()
+    retry_own_lock(|| {
+        sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::LowSpace)
-            .open();
-        match opened {
-            Err(sled::Error::Io(source)) if is_lock_error(&source) => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Locked {
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(source) if is_lock_error(&source) => {
+                    let locked = StoreError::Locked {
                         dir: dir.to_path_buf(),
                         pid: None,
-                    });
+                    };
+                    (locked, true)
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            opened => return Ok(opened?),
-        }
-    }
+                e => (e.into(), false),
+            })
+    })
 }
 
 /// Takes the data dir's lock, or gives the pid written in it by whoever holds it.
@@ -239,21 +253,16 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
 /// started at that moment (the token command's `sh`) still holds a copy of between its fork
 /// and its exec. CI saw that window fail a reopen. Another process's lock is refused at once.
 fn take_lock(lock: &File, lock_path: &Path) -> std::result::Result<(), Option<String>> {
-    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
-    loop {
-        if lock.try_lock_exclusive().is_ok() {
-            return Ok(());
-        }
-        let pid = std::fs::read_to_string(lock_path)
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty());
-        let ours = pid.as_deref() == Some(&std::process::id().to_string());
-        if !ours || std::time::Instant::now() >= deadline {
-            return Err(pid);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    retry_own_lock(|| {
+        lock.try_lock_exclusive().map_err(|_| {
+            let pid = std::fs::read_to_string(lock_path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+            let ours = pid.as_deref() == Some(&std::process::id().to_string());
+            (pid, ours)
+        })
+    })
 }
 
 /// sled reports its file lock as `WouldBlock` or wrapped as "could not acquire lock".
