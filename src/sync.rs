@@ -37,6 +37,13 @@ pub enum SyncError {
     Worker(String),
 }
 
+/// A blocking task of the sync (parsing, a commit) that panicked or was cancelled.
+impl From<tokio::task::JoinError> for SyncError {
+    fn from(e: tokio::task::JoinError) -> SyncError {
+        SyncError::Worker(e.to_string())
+    }
+}
+
 impl SyncError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, SyncError::Imap(e) if e.is_permanent())
@@ -461,8 +468,7 @@ pub async fn pass_planned(
         let n = tokio::task::spawn_blocking(move || {
             store2.recorrelate_ids(&created, &writer, smart.as_ref())
         })
-        .await
-        .map_err(|e| SyncError::Worker(e.to_string()))??;
+        .await??;
         report.late_correlated = n;
     }
     Ok(report)

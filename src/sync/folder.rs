@@ -339,7 +339,6 @@ impl<'a> FolderSync<'a> {
         sel: &Selected,
         start_after: u32,
     ) -> Result<Committing, SyncError> {
-        let worker = |e: tokio::task::JoinError| SyncError::Worker(e.to_string());
         let mut done = Committing::default();
         let mut committing: Option<tokio::task::JoinHandle<Commit>> = None;
         let mut group = Group::default();
@@ -353,7 +352,7 @@ impl<'a> FolderSync<'a> {
             };
             let (batch, msgs) = match next {
                 Next::Committed(commit) => {
-                    self.committed(&mut done, commit.map_err(worker)?)?;
+                    self.committed(&mut done, commit?)?;
                     committing = Some(self.commit_group(std::mem::take(&mut group), sel));
                     continue;
                 }
@@ -367,16 +366,16 @@ impl<'a> FolderSync<'a> {
                 continue;
             }
             if let Some(h) = committing.take() {
-                self.committed(&mut done, h.await.map_err(worker)?)?;
+                self.committed(&mut done, h.await?)?;
             }
             committing = Some(self.commit_group(std::mem::take(&mut group), sel));
         }
         if let Some(h) = committing.take() {
-            self.committed(&mut done, h.await.map_err(worker)?)?;
+            self.committed(&mut done, h.await?)?;
         }
         if group.batches > 0 {
             let h = self.commit_group(group, sel);
-            self.committed(&mut done, h.await.map_err(worker)?)?;
+            self.committed(&mut done, h.await?)?;
         }
         Ok(done)
     }
@@ -393,8 +392,7 @@ impl<'a> FolderSync<'a> {
         let items = tokio::task::spawn_blocking(move || {
             process_batch(&mb, &t, uidvalidity, &batch, msgs, &store)
         })
-        .await
-        .map_err(|e| SyncError::Worker(e.to_string()))?;
+        .await?;
         Ok((items, n))
     }
 
