@@ -12,11 +12,12 @@ fn config(e: &Env, batch: usize) -> Config {
         .mailbox(e.mailbox("alice").rule(acme()))
 }
 
-fn thousand(e: &Env) {
+/// `n` messages from Bob in alice's Acme folder (created first).
+fn fill(e: &Env, n: usize) {
     let mut c = e.imap("alice");
     c.create("INBOX/Tracked");
     c.create("INBOX/Tracked/Acme");
-    let msgs: Vec<Vec<u8>> = (0..1000)
+    let msgs: Vec<Vec<u8>> = (0..n)
         .map(|i| {
             message(
                 "Bob Builder <bob@acme.com>",
@@ -32,7 +33,7 @@ fn thousand(e: &Env) {
 #[test]
 fn sync_of_1000_messages_tracks_each_once_and_second_sync_adds_none() {
     let e = env();
-    thousand(&e);
+    fill(&e, 1000);
     e.write_config(&config(&e, 100));
     e.import_records(RECORDS);
     let out = e.ok(&["sync"]);
@@ -50,7 +51,7 @@ fn sync_of_1000_messages_tracks_each_once_and_second_sync_adds_none() {
 #[test]
 fn sync_killed_with_sigkill_half_way_resumes_to_exactly_1000() {
     let e = env();
-    thousand(&e);
+    fill(&e, 1000);
     // Small batches so the kill lands between commits, not after the last one.
     e.write_config(&config(&e, 20));
     e.import_records(RECORDS);
@@ -90,16 +91,7 @@ fn sync_killed_with_sigkill_half_way_resumes_to_exactly_1000() {
 #[test]
 fn batches_parsed_during_a_slow_commit_commit_together_each_once() {
     let e = env();
-    let mut c = e.imap("alice");
-    c.create("INBOX/Tracked");
-    c.create("INBOX/Tracked/Acme");
-    let msgs: Vec<Vec<u8>> = (0..12)
-        .map(|i| {
-            let id = format!("<g{i}@acme.com>");
-            message("Bob <bob@acme.com>", "alice@example.com", "g", Some(&id))
-        })
-        .collect();
-    c.append_many("INBOX/Tracked/Acme", &msgs, "");
+    fill(&e, 12);
     e.write_config(&config(&e, 1));
     e.import_records(RECORDS);
     let hold = e.work.join("hold-batch");
