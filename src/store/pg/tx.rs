@@ -682,8 +682,10 @@ impl BatchTx for PgTx<'_> {
         Ok(())
     }
 
-    /// The child rows first (their foreign keys name the activity), then the row itself; the
-    /// token, Thread-Index and subject keys are columns of it.
+    /// The child rows first (the hand-written ones' foreign keys name the activity), then the
+    /// row itself; the token, Thread-Index and subject keys are columns of it. The rows the
+    /// sync writes have no foreign key (schema version 8): this list is what keeps them whole,
+    /// and `pg_a_deleted_activity_leaves_no_row_that_names_it` checks it against the catalogue.
     fn delete_activity(&self, a: &Activity, _subject_key: Option<&str>) -> Result<()> {
         self.fields.borrow_mut().remove(&a.id);
         self.known.borrow_mut().activities.remove(&a.id);
