@@ -6,8 +6,9 @@
 //! Run: `scripts/bench.sh` (installs Dovecot and `time`, then `cargo bench --bench sync`).
 //! Knobs: BENCH_CONFIG (top-level config lines for foldertrack, `\n`-separated, e.g.
 //! `batch_bytes = 16777216`), BENCH_SIZES (10000; e.g. 1000,10000,50000), BENCH_RUNS (3), BENCH_NAIVE (0; 1 runs it
-//! at BENCH_NAIVE_SIZE, 10000), BENCH_PG (1: the same sync into a private PostgreSQL too; 0
-//! skips it), BENCH_SHARED (path of the
+//! at BENCH_NAIVE_SIZE, 10000), BENCH_PG (1: the same sync into a private PostgreSQL too, a
+//! new cluster per run and a new database of a running cluster per run; 0 skips it),
+//! BENCH_SHARED (path of the
 //! baseline scripts; default `../shared/bench` beside the repo). Without the baseline scripts
 //! the mail is generated here (APPEND) and the raw pump is a built-in socket client.
 
@@ -332,11 +333,16 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
         rows.push((format!("foldertrack sync, B = {name}"), med(b)));
     }
     if knob("BENCH_PG", 1) == 1 {
-        if let Some(m) = sync_into_postgres(port, folder, runs, count) {
+        if let Some((new, running)) = sync_into_postgres(port, folder, runs, count) {
             rows.push((
-                "foldertrack sync into PostgreSQL (private cluster, Unix socket; empty database)"
+                "foldertrack sync into PostgreSQL (a new private cluster per run, Unix socket)"
                     .into(),
-                m,
+                new,
+            ));
+            rows.push((
+                "foldertrack sync into PostgreSQL (a running cluster, a new database per run)"
+                    .into(),
+                running,
             ));
         }
     }
@@ -358,13 +364,21 @@ fn bench_size(count: usize, runs: usize, naive: bool, shared: &Path) -> Vec<(Str
     rows
 }
 
-/// The same sync with `[store] engine = "postgres"`: a fresh private cluster per run (started
-/// before the clock), reached over its Unix socket. `None` when PostgreSQL is not installed.
-fn sync_into_postgres(port: u16, folder: &str, runs: usize, count: usize) -> Option<Measure> {
+/// The same sync with `[store] engine = "postgres"`, two ways, run for run alternating:
+/// into a new private cluster per run (started before the clock), and into a new database of
+/// one cluster that has taken a sync before (an unmeasured one first), over its Unix socket.
+/// Why both: a new cluster creates and zero-fills every 16 MB WAL segment the sync writes (430
+/// MB for 10,000 messages), where a server that has been writing recycles its old segments;
+/// the first is the worst case, the second a server in use. `None` without PostgreSQL.
+fn sync_into_postgres(
+    port: u16,
+    folder: &str,
+    runs: usize,
+    count: usize,
+) -> Option<(Measure, Measure)> {
     let bin = testkit::env::foldertrack_bin();
-    let mut ms = Vec::new();
-    for _ in 0..runs {
-        let pg = testkit::pg::PgCluster::start()?;
+    let running = testkit::pg::PgCluster::start()?;
+    let sync_into = |url: &str| {
         let work = tempfile::Builder::new()
             .prefix("ft-bench-pg-")
             .tempdir_in("/tmp")
@@ -372,17 +386,46 @@ fn sync_into_postgres(port: u16, folder: &str, runs: usize, count: usize) -> Opt
         std::fs::write(work.path().join("password"), "pass").unwrap();
         Config::new()
             .store(&format!(
-                "engine = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\nallow_plaintext = true\n",
-                pg.url()
+                "engine = \"postgres\"\nurl = \"{url}\"\ntls = \"disable\"\nallow_plaintext = true\n"
             ))
             .mailbox(Mailbox::new("user1", port).rule(Rule::unlinked("INBOX/Tracked/Acme")))
             .write(work.path());
-        ms.push(sync_once(work.path(), &bin, port, folder, count, true));
-        if ms.len() == runs {
+        sync_once(work.path(), &bin, port, folder, count, true)
+    };
+    let (mut new, mut old) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        // Run 0 is the warm-up, unmeasured: this cluster has written before.
+        let url = new_database(&running, run);
+        let m = sync_into(&url);
+        // Dropped (50,000 messages are 2 GB); its WAL segments stay for the next run.
+        running
+            .client()
+            .batch_execute(&format!("DROP DATABASE run{run}"))
+            .expect("DROP DATABASE");
+        if run == 0 {
+            continue;
+        }
+        old.push(m);
+        let pg = testkit::pg::PgCluster::start()?;
+        new.push(sync_into(pg.url()));
+        if run == runs {
             sizes_on_postgres(pg.url(), count);
         }
     }
-    Some(med(ms))
+    Some((med(new), med(old)))
+}
+
+/// A new, empty database `run{n}` on `pg`: its URL.
+fn new_database(pg: &testkit::pg::PgCluster, n: usize) -> String {
+    pg.client()
+        .batch_execute(&format!("CREATE DATABASE run{n}"))
+        .expect("CREATE DATABASE");
+    let url = pg.url();
+    assert!(
+        url.contains(":///postgres?"),
+        "a private cluster's URL names its database: {url}"
+    );
+    url.replacen(":///postgres?", &format!(":///run{n}?"), 1)
 }
 
 /// Where the bytes go on PostgreSQL: the database, and per activity each table with its
