@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's second command: install Dovecot and PostgreSQL if missing, then run every test
+# The README's second command: install Dovecot, PostgreSQL and Chromium if missing, then run every test
 # (unit, golden fixtures, the integration tests that start private Dovecot instances on
 # loopback, and the test kit's own tests: `--workspace` includes crates/testkit), then the
 # suites that matter for data again on PostgreSQL (FOLDERTRACK_TEST_ENGINE=postgres: each test
