@@ -194,6 +194,13 @@ fn full_activity() -> Activity {
     a
 }
 
+/// How [`full_activity`] is found: by its token, awaiting its parent, by its subject.
+const FULL_FINDABLE: Findable<'static> = Findable {
+    by_token: true,
+    awaiting_parent: true,
+    subject_key: Some("about full"),
+};
+
 #[test]
 fn pg_activity_with_every_field_round_trips() {
     let Some((_pg, store)) = store() else { return };
@@ -202,12 +209,7 @@ fn pg_activity_with_every_field_round_trips() {
         .transaction(|tx| {
             let mut a = a.clone();
             a.id = tx.next_id(Counter::Activity)?;
-            let find = Findable {
-                by_token: true,
-                awaiting_parent: true,
-                subject_key: Some("about full"),
-            };
-            tx.insert_activity(&a, find)?;
+            tx.insert_activity(&a, FULL_FINDABLE)?;
             assert_eq!(
                 tx.activity(a.id)?.as_ref(),
                 Some(&a),
@@ -474,12 +476,7 @@ fn pg_a_deleted_activity_leaves_no_row_that_names_it() {
         .transaction(|tx| {
             let mut a = full_activity();
             a.id = tx.next_id(Counter::Activity)?;
-            let find = Findable {
-                by_token: true,
-                awaiting_parent: true,
-                subject_key: Some("about full"),
-            };
-            tx.insert_activity(&a, find)?;
+            tx.insert_activity(&a, FULL_FINDABLE)?;
             tx.put_field_state(a.id, &crate::model::FieldState::default())?;
             Ok(a.id)
         })
