@@ -25,75 +25,15 @@ use foldertrack::track::{self, rules::RuleMatch, ActivityLookup, FolderContext};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
-// Memory: a per-thread counting allocator.
-
-struct Counting;
-
-thread_local! {
-    /// Bytes allocated minus bytes freed on this thread since it started.
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    /// Highest `LIVE` seen since the last [`reset_peak`].
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn account(delta: isize) {
-    // `try_with`: the allocator also runs while thread locals are torn down.
-    let _ = LIVE.try_with(|l| {
-        let now = l.get() + delta;
-        l.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only counters are kept.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            account(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
-        if !p.is_null() {
-            account(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        account(-(layout.size() as isize));
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            account(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
+// Memory: the test kit's counting allocator, read per thread.
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Starts a measurement: returns the baseline the peak is measured from.
-fn reset_peak() -> isize {
-    let now = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(now));
-    now
-}
-
-fn peak_since(base: isize) -> usize {
-    (PEAK.with(Cell::get) - base).max(0) as usize
-}
+static ALLOC: testkit::alloc::Counting = testkit::alloc::Counting;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures and the tracking context.
@@ -316,7 +256,7 @@ enum Outcome {
 /// Parses and tracks `raw`, asserting everything the agent relies on. Panics (so the test
 /// fails) on any violation, and of course on any panic inside parse or track.
 fn check(raw: &[u8], variant: u8) -> Outcome {
-    let base = reset_peak();
+    let base = testkit::alloc::reset_thread_peak();
     let start = Instant::now();
     let cpu_start = thread_cpu();
     let mut seen: Vec<(u64, usize, String)> = Vec::new();
@@ -397,7 +337,7 @@ fn check(raw: &[u8], variant: u8) -> Outcome {
     };
     let took = thread_cpu() - cpu_start;
     let wall = start.elapsed();
-    let heap = peak_since(base);
+    let heap = testkit::alloc::thread_peak_since(base);
     assert!(
         took < MAX_TIME && wall < MAX_WALL,
         "took {took:?} of CPU ({wall:?} wall) for a {} byte message ({outcome:?})",

@@ -5,51 +5,17 @@
 //! so a store it had written or read stayed in memory almost whole; an agent on 1,000 mailboxes
 //! was up to 22 % above its idle RSS after 10,000 deliveries (the same agent on PostgreSQL: +0.5 %).
 //!
-//! How: this test binary counts the bytes allocated and not yet freed (a counting allocator
-//! over the system one), writes about 20 MB into a store with a 1 MiB cache, reads every
-//! key back, and compares the bytes still allocated before and after. Counting
-//! bytes, not RSS, keeps the allocator's own retention and the machine out of the figure. One
-//! test in this file, so no other test allocates meanwhile (sled's flusher thread does, little).
+//! How: this test binary counts the bytes allocated and not yet freed (`testkit::alloc`, for
+//! the whole process), writes about 20 MB into a store with a 1 MiB cache, reads every key
+//! back, and compares the bytes still allocated before and after. Counting bytes, not RSS,
+//! keeps the allocator's own retention and the machine out of the figure. One test in this
+//! file, so no other test allocates meanwhile (sled's flusher thread does, little).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use testkit::alloc::process_live;
 
-/// Bytes allocated and not yet freed, by anything in this test binary.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is passed on to the system allocator unchanged; only a counter is kept.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            LIVE.fetch_add(l.size() as isize, Relaxed);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(l) };
-        if !p.is_null() {
-            LIVE.fetch_add(l.size() as isize, Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size() as isize, Relaxed);
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            LIVE.fetch_add(new as isize - l.size() as isize, Relaxed);
-        }
-        q
-    }
-}
-
+/// Counted for the whole process: sled allocates on threads of its own too.
 #[global_allocator]
-static COUNTING: Counting = Counting;
+static ALLOC: testkit::alloc::Counting = testkit::alloc::Counting;
 
 const CACHE: u64 = 1 << 20;
 
@@ -80,7 +46,7 @@ fn writing_and_reading_a_store_keeps_only_about_the_cache_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let trees: Vec<sled::Tree> = TREES.iter().map(|t| db.open_tree(t).unwrap()).collect();
-    let before = LIVE.load(Relaxed);
+    let before = process_live();
     fill(&trees);
     db.flush().unwrap();
     let mut read = 0usize;
@@ -89,7 +55,7 @@ fn writing_and_reading_a_store_keeps_only_about_the_cache_in_memory() {
             read += kv.unwrap().1.len();
         }
     }
-    let held = LIVE.load(Relaxed) - before;
+    let held = process_live() - before;
     assert_eq!(read, 60_000 * 300, "every value read back");
     eprintln!("held after writing and reading: {held} bytes");
     // Published sled: nearly every page written and read stays. Vendored: about the cache

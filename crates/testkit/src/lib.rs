@@ -10,6 +10,7 @@
 //! - [`pki`]: a throw-away CA and server certificate.
 //! - [`pg`]: a private, throw-away PostgreSQL cluster (or a fresh database on a given server).
 //! - [`browser`]: headless Chromium over WebDriver, for the web pages' browser tests.
+//! - [`alloc`]: a counting allocator, for tests that measure memory in bytes.
 //!
 //! Everything but [`sandbox`] is behind the default `harness` feature. The harness is test code:
 //! it panics, naming what failed, because a set-up step that fails is the test's failure. The
@@ -22,6 +23,8 @@ pub mod sandbox;
 
 #[cfg(feature = "harness")]
 pub mod agent;
+#[cfg(feature = "harness")]
+pub mod alloc;
 #[cfg(feature = "harness")]
 pub mod browser;
 #[cfg(feature = "harness")]
